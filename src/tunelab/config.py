@@ -1,0 +1,287 @@
+"""The run configuration: one YAML file validated into frozen, typed pydantic sections.
+
+Independent axes: `model` x `tuning` x `method` x `data` x `train` x `eval` x `output`. Every field carries a
+one-line description (it becomes `tunelab config-schema` and docs/config-reference.md). Unknown keys are
+errors with a "did you mean" hint and the YAML line they are on. Overrides `a.b=c` are applied to the raw
+mapping before validation, so the resolved config that is saved with a run is exactly what ran.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tunelab.errors import ConfigError
+
+FORMAT_NAMES = ("auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text", "preference", "kto")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=False)
+
+
+class ModelConfig(Section):
+    name_or_path: str = Field("tiny", description="A preset name (tiny, tiny-4m, tiny-30m), a local folder or a hub id.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when loading from the hub.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype; auto is bf16 on a capable GPU and fp32 on CPU."
+    )
+    trust_remote_code: bool = Field(False, description="Run model code shipped with a hub repo (off: only built-in code).")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa", description="Attention kernel; sdpa works everywhere, flash_attention_2 needs a CUDA GPU."
+    )
+    chat_template: str | None = Field(
+        None, description="Override the chat template: 'fallback', a Jinja string, or a path to a .jinja file."
+    )
+    seed: int = Field(0, description="Seed for initializing preset models (presets are built from config, not downloaded).")
+
+
+class LoraSettings(Section):
+    r: int = Field(16, ge=1, description="LoRA rank.")
+    alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r, or alpha / sqrt(r) with rslora).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt, or all-linear (every linear layer but the output head)."
+    )
+    rslora: bool = Field(False, description="Rank-stabilized LoRA scaling alpha / sqrt(r).")
+
+
+class FreezeSettings(Section):
+    trainable_layers: int = Field(2, ge=0, description="Train only the last N transformer blocks.")
+    train_embeddings: bool = Field(False, description="Also train the input embeddings.")
+    train_head: bool = Field(False, description="Also train the output head (lm_head).")
+
+
+class TuningConfig(Section):
+    mode: Literal["full", "freeze", "lora", "dora", "qlora", "prefix", "prompt", "ia3"] = Field(
+        "lora", description="Which parameters train: full, freeze (last N blocks), lora, dora, qlora, prefix, prompt, ia3."
+    )
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="Settings for lora, dora and qlora.")
+    freeze: FreezeSettings = Field(default_factory=FreezeSettings, description="Settings for freeze.")
+    num_virtual_tokens: int = Field(16, ge=1, description="Virtual tokens for prefix and prompt tuning.")
+
+
+class MethodConfig(Section):
+    name: Literal["sft"] = Field("sft", description="Training objective: sft (causal LM loss on tokens that carry a label).")
+
+
+class DatasetConfig(Section):
+    path: str = Field(description="A .jsonl/.json/.csv/.parquet file, a local datasets folder, or a hub dataset id.")
+    format: Literal[FORMAT_NAMES] = Field(  # type: ignore[valid-type]
+        "auto", description="Record format; auto detects it from the first row's fields."
+    )
+    columns: dict[str, str] | None = Field(
+        None, description="Map the format's field names to yours, e.g. {instruction: question, output: answer}."
+    )
+    split: str = Field("train", description="Split to read from a datasets folder or hub dataset.")
+    weight: float = Field(1.0, gt=0, description="Mixing weight: examples drawn per epoch relative to its size.")
+    max_samples: int | None = Field(None, ge=1, description="Use only the first N records.")
+
+
+class DataConfig(Section):
+    train: list[DatasetConfig] = Field(default_factory=list, description="Training datasets (mixed by weight).")
+    eval: list[DatasetConfig] = Field(default_factory=list, description="Evaluation datasets.")
+    eval_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of the training data split off for eval (by seed).")
+    seed: int = Field(0, description="Seed for mixing and the eval split.")
+    max_length: int = Field(1024, ge=8, description="Maximum tokens per example (and per packed sequence).")
+    truncation: Literal["truncate", "drop"] = Field(
+        "truncate", description="What to do with longer examples: truncate the end, or drop them (both are counted)."
+    )
+    train_on_inputs: bool = Field(False, description="Also train on prompt/user/system tokens, not only assistant turns.")
+    packing: bool = Field(False, description="Pack several examples into one sequence (no attention across examples).")
+    max_fully_masked: float = Field(
+        0.5, ge=0, le=1, description="Fail if more than this fraction of examples has no trainable token."
+    )
+    cache_dir: str | None = Field(None, description="Tokenized-data cache; default ~/.cache/tunelab/tokenized.")
+
+
+class TrainConfig(Section):
+    epochs: float = Field(1.0, gt=0, description="Passes over the training data (ignored when max_steps is set).")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    batch_size: int = Field(8, ge=1, description="Sequences per micro-batch per process.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule after warmup.")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Fraction of steps spent warming up linearly.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (not applied to norms and biases).")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this value; null disables.")
+    seed: int = Field(0, description="Seed for initialization, shuffling and dropout.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Mixed precision; auto is bf16 on a capable GPU and fp32 on CPU."
+    )
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: the physical cores.")
+    log_every: int = Field(10, ge=1, description="Log metrics every N optimizer steps.")
+    eval_every: int | None = Field(None, ge=1, description="Evaluate every N optimizer steps (and always at the end).")
+    save_every: int | None = Field(None, ge=1, description="Checkpoint every N optimizer steps.")
+    save_total_limit: int = Field(2, ge=1, description="Keep at most this many checkpoints (plus the best).")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop after this many evaluations without a better eval loss."
+    )
+    trackers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=list, description="Experiment trackers to log to (none by default)."
+    )
+
+
+class EvalConfig(Section):
+    baseline: bool = Field(True, description="Evaluate the base model before training on the same data and decoding.")
+    metrics: list[str] = Field(default_factory=lambda: ["loss"], description="Metrics to compute on the eval data.")
+    max_new_tokens: int = Field(128, ge=1, description="Generation length for generation-based metrics.")
+    batch_size: int = Field(16, ge=1, description="Prompts per generation batch.")
+    temperature: float = Field(0.0, ge=0, description="0 is greedy decoding; above 0 samples with eval.seed.")
+    seed: int = Field(0, description="Seed for sampled decoding and the bootstrap.")
+    fail_on_regression: bool = Field(False, description="Fail the run when the forgetting check regresses.")
+
+
+class OutputConfig(Section):
+    dir: str = Field("runs", description="Folder that holds run directories.")
+    name: str | None = Field(None, description="Run name; default: derived from the config file name and time.")
+    overwrite: bool = Field(False, description="Reuse an existing run directory of the same name.")
+
+
+class RunConfig(Section):
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Which model to start from.")
+    tuning: TuningConfig = Field(default_factory=TuningConfig, description="Which parameters train.")
+    method: MethodConfig = Field(default_factory=MethodConfig, description="The training objective.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Datasets, formats and tokenization.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="The optimization loop.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation before and after training.")
+    output: OutputConfig = Field(default_factory=OutputConfig, description="Where runs are written.")
+
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
+        if self.tuning.mode == "qlora" and self.model.dtype == "float32":
+            raise ValueError("tuning.mode qlora computes in bf16/fp16; set model.dtype to auto or bfloat16")
+        return self
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read YAML (or start from defaults when path is None), apply `a.b=c` overrides, validate."""
+    raw: dict[str, Any] = {}
+    text = ""
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        text = path.read_text()
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections (model, data, train, ...), got {type(raw).__name__}")
+    for item in overrides:
+        apply_override(raw, item)
+    try:
+        cfg = RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, str(path) if path else "<overrides>", text)) from None
+    return _resolve_paths(cfg, Path(path).parent if path else Path.cwd())
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set `a.b.c=value` in a nested mapping; the value is parsed as YAML (so 3, true, [a, b] work)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. train.lr=1e-4")
+    key, value = item.split("=", 1)
+    parts = key.strip().split(".")
+    node = raw
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {item!r}: {part} is not a section")
+    node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+
+
+def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
+    """Data paths in a config file are relative to that file, so configs work from any folder."""
+
+    def fix(ds: DatasetConfig) -> DatasetConfig:
+        p = Path(ds.path).expanduser()
+        if not p.is_absolute() and (base / p).exists():
+            return ds.model_copy(update={"path": str((base / p).resolve())})
+        return ds
+
+    data = cfg.data.model_copy(update={"train": [fix(d) for d in cfg.data.train], "eval": [fix(d) for d in cfg.data.eval]})
+    return cfg.model_copy(update={"data": data})
+
+
+def format_validation_error(err: ValidationError, source: str, text: str = "") -> str:
+    """One line per problem: file:line, the dotted key, and what was expected (with a did-you-mean hint)."""
+    lines = [f"{source}: invalid config"]
+    for e in err.errors():
+        loc = [str(p) for p in e["loc"]]
+        key = ".".join(loc) or "(root)"
+        where = _yaml_line(text, e["loc"])
+        prefix = f"  {source}:{where}: " if where else "  "
+        if e["type"] == "extra_forbidden":
+            hint = _did_you_mean(RunConfig, e["loc"])
+            lines.append(f"{prefix}unknown key {key!r}{hint}")
+        else:
+            lines.append(f"{prefix}{key}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _did_you_mean(model: type[BaseModel], loc: tuple[Any, ...]) -> str:
+    cls: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = cls.model_fields.get(part) if hasattr(cls, "model_fields") else None
+        if field is None:
+            return ""
+        cls = _section_type(field.annotation)
+        if cls is None:
+            return ""
+    names = list(cls.model_fields)
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else f" (expected one of: {', '.join(names)})"
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):  # list[DatasetConfig], X | None
+        found = _section_type(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _yaml_line(text: str, loc: tuple[Any, ...]) -> int | None:
+    """1-based line of a key path in the YAML text, so errors point at the line to fix."""
+    if not text:
+        return None
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+            if match is None:
+                break
+            line, node = match[0].start_mark.line + 1, match[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The resolved config as YAML: what a run saves next to its results."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def config_schema() -> dict[str, Any]:
+    return RunConfig.model_json_schema()

@@ -1,0 +1,244 @@
+"""Data formats: each a pure function `row dict -> Record`.
+
+A format raises `FieldError(field, expected)` for a bad row; the pipeline adds the file and line. The
+`columns:` mapping renames the user's fields to the format's names before the format sees the row, so
+custom field names need no code. `detect_format` picks a format from a row's keys.
+
+| format            | fields                                                                  | record             |
+|-------------------|-------------------------------------------------------------------------|--------------------|
+| alpaca            | instruction, input?, output, system?, history? [[user, assistant], ...] | Conversation       |
+| messages          | messages [{role, content, weight?}]                                     | Conversation       |
+| sharegpt          | conversations [{from, value}], system?                                  | Conversation       |
+| prompt_completion | prompt, completion (strings, or message lists)                          | PromptCompletion / Conversation |
+| text              | text                                                                    | Text               |
+| preference        | prompt?, chosen, rejected (strings, messages, or sharegpt {from, value});
+|                   | or OpenAI: input.messages, preferred_output, non_preferred_output       | Preference         |
+| kto               | messages + label, or prompt + completion + label                        | UnpairedPreference |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from tunelab.data.records import (
+    ROLES,
+    Conversation,
+    Message,
+    Preference,
+    PromptCompletion,
+    Record,
+    Text,
+    UnpairedPreference,
+)
+
+
+class FieldError(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(message)
+
+
+SHAREGPT_ROLES = {
+    "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
+    "bing": "assistant", "system": "system", "observation": "tool", "tool": "tool", "function": "tool",
+    "function_call": "assistant",
+}  # fmt: skip
+
+
+# --------------------------------------------------------------------------- field helpers
+
+
+def _get(row: Mapping[str, Any], field: str, kind: type | tuple[type, ...] = str, required: bool = True) -> Any:
+    if field not in row or row[field] is None:
+        if required:
+            raise FieldError(field, f"missing required field (fields present: {', '.join(map(str, row)) or 'none'})")
+        return None
+    value = row[field]
+    if not isinstance(value, kind):
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise FieldError(field, f"expected {_json_name(names)}, got {_json_name(type(value).__name__)}")
+    return value
+
+
+def _json_name(py: str) -> str:
+    return {"str": "a string", "list": "a list", "dict": "an object", "int": "a number", "bool": "true/false",
+            "NoneType": "null", "float": "a number"}.get(py, py)  # fmt: skip
+
+
+def _content(value: Any, field: str) -> str:
+    """Message content: a string, or OpenAI-style parts [{type: text, text}] joined."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in value):
+        return "".join(str(p.get("text", "")) for p in value)
+    raise FieldError(field, f"expected a string (or a list of text parts), got {_json_name(type(value).__name__)}")
+
+
+def _message(item: Any, field: str, role_key: str = "role", content_key: str = "content") -> Message:
+    if not isinstance(item, dict):
+        raise FieldError(field, f"expected an object with {role_key!r} and {content_key!r}, got {_json_name(type(item).__name__)}")
+    raw_role = item.get(role_key)
+    if role_key == "from":
+        role = SHAREGPT_ROLES.get(str(raw_role).lower()) if raw_role is not None else None
+        allowed = ", ".join(SHAREGPT_ROLES)
+    else:
+        role = raw_role if raw_role in ROLES else None
+        allowed = ", ".join(ROLES)
+    if role is None:
+        raise FieldError(f"{field}.{role_key}", f"unknown role {raw_role!r}; expected one of: {allowed}")
+    if content_key not in item or item[content_key] is None:
+        if role == "assistant" and item.get("tool_calls"):
+            return Message(role, "", _weight(item, field))
+        raise FieldError(f"{field}.{content_key}", "missing message content")
+    return Message(role, _content(item[content_key], f"{field}.{content_key}"), _weight(item, field))
+
+
+def _weight(item: dict[str, Any], field: str) -> float | None:
+    w = item.get("weight")
+    if w is None:
+        return None
+    if w not in (0, 1):
+        raise FieldError(f"{field}.weight", f"expected 0 or 1, got {w!r}")
+    if item.get("role", item.get("from")) not in ("assistant", "gpt"):
+        raise FieldError(f"{field}.weight", "weight is only meaningful on assistant messages")
+    return float(w)
+
+
+def _messages(value: Any, field: str, role_key: str = "role", content_key: str = "content") -> tuple[Message, ...]:
+    if not isinstance(value, list) or not value:
+        raise FieldError(field, "expected a non-empty list of messages")
+    return tuple(_message(m, f"{field}[{i}]", role_key, content_key) for i, m in enumerate(value))
+
+
+def _require_assistant(messages: tuple[Message, ...], field: str) -> Conversation:
+    if not any(m.role == "assistant" for m in messages):
+        raise FieldError(field, "conversation has no assistant turn, so nothing would be trained")
+    return Conversation(messages)
+
+
+# --------------------------------------------------------------------------- formats
+
+
+def alpaca(row: Mapping[str, Any]) -> Conversation:
+    instruction = _get(row, "instruction")
+    extra = _get(row, "input", required=False) or ""
+    output = _get(row, "output")
+    msgs: list[Message] = []
+    if system := _get(row, "system", required=False):
+        msgs.append(Message("system", system))
+    for i, pair in enumerate(_get(row, "history", list, required=False) or []):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+            raise FieldError(f"history[{i}]", "expected a [user, assistant] pair of strings")
+        msgs += [Message("user", pair[0]), Message("assistant", pair[1])]
+    user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+    return Conversation((*msgs, Message("user", user), Message("assistant", output)))
+
+
+def messages(row: Mapping[str, Any]) -> Conversation:
+    return _require_assistant(_messages(_get(row, "messages", list), "messages"), "messages")
+
+
+def sharegpt(row: Mapping[str, Any]) -> Conversation:
+    msgs = _messages(_get(row, "conversations", list), "conversations", "from", "value")
+    if (system := _get(row, "system", required=False)) and msgs[0].role != "system":
+        msgs = (Message("system", system), *msgs)
+    return _require_assistant(msgs, "conversations")
+
+
+def prompt_completion(row: Mapping[str, Any]) -> PromptCompletion | Conversation:
+    prompt, completion = _get(row, "prompt", (str, list)), _get(row, "completion", (str, list))
+    if isinstance(prompt, str) and isinstance(completion, str):
+        return PromptCompletion(prompt, completion)
+    # Conversational prompt/completion (TRL style): message lists on both sides.
+    p = _messages(prompt, "prompt") if isinstance(prompt, list) else (Message("user", prompt),)
+    c = _messages(completion, "completion") if isinstance(completion, list) else (Message("assistant", completion),)
+    return _require_assistant(p + c, "completion")
+
+
+def text(row: Mapping[str, Any]) -> Text:
+    return Text(_get(row, "text"))
+
+
+def _reply(value: Any, field: str) -> tuple[Message, ...]:
+    """A preference side: a string, a message list, or a sharegpt {from, value} object."""
+    if isinstance(value, str):
+        return (Message("assistant", value),)
+    if isinstance(value, dict):
+        return (_message(value, field, "from", "value") if "from" in value else _message(value, field),)
+    if isinstance(value, list):
+        return _messages(value, field)
+    raise FieldError(field, f"expected a string, a message or a list of messages, got {_json_name(type(value).__name__)}")
+
+
+def _prompt(value: Any, field: str) -> tuple[Message, ...]:
+    if isinstance(value, str):
+        return (Message("user", value),)
+    if isinstance(value, list) and value and isinstance(value[0], dict) and "from" in value[0]:
+        return _messages(value, field, "from", "value")
+    return _messages(value, field)
+
+
+def preference(row: Mapping[str, Any]) -> Preference:
+    if "preferred_output" in row:  # OpenAI preference fine-tuning JSONL
+        inp = _get(row, "input", dict)
+        prompt = _messages(inp.get("messages"), "input.messages")
+        chosen = _reply(_get(row, "preferred_output", list), "preferred_output")
+        rejected = _reply(_get(row, "non_preferred_output", list), "non_preferred_output")
+        return Preference(prompt, chosen, rejected)
+    if "conversations" in row:  # sharegpt style
+        prompt = _messages(_get(row, "conversations", list), "conversations", "from", "value")
+    else:
+        prompt = _prompt(_get(row, "prompt", (str, list)), "prompt")
+    return Preference(prompt, _reply(_get(row, "chosen", (str, list, dict)), "chosen"),
+                      _reply(_get(row, "rejected", (str, list, dict)), "rejected"))  # fmt: skip
+
+
+def kto(row: Mapping[str, Any]) -> UnpairedPreference:
+    label = _get(row, "label", (bool, int))
+    if label not in (True, False, 0, 1):
+        raise FieldError("label", f"expected true/false, got {label!r}")
+    if "messages" in row:
+        msgs = _messages(_get(row, "messages", list), "messages")
+        if msgs[-1].role != "assistant":
+            raise FieldError("messages", "the last message must be the assistant completion being labelled")
+        return UnpairedPreference(msgs[:-1], msgs[-1:], bool(label))
+    prompt = _prompt(_get(row, "prompt", (str, list)), "prompt")
+    return UnpairedPreference(prompt, _reply(_get(row, "completion", (str, list, dict)), "completion"), bool(label))
+
+
+FORMATS: dict[str, Callable[[Mapping[str, Any]], Record]] = {
+    "alpaca": alpaca,
+    "messages": messages,
+    "sharegpt": sharegpt,
+    "prompt_completion": prompt_completion,
+    "text": text,
+    "preference": preference,
+    "kto": kto,
+}
+
+
+def detect_format(keys: set[str]) -> str | None:
+    """Guess a format from the fields of the first row; None when nothing fits."""
+    if {"chosen", "rejected"} <= keys or "preferred_output" in keys:
+        return "preference"
+    if "label" in keys and ("messages" in keys or {"prompt", "completion"} <= keys):
+        return "kto"
+    for fmt, needed in (("messages", {"messages"}), ("sharegpt", {"conversations"}), ("alpaca", {"instruction", "output"}),
+                        ("prompt_completion", {"prompt", "completion"}), ("text", {"text"})):  # fmt: skip
+        if needed <= keys:
+            return fmt
+    return None
+
+
+def rename_columns(row: Mapping[str, Any], columns: Mapping[str, str] | None) -> dict[str, Any]:
+    """Apply a `columns:` mapping {format_field: user_field}; a missing user column is an error."""
+    if not columns:
+        return dict(row)
+    out = {k: v for k, v in row.items() if k not in columns.values()}
+    for target, source in columns.items():
+        if source not in row:
+            raise FieldError(source, f"column {source!r} (mapped to {target!r} in columns:) not found; "
+                             f"the record has: {', '.join(map(str, row))}")  # fmt: skip
+        out[target] = row[source]
+    return out

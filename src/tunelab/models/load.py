@@ -1,0 +1,86 @@
+"""Load a causal LM and its tokenizer: a preset, a local folder, or a hub id.
+
+Safetensors only (no pickle), `trust_remote_code` off unless the config asks, dtype `auto` = bf16 on a
+GPU that supports it and fp32 on CPU. With no network, a hub id fails with a message saying how to point
+at a local folder instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunelab.config import ModelConfig
+from tunelab.errors import TunelabError
+from tunelab.models.presets import build_preset, byte_tokenizer, is_preset
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    if name != "auto":
+        return DTYPES[name]
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_tokenizer(cfg: ModelConfig) -> Any:
+    if is_preset(cfg.name_or_path):
+        tok = byte_tokenizer()
+    else:
+        from transformers import AutoTokenizer
+
+        tok = _from_pretrained(AutoTokenizer, cfg)
+    if tok.pad_token is None:  # batching needs a pad id; labels are masked by us, not by pad id
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(cfg: ModelConfig, dtype: torch.dtype | None = None) -> Any:
+    if is_preset(cfg.name_or_path):
+        model, _ = build_preset(cfg.name_or_path, seed=cfg.seed, attn_implementation=cfg.attn_implementation)
+        return model.to(dtype or resolve_dtype(cfg.dtype))
+    from transformers import AutoModelForCausalLM
+
+    return _from_pretrained(
+        AutoModelForCausalLM,
+        cfg,
+        dtype=dtype or resolve_dtype(cfg.dtype),
+        attn_implementation=cfg.attn_implementation,
+        use_safetensors=_use_safetensors(cfg.name_or_path),
+    )
+
+
+def _use_safetensors(path: str) -> bool | None:
+    """Local folders must hold safetensors (never unpickle weights); hub ids prefer them."""
+    p = Path(path)
+    if p.is_dir():
+        if not any(p.glob("*.safetensors")) and not any(p.glob("*.safetensors.index.json")):
+            raise TunelabError(f"{path}: no .safetensors weights found (pickled .bin weights are not loaded)")
+        return True
+    return True
+
+
+def _from_pretrained(cls: Any, cfg: ModelConfig, **kwargs: Any) -> Any:
+    path = Path(cfg.name_or_path).expanduser()
+    if not path.exists() and (cfg.name_or_path.startswith((".", "/", "~")) or cfg.name_or_path.count("/") > 1):
+        raise TunelabError(f"model.name_or_path: folder {cfg.name_or_path!r} not found")
+    try:
+        return cls.from_pretrained(
+            str(path) if path.exists() else cfg.name_or_path,
+            revision=cfg.revision,
+            trust_remote_code=cfg.trust_remote_code,
+            **kwargs,
+        )
+    except OSError as e:
+        if path.exists():
+            raise TunelabError(f"{path}: cannot load ({e})") from None
+        raise TunelabError(
+            f"model.name_or_path: could not load {cfg.name_or_path!r} from the Hugging Face hub "
+            f"(no network, or not found: {str(e).splitlines()[0]}). On a machine with a network run "
+            f"`huggingface-cli download {cfg.name_or_path} --local-dir DIR`, copy DIR here and set "
+            "model.name_or_path: DIR."
+        ) from None

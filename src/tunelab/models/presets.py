@@ -1,0 +1,82 @@
+"""Tiny Llama-architecture models built from config, with a byte-level tokenizer that needs no download.
+
+Presets make tests and the offline quickstart possible: the same seed gives the same weights. The
+tokenizer maps each UTF-8 byte to one token (so it can encode anything) plus a few special tokens, and
+carries a ChatML chat template whose end-of-turn token is also the EOS, so a model trained on it stops.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|im_end|>", "<|im_start|>"]
+CHATML_TEMPLATE = (
+    "{% if bos_token %}{{ bos_token }}{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# hidden, layers, heads, kv heads, intermediate. Sizes chosen for: tests (tiny), the ~4M and ~30M
+# benchmark models, and a quickstart model that learns its task in minutes on two cores.
+PRESETS: dict[str, dict[str, int]] = {
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=176),
+    "tiny-4m": dict(hidden_size=256, num_hidden_layers=5, num_attention_heads=8, num_key_value_heads=8, intermediate_size=688),
+    "tiny-30m": dict(hidden_size=512, num_hidden_layers=9, num_attention_heads=8, num_key_value_heads=8, intermediate_size=1376),
+}
+
+
+def is_preset(name: str) -> bool:
+    return name in PRESETS
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    """256 byte tokens + specials; adds BOS like Llama tokenizers do; EOS is the ChatML end of turn."""
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(SPECIAL_TOKENS)
+    bos = tok.token_to_id("<|bos|>")
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|bos|> $A", pair="<|bos|> $A <|bos|> $B", special_tokens=[("<|bos|>", bos)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|bos|>",
+        eos_token="<|im_end|>",
+        pad_token="<|pad|>",
+        chat_template=CHATML_TEMPLATE,
+        model_max_length=4096,
+    )
+
+
+def preset_config(name: str, tokenizer: Any, max_positions: int = 4096) -> LlamaConfig:
+    dims = PRESETS[name]
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=max_positions,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-5,
+        **dims,
+    )
+
+
+def build_preset(name: str, seed: int = 0, attn_implementation: str = "sdpa") -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+    """The preset model, initialized from `seed` without touching the global RNG."""
+    tokenizer = byte_tokenizer()
+    config = preset_config(name, tokenizer)
+    config._attn_implementation = attn_implementation
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
