@@ -84,3 +84,34 @@ def _from_pretrained(cls: Any, cfg: ModelConfig, **kwargs: Any) -> Any:
             f"`huggingface-cli download {cfg.name_or_path} --local-dir DIR`, copy DIR here and set "
             "model.name_or_path: DIR."
         ) from None
+
+
+# --------------------------------------------------------------------------- runs
+# A run directory holds `config.yaml` (the resolved config) and `final/`: either a full Hugging Face model
+# or a peft adapter folder, each with the tokenizer and its chat template. An adapter's base model is
+# `model` in config.yaml (a preset is rebuilt from its seed; a folder or hub id is loaded again).
+
+
+def is_run_dir(path: str | Path) -> bool:
+    p = Path(path)
+    return (p / "config.yaml").is_file() and (p / "final").is_dir()
+
+
+def load_run(path: str | Path, dtype: torch.dtype | None = None) -> tuple[Any, Any]:
+    """(model, tokenizer) of a finished run; an adapter comes back as a peft model over its base."""
+    from tunelab.config import load_config
+
+    p = Path(path)
+    if not is_run_dir(p):
+        raise TunelabError(f"{p}: not a run directory (expected config.yaml and final/)")
+    cfg = load_config(p / "config.yaml")
+    final = p / "final"
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(final))
+    if (final / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base = load_model(cfg.model, dtype=dtype)
+        return PeftModel.from_pretrained(base, str(final)), tokenizer
+    return load_model(cfg.model.model_copy(update={"name_or_path": str(final)}), dtype=dtype), tokenizer
