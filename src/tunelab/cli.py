@@ -8,7 +8,9 @@ import typer
 
 from tunelab.errors import TunelabError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Fine-tune LLMs end to end.")
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help="Fine-tune LLMs end to end."
+)
 
 
 def main() -> None:
