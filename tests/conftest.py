@@ -9,6 +9,11 @@ from pathlib import Path
 
 import pytest
 
+# Before transformers/huggingface_hub are imported anywhere: they read these once, at import.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 ASSETS = Path(__file__).parent / "assets"

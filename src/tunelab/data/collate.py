@@ -2,7 +2,8 @@
 
 Packed sequences carry `position_ids` that restart at 0 for every example and no attention mask:
 transformers then builds a block-diagonal causal mask itself (masking_utils.find_packed_sequence_indices),
-so each example's logits equal its unpacked logits. The first token of every packed example gets label
+so each example's logits equal its unpacked logits. The forward pass must use `use_cache=False`: with a KV
+cache transformers skips that detection and the examples would attend to each other. The first token of every packed example gets label
 -100: its label would otherwise be predicted from the previous example's last token. Padding at the end
 of a packed row is its own segment (positions restart) and never carries loss.
 """

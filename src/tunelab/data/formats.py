@@ -200,8 +200,8 @@ def preference(row: Mapping[str, Any]) -> Preference:
 
 
 def kto(row: Mapping[str, Any]) -> UnpairedPreference:
-    label = _get(row, "label", (bool, int))
-    if label not in (True, False, 0, 1):
+    label = _get(row, "label", (bool, int, str))
+    if isinstance(label, str) or label not in (True, False, 0, 1):
         raise FieldError("label", f"expected true/false, got {label!r}")
     if "messages" in row:
         msgs = _messages(_get(row, "messages", list), "messages")
