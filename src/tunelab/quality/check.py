@@ -41,7 +41,8 @@ def check(
 ) -> CheckReport:
     """Load the files and check them together; `tokenizer` overrides `options.tokenizer`."""
     options = options or CheckOptions()
-    datasets = [load(d, role, options) for role, ds in zip(ROLES, (train, eval, test)) for d in ds]
+    given = {"train": train, "eval": eval, "test": test}
+    datasets = [load(d, role, options) for role in ROLES for d in given[role]]
     if tokenizer is None and options.tokenizer:
         from tunelab.models.load import load_tokenizer
 
@@ -59,7 +60,7 @@ def check_datasets(datasets: list[Dataset], options: CheckOptions, tokenizer: An
     start = time.perf_counter()
     stats = [inspect_dataset(ds, tokenizer, options.max_length) for ds in datasets]
     problems: list[Problem] = []
-    for ds, st in zip(datasets, stats):
+    for ds, st in zip(datasets, stats, strict=False):
         problems += file_problems(ds, st, options)
     valid = [(ds, it) for ds in datasets for it in ds.valid]
     problems += duplicate_problems(valid)
@@ -83,13 +84,19 @@ def file_problems(ds: Dataset, st: dict[str, Any], options: CheckOptions) -> lis
     out += [_problem("schema", it.error or "", [it.location()]) for it in ds.items if it.error]
     if empty := empty_fields(ds.items):
         locs = [{**it.location(), "field": f} for it, f in empty]
-        out.append(_problem("empty_field", f"{len(locs)} empty or whitespace-only text fields in {ds.path}", locs))
+        out.append(
+            _problem("empty_field", f"{len(locs)} empty or whitespace-only text fields in {ds.path}", locs)
+        )
     if st.get("missing_labels"):
         locs = [it.location() for it in ds.valid if it.label is None]
-        out.append(_problem("missing_label", f"{len(locs)} records without a {ds.label_column!r} in {ds.path}", locs))
+        out.append(
+            _problem("missing_label", f"{len(locs)} records without a {ds.label_column!r} in {ds.path}", locs)
+        )
     if st.get("truncated"):
         n, unit = len(st["truncated"]), st["length_unit"]
-        out.append(_problem("truncated", f"{n} records longer than {options.max_length} {unit}", st["truncated"]))
+        out.append(
+            _problem("truncated", f"{n} records longer than {options.max_length} {unit}", st["truncated"])
+        )
     if options.pii:
         out += pii_problems(ds, options.pii_kinds)
     return out
@@ -115,12 +122,14 @@ def _dup_key(it: Item) -> str:
 
 
 def duplicate_problems(valid: list[tuple[Dataset, Item]]) -> list[Problem]:
-    """Exact duplicates (normalized text and label) within each role; the first occurrence is kept by clean."""
+    """Exact duplicates (normalized text and label) within each role; clean keeps the first."""
     out = []
     for role in ROLES:
         items = [it for ds, it in valid if ds.role == role]
         for group in exact_groups(items, _dup_key):
-            msg = f"{len(group)} identical {role} records ({len(group) - 1} redundant); first at {group[0].where}"
+            msg = (
+                f"{len(group)} identical {role} records ({len(group) - 1} redundant), first {group[0].where}"
+            )
             out.append(_problem("duplicate", msg, [it.location() for it in group]))
     return out
 
@@ -137,7 +146,9 @@ def leak_problems(valid: list[tuple[Dataset, Item]]) -> list[Problem]:
             locs = [
                 {**it.location(), "matches": index[early][h].where}
                 for ds, it in valid
-                if ds.role == late and (h := text_hash(it.input_text)) in index[early] and it.input_text.strip()
+                if ds.role == late
+                and (h := text_hash(it.input_text)) in index[early]
+                and it.input_text.strip()
             ]
             if locs:
                 msg = f"{len(locs)} {late} records have the same input as a {early} record"
@@ -154,7 +165,7 @@ def conflict_problems(valid: list[tuple[Dataset, Item]]) -> list[Problem]:
             labels = sorted({it.label for it in group if it.label is not None})
             if len(labels) > 1:
                 locs = [{**it.location(), "label": it.label} for it in group]
-                msg = f"the same {role} input has {len(labels)} labels ({', '.join(labels)}); first at {group[0].where}"
+                msg = f"the same {role} input has labels {', '.join(labels)}; first {group[0].where}"
                 out.append(_problem("label_conflict", msg, locs))
     return out
 
@@ -171,7 +182,9 @@ def near_problems(valid: list[tuple[Dataset, Item]], threshold: float) -> list[P
             inside.append({**b.location(), "near": a.where, "similarity": sim})
             continue
         (de, e), (dl, late) = ((di, a), (dj, b)) if rank[di.role] < rank[dj.role] else ((dj, b), (di, a))
-        leaks.setdefault((de.role, dl.role), []).append({**late.location(), "near": e.where, "similarity": sim})
+        leaks.setdefault((de.role, dl.role), []).append(
+            {**late.location(), "near": e.where, "similarity": sim}
+        )
     out = []
     if inside:
         msg = f"{len(inside)} near-duplicate pairs (similarity >= {threshold}) within splits"

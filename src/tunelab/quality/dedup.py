@@ -51,11 +51,11 @@ def near_pairs(texts: Sequence[str], threshold: float, seed: int = 1) -> list[tu
     hashes = MinHash.bulk([list(sets[i]) for i in present], num_perm=NUM_PERM, seed=seed)
     lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
     with lsh.insertion_session() as session:
-        for i, mh in zip(present, hashes):
+        for i, mh in zip(present, hashes, strict=False):
             session.insert(i, mh, check_duplication=False)
     norms = [normalize(t) for t in texts]
     pairs = []
-    for i, mh in zip(present, hashes):
+    for i, mh in zip(present, hashes, strict=False):
         for j in lsh.query(mh):
             if j > i and norms[i] != norms[j] and (sim := jaccard(sets[i], sets[j])) >= threshold:
                 pairs.append((i, j, round(sim, 3)))

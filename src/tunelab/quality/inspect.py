@@ -40,7 +40,7 @@ def inspect_dataset(ds: Dataset, tokenizer: Any = None, max_length: int | None =
         stats["labels"] = dict(sorted(labels.items(), key=lambda kv: (-kv[1], kv[0])))
         stats["missing_labels"] = sum(1 for it in valid if it.label is None)
     if max_length is not None:
-        over = [(it, n) for it, n in zip(valid, lengths) if n > max_length]
+        over = [(it, n) for it, n in zip(valid, lengths, strict=False) if n > max_length]
         stats["max_length"] = max_length
         stats["truncated"] = [{**it.location(), "length": n} for it, n in over]
     stats["_lengths"] = lengths  # kept for the histogram; dropped from JSON output
@@ -48,7 +48,9 @@ def inspect_dataset(ds: Dataset, tokenizer: Any = None, max_length: int | None =
 
 
 def empty_fields(items: list[Item]) -> list[tuple[Item, str]]:
-    return [(it, path) for it in items if it.error is None for path, text in it.fields.items() if not text.strip()]
+    return [
+        (it, path) for it in items if it.error is None for path, text in it.fields.items() if not text.strip()
+    ]
 
 
 def conversation_stats(items: list[Item]) -> dict[str, Any]:
@@ -57,8 +59,12 @@ def conversation_stats(items: list[Item]) -> dict[str, Any]:
         return {}
     turns = [len(m) for m in convs]
     roles = Counter(msg.role for m in convs for msg in m)
-    return {"roles": dict(roles), "turns": {"min": min(turns), "mean": round(statistics.fmean(turns), 2),
-                                            "max": max(turns), "counts": dict(sorted(Counter(turns).items()))}}  # fmt: skip
+    counts = dict(sorted(Counter(turns).items()))
+    mean = round(statistics.fmean(turns), 2)
+    return {
+        "roles": dict(roles),
+        "turns": {"min": min(turns), "mean": mean, "max": max(turns), "counts": counts},
+    }
 
 
 def _messages(record: Record | None) -> tuple[Any, ...]:
@@ -104,8 +110,14 @@ def summarize(values: list[int]) -> dict[str, float]:
     def pct(p: float) -> int:
         return s[min(len(s) - 1, int(p / 100 * len(s)))]
 
-    return {"count": len(s), "min": s[0], "mean": round(statistics.fmean(s), 1), "p50": pct(50), "p90": pct(90),
-            "p95": pct(95), "p99": pct(99), "max": s[-1]}  # fmt: skip
+    mean = round(statistics.fmean(s), 1)
+    return {
+        "count": len(s),
+        "min": s[0],
+        "mean": mean,
+        **{f"p{p}": pct(p) for p in (50, 90, 95, 99)},
+        "max": s[-1],
+    }
 
 
 def plot_lengths(stats: list[dict[str, Any]], path: str | Path, max_length: int | None = None) -> Path:
