@@ -171,20 +171,24 @@ def conflict_problems(valid: list[tuple[Dataset, Item]]) -> list[Problem]:
 
 
 def near_problems(valid: list[tuple[Dataset, Item]], threshold: float) -> list[Problem]:
-    """Near-duplicate pairs: inside a role they are near-duplicates, across roles near leakage."""
-    pairs = near_pairs([it.full_text for _, it in valid], threshold)
+    """Near-duplicates within a role compare whole records (what clean would drop); near leakage across
+    roles compares inputs, like exact leakage. One MinHash pass serves both when inputs are the records."""
+    full = near_pairs([it.full_text for _, it in valid], threshold)
+    same_text = all(it.input_text == it.full_text for _, it in valid)
+    inputs = full if same_text else near_pairs([it.input_text for _, it in valid], threshold)
     rank = {r: i for i, r in enumerate(ROLES)}
-    inside: list[dict[str, Any]] = []
+    inside = [
+        {**valid[j][1].location(), "near": valid[i][1].where, "similarity": sim}
+        for i, j, sim in full
+        if valid[i][0].role == valid[j][0].role
+    ]
     leaks: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for i, j, sim in pairs:
+    for i, j, sim in inputs:
         (di, a), (dj, b) = valid[i], valid[j]
-        if di.role == dj.role:
-            inside.append({**b.location(), "near": a.where, "similarity": sim})
-            continue
-        (de, e), (dl, late) = ((di, a), (dj, b)) if rank[di.role] < rank[dj.role] else ((dj, b), (di, a))
-        leaks.setdefault((de.role, dl.role), []).append(
-            {**late.location(), "near": e.where, "similarity": sim}
-        )
+        if di.role != dj.role:
+            (de, e), (dl, late) = ((di, a), (dj, b)) if rank[di.role] < rank[dj.role] else ((dj, b), (di, a))
+            loc = {**late.location(), "near": e.where, "similarity": sim}
+            leaks.setdefault((de.role, dl.role), []).append(loc)
     out = []
     if inside:
         msg = f"{len(inside)} near-duplicate pairs (similarity >= {threshold}) within splits"

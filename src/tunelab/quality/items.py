@@ -197,6 +197,12 @@ def _parse(it: Item, fmt: str | None, columns: Mapping[str, str] | None, label_c
     it.full_text = f"{it.input_text}\n{output}" if output else it.input_text
 
 
+def reparse(it: Item, fmt: str | None, columns: Mapping[str, str] | None, label_column: str | None) -> None:
+    """Parse an item again after its row changed (trimmed, redacted)."""
+    it.error, it.record, it.label, it.input_text, it.full_text = None, None, None, "", ""
+    _parse(it, fmt, columns, label_column)
+
+
 def string_leaves(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
     """(path, text) for every string in a row, skipping structural keys such as `role`."""
     if isinstance(value, str):
