@@ -216,6 +216,14 @@ def string_leaves(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
             yield from string_leaves(v, f"{path}[{i}]")
 
 
+def get_leaf(row: dict[str, Any], path: str) -> Any:
+    """The value at a `string_leaves` path inside `row`."""
+    node: Any = row
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
+        node = node[int(part[1:-1])] if part.startswith("[") else node[part]
+    return node
+
+
 def set_leaf(row: dict[str, Any], path: str, new: str) -> None:
     """Set the string at a `string_leaves` path inside `row` (in place)."""
     parts = re.findall(r"[^.\[\]]+|\[\d+\]", path)
