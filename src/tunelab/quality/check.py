@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from tunelab.config import DatasetConfig, ModelConfig
 from tunelab.quality.dedup import exact_groups, near_pairs
 from tunelab.quality.inspect import empty_fields, inspect_dataset, public
+from tunelab.quality.io import sha256_file
 from tunelab.quality.items import Dataset, Item, load_dataset, text_hash
 from tunelab.quality.options import CheckOptions
 from tunelab.quality.pii import find_pii
@@ -59,6 +61,8 @@ def load(d: DataInput, role: str, options: CheckOptions) -> Dataset:
 def check_datasets(datasets: list[Dataset], options: CheckOptions, tokenizer: Any = None) -> CheckReport:
     start = time.perf_counter()
     stats = [inspect_dataset(ds, tokenizer, options.max_length) for ds in datasets]
+    for ds, st in zip(datasets, stats, strict=True):
+        st["sha256"] = sha256_file(ds.path) if Path(ds.path).is_file() else None
     problems: list[Problem] = []
     for ds, st in zip(datasets, stats, strict=False):
         problems += file_problems(ds, st, options)

@@ -47,13 +47,18 @@ class Handler(BaseHTTPRequestHandler):
             return
         prompt = request["messages"][-1]["content"]
         content = rule_reply(prompt, len(server.requests))  # type: ignore[attr-defined]
-        body = json.dumps({
-            "id": f"chatcmpl-{len(server.requests)}", "object": "chat.completion", "created": int(time.time()),  # type: ignore[attr-defined]
-            "model": request["model"],
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": len(content.split()),
-                      "total_tokens": len(prompt.split()) + len(content.split())},
-        }).encode()  # fmt: skip
+        n_in, n_out = len(prompt.split()), len(content.split())
+        reply = {"role": "assistant", "content": content}
+        body = json.dumps(
+            {
+                "id": f"chatcmpl-{len(server.requests)}",  # type: ignore[attr-defined]
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": request["model"],
+                "choices": [{"index": 0, "message": reply, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out},
+            }
+        ).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))

@@ -25,12 +25,15 @@ def _rows(path: str) -> list[dict]:
 
 @pytest.fixture
 def intents(tmp_path: Path) -> Path:
-    return _write(tmp_path / "intents.jsonl", [
-        {"text": "where is my new card it has not arrived yet", "label": "card_arrival"},
-        {"text": "my card still has not come in the post", "label": "card_arrival"},
-        {"text": "how can I add money to my account", "label": "top_up"},
-        {"text": "top up failed twice this morning", "label": "top_up"},
-    ])  # fmt: skip
+    return _write(
+        tmp_path / "intents.jsonl",
+        [
+            {"text": "where is my new card it has not arrived yet", "label": "card_arrival"},
+            {"text": "my card still has not come in the post", "label": "card_arrival"},
+            {"text": "how can I add money to my account", "label": "top_up"},
+            {"text": "top up failed twice this morning", "label": "top_up"},
+        ],
+    )
 
 
 def test_simple_methods_are_seeded_and_keep_labels(intents: Path, tmp_path: Path) -> None:
@@ -66,13 +69,20 @@ def test_word_operations() -> None:
 def test_paraphrase_and_backtranslate_through_a_real_server(intents: Path, tmp_path: Path) -> None:
     with chat_server() as (url, requests):
         ep = EndpointOptions(base_url=url, model="local-model", api_key="sk-test")
-        res = augment(str(intents), str(tmp_path / "o.jsonl"),
-                      AugmentOptions(methods=["paraphrase", "backtranslate"], endpoint=ep))  # fmt: skip
+        res = augment(
+            str(intents),
+            str(tmp_path / "o.jsonl"),
+            AugmentOptions(methods=["paraphrase", "backtranslate"], endpoint=ep),
+        )
     rows = _rows(res.output)
     para = [r for r in rows if r.get("_synthetic") == "paraphrase"]
     back = [r for r in rows if r.get("_synthetic") == "backtranslate"]
-    assert para[0] == {"text": "In other words: where is my new card it has not arrived yet",
-                       "label": "card_arrival", "_synthetic": "paraphrase", "_source": f"{intents}:1"}  # fmt: skip
+    assert para[0] == {
+        "text": "In other words: where is my new card it has not arrived yet",
+        "label": "card_arrival",
+        "_synthetic": "paraphrase",
+        "_source": f"{intents}:1",
+    }
     assert back[2]["text"] == "[English] how can I add money to my account" and back[2]["label"] == "top_up"
     assert len(requests) == 4 + 8  # one per paraphrase, two per back-translation
     assert {r["model"] for r in requests} == {"local-model"} and requests[0]["auth"] == "Bearer sk-test"
@@ -80,14 +90,22 @@ def test_paraphrase_and_backtranslate_through_a_real_server(intents: Path, tmp_p
 
 
 def test_synthesize_keeps_labels_and_answers_sft_rows(intents: Path, tmp_path: Path) -> None:
-    sft = _write(tmp_path / "sft.jsonl", [{"instruction": f"Explain topic {i}", "output": f"Topic {i} is..."}
-                                           for i in range(3)])  # fmt: skip
+    sft = _write(
+        tmp_path / "sft.jsonl",
+        [{"instruction": f"Explain topic {i}", "output": f"Topic {i} is..."} for i in range(3)],
+    )
     with chat_server() as (url, requests):
         ep = EndpointOptions(base_url=url, model="m")
-        res = augment(str(intents), str(tmp_path / "s.jsonl"),
-                      AugmentOptions(methods=["synthesize"], num_generate=4, endpoint=ep))  # fmt: skip
-        res_sft = augment(str(sft), str(tmp_path / "t.jsonl"),
-                          AugmentOptions(methods=["synthesize"], num_generate=2, endpoint=ep))  # fmt: skip
+        res = augment(
+            str(intents),
+            str(tmp_path / "s.jsonl"),
+            AugmentOptions(methods=["synthesize"], num_generate=4, endpoint=ep),
+        )
+        res_sft = augment(
+            str(sft),
+            str(tmp_path / "t.jsonl"),
+            AugmentOptions(methods=["synthesize"], num_generate=2, endpoint=ep),
+        )
     new = [r for r in _rows(res.output) if r.get("_synthetic")]
     assert [r["label"] for r in new] == ["card_arrival", "top_up", "card_arrival", "top_up"]
     assert all(r["text"].endswith(f"about {r['label']}") for r in new)
@@ -97,13 +115,21 @@ def test_synthesize_keeps_labels_and_answers_sft_rows(intents: Path, tmp_path: P
 
 
 def test_self_instruct_dedups_against_existing_data(tmp_path: Path) -> None:
-    seeds = _write(tmp_path / "seeds.jsonl", [
-        {"instruction": "Write a haiku about the sea", "output": "Waves fold into foam..."},
-        {"instruction": "Name three uses for a paperclip", "output": "Hold paper, reset, pick."},
-    ])  # fmt: skip
+    seeds = _write(
+        tmp_path / "seeds.jsonl",
+        [
+            {"instruction": "Write a haiku about the sea", "output": "Waves fold into foam..."},
+            {"instruction": "Name three uses for a paperclip", "output": "Hold paper, reset, pick."},
+        ],
+    )
     with chat_server() as (url, _):
-        res = augment(str(seeds), str(tmp_path / "si.jsonl"),
-                      AugmentOptions(methods=["self_instruct"], num_generate=4, endpoint=EndpointOptions(base_url=url, model="m")))  # fmt: skip
+        res = augment(
+            str(seeds),
+            str(tmp_path / "si.jsonl"),
+            AugmentOptions(
+                methods=["self_instruct"], num_generate=4, endpoint=EndpointOptions(base_url=url, model="m")
+            ),
+        )
     new = [r for r in _rows(res.output) if r.get("_synthetic") == "self_instruct"]
     assert len(new) == 4 and res.generated["self_instruct"] == 4
     assert not any("haiku" in r["instruction"] for r in new)  # copy and near-copy of a seed rejected

@@ -84,9 +84,14 @@ def test_inspect_tokens_roles_truncation_and_histogram(tmp_path: Path) -> None:
     path = tmp_path / "chat.jsonl"
     rows = [
         {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]},
-        {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "x" * 300},
-                      {"role": "assistant", "content": "ok"}]},
-    ]  # fmt: skip
+        {
+            "messages": [
+                {"role": "system", "content": "be brief"},
+                {"role": "user", "content": "x" * 300},
+                {"role": "assistant", "content": "ok"},
+            ]
+        },
+    ]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     tok = byte_tokenizer()
     stats = inspect_dataset(load_dataset(str(path)), tokenizer=tok, max_length=100)

@@ -79,8 +79,13 @@ def _grouped_rows(tmp_path: Path) -> Path:
     rows = []
     for i in range(60):
         label = ["a", "b", "c"][i % 3]
-        rows.append({"text": f"unique request {i} about topic {label} with words {i * 7919 % 1000}",
-                     "label": label, "user": f"u{i}"})  # fmt: skip
+        rows.append(
+            {
+                "text": f"unique request {i} about topic {label} with words {i * 7919 % 1000}",
+                "label": label,
+                "user": f"u{i}",
+            }
+        )
     for k in range(4):  # one customer's records, all different texts
         rows.append({"text": f"customer x says thing {k} loudly", "label": "a", "user": "x"})
     base = "please help me reset the password on my online banking account today"
@@ -121,8 +126,9 @@ def test_split_keeps_planted_leak_and_near_duplicates_together(planted: Planted,
     manifest = split([str(planted.train), str(planted.test)], str(tmp_path / "s"), SplitOptions(seed=1))
     assert manifest["inputs"][0]["skipped_invalid"] == 2  # lines 5 and 6
     files = {k: v["path"] for k, v in manifest["splits"].items()}
-    report = check([files["train"]], eval=[files["validation"]], test=[files["test"]],
-                   options=CheckOptions(pii=False))  # fmt: skip
+    report = check(
+        [files["train"]], eval=[files["validation"]], test=[files["test"]], options=CheckOptions(pii=False)
+    )
     assert not report.find("leak_exact") and not report.find("leak_near")
     assert sum(len(load_dataset(p).items) for p in files.values()) == 16
 

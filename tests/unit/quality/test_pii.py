@@ -36,7 +36,7 @@ POSITIVE = [
     ("secret", f"key:\n{PEM}\n", PEM),
     ("secret", 'config api_key="q8Zr3Lw9Tx2Vb7Nm4Kp1"', "q8Zr3Lw9Tx2Vb7Nm4Kp1"),
     ("secret", "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.abc123XYZ", "eyJhbGciOiJIUzI1NiJ9.abc123XYZ"),
-]  # fmt: skip
+]
 
 NEGATIVE = [
     "the card 4111 1111 1111 1112 fails Luhn",
