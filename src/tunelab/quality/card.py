@@ -60,7 +60,7 @@ def preflight(
     return report
 
 
-def _table(header: Sequence[str], rows: list[Sequence[Any]]) -> list[str]:
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return out + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 

@@ -190,8 +190,8 @@ def near_problems(valid: list[tuple[Dataset, Item]], threshold: float) -> list[P
     for i, j, sim in inputs:
         (di, a), (dj, b) = valid[i], valid[j]
         if di.role != dj.role:
-            (de, e), (dl, late) = ((di, a), (dj, b)) if rank[di.role] < rank[dj.role] else ((dj, b), (di, a))
-            loc = {**late.location(), "near": e.where, "similarity": sim}
+            (de, e), (dl, later) = ((di, a), (dj, b)) if rank[di.role] < rank[dj.role] else ((dj, b), (di, a))
+            loc = {**later.location(), "near": e.where, "similarity": sim}
             leaks.setdefault((de.role, dl.role), []).append(loc)
     out = []
     if inside:
