@@ -6,9 +6,10 @@ KV cache) continues each prompt right where it stops. Sampling runs inside a for
 `seed`, so the same seed gives the same outputs and the caller's RNG state is untouched. Generation stops
 at the tokenizer's EOS; the returned token ids are cut at the first EOS (which is not included).
 
-`render_prompt` is the ONE place a conversation becomes prompt text, so switching to the project's
-template resolution (tunelab.data.tokenize) is a one-line change. A plain string prompt is used as is
-(a prompt/completion record is not a chat).
+`render_prompt` is the one place a conversation becomes prompt text: the template training used
+(tunelab.data.tokenize: the model's own, an override, or the documented fallback) with the assistant
+generation prompt. A plain string prompt is used as is (a prompt/completion record is not a chat). BOS
+is handled as in training: once, from the template or else from the tokenizer's default.
 """
 
 from __future__ import annotations
@@ -20,15 +21,17 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from tunelab.data.tokenize import chat_template_for, prompt_text
+
 Prompt = str | Sequence[Mapping[str, str]]
 
 
-def render_prompt(tokenizer: Any, prompt: Prompt) -> str:
-    """Prompt text for generation: a message list through the chat template with the assistant header added."""
+def render_prompt(tokenizer: Any, prompt: Prompt, template: str | None = None) -> str:
+    """Prompt text for generation; `template` is a model.chat_template override (None: the model's own)."""
     if isinstance(prompt, str):
         return prompt
     messages = [{"role": m["role"], "content": m["content"]} for m in prompt]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return prompt_text(tokenizer, messages, chat_template_for(tokenizer, template))
 
 
 @dataclass(frozen=True)
@@ -38,20 +41,22 @@ class DecodingConfig:
     top_p: float = 1.0
     seed: int = 0
     batch_size: int = 16
+    chat_template: str | None = None  # model.chat_template override
 
 
-def encode_prompt(tokenizer: Any, prompt: Prompt) -> list[int]:
-    """Prompt token ids. Chat templates write their own BOS, so rendered chats get no added special
-    tokens; a raw string prompt gets the tokenizer's usual ones (BOS for Llama-style tokenizers)."""
-    if isinstance(prompt, str):
-        return tokenizer(prompt)["input_ids"]
-    return tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"]
+def encode_prompt(tokenizer: Any, prompt: Prompt, template: str | None = None) -> list[int]:
+    """Prompt token ids, with BOS exactly once as tunelab.data.tokenize.Encoder does for training."""
+    ids = list(tokenizer(render_prompt(tokenizer, prompt, template), add_special_tokens=False)["input_ids"])
+    bos = tokenizer.bos_token_id
+    if bos is not None and ids[:1] != [bos] and tokenizer("a")["input_ids"][:1] == [bos]:
+        ids.insert(0, bos)
+    return ids
 
 
 def generate_ids(model: Any, tokenizer: Any, prompts: Sequence[Prompt], decoding: DecodingConfig,
                  progress: bool = True) -> list[list[int]]:  # fmt: skip
     """New token ids per prompt, in input order, cut at the first EOS."""
-    encoded = [encode_prompt(tokenizer, p) for p in prompts]
+    encoded = [encode_prompt(tokenizer, p, decoding.chat_template) for p in prompts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     out: list[list[int]] = [[] for _ in encoded]
     eos, pad = tokenizer.eos_token_id, _pad_id(tokenizer)

@@ -1,10 +1,11 @@
 """Loss and perplexity of reference answers given prompts, and the forgetting probe on general text.
 
-For answers only the answer tokens count (prompt tokens are context); the answer is followed by EOS, which
-counts too, since stopping is part of answering. The aggregate loss is token-weighted (what "perplexity"
-means); per-example losses are each example's mean NLL (what the paired bootstrap compares). Sequences
-longer than `max_length` lose prompt tokens from the left first, so the answer is kept; such cuts are
-counted in `truncated`. An example with no counted token gets a NaN loss and is counted in `empty`.
+Answers are tokenized by training's own path (tunelab.data.tokenize.Encoder), so exactly the tokens that
+carry loss in training count here: the answer and its end-of-turn/EOS token, never the prompt. The
+aggregate loss is token-weighted (what "perplexity" means); per-example losses are each example's mean
+NLL (what the paired bootstrap compares). Sequences longer than `max_length` lose tokens from the left,
+so the answer is kept; such cuts are counted in `truncated`. An example with no counted token gets a NaN
+loss and is counted in `empty`.
 
 The forgetting probe is perplexity on general English text (by default a set of short original
 paragraphs shipped in tunelab/assets/general_text.jsonl) before and after fine-tuning; a relative rise
@@ -26,7 +27,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from tunelab.errors import DataError
-from tunelab.eval.generate import Prompt, encode_prompt
+from tunelab.data.records import Conversation, Message, PromptCompletion
+from tunelab.data.tokenize import IGNORE, Encoder, chat_template_for
+from tunelab.eval.generate import Prompt
 from tunelab.eval.metrics import MetricResult
 
 
@@ -45,37 +48,43 @@ class LossResult:
 
 
 def answer_loss(model: Any, tokenizer: Any, prompts: Sequence[Prompt], answers: Sequence[str], *,
-                batch_size: int = 8, max_length: int = 1024, progress: bool = True) -> LossResult:  # fmt: skip
-    """NLL of each answer (plus EOS) given its prompt, with prompts rendered as for generation."""
+                batch_size: int = 8, max_length: int = 1024, chat_template: str | None = None,
+                progress: bool = True) -> LossResult:  # fmt: skip
+    """NLL of each answer given its prompt (a message list or a raw prompt string)."""
     if len(prompts) != len(answers):
         raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
+    encoder = Encoder(tokenizer, chat_template_for(tokenizer, chat_template))
     seqs, truncated = [], 0
     for prompt, answer in zip(prompts, answers):
-        p = encode_prompt(tokenizer, prompt)
-        a = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        if len(p) + len(a) > max_length:
+        if isinstance(prompt, str):
+            ex = encoder.encode(PromptCompletion(prompt, answer))
+        else:
+            msgs = tuple(Message(m["role"], m["content"]) for m in prompt)
+            ex = encoder.encode(Conversation((*msgs, Message("assistant", answer))))
+        ids, labels = ex.input_ids, ex.labels
+        if len(ids) > max_length:
             truncated += 1
-            a = a[: max_length - 1]
-            p = p[max(0, len(p) - (max_length - len(a))) :]
-        seqs.append((p + a, len(p)))
+            ids, labels = ids[-max_length:], labels[-max_length:]
+        seqs.append((ids, [lab != IGNORE for lab in labels]))
     return _loss(model, seqs, batch_size, truncated, progress)
 
 
 def text_loss(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 8, max_length: int = 512,
               progress: bool = True) -> LossResult:  # fmt: skip
-    """NLL of every token of each text after the first (plus the tokenizer's BOS as context)."""
+    """NLL of every token of each text after the first (the tokenizer's BOS, when it adds one, is context)."""
     seqs, truncated = [], 0
     for text in texts:
         ids = tokenizer(text)["input_ids"]
         if len(ids) > max_length:
             truncated += 1
             ids = ids[:max_length]
-        seqs.append((ids, 1))
+        seqs.append((ids, [True] * len(ids)))
     return _loss(model, seqs, batch_size, truncated, progress)
 
 
-def _loss(model: Any, seqs: list[tuple[list[int], int]], batch_size: int, truncated: int, progress: bool) -> LossResult:
-    """seqs: (token ids, index of the first counted token)."""
+def _loss(model: Any, seqs: list[tuple[list[int], list[bool]]], batch_size: int, truncated: int,
+          progress: bool) -> LossResult:  # fmt: skip
+    """seqs: (token ids, whether each token counts). Token 0 never counts: nothing predicts it."""
     device = next(model.parameters()).device
     sums, counts = [0.0] * len(seqs), [0] * len(seqs)
     was_training = model.training
@@ -96,15 +105,15 @@ def _loss(model: Any, seqs: list[tuple[list[int], int]], batch_size: int, trunca
     return LossResult(loss, math.exp(loss) if total else float("nan"), per, counts, truncated, counts.count(0))
 
 
-def _batch_nll(model: Any, batch: list[tuple[list[int], int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch_nll(model: Any, batch: list[tuple[list[int], list[bool]]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(ids) for ids, _ in batch)
     ids = torch.zeros((len(batch), width), dtype=torch.long)
     attn = torch.zeros_like(ids)
     counted = torch.zeros((len(batch), width), dtype=torch.bool)
-    for i, (row, first) in enumerate(batch):
+    for i, (row, counts) in enumerate(batch):
         ids[i, : len(row)] = torch.tensor(row)
         attn[i, : len(row)] = 1
-        counted[i, max(first, 1) : len(row)] = True  # position 0 has no context to predict it from
+        counted[i, : len(row)] = torch.tensor(counts)
     logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits[:, :-1].float()
     targets = ids[:, 1:].to(device)
     nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
