@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from tunelab.errors import DataError
 from tunelab.data.records import Conversation, Message, PromptCompletion
 from tunelab.data.tokenize import IGNORE, Encoder, chat_template_for
+from tunelab.errors import DataError
 from tunelab.eval.generate import Prompt
 from tunelab.eval.metrics import MetricResult
 
