@@ -23,7 +23,7 @@ from tunelab.data.records import Conversation, Preference, PromptCompletion, Rec
 from tunelab.errors import ConfigError, DataError
 from tunelab.eval.generate import DecodingConfig, Prompt, generate
 from tunelab.eval.metrics import METRICS, MetricResult
-from tunelab.eval.perplexity import answer_loss
+from tunelab.eval.perplexity import LossResult, answer_loss, load_probe_texts, text_loss
 
 EVAL_DIR = "eval"  # inside a run directory: baseline.json, final.json, comparison.json, forgetting.json
 LOSS_METRICS = ("loss", "perplexity")
@@ -157,3 +157,10 @@ def evaluate(model: Any, tokenizer: Any, examples: Sequence[EvalExample], cfg: E
             results[spec.name] = METRICS[spec.name](predictions, refs, **options[spec.name])
     dec = asdict(decoding) if predictions is not None else {}
     return EvalResult(name, list(examples), predictions, results, dec)
+
+
+def forgetting_probe(model: Any, tokenizer: Any, cfg: EvalConfig, progress: bool = True) -> LossResult:
+    """Perplexity on the general-text probe set (eval.forgetting.texts, or the shipped default)."""
+    texts = load_probe_texts(cfg.forgetting.texts)
+    return text_loss(model, tokenizer, texts, batch_size=cfg.batch_size, max_length=cfg.forgetting.max_length,
+                     progress=progress)  # fmt: skip
