@@ -23,6 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 PROBE = """<script>window.addEventListener('load', () => {
@@ -58,8 +59,12 @@ def check_dom(html_path: Path, min_images: int) -> list[str]:
     if len(srcs) < min_images:
         problems.append(f"expected at least {min_images} embedded PNG images in the DOM, found {len(srcs)}")
     for i, b64 in enumerate(srcs):
-        img = Image.open(io.BytesIO(base64.b64decode(b64)))
-        img.verify()
+        try:
+            img = Image.open(io.BytesIO(base64.b64decode(b64)))
+            img.verify()
+        except Exception as e:  # PIL raises several types for undecodable data
+            problems.append(f"image {i}: does not decode as an image ({type(e).__name__})")
+            continue
         if img.format != "PNG" or min(img.size) < 50:
             problems.append(f"image {i}: not a plausible plot ({img.format}, {img.size})")
     m = re.search(r"images-loaded:(\d+)/(\d+)", dom)
@@ -75,9 +80,9 @@ def check_screenshot(html_path: Path, out: Path) -> list[str]:
         return ["Chromium wrote no screenshot"]
     img = Image.open(out).convert("RGB")
     small = img.resize((img.width // 4, img.height // 4))
-    pixels = list(small.getdata())
-    non_white = sum(1 for p in pixels if sum(p) < 720) / len(pixels)
-    colours = len(set(pixels))
+    pixels = np.asarray(small).reshape(-1, 3).astype(int)
+    non_white = float((pixels.sum(axis=1) < 720).mean())
+    colours = len(np.unique(pixels, axis=0))
     print(f"screenshot {out}: {img.size}, {non_white:.1%} non-white, {colours} colours")
     problems = []
     if non_white < 0.03 or colours < 50:

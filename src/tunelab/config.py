@@ -162,9 +162,12 @@ class MetricSpec(Section):
 
 class ExtractConfig(Section):
     method: Literal["regex", "json", "first_line", "label_set"] = Field(
-        "first_line", description="How the label is read from an output: regex group, JSON field, first line, or label set."
+        "first_line",
+        description="How the label is read from an output: regex group, JSON field, first line, or label set.",
     )
-    pattern: str | None = Field(None, description="Regex for method regex; the group named 'label' or group 1 is the label.")
+    pattern: str | None = Field(
+        None, description="Regex for method regex; the group named 'label' or group 1 is the label."
+    )
     field: str = Field("label", description="JSON field that holds the label for method json.")
     labels: list[str] | None = Field(
         None, description="Closed label set; extracted labels outside it count as unparseable (required for label_set)."
@@ -196,9 +199,12 @@ class JudgeConfig(Section):
     base_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible endpoint of the judge model.")
     model: str = Field("judge", description="Model name sent to the judge endpoint.")
     api_key_env: str | None = Field(
-        "OPENAI_API_KEY", description="Environment variable that holds the judge API key; null for keyless local servers."
+        "OPENAI_API_KEY",
+        description="Environment variable that holds the judge API key; null for keyless local servers.",
     )
-    system_prompt: str = Field("You are a strict, fair evaluator.", description="System message of every judge request.")
+    system_prompt: str = Field(
+        "You are a strict, fair evaluator.", description="System message of every judge request."
+    )
     single_prompt: str = Field(
         DEFAULT_SINGLE_PROMPT,
         description="Single-answer template; fields {question} {answer} {reference} {rubric} {min_score} {max_score}.",
@@ -209,9 +215,13 @@ class JudgeConfig(Section):
     rubric: str = Field(
         "Judge correctness first, then helpfulness and clarity.", description="Criteria inserted into both templates."
     )
-    min_score: float = Field(1, description="Lowest valid score; replies outside [min_score, max_score] are unparseable.")
+    min_score: float = Field(
+        1, description="Lowest valid score; replies outside [min_score, max_score] are unparseable."
+    )
     max_score: float = Field(10, description="Highest valid score.")
-    temperature: float = Field(0.0, ge=0, description="Judge sampling temperature (0 makes cached verdicts reproducible).")
+    temperature: float = Field(
+        0.0, ge=0, description="Judge sampling temperature (0 makes cached verdicts reproducible)."
+    )
     max_tokens: int = Field(256, ge=1, description="Longest judge reply.")
     timeout: float = Field(60.0, gt=0, description="Seconds before a judge request counts as failed.")
     max_retries: int = Field(2, ge=0, description="Retries of a failed request (by the openai client, with backoff).")

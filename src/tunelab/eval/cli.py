@@ -76,7 +76,9 @@ def eval_cmd(
     data: DataOpt = None,
     config: ConfigOpt = None,
     overrides: SetOpt = None,
-    out: Annotated[Path | None, typer.Option(help="Result JSON; default RUN/eval/final.json or ./eval-NAME.json.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Result JSON; default RUN/eval/final.json or ./eval-NAME.json.")
+    ] = None,
 ) -> None:
     """Generate on the eval data and compute the configured metrics.
 
@@ -132,7 +134,9 @@ def compare(
     (out / "eval" / "comparison.json").write_text(json.dumps(comparison, indent=1, ensure_ascii=False))
     data_ = ReportData(f"tunelab compare: {ra.model} vs {rb.model}", comparison=comparison)
     if probe_a is not None and probe_b is not None:
-        fg = forgetting_check(probe_a, probe_b, cfg.eval.forgetting.threshold, cfg.eval.forgetting.texts or "general_text")
+        fg = forgetting_check(
+            probe_a, probe_b, cfg.eval.forgetting.threshold, cfg.eval.forgetting.texts or "general_text"
+        )
         data_.forgetting = asdict(fg)
         (out / "eval" / "forgetting.json").write_text(json.dumps(data_.forgetting, indent=1))
     for r in (ra, rb):
@@ -156,7 +160,9 @@ def _pairwise(ra: Any, rb: Any, cfg: RunConfig) -> dict[str, Any]:
     from tunelab.eval.judge import Judge
     from tunelab.eval.runner import question_text
 
-    res = Judge(cfg.eval.judge).compare_all([question_text(e.prompt) for e in ra.examples], ra.predictions, rb.predictions)
+    res = Judge(cfg.eval.judge).compare_all(
+        [question_text(e.prompt) for e in ra.examples], ra.predictions, rb.predictions
+    )
     row = pairwise_row(res, n_resamples=cfg.eval.bootstrap_resamples, seed=cfg.eval.seed)
     return asdict(row) | {"verdict": row.verdict, "details": res.details}
 

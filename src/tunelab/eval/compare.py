@@ -89,7 +89,9 @@ def compare_results(a: EvalResult, b: EvalResult, *, n_resamples: int = 10000, s
     return Comparison(a.model, b.model, rows, _flipped_examples(a, b, rows, max_flipped))
 
 
-def _compare_key(metric: str, key: str, a: list[float], b: list[float], n_resamples: int, seed: int) -> MetricComparison:
+def _compare_key(
+    metric: str, key: str, a: list[float], b: list[float], n_resamples: int, seed: int
+) -> MetricComparison:
     boot = paired_bootstrap(a, b, n_resamples=n_resamples, seed=seed)
     higher = key not in LOWER_IS_BETTER
     flips = flipped(a, b) if higher else flipped([-x for x in a], [-x for x in b])

@@ -108,7 +108,7 @@ _WINNERS = {"a": "A", "b": "B", "tie": "tie", "c": "tie", "draw": "tie"}
 
 
 def parse_winner(text: str) -> str | None:
-    """"A", "B" or "tie" from {"winner": ...}, MT-bench's [[A]]/[[B]]/[[C]], or the last "Winner: X"."""
+    """ "A", "B" or "tie" from {"winner": ...}, MT-bench's [[A]]/[[B]]/[[C]], or the last "Winner: X"."""
     obj = find_json(text)
     if isinstance(obj, dict) and isinstance(obj.get("winner"), str):
         return _WINNERS.get(obj["winner"].strip().lower())
@@ -131,7 +131,7 @@ class Judge:
 
     def _ask(self, prompt: str) -> tuple[str | None, str | None, bool]:
         """(reply, error, cached). Only replies are cached; errors are retried on the next run."""
-        request = {
+        request: dict[str, Any] = {
             "base_url": self.cfg.base_url, "model": self.cfg.model, "temperature": self.cfg.temperature,
             "max_tokens": self.cfg.max_tokens,
             "messages": [{"role": "system", "content": self.cfg.system_prompt}, {"role": "user", "content": prompt}],
@@ -181,7 +181,9 @@ class Judge:
         w2 = {"A": "b", "B": "a", "tie": "tie"}[second.value]  # positions swapped back
         return PairVerdict(OK, w1 if w1 == w2 else "tie", first, second, consistent=w1 == w2)
 
-    def score_all(self, questions: Sequence[str], answers: Sequence[str], references: Sequence[str] | None = None) -> MetricResult:
+    def score_all(
+        self, questions: Sequence[str], answers: Sequence[str], references: Sequence[str] | None = None
+    ) -> MetricResult:
         refs = references or [""] * len(questions)
         with ThreadPoolExecutor(self.cfg.concurrency) as pool:
             verdicts = list(pool.map(self.score, questions, answers, refs))
@@ -200,7 +202,9 @@ def single_result(verdicts: Sequence[Verdict]) -> MetricResult:
     details = {"ok": counts[OK], "failed": counts[FAILED], "unparseable": counts[UNPARSEABLE],
                "cached": sum(v.cached for v in verdicts), "errors": [v.error for v in verdicts if v.error][:20],
                "replies": [v.raw for v in verdicts]}  # fmt: skip
-    return MetricResult("judge", {"judge_score": sum(ok) / len(ok) if ok else float("nan")}, {"judge_score": per}, details)
+    return MetricResult(
+        "judge", {"judge_score": sum(ok) / len(ok) if ok else float("nan")}, {"judge_score": per}, details
+    )
 
 
 def pairwise_result(verdicts: Sequence[PairVerdict]) -> MetricResult:
@@ -213,7 +217,9 @@ def pairwise_result(verdicts: Sequence[PairVerdict]) -> MetricResult:
     details = {"wins_a": wins["a"], "wins_b": wins["b"], "ties": wins["tie"],
                "inconsistent": sum(v.status == OK and not v.consistent for v in verdicts),
                "ok": counts[OK], "failed": counts[FAILED], "unparseable": counts[UNPARSEABLE]}  # fmt: skip
-    return MetricResult("judge_pairwise", {"win_rate_b": sum(ok) / len(ok) if ok else float("nan")}, {"win_rate_b": per}, details)
+    return MetricResult(
+        "judge_pairwise", {"win_rate_b": sum(ok) / len(ok) if ok else float("nan")}, {"win_rate_b": per}, details
+    )
 
 
 def _api_key(cfg: JudgeConfig) -> str:
@@ -230,10 +236,10 @@ def _fill(template: str, name: str, **fields: Any) -> str:
     try:
         return template.format_map(fields)
     except (KeyError, IndexError, ValueError) as e:
-        raise ConfigError(f"{name}: bad template field {e} (available: {', '.join('{' + k + '}' for k in fields)})") from None
+        raise ConfigError(
+            f"{name}: bad template field {e} (available: {', '.join('{' + k + '}' for k in fields)})"
+        ) from None
 
 
 def _num(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
-
-

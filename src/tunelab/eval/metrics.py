@@ -209,7 +209,9 @@ def json_fields(
     per_field = {name: field_hits[name] / field_totals[name] for name in field_totals}
     scores = {"json_valid": _mean(valid), "json_all_fields": _mean(all_ok), "json_field_accuracy": _mean(frac)}
     details = {"invalid": int(len(valid) - sum(valid)), "per_field_accuracy": per_field}
-    return MetricResult("json", scores, {"json_valid": valid, "json_all_fields": all_ok, "json_field_accuracy": frac}, details)
+    return MetricResult(
+        "json", scores, {"json_valid": valid, "json_all_fields": all_ok, "json_field_accuracy": frac}, details
+    )
 
 
 def _reference_object(ref: Any, index: int) -> dict[str, Any]:

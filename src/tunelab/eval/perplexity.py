@@ -44,7 +44,9 @@ class LossResult:
 
     def metric(self, name: str = "loss") -> MetricResult:
         details = {"tokens": sum(self.tokens), "truncated": self.truncated, "empty": self.empty}
-        return MetricResult(name, {"loss": self.loss, "perplexity": self.perplexity}, {"loss": self.per_example}, details)
+        return MetricResult(
+            name, {"loss": self.loss, "perplexity": self.perplexity}, {"loss": self.per_example}, details
+        )
 
 
 def answer_loss(model: Any, tokenizer: Any, prompts: Sequence[Prompt], answers: Sequence[str], *,
@@ -105,7 +107,9 @@ def _loss(model: Any, seqs: list[tuple[list[int], list[bool]]], batch_size: int,
     return LossResult(loss, math.exp(loss) if total else float("nan"), per, counts, truncated, counts.count(0))
 
 
-def _batch_nll(model: Any, batch: list[tuple[list[int], list[bool]]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch_nll(
+    model: Any, batch: list[tuple[list[int], list[bool]]], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(ids) for ids, _ in batch)
     ids = torch.zeros((len(batch), width), dtype=torch.long)
     attn = torch.zeros_like(ids)
@@ -161,7 +165,9 @@ class ForgettingResult:
     source: str = "general_text"
 
 
-def forgetting_check(before: LossResult, after: LossResult, threshold: float, source: str = "general_text") -> ForgettingResult:
+def forgetting_check(
+    before: LossResult, after: LossResult, threshold: float, source: str = "general_text"
+) -> ForgettingResult:
     """Flag a regression when perplexity rose by more than `threshold` (relative)."""
     if len(before.tokens) != len(after.tokens):
         raise ValueError("forgetting check needs the same probe texts before and after")

@@ -54,7 +54,8 @@ def read_metrics_log(path: Path) -> list[dict[str, Any]]:
 
 def result_summary(result: EvalResult) -> tuple[dict[str, float], list[str]]:
     """Aggregate scores as "metric/key" plus notes on what was unparseable, failed or truncated."""
-    scores, notes = {}, []
+    scores: dict[str, float] = {}
+    notes: list[str] = []
     for name, m in result.metrics.items():
         scores |= {(k if k == name else f"{name}/{k}"): v for k, v in m.scores.items()}
         for count in ("unparseable", "failed", "invalid", "truncated", "empty"):
@@ -147,7 +148,7 @@ def plot_metric_bars(comparison: dict[str, Any]) -> str | None:
         ax.set_title(r["key"] + mark, fontsize=9, color="#c0392b" if mark == " (worse)" else "black")
     for ax in list(axes.flat)[len(rows) :]:
         ax.axis("off")
-    fig.suptitle("Metrics with 95% bootstrap CI", fontsize=10)
+    fig.suptitle("Metrics with 95% bootstrap CI", fontsize=10, y=1.03)
     return _png(fig)
 
 
@@ -158,7 +159,9 @@ def plot_forgetting(fg: dict[str, Any]) -> str:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4, 3))
-    ax.bar(["before", "after"], [fg["before"], fg["after"]], color=["#9aa5b1", "#c0392b" if fg["regressed"] else "#27ae60"])
+    ax.bar(
+        ["before", "after"], [fg["before"], fg["after"]], color=["#9aa5b1", "#c0392b" if fg["regressed"] else "#27ae60"]
+    )
     ax.axhline(fg["before"] * (1 + fg["threshold"]), color="#c0392b", ls="--", lw=1, label="regression threshold")
     ax.set(ylabel="perplexity", title=f"General-text perplexity ({fg.get('source', '')})")
     ax.legend(fontsize=8)
@@ -180,6 +183,14 @@ def _prompt_text(prompt: Any) -> str:
     return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
 
 
+def _forgetting_md(fg: dict[str, Any] | None) -> list[str]:
+    if not fg:
+        return []
+    flag = "**REGRESSION**" if fg["regressed"] else "ok"
+    return ["## Forgetting check", "", f"General-text perplexity {_f(fg['before'])} -> {_f(fg['after'])} "
+            f"({fg['relative_change']:+.1%}, threshold +{fg['threshold']:.0%}): {flag}", ""]  # fmt: skip
+
+
 def render_markdown(d: ReportData) -> str:
     out = [f"# {d.title}", "", "Plots are in report.html.", ""]
     if d.results:
@@ -199,18 +210,15 @@ def render_markdown(d: ReportData) -> str:
                        f"[{_f(r['ci_low'])}, {_f(r['ci_high'])}] | {r['verdict']} | {len(r['improved'])} | "
                        f"{len(r['regressed'])} |")  # fmt: skip
         out.append("")
-        if c["flipped"]:
-            out += ["## Flipped examples", ""]
-            for f in c["flipped"][:MAX_FLIPPED_SHOWN]:
-                out += [f"### {f['direction']} on {f['key']}: example {f['index']} ({f['source']})", "",
-                        "Input:", "```", _prompt_text(f["prompt"]), "```", f"Reference: `{f['reference']}`", "",
-                        f"- {c['name_a']} ({_f(f['score_a'])}): `{f['output_a']}`",
-                        f"- {c['name_b']} ({_f(f['score_b'])}): `{f['output_b']}`", ""]  # fmt: skip
-    if d.forgetting:
-        fg = d.forgetting
-        flag = "**REGRESSION**" if fg["regressed"] else "ok"
-        out += ["## Forgetting check", "", f"General-text perplexity {_f(fg['before'])} -> {_f(fg['after'])} "
-                f"({fg['relative_change']:+.1%}, threshold +{fg['threshold']:.0%}): {flag}", ""]  # fmt: skip
+    out += _forgetting_md(d.forgetting)
+    if d.comparison and d.comparison["flipped"]:
+        c = d.comparison
+        out += ["## Flipped examples", ""]
+        for f in c["flipped"][:MAX_FLIPPED_SHOWN]:
+            out += [f"### {f['direction']} on {f['key']}: example {f['index']} ({f['source']})", "",
+                    "Input:", "```", _prompt_text(f["prompt"]), "```", f"Reference: `{f['reference']}`", "",
+                    f"- {c['name_a']} ({_f(f['score_a'])}): `{f['output_a']}`",
+                    f"- {c['name_b']} ({_f(f['score_b'])}): `{f['output_b']}`", ""]  # fmt: skip
     if d.notes:
         out += ["## Notes", "", *[f"- {n}" for n in d.notes], ""]
     if d.manifest is not None:

@@ -42,6 +42,12 @@ def _metrics_table(d: ReportData) -> str:
     return f"<h2>Metrics</h2><table>{head}{body}</table>"
 
 
+def _output(text: Any) -> str:
+    if text is None or not str(text).strip():  # show blank outputs, they are a finding in themselves
+        return f"<em>(blank output: {escape(repr(text)[:40])})</em>"
+    return f"<code>{escape(str(text))}</code>"
+
+
 def _comparison(c: dict[str, Any]) -> str:
     a, b = escape(c["name_a"]), escape(c["name_b"])
     rows = []
@@ -57,21 +63,25 @@ def _comparison(c: dict[str, Any]) -> str:
     parts = [f"<h2>Comparison: {a} vs {b}</h2>",
              "<p>Means of per-example scores; paired bootstrap 95% confidence interval of the difference.</p>",
              f"<table>{head}{''.join(rows)}</table>", _img(plot_metric_bars(c), "metric bars")]  # fmt: skip
-    if c["flipped"]:
-        parts.append("<h2>Flipped examples</h2>")
-        for f in c["flipped"][:MAX_FLIPPED_SHOWN]:
-            parts.append(
-                f"<div class='flip {escape(f['direction'])}'><h3>{escape(f['direction'])} on {escape(f['key'])}: "
-                f"example {f['index']} <small>{escape(str(f['source']))}</small></h3>"
-                f"<pre>{escape(_prompt_text(f['prompt']))}</pre><p>Reference: <code>{escape(str(f['reference']))}</code></p>"
-                f"<p>{a} ({_f(f['score_a'])}): <code>{escape(str(f['output_a']))}</code></p>"
-                f"<p>{b} ({_f(f['score_b'])}): <code>{escape(str(f['output_b']))}</code></p></div>"
-            )
+    return "".join(parts)
+
+
+def _flipped(c: dict[str, Any]) -> str:
+    a, b = escape(c["name_a"]), escape(c["name_b"])
+    parts = ["<h2>Flipped examples</h2>"] if c["flipped"] else []
+    for f in c["flipped"][:MAX_FLIPPED_SHOWN]:
+        parts.append(
+            f"<div class='flip {escape(f['direction'])}'><h3>{escape(f['direction'])} on {escape(f['key'])}: "
+            f"example {f['index']} <small>{escape(str(f['source']))}</small></h3>"
+            f"<pre>{escape(_prompt_text(f['prompt']))}</pre><p>Reference: <code>{escape(str(f['reference']))}</code></p>"
+            f"<p>{a} ({_f(f['score_a'])}): {_output(f['output_a'])}</p>"
+            f"<p>{b} ({_f(f['score_b'])}): {_output(f['output_b'])}</p></div>"
+        )
     return "".join(parts)
 
 
 def _forgetting(fg: dict[str, Any]) -> str:
-    status = ("<span class='regressed'>REGRESSION</span>" if fg["regressed"] else "<span class='better'>ok</span>")
+    status = "<span class='regressed'>REGRESSION</span>" if fg["regressed"] else "<span class='better'>ok</span>"
     return (f"<h2>Forgetting check</h2><p>General-text perplexity {_f(fg['before'])} &rarr; {_f(fg['after'])} "
             f"({fg['relative_change']:+.1%}, threshold +{fg['threshold']:.0%}, {fg['n_texts']} texts): {status}</p>"
             + _img(plot_forgetting(fg), "forgetting"))  # fmt: skip
@@ -88,6 +98,8 @@ def render_html(d: ReportData) -> str:
         parts.append(_comparison(d.comparison))
     if d.forgetting:
         parts.append(_forgetting(d.forgetting))
+    if d.comparison:
+        parts.append(_flipped(d.comparison))
     if d.notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{escape(n)}</li>" for n in d.notes) + "</ul>")
     if d.manifest is not None:

@@ -46,7 +46,9 @@ class EvalResult:
 
     def save(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(asdict(self), indent=1, ensure_ascii=False))  # NaN is written as NaN and read back
+        Path(path).write_text(
+            json.dumps(asdict(self), indent=1, ensure_ascii=False)
+        )  # NaN is written as NaN and read back
 
     @classmethod
     def load(cls, path: str | Path) -> EvalResult:

@@ -64,7 +64,9 @@ def test_compare_saved_results_and_missing_data(tmp_path) -> None:
         res = runner.invoke(app, ["eval", "tiny", "--data", str(data), "-s", "eval.metrics=[loss]",
                                   "-s", f"model.seed={seed}", "--out", str(tmp_path / f"s{seed}.json")])  # fmt: skip
         assert res.exit_code == 0, res.output
-    res = runner.invoke(app, ["compare", str(tmp_path / "s0.json"), str(tmp_path / "s1.json"), "--out", str(tmp_path / "c")])
+    res = runner.invoke(
+        app, ["compare", str(tmp_path / "s0.json"), str(tmp_path / "s1.json"), "--out", str(tmp_path / "c")]
+    )
     assert res.exit_code == 0, res.output
     assert "loss:" in res.output and "forgetting" not in res.output  # saved results carry no model to probe
     res = runner.invoke(app, ["eval", "tiny"])

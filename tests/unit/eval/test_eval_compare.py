@@ -76,14 +76,21 @@ def test_short_finetune_is_a_significant_improvement(results) -> None:
     assert em.ci_low > 0 and em.verdict == "better"
     flip = next(f for f in cmp.flipped if f["key"] == "exact_match" and f["direction"] == "improved")
     assert flip["output_b"].strip().lower().rstrip(".") == flip["reference"] and flip["score_b"] == 1.0
-    assert json.loads(json.dumps(cmp.to_dict()))["rows"][0]["verdict"] in ("better", "worse", "no significant difference")
+    assert json.loads(json.dumps(cmp.to_dict()))["rows"][0]["verdict"] in (
+        "better",
+        "worse",
+        "no significant difference",
+    )
 
 
 def test_result_roundtrip_and_refusals(results, tmp_path) -> None:
     base, _, tuned = results
     base.save(tmp_path / "base.json")
     loaded = EvalResult.load(tmp_path / "base.json")
-    assert loaded.predictions == base.predictions and loaded.metrics["loss"].per_example == base.metrics["loss"].per_example
+    assert (
+        loaded.predictions == base.predictions
+        and loaded.metrics["loss"].per_example == base.metrics["loss"].per_example
+    )
     assert loaded.examples == base.examples
     other = EvalResult("x", base.examples[:3], None, {}, {})
     with pytest.raises(TunelabError, match="examples"):

@@ -45,9 +45,15 @@ def test_batched_left_padded_equals_one_by_one(tiny) -> None:
 def test_sampling_is_seeded_and_leaves_global_rng_alone(tiny) -> None:
     model, tok = tiny
     state = torch.random.get_rng_state()
-    s1 = generate_ids(model, tok, PROMPTS[:2], DecodingConfig(max_new_tokens=16, temperature=1.0, seed=1), progress=False)
-    s1b = generate_ids(model, tok, PROMPTS[:2], DecodingConfig(max_new_tokens=16, temperature=1.0, seed=1), progress=False)
-    s2 = generate_ids(model, tok, PROMPTS[:2], DecodingConfig(max_new_tokens=16, temperature=1.0, seed=2), progress=False)
+    s1 = generate_ids(
+        model, tok, PROMPTS[:2], DecodingConfig(max_new_tokens=16, temperature=1.0, seed=1), progress=False
+    )
+    s1b = generate_ids(
+        model, tok, PROMPTS[:2], DecodingConfig(max_new_tokens=16, temperature=1.0, seed=1), progress=False
+    )
+    s2 = generate_ids(
+        model, tok, PROMPTS[:2], DecodingConfig(max_new_tokens=16, temperature=1.0, seed=2), progress=False
+    )
     assert s1 == s1b and s1 != s2
     greedy = generate_ids(model, tok, PROMPTS[:2], DecodingConfig(max_new_tokens=16), progress=False)
     assert greedy != s1

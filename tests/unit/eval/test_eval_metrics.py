@@ -66,7 +66,12 @@ def test_bleu_and_chrf_match_sacrebleu() -> None:
 
 
 def test_json_fields() -> None:
-    refs = [{"name": "Ann", "age": 3}, json.dumps({"name": "Bo", "age": 5}), {"name": "Cy", "age": 7}, {"name": "D", "age": 1}]
+    refs = [
+        {"name": "Ann", "age": 3},
+        json.dumps({"name": "Bo", "age": 5}),
+        {"name": "Cy", "age": 7},
+        {"name": "D", "age": 1},
+    ]
     preds = [
         'Sure! {"name": "Ann", "age": 3}',  # all right, JSON inside prose
         '```json\n{"name": "Bo", "age": 6}\n```',  # one field wrong

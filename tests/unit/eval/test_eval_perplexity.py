@@ -37,7 +37,7 @@ def test_answer_loss_counts_only_answer_tokens(tiny) -> None:
         a = tok(answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         assert n == len(a)
         assert loss == pytest.approx(_hand_nll(model, p + a, len(p)), rel=1e-4)
-    total = sum(l * n for l, n in zip(r.per_example, r.tokens)) / sum(r.tokens)
+    total = sum(x * n for x, n in zip(r.per_example, r.tokens)) / sum(r.tokens)
     assert r.loss == pytest.approx(total) and r.perplexity == pytest.approx(math.exp(total))
     one_by_one = [answer_loss(model, tok, [p], [a], progress=False).per_example[0] for p, a in zip(PROMPTS, ANSWERS)]
     assert r.per_example == pytest.approx(one_by_one, rel=1e-4)  # right padding does not change the loss

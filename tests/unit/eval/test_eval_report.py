@@ -27,7 +27,9 @@ REPO = Path(__file__).resolve().parents[3]
 def _run_dir(tmp_path: Path, regressed: bool = True) -> Path:
     run = tmp_path / "run1"
     (run / "eval").mkdir(parents=True)
-    log = [{"step": s, "loss": 3.0 / s} for s in range(1, 21)] + [{"step": s, "eval_loss": 3.2 / s} for s in (5, 10, 20)]
+    log = [{"step": s, "loss": 3.0 / s} for s in range(1, 21)] + [
+        {"step": s, "eval_loss": 3.2 / s} for s in (5, 10, 20)
+    ]
     (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in log) + "\n")
     (run / "config.yaml").write_text("model:\n  name_or_path: tiny\n")
     (run / "manifest.json").write_text(json.dumps([{"path": "train.jsonl", "sha256": "abc123"}]))
@@ -48,7 +50,9 @@ def _run_dir(tmp_path: Path, regressed: bool = True) -> Path:
 
 
 def _images(page: str) -> list[Image.Image]:
-    return [Image.open(io.BytesIO(base64.b64decode(b))) for b in re.findall(r'src="data:image/png;base64,([^"]+)"', page)]
+    return [
+        Image.open(io.BytesIO(base64.b64decode(b))) for b in re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    ]
 
 
 def test_report_from_run_dir(tmp_path) -> None:
@@ -64,7 +68,7 @@ def test_report_from_run_dir(tmp_path) -> None:
     assert len(imgs) == 3 and all(i.format == "PNG" and i.size[0] > 200 for i in imgs)  # loss, bars, forgetting
     assert "<script>alert(1)</script>" not in page and "&lt;script&gt;" in page  # data is escaped
     assert "class='regressed'>REGRESSION" in page
-    assert "src=\"http" not in page and "<link" not in page  # self-contained
+    assert 'src="http' not in page and "<link" not in page  # self-contained
 
 
 def test_report_notes_missing_parts_and_no_regression(tmp_path) -> None:
@@ -96,3 +100,12 @@ def test_report_renders_in_headless_chromium(tmp_path) -> None:
                           capture_output=True, text=True, timeout=240)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "images-loaded:3/3" in proc.stdout and shot.is_file()
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed (apt-get install -y chromium)")
+def test_render_check_fails_on_a_page_without_working_plots(tmp_path) -> None:
+    page = tmp_path / "broken.html"
+    page.write_text('<!doctype html><html><body><p>hi</p><img src="data:image/png;base64,bm90IGEgcG5n"></body></html>')
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "check_report_html.py"), str(page),
+                           "--screenshot", str(tmp_path / "s.png")], capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert proc.returncode != 0
