@@ -148,14 +148,128 @@ class TrainConfig(Section):
     )
 
 
+METRIC_NAMES = (
+    "loss", "perplexity", "exact_match", "f1", "rouge", "bleu", "chrf", "json", "classification", "judge",
+)  # fmt: skip
+
+
+class MetricSpec(Section):
+    name: Literal[METRIC_NAMES] = Field(description="Metric name (see tunelab.eval.metrics.METRICS).")  # type: ignore[valid-type]
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword options of the metric, e.g. {normalize: squad} for exact_match."
+    )
+
+
+class ExtractConfig(Section):
+    method: Literal["regex", "json", "first_line", "label_set"] = Field(
+        "first_line",
+        description="How the label is read from an output: regex group, JSON field, first line, or label set.",
+    )
+    pattern: str | None = Field(
+        None, description="Regex for method regex; the group named 'label' or group 1 is the label."
+    )
+    field: str = Field("label", description="JSON field that holds the label for method json.")
+    labels: list[str] | None = Field(
+        None, description="Closed label set; extracted labels outside it count as unparseable (required for label_set)."
+    )
+    case_sensitive: bool = Field(False, description="Match labels with case (default: case-insensitive).")
+
+    @model_validator(mode="after")
+    def _check(self) -> ExtractConfig:
+        if self.method == "regex" and not self.pattern:
+            raise ValueError("eval.extract.method regex needs eval.extract.pattern")
+        if self.method == "label_set" and not self.labels:
+            raise ValueError("eval.extract.method label_set needs eval.extract.labels")
+        return self
+
+
+DEFAULT_SINGLE_PROMPT = (
+    "Rate the quality of the assistant's answer to the question on a scale of {min_score} to {max_score}.\n"
+    "{rubric}\n\n[Question]\n{question}\n\n[Reference answer]\n{reference}\n\n[Answer]\n{answer}\n\n"
+    'Reply with a JSON object {{"score": N}} and nothing else.'
+)
+DEFAULT_PAIRWISE_PROMPT = (
+    "Which assistant answers the question better?\n{rubric}\n\n[Question]\n{question}\n\n"
+    "[Answer A]\n{answer_a}\n\n[Answer B]\n{answer_b}\n\n"
+    'Reply with a JSON object {{"winner": "A"}}, {{"winner": "B"}} or {{"winner": "tie"}} and nothing else.'
+)
+
+
+class JudgeConfig(Section):
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible endpoint of the judge model.")
+    model: str = Field("judge", description="Model name sent to the judge endpoint.")
+    api_key_env: str | None = Field(
+        "OPENAI_API_KEY",
+        description="Environment variable that holds the judge API key; null for keyless local servers.",
+    )
+    system_prompt: str = Field(
+        "You are a strict, fair evaluator.", description="System message of every judge request."
+    )
+    single_prompt: str = Field(
+        DEFAULT_SINGLE_PROMPT,
+        description="Single-answer template; fields {question} {answer} {reference} {rubric} {min_score} {max_score}.",
+    )
+    pairwise_prompt: str = Field(
+        DEFAULT_PAIRWISE_PROMPT, description="Pairwise template; fields {question} {answer_a} {answer_b} {rubric}."
+    )
+    rubric: str = Field(
+        "Judge correctness first, then helpfulness and clarity.", description="Criteria inserted into both templates."
+    )
+    min_score: float = Field(
+        1, description="Lowest valid score; replies outside [min_score, max_score] are unparseable."
+    )
+    max_score: float = Field(10, description="Highest valid score.")
+    temperature: float = Field(
+        0.0, ge=0, description="Judge sampling temperature (0 makes cached verdicts reproducible)."
+    )
+    max_tokens: int = Field(256, ge=1, description="Longest judge reply.")
+    timeout: float = Field(60.0, gt=0, description="Seconds before a judge request counts as failed.")
+    max_retries: int = Field(2, ge=0, description="Retries of a failed request (by the openai client, with backoff).")
+    concurrency: int = Field(4, ge=1, description="Judge requests in flight at once.")
+    cache_path: str | None = Field(
+        None, description="SQLite file caching verdicts by request hash; default ~/.cache/tunelab/judge.sqlite."
+    )
+
+
+class ForgettingConfig(Section):
+    enabled: bool = Field(True, description="Measure general-text perplexity before and after training.")
+    texts: str | None = Field(
+        None, description="A JSONL file of {text: ...} probes; default: the general-text set shipped with tunelab."
+    )
+    threshold: float = Field(
+        0.10, gt=0, description="Flag a regression when perplexity rises by more than this fraction (0.10 = +10%)."
+    )
+    max_length: int = Field(512, ge=8, description="Truncate each probe text to this many tokens.")
+
+
 class EvalConfig(Section):
     baseline: bool = Field(True, description="Evaluate the base model before training on the same data and decoding.")
-    metrics: list[str] = Field(default_factory=lambda: ["loss"], description="Metrics to compute on the eval data.")
+    metrics: list[str | MetricSpec] = Field(
+        default_factory=lambda: ["loss"], description="Metrics to compute: names, or {name, options} entries."
+    )
     max_new_tokens: int = Field(128, ge=1, description="Generation length for generation-based metrics.")
     batch_size: int = Field(16, ge=1, description="Prompts per generation batch.")
     temperature: float = Field(0.0, ge=0, description="0 is greedy decoding; above 0 samples with eval.seed.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass when temperature > 0.")
     seed: int = Field(0, description="Seed for sampled decoding and the bootstrap.")
+    bootstrap_resamples: int = Field(10000, ge=100, description="Paired bootstrap resamples for confidence intervals.")
+    extract: ExtractConfig = Field(default_factory=ExtractConfig, description="Label extraction for classification.")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="LLM-as-a-judge endpoint and prompts.")
+    forgetting: ForgettingConfig = Field(default_factory=ForgettingConfig, description="The forgetting check.")
     fail_on_regression: bool = Field(False, description="Fail the run when the forgetting check regresses.")
+
+    @model_validator(mode="after")
+    def _check_metrics(self) -> EvalConfig:
+        for m in self.metrics:
+            if isinstance(m, str) and m not in METRIC_NAMES:
+                close = difflib.get_close_matches(m, METRIC_NAMES, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else f"; expected one of: {', '.join(METRIC_NAMES)}"
+                raise ValueError(f"unknown metric {m!r}{hint}")
+        return self
+
+    def metric_specs(self) -> list[MetricSpec]:
+        """Every metric entry as a MetricSpec (plain names get no options)."""
+        return [m if isinstance(m, MetricSpec) else MetricSpec(name=m) for m in self.metrics]
 
 
 class OutputConfig(Section):

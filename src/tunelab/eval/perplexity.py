@@ -1,0 +1,176 @@
+"""Loss and perplexity of reference answers given prompts, and the forgetting probe on general text.
+
+Answers are tokenized by training's own path (tunelab.data.tokenize.Encoder), so exactly the tokens that
+carry loss in training count here: the answer and its end-of-turn/EOS token, never the prompt. The
+aggregate loss is token-weighted (what "perplexity" means); per-example losses are each example's mean
+NLL (what the paired bootstrap compares). Sequences longer than `max_length` lose tokens from the left,
+so the answer is kept; such cuts are counted in `truncated`. An example with no counted token gets a NaN
+loss and is counted in `empty`.
+
+The forgetting probe is perplexity on general English text (by default a set of short original
+paragraphs shipped in tunelab/assets/general_text.jsonl) before and after fine-tuning; a relative rise
+above a threshold is a regression.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from tunelab.data.records import Conversation, Message, PromptCompletion
+from tunelab.data.tokenize import IGNORE, Encoder, chat_template_for
+from tunelab.errors import DataError
+from tunelab.eval.generate import Prompt
+from tunelab.eval.metrics import MetricResult
+
+
+@dataclass
+class LossResult:
+    loss: float  # token-weighted mean NLL
+    perplexity: float
+    per_example: list[float]  # mean NLL of each example's counted tokens (NaN when it has none)
+    tokens: list[int]  # counted tokens per example
+    truncated: int = 0
+    empty: int = 0
+
+    def metric(self, name: str = "loss") -> MetricResult:
+        details = {"tokens": sum(self.tokens), "truncated": self.truncated, "empty": self.empty}
+        return MetricResult(
+            name, {"loss": self.loss, "perplexity": self.perplexity}, {"loss": self.per_example}, details
+        )
+
+
+def answer_loss(model: Any, tokenizer: Any, prompts: Sequence[Prompt], answers: Sequence[str], *,
+                batch_size: int = 8, max_length: int = 1024, chat_template: str | None = None,
+                progress: bool = True) -> LossResult:  # fmt: skip
+    """NLL of each answer given its prompt (a message list or a raw prompt string)."""
+    if len(prompts) != len(answers):
+        raise ValueError(f"{len(prompts)} prompts but {len(answers)} answers")
+    encoder = Encoder(tokenizer, chat_template_for(tokenizer, chat_template))
+    seqs, truncated = [], 0
+    for prompt, answer in zip(prompts, answers):
+        if isinstance(prompt, str):
+            ex = encoder.encode(PromptCompletion(prompt, answer))
+        else:
+            msgs = tuple(Message(m["role"], m["content"]) for m in prompt)
+            ex = encoder.encode(Conversation((*msgs, Message("assistant", answer))))
+        ids, labels = ex.input_ids, ex.labels
+        if len(ids) > max_length:
+            truncated += 1
+            ids, labels = ids[-max_length:], labels[-max_length:]
+        seqs.append((ids, [lab != IGNORE for lab in labels]))
+    return _loss(model, seqs, batch_size, truncated, progress)
+
+
+def text_loss(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: int = 8, max_length: int = 512,
+              progress: bool = True) -> LossResult:  # fmt: skip
+    """NLL of every token of each text after the first (the tokenizer's BOS, when it adds one, is context)."""
+    seqs, truncated = [], 0
+    for text in texts:
+        ids = tokenizer(text)["input_ids"]
+        if len(ids) > max_length:
+            truncated += 1
+            ids = ids[:max_length]
+        seqs.append((ids, [True] * len(ids)))
+    return _loss(model, seqs, batch_size, truncated, progress)
+
+
+def _loss(model: Any, seqs: list[tuple[list[int], list[bool]]], batch_size: int, truncated: int,
+          progress: bool) -> LossResult:  # fmt: skip
+    """seqs: (token ids, whether each token counts). Token 0 never counts: nothing predicts it."""
+    device = next(model.parameters()).device
+    sums, counts = [0.0] * len(seqs), [0] * len(seqs)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for start in tqdm(range(0, len(seqs), batch_size), desc="loss", disable=not progress):
+                batch = seqs[start : start + batch_size]
+                nll, mask = _batch_nll(model, batch, device)
+                for j in range(len(batch)):
+                    sums[start + j] = float(nll[j][mask[j]].sum())
+                    counts[start + j] = int(mask[j].sum())
+    finally:
+        model.train(was_training)
+    per = [s / c if c else float("nan") for s, c in zip(sums, counts)]
+    total = sum(counts)
+    loss = sum(sums) / total if total else float("nan")
+    return LossResult(loss, math.exp(loss) if total else float("nan"), per, counts, truncated, counts.count(0))
+
+
+def _batch_nll(
+    model: Any, batch: list[tuple[list[int], list[bool]]], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(ids) for ids, _ in batch)
+    ids = torch.zeros((len(batch), width), dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    counted = torch.zeros((len(batch), width), dtype=torch.bool)
+    for i, (row, counts) in enumerate(batch):
+        ids[i, : len(row)] = torch.tensor(row)
+        attn[i, : len(row)] = 1
+        counted[i, : len(row)] = torch.tensor(counts)
+    logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits[:, :-1].float()
+    targets = ids[:, 1:].to(device)
+    nll = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")
+    return nll.cpu(), counted[:, 1:]
+
+
+# --------------------------------------------------------------------------- forgetting
+
+
+def load_probe_texts(path: str | Path | None = None) -> list[str]:
+    """The {text: ...} JSONL probe set at `path`, or the general-text set shipped with tunelab."""
+    if path is None:
+        source = "tunelab/assets/general_text.jsonl"
+        lines = resources.files("tunelab").joinpath("assets/general_text.jsonl").read_text(encoding="utf-8")
+    else:
+        source = str(path)
+        try:
+            lines = Path(path).expanduser().read_text(encoding="utf-8")
+        except OSError as e:
+            raise DataError(f"cannot read probe texts: {e.strerror}", where=source) from None
+    texts = []
+    for lineno, line in enumerate(lines.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"invalid JSON ({e.msg})", where=source, line=lineno) from None
+        if not isinstance(row, dict) or not isinstance(row.get("text"), str) or not row["text"].strip():
+            raise DataError("expected an object with a non-empty string", where=source, line=lineno, field="text")
+        texts.append(row["text"])
+    if not texts:
+        raise DataError("no probe texts", where=source)
+    return texts
+
+
+@dataclass(frozen=True)
+class ForgettingResult:
+    before: float  # perplexity before fine-tuning
+    after: float
+    relative_change: float  # (after - before) / before
+    threshold: float
+    regressed: bool
+    n_texts: int
+    source: str = "general_text"
+
+
+def forgetting_check(
+    before: LossResult, after: LossResult, threshold: float, source: str = "general_text"
+) -> ForgettingResult:
+    """Flag a regression when perplexity rose by more than `threshold` (relative)."""
+    if len(before.tokens) != len(after.tokens):
+        raise ValueError("forgetting check needs the same probe texts before and after")
+    change = (after.perplexity - before.perplexity) / before.perplexity
+    return ForgettingResult(before.perplexity, after.perplexity, change, threshold, change > threshold,
+                            len(before.tokens), source)  # fmt: skip

@@ -1,0 +1,249 @@
+"""Run reports: report.md and a self-contained report.html (plots embedded as base64 PNG, no external files).
+
+The input is `ReportData`, plain data that any code can fill; `collect_run` fills it from a run directory:
+  metrics.jsonl        training log lines {"step", "loss"?, "eval_loss"?}
+  config.yaml          the resolved config
+  manifest.json        the data manifest (sha256 of inputs), if the run wrote one
+  eval/baseline.json   EvalResult of the base model;  eval/final.json: of the fine-tuned one
+  eval/comparison.json Comparison.to_dict() (computed from the two results when absent)
+  eval/forgetting.json ForgettingResult as a dict
+Anything missing is left out of the report with a note saying so. All text from data is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunelab.errors import DataError
+from tunelab.eval.runner import EVAL_DIR, EvalResult
+
+MAX_FLIPPED_SHOWN = 8
+
+
+@dataclass
+class ReportData:
+    title: str
+    loss_log: list[dict[str, Any]] = field(default_factory=list)
+    results: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> "metric/key" -> aggregate
+    comparison: dict[str, Any] | None = None  # Comparison.to_dict()
+    forgetting: dict[str, Any] | None = None  # asdict(ForgettingResult)
+    manifest: Any = None
+    config: str | None = None  # the resolved config YAML
+    notes: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- collecting
+
+
+def read_metrics_log(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"invalid JSON ({e.msg})", where=str(path), line=lineno) from None
+    return [r for r in rows if isinstance(r, dict) and "step" in r]
+
+
+def result_summary(result: EvalResult) -> tuple[dict[str, float], list[str]]:
+    """Aggregate scores as "metric/key" plus notes on what was unparseable, failed or truncated."""
+    scores: dict[str, float] = {}
+    notes: list[str] = []
+    for name, m in result.metrics.items():
+        scores |= {(k if k == name else f"{name}/{k}"): v for k, v in m.scores.items()}
+        for count in ("unparseable", "failed", "invalid", "truncated", "empty"):
+            if m.details.get(count):
+                notes.append(f"{result.model}: {name}: {m.details[count]} of {len(result.examples)} {count}")
+    return scores, notes
+
+
+def collect_run(run_dir: str | Path) -> ReportData:
+    from tunelab.eval.compare import compare_results
+
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise DataError("run directory not found", where=str(run))
+    data = ReportData(title=f"tunelab report: {run.name}")
+    if (log := run / "metrics.jsonl").is_file():
+        data.loss_log = read_metrics_log(log)
+    if (cfg := run / "config.yaml").is_file():
+        data.config = cfg.read_text(encoding="utf-8")
+    if (man := run / "manifest.json").is_file():
+        data.manifest = json.loads(man.read_text(encoding="utf-8"))
+    ev = run / EVAL_DIR
+    loaded = {k: EvalResult.load(ev / f"{k}.json") for k in ("baseline", "final") if (ev / f"{k}.json").is_file()}
+    for res in loaded.values():
+        data.results[res.model], notes = result_summary(res)
+        data.notes += notes
+    if (cmp := ev / "comparison.json").is_file():
+        data.comparison = json.loads(cmp.read_text(encoding="utf-8"))
+    elif len(loaded) == 2:
+        data.comparison = compare_results(loaded["baseline"], loaded["final"]).to_dict()
+    if (fg := ev / "forgetting.json").is_file():
+        data.forgetting = json.loads(fg.read_text(encoding="utf-8"))
+    for what, present in (("training log (metrics.jsonl)", data.loss_log), ("eval results (eval/)", loaded),
+                          ("forgetting check", data.forgetting)):  # fmt: skip
+        if not present:
+            data.notes.append(f"no {what} in {run}")
+    return data
+
+
+# --------------------------------------------------------------------------- plots
+
+
+def _png(fig: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def plot_losses(log: list[dict[str, Any]]) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {k: [(r["step"], r[k]) for r in log if isinstance(r.get(k), (int, float))] for k in ("loss", "eval_loss")}
+    if not any(series.values()):
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    for key, style in (("loss", "-"), ("eval_loss", "o-")):
+        if series[key]:
+            ax.plot(*zip(*series[key]), style, label=key.replace("_", " "))
+    ax.set(xlabel="step", ylabel="loss", title="Training and eval loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _png(fig)
+
+
+def plot_metric_bars(comparison: dict[str, Any]) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in comparison["rows"] if not math.isnan(r["value_a"]) and not math.isnan(r["value_b"])][:12]
+    if not rows:
+        return None
+    cols = min(4, len(rows))
+    nrows = math.ceil(len(rows) / cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.8 * nrows), squeeze=False)
+    for ax, r in zip(axes.flat, rows):
+        values = [r["value_a"], r["value_b"]]
+        err = [[max(v - ci[0], 0) for v, ci in zip(values, (r["ci_a"], r["ci_b"]))],
+               [max(ci[1] - v, 0) for v, ci in zip(values, (r["ci_a"], r["ci_b"]))]]  # fmt: skip
+        ax.bar([0, 1], values, yerr=err, capsize=6, color=["#9aa5b1", "#2f6fde"])
+        ax.set_xticks([0, 1], [comparison["name_a"], comparison["name_b"]], fontsize=8)
+        mark = {"better": " (better)", "worse": " (worse)"}.get(r.get("verdict", ""), "")
+        ax.set_title(r["key"] + mark, fontsize=9, color="#c0392b" if mark == " (worse)" else "black")
+    for ax in list(axes.flat)[len(rows) :]:
+        ax.axis("off")
+    fig.suptitle("Metrics with 95% bootstrap CI", fontsize=10, y=1.03)
+    return _png(fig)
+
+
+def plot_forgetting(fg: dict[str, Any]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.bar(
+        ["before", "after"], [fg["before"], fg["after"]], color=["#9aa5b1", "#c0392b" if fg["regressed"] else "#27ae60"]
+    )
+    ax.axhline(fg["before"] * (1 + fg["threshold"]), color="#c0392b", ls="--", lw=1, label="regression threshold")
+    ax.set(ylabel="perplexity", title=f"General-text perplexity ({fg.get('source', '')})")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def _f(x: Any, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:.{digits}g}" if isinstance(x, float) else str(x)
+
+
+def _prompt_text(prompt: Any) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+
+
+def _forgetting_md(fg: dict[str, Any] | None) -> list[str]:
+    if not fg:
+        return []
+    flag = "**REGRESSION**" if fg["regressed"] else "ok"
+    return ["## Forgetting check", "", f"General-text perplexity {_f(fg['before'])} -> {_f(fg['after'])} "
+            f"({fg['relative_change']:+.1%}, threshold +{fg['threshold']:.0%}): {flag}", ""]  # fmt: skip
+
+
+def render_markdown(d: ReportData) -> str:
+    out = [f"# {d.title}", "", "Plots are in report.html.", ""]
+    if d.results:
+        models = list(d.results)
+        keys = sorted({k for r in d.results.values() for k in r})
+        out += ["## Metrics", "", "| metric | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
+        out += [f"| {k} | " + " | ".join(_f(d.results[m].get(k)) for m in models) + " |" for k in keys]
+        out.append("")
+    if d.comparison:
+        c = d.comparison
+        out += [f"## Comparison: {c['name_a']} vs {c['name_b']}", "",
+                "Means of per-example scores; diff = B - A with a paired bootstrap 95% CI.", "",
+                f"| score | {c['name_a']} | {c['name_b']} | diff | 95% CI | verdict | improved | regressed |",
+                "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in c["rows"]:
+            out.append(f"| {r['key']} | {_f(r['value_a'])} | {_f(r['value_b'])} | {_f(r['diff'])} | "
+                       f"[{_f(r['ci_low'])}, {_f(r['ci_high'])}] | {r['verdict']} | {len(r['improved'])} | "
+                       f"{len(r['regressed'])} |")  # fmt: skip
+        out.append("")
+    out += _forgetting_md(d.forgetting)
+    if d.comparison and d.comparison["flipped"]:
+        c = d.comparison
+        out += ["## Flipped examples", ""]
+        for f in c["flipped"][:MAX_FLIPPED_SHOWN]:
+            out += [f"### {f['direction']} on {f['key']}: example {f['index']} ({f['source']})", "",
+                    "Input:", "```", _prompt_text(f["prompt"]), "```", f"Reference: `{f['reference']}`", "",
+                    f"- {c['name_a']} ({_f(f['score_a'])}): `{f['output_a']}`",
+                    f"- {c['name_b']} ({_f(f['score_b'])}): `{f['output_b']}`", ""]  # fmt: skip
+    if d.notes:
+        out += ["## Notes", "", *[f"- {n}" for n in d.notes], ""]
+    if d.manifest is not None:
+        out += ["## Data manifest", "", "```json", json.dumps(d.manifest, indent=1), "```", ""]
+    if d.config:
+        out += ["## Config", "", "```yaml", d.config.rstrip(), "```", ""]
+    return "\n".join(out)
+
+
+def write_report(data: ReportData, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write report.md and report.html into `out_dir`; returns both paths."""
+    from tunelab.eval.report_html import render_html
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md, page = out / "report.md", out / "report.html"
+    md.write_text(render_markdown(data), encoding="utf-8")
+    page.write_text(render_html(data), encoding="utf-8")
+    return md, page
+
+
+def report_run(run_dir: str | Path) -> tuple[Path, Path]:
+    """(Re)generate a run directory's report from what the run saved."""
+    return write_report(collect_run(run_dir), run_dir)
+
+
+def report_data_dict(data: ReportData) -> dict[str, Any]:
+    return asdict(data)

@@ -1,0 +1,110 @@
+"""The HTML side of run reports: one file, inline CSS, plots as data: URIs, every data string escaped."""
+
+from __future__ import annotations
+
+import json
+from html import escape
+from typing import Any
+
+from tunelab.eval.report import (
+    MAX_FLIPPED_SHOWN,
+    ReportData,
+    _f,
+    _prompt_text,
+    plot_forgetting,
+    plot_losses,
+    plot_metric_bars,
+)
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
+th:first-child,td:first-child{text-align:left}th{background:#f3f4f6}
+.better{color:#1e8449;font-weight:600}.worse,.regressed{color:#c0392b;font-weight:700}
+pre{background:#f6f8fa;padding:.6em;overflow-x:auto;white-space:pre-wrap}
+.flip{border-left:4px solid #2f6fde;padding-left:.8em;margin:1em 0}.flip.regressed{border-color:#c0392b}
+img{max-width:100%}
+"""
+
+
+def _img(b64: str | None, alt: str) -> str:
+    return f'<img alt="{escape(alt)}" src="data:image/png;base64,{b64}">' if b64 else ""
+
+
+def _metrics_table(d: ReportData) -> str:
+    models = list(d.results)
+    keys = sorted({k for r in d.results.values() for k in r})
+    head = "<tr><th>metric</th>" + "".join(f"<th>{escape(m)}</th>" for m in models) + "</tr>"
+    body = "".join(
+        f"<tr><td>{escape(k)}</td>" + "".join(f"<td>{_f(d.results[m].get(k))}</td>" for m in models) + "</tr>"
+        for k in keys
+    )
+    return f"<h2>Metrics</h2><table>{head}{body}</table>"
+
+
+def _output(text: Any) -> str:
+    if text is None or not str(text).strip():  # show blank outputs, they are a finding in themselves
+        return f"<em>(blank output: {escape(repr(text)[:40])})</em>"
+    return f"<code>{escape(str(text))}</code>"
+
+
+def _comparison(c: dict[str, Any]) -> str:
+    a, b = escape(c["name_a"]), escape(c["name_b"])
+    rows = []
+    for r in c["rows"]:
+        cls = {"better": "better", "worse": "worse"}.get(r["verdict"], "")
+        rows.append(
+            f"<tr><td>{escape(r['key'])}</td><td>{_f(r['value_a'])}</td><td>{_f(r['value_b'])}</td>"
+            f"<td>{_f(r['diff'])}</td><td>[{_f(r['ci_low'])}, {_f(r['ci_high'])}]</td>"
+            f"<td class='{cls}'>{escape(r['verdict'])}</td><td>{len(r['improved'])}</td><td>{len(r['regressed'])}</td></tr>"
+        )
+    head = (f"<tr><th>score</th><th>{a}</th><th>{b}</th><th>diff (B-A)</th><th>95% CI</th><th>verdict</th>"
+            "<th>improved</th><th>regressed</th></tr>")  # fmt: skip
+    parts = [f"<h2>Comparison: {a} vs {b}</h2>",
+             "<p>Means of per-example scores; paired bootstrap 95% confidence interval of the difference.</p>",
+             f"<table>{head}{''.join(rows)}</table>", _img(plot_metric_bars(c), "metric bars")]  # fmt: skip
+    return "".join(parts)
+
+
+def _flipped(c: dict[str, Any]) -> str:
+    a, b = escape(c["name_a"]), escape(c["name_b"])
+    parts = ["<h2>Flipped examples</h2>"] if c["flipped"] else []
+    for f in c["flipped"][:MAX_FLIPPED_SHOWN]:
+        parts.append(
+            f"<div class='flip {escape(f['direction'])}'><h3>{escape(f['direction'])} on {escape(f['key'])}: "
+            f"example {f['index']} <small>{escape(str(f['source']))}</small></h3>"
+            f"<pre>{escape(_prompt_text(f['prompt']))}</pre><p>Reference: <code>{escape(str(f['reference']))}</code></p>"
+            f"<p>{a} ({_f(f['score_a'])}): {_output(f['output_a'])}</p>"
+            f"<p>{b} ({_f(f['score_b'])}): {_output(f['output_b'])}</p></div>"
+        )
+    return "".join(parts)
+
+
+def _forgetting(fg: dict[str, Any]) -> str:
+    status = "<span class='regressed'>REGRESSION</span>" if fg["regressed"] else "<span class='better'>ok</span>"
+    return (f"<h2>Forgetting check</h2><p>General-text perplexity {_f(fg['before'])} &rarr; {_f(fg['after'])} "
+            f"({fg['relative_change']:+.1%}, threshold +{fg['threshold']:.0%}, {fg['n_texts']} texts): {status}</p>"
+            + _img(plot_forgetting(fg), "forgetting"))  # fmt: skip
+
+
+def render_html(d: ReportData) -> str:
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(d.title)}</title>",
+             f"<style>{CSS}</style></head><body><h1>{escape(d.title)}</h1>"]  # fmt: skip
+    if d.loss_log:
+        parts += ["<h2>Loss</h2>", _img(plot_losses(d.loss_log), "loss curves")]
+    if d.results:
+        parts.append(_metrics_table(d))
+    if d.comparison:
+        parts.append(_comparison(d.comparison))
+    if d.forgetting:
+        parts.append(_forgetting(d.forgetting))
+    if d.comparison:
+        parts.append(_flipped(d.comparison))
+    if d.notes:
+        parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{escape(n)}</li>" for n in d.notes) + "</ul>")
+    if d.manifest is not None:
+        parts.append(f"<h2>Data manifest</h2><pre>{escape(json.dumps(d.manifest, indent=1))}</pre>")
+    if d.config:
+        parts.append(f"<h2>Config</h2><pre>{escape(d.config)}</pre>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
