@@ -51,3 +51,11 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = True, timeout: in
     if check and proc.returncode != 0:
         raise AssertionError(f"tunelab {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread() -> None:
+    """Tiny models run fastest on one thread, and CI shares two cores with the test subprocesses."""
+    import torch
+
+    torch.set_num_threads(1)

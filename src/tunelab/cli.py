@@ -95,9 +95,11 @@ def docs_config() -> None:
 
 def _register() -> None:
     """Sub-apps live beside the code they drive; the CLI only mounts them."""
+    from tunelab.eval.cli import app as eval_app
     from tunelab.quality.cli import data_app
 
     app.add_typer(data_app, name="data", help="Inspect, check, clean, split and augment data.")
+    app.registered_commands += eval_app.registered_commands  # eval, compare, report as top-level verbs
 
 
 _register()

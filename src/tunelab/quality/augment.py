@@ -33,9 +33,7 @@ class EndpointOptions(BaseModel):
 
     base_url: str = Field(description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1.")
     model: str = Field(description="Model name sent with each request.")
-    api_key: str | None = Field(
-        None, description="API key; default: $OPENAI_API_KEY, or 'none' for local servers."
-    )
+    api_key: str | None = Field(None, description="API key; default: $OPENAI_API_KEY, or 'none' for local servers.")
     temperature: float = Field(0.7, ge=0, description="Sampling temperature for generation.")
     max_tokens: int = Field(256, ge=1, description="Maximum tokens per reply.")
     timeout: float = Field(60.0, gt=0, description="Seconds to wait for each request.")
@@ -44,27 +42,17 @@ class EndpointOptions(BaseModel):
 class AugmentOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    methods: list[str] = Field(
-        default_factory=lambda: ["delete", "swap"], description="Augmentations to apply."
-    )
-    per_record: int = Field(
-        1, ge=1, description="Variants per source record and method (simple and paraphrase)."
-    )
+    methods: list[str] = Field(default_factory=lambda: ["delete", "swap"], description="Augmentations to apply.")
+    per_record: int = Field(1, ge=1, description="Variants per source record and method (simple and paraphrase).")
     seed: int = Field(0, description="Seed for choosing words and seed examples.")
     deletion_p: float = Field(0.1, gt=0, lt=1, description="Probability of deleting each word (delete).")
     swaps: int = Field(1, ge=1, description="Word pairs swapped per variant (swap).")
-    templates: list[str] = Field(
-        default_factory=list, description="Templates with {text} for the input (template)."
-    )
+    templates: list[str] = Field(default_factory=list, description="Templates with {text} for the input (template).")
     pivot_language: str = Field("French", description="Language to translate through (backtranslate).")
-    source_language: str = Field(
-        "English", description="Language of the data, translated back into (backtranslate)."
-    )
+    source_language: str = Field("English", description="Language of the data, translated back into (backtranslate).")
     num_generate: int = Field(10, ge=1, description="New records to generate (synthesize, self_instruct).")
     few_shot: int = Field(3, ge=1, description="Seed examples shown per generation request.")
-    near_threshold: float = Field(
-        0.85, gt=0, le=1, description="Self-instruct drops tasks this similar to others."
-    )
+    near_threshold: float = Field(0.85, gt=0, le=1, description="Self-instruct drops tasks this similar to others.")
     endpoint: EndpointOptions | None = Field(None, description="The model endpoint for model-based methods.")
 
 
@@ -84,9 +72,7 @@ def input_field(it: Item, fmt: str | None) -> str:
         if users:
             return f"messages[{users[-1]}].content"
     elif fmt == "sharegpt":
-        users = [
-            i for i, m in enumerate(row["conversations"]) if str(m.get("from")).lower() in ("human", "user")
-        ]
+        users = [i for i, m in enumerate(row["conversations"]) if str(m.get("from")).lower() in ("human", "user")]
         if users:
             return f"conversations[{users[-1]}].value"
     else:
@@ -103,17 +89,13 @@ def output_field(it: Item, fmt: str | None) -> str | None:
         return f"messages[{last}].content"
     if fmt == "sharegpt":
         last = max(
-            i
-            for i, m in enumerate(it.row["conversations"])
-            if str(m.get("from")).lower() in ("gpt", "assistant")
+            i for i, m in enumerate(it.row["conversations"]) if str(m.get("from")).lower() in ("gpt", "assistant")
         )
         return f"conversations[{last}].value"
     return {"alpaca": "output", "prompt_completion": "completion"}.get(fmt or "")
 
 
-def variant(
-    it: Item, fmt: str | None, new_input: str, method: str, new_output: str | None = None
-) -> dict[str, Any]:
+def variant(it: Item, fmt: str | None, new_input: str, method: str, new_output: str | None = None) -> dict[str, Any]:
     """A copy of the source row with a new input (and answer), marked synthetic."""
     row = copy.deepcopy(it.row)
     set_leaf(row, input_field(it, fmt), new_input)
@@ -142,9 +124,7 @@ def apply_template(template: str, text: str) -> str:
     return template.replace("{text}", text)  # not str.format: user text may hold braces
 
 
-def simple_variants(
-    items: list[Item], fmt: str | None, options: AugmentOptions, method: str
-) -> list[dict[str, Any]]:
+def simple_variants(items: list[Item], fmt: str | None, options: AugmentOptions, method: str) -> list[dict[str, Any]]:
     rng = random.Random(f"{options.seed}:{method}")
     out = []
     for it in items:
@@ -181,9 +161,7 @@ def augment(
     if unknown:
         raise TunelabError(f"unknown augmentation(s) {', '.join(unknown)}; expected: {', '.join(known)}")
     if "template" in options.methods and not any("{text}" in t for t in options.templates):
-        raise TunelabError(
-            "the template method needs templates containing {text}, e.g. 'Please help: {text}'"
-        )
+        raise TunelabError("the template method needs templates containing {text}, e.g. 'Please help: {text}'")
     items = ds.valid
     seen = {text_hash(get_input(it, ds.format)) for it in items}
     result = AugmentResult([dict(it.row) for it in items])

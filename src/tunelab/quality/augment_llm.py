@@ -26,9 +26,7 @@ from tunelab.quality.dedup import NUM_PERM, jaccard, shingles
 from tunelab.quality.items import Item
 
 SYSTEM = "You are a careful data writer. Reply with only the requested text, no preamble or quotes."
-PARAPHRASE = (
-    "Paraphrase the following text. Keep its meaning, intent and language. Reply with it only.\n\n{text}"
-)
+PARAPHRASE = "Paraphrase the following text. Keep its meaning, intent and language. Reply with it only.\n\n{text}"
 TRANSLATE = "Translate the following text into {language}. Reply with the translation only.\n\n{text}"
 SYNTHESIZE = (
     "Here are examples{about}:\n\n{examples}\n\nWrite one new example{same}: different wording and "
@@ -63,9 +61,7 @@ class Chat:
                 max_tokens=self.ep.max_tokens,
             )
         except openai.OpenAIError as e:
-            raise TunelabError(
-                f"augment: request to {self.ep.base_url} failed: {type(e).__name__}: {e}"
-            ) from None
+            raise TunelabError(f"augment: request to {self.ep.base_url} failed: {type(e).__name__}: {e}") from None
         return tidy(resp.choices[0].message.content or "")
 
 
@@ -116,9 +112,7 @@ def synthesize(
         label = labels[n % len(labels)]
         seeds = rng.sample(by_label[label], min(options.few_shot, len(by_label[label])))
         examples = "\n".join(f"- {get_input(s, fmt)}" for s in seeds)
-        about, same = (
-            (f" labelled {label!r}", f" with the label {label!r}") if label is not None else ("", "")
-        )
+        about, same = (f" labelled {label!r}", f" with the label {label!r}") if label is not None else ("", "")
         new = chat.ask(SYNTHESIZE.format(about=about, examples=examples, same=same))
         rows.append(variant(seeds[0], fmt, new, "synthesize", _answer(chat, seeds[0], fmt, new)))
     return rows
@@ -137,9 +131,7 @@ def self_instruct(
 
     def novel(text: str) -> bool:
         s = shingles(text)
-        return bool(s) and not any(
-            jaccard(s, sets[k]) >= options.near_threshold for k in lsh.query(_minhash(s))
-        )
+        return bool(s) and not any(jaccard(s, sets[k]) >= options.near_threshold for k in lsh.query(_minhash(s)))
 
     for text in pool:
         add(text)
@@ -149,9 +141,7 @@ def self_instruct(
         if len(rows) >= options.num_generate:
             break
         shown = rng.sample(pool, min(options.few_shot, len(pool)))
-        reply = chat.ask(
-            SELF_INSTRUCT.format(examples="\n".join(f"- {t}" for t in shown), n=options.few_shot)
-        )
+        reply = chat.ask(SELF_INSTRUCT.format(examples="\n".join(f"- {t}" for t in shown), n=options.few_shot))
         for task in parse_lines(reply):
             if len(rows) >= options.num_generate:
                 break

@@ -87,15 +87,9 @@ def data_card(
 def _sources(report: CheckReport) -> list[str]:
     rows = []
     for f in report.files:
-        length = (
-            f["length_unit"]
-            + " "
-            + "/".join(str(f["length"].get(k, "-")) for k in ("min", "p50", "p95", "max"))
-        )
+        length = f["length_unit"] + " " + "/".join(str(f["length"].get(k, "-")) for k in ("min", "p50", "p95", "max"))
         sha = f"`{f.get('sha256') or '-'}`"
-        rows.append(
-            [f"`{f['path']}`", f["role"], f.get("format") or "?", f["records"], f["invalid"], length, sha]
-        )
+        rows.append([f"`{f['path']}`", f["role"], f.get("format") or "?", f["records"], f["invalid"], length, sha])
     header = ["file", "role", "format", "records", "invalid", "length min/p50/p95/max", "sha256"]
     return ["", "## Sources", "", *_table(header, rows)]
 
@@ -115,10 +109,7 @@ def _checks(report: CheckReport) -> list[str]:
     verdict = "passed" if report.exit_code == 0 else "failed"
     md = ["", "## Checks", "", f"{s['error']} errors, {s['warning']} warnings, {s['info']} info ({verdict})."]
     if s["by_code"]:
-        rows = [
-            [report.find(code)[0].severity, code, c["problems"], c["records"]]
-            for code, c in s["by_code"].items()
-        ]
+        rows = [[report.find(code)[0].severity, code, c["problems"], c["records"]] for code, c in s["by_code"].items()]
         md += ["", *_table(["severity", "check", "problems", "records"], rows), "", "Details (first 20):", ""]
         md += [f"- **{p.severity}** {p.code}: {p.message}" for p in report.problems[:20]]
     return md

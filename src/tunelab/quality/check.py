@@ -88,19 +88,13 @@ def file_problems(ds: Dataset, st: dict[str, Any], options: CheckOptions) -> lis
     out += [_problem("schema", it.error or "", [it.location()]) for it in ds.items if it.error]
     if empty := empty_fields(ds.items):
         locs = [{**it.location(), "field": f} for it, f in empty]
-        out.append(
-            _problem("empty_field", f"{len(locs)} empty or whitespace-only text fields in {ds.path}", locs)
-        )
+        out.append(_problem("empty_field", f"{len(locs)} empty or whitespace-only text fields in {ds.path}", locs))
     if st.get("missing_labels"):
         locs = [it.location() for it in ds.valid if it.label is None]
-        out.append(
-            _problem("missing_label", f"{len(locs)} records without a {ds.label_column!r} in {ds.path}", locs)
-        )
+        out.append(_problem("missing_label", f"{len(locs)} records without a {ds.label_column!r} in {ds.path}", locs))
     if st.get("truncated"):
         n, unit = len(st["truncated"]), st["length_unit"]
-        out.append(
-            _problem("truncated", f"{n} records longer than {options.max_length} {unit}", st["truncated"])
-        )
+        out.append(_problem("truncated", f"{n} records longer than {options.max_length} {unit}", st["truncated"]))
     if options.pii:
         out += pii_problems(ds, options.pii_kinds)
     return out
@@ -131,9 +125,7 @@ def duplicate_problems(valid: list[tuple[Dataset, Item]]) -> list[Problem]:
     for role in ROLES:
         items = [it for ds, it in valid if ds.role == role]
         for group in exact_groups(items, _dup_key):
-            msg = (
-                f"{len(group)} identical {role} records ({len(group) - 1} redundant), first {group[0].where}"
-            )
+            msg = f"{len(group)} identical {role} records ({len(group) - 1} redundant), first {group[0].where}"
             out.append(_problem("duplicate", msg, [it.location() for it in group]))
     return out
 
@@ -150,9 +142,7 @@ def leak_problems(valid: list[tuple[Dataset, Item]]) -> list[Problem]:
             locs = [
                 {**it.location(), "matches": index[early][h].where}
                 for ds, it in valid
-                if ds.role == late
-                and (h := text_hash(it.input_text)) in index[early]
-                and it.input_text.strip()
+                if ds.role == late and (h := text_hash(it.input_text)) in index[early] and it.input_text.strip()
             ]
             if locs:
                 msg = f"{len(locs)} {late} records have the same input as a {early} record"

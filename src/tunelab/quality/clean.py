@@ -29,17 +29,11 @@ class CleanOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     trim: bool = Field(True, description="Strip leading and trailing whitespace from every text field.")
-    drop_invalid: bool = Field(
-        True, description="Drop rows that fail the format (always for unreadable lines)."
-    )
+    drop_invalid: bool = Field(True, description="Drop rows that fail the format (always for unreadable lines).")
     drop_empty: bool = Field(True, description="Drop records with an empty or whitespace-only text field.")
-    dedup: bool = Field(
-        True, description="Drop exact duplicates (normalized text and label), keeping the first."
-    )
+    dedup: bool = Field(True, description="Drop exact duplicates (normalized text and label), keeping the first.")
     near_dedup: bool = Field(False, description="Drop near-duplicates (MinHash/LSH), keeping the first.")
-    near_threshold: float = Field(
-        0.85, gt=0, le=1, description="Similarity at which records are near-duplicates."
-    )
+    near_threshold: float = Field(0.85, gt=0, le=1, description="Similarity at which records are near-duplicates.")
     pii: Literal["keep", "redact", "drop"] = Field(
         "keep", description="What to do with PII: keep, redact ([EMAIL], ...), or drop the record."
     )

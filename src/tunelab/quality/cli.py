@@ -28,12 +28,8 @@ Columns = Annotated[
     typer.Option("--column", "-c", help="Map a format field to yours: instruction=question."),
 ]
 LabelColumn = Annotated[str | None, typer.Option(help="Label column (default: label/category/intent/class).")]
-Tokenizer = Annotated[
-    str | None, typer.Option(help="Tokenizer for token lengths (preset, folder or hub id).")
-]
-MaxLength = Annotated[
-    int | None, typer.Option(help="List records longer than this many tokens (or characters).")
-]
+Tokenizer = Annotated[str | None, typer.Option(help="Tokenizer for token lengths (preset, folder or hub id).")]
+MaxLength = Annotated[int | None, typer.Option(help="List records longer than this many tokens (or characters).")]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
@@ -85,9 +81,7 @@ def inspect(
 
     tok = _tokenizer(tokenizer)
     mapping = _columns(column)
-    stats = [
-        inspect_dataset(load_dataset(p, "train", fmt, mapping, label_column), tok, max_length) for p in paths
-    ]
+    stats = [inspect_dataset(load_dataset(p, "train", fmt, mapping, label_column), tok, max_length) for p in paths]
     if plot:
         plot_lengths(stats, plot, max_length)
     if as_json:
@@ -103,19 +97,13 @@ def _inspect_text(s: dict[str, Any]) -> str:
     lines = [f"{s['path']}: {s['records']} records ({s['invalid']} invalid), format {s['format']}"]
     lines.append(f"  types: {s['record_types']}")
     if s["length"].get("count"):
-        lines.append(
-            f"  length ({s['length_unit']}): " + ", ".join(f"{k} {v}" for k, v in s["length"].items())
-        )
+        lines.append(f"  length ({s['length_unit']}): " + ", ".join(f"{k} {v}" for k, v in s["length"].items()))
     if "roles" in s:
         turns = s["turns"]
-        lines.append(
-            f"  roles: {s['roles']}; turns min {turns['min']} mean {turns['mean']} max {turns['max']}"
-        )
+        lines.append(f"  roles: {s['roles']}; turns min {turns['min']} mean {turns['mean']} max {turns['max']}")
     if s["empty_fields"]:
         first = s["empty_fields"][0]
-        lines.append(
-            f"  empty fields: {len(s['empty_fields'])} (first: line {first['line']}, {first['field']})"
-        )
+        lines.append(f"  empty fields: {len(s['empty_fields'])} (first: line {first['line']}, {first['field']})")
     if "labels" in s:
         lines.append(
             f"  labels ({s['label_column']}): {len(s['labels'])} distinct: "
@@ -129,9 +117,7 @@ def _inspect_text(s: dict[str, Any]) -> str:
 @data_app.command()
 def check(
     train: Annotated[list[str], typer.Argument(help="Training data files.")],
-    eval: Annotated[
-        list[str] | None, typer.Option("--eval", help="Eval/validation file (repeatable).")
-    ] = None,
+    eval: Annotated[list[str] | None, typer.Option("--eval", help="Eval/validation file (repeatable).")] = None,
     test: Annotated[list[str] | None, typer.Option("--test", help="Test file (repeatable).")] = None,
     fmt: Format = "auto",
     column: Columns = None,
@@ -167,9 +153,7 @@ def check(
         label_column=label_column,
         strict=strict,
     )
-    result = run_check(
-        _inputs(train, fmt, column), _inputs(eval, fmt, column), _inputs(test, fmt, column), opts
-    )
+    result = run_check(_inputs(train, fmt, column), _inputs(eval, fmt, column), _inputs(test, fmt, column), opts)
     typer.echo(result.to_json() if as_json else result.format_text())
     if report:
         report.write_text(result.to_json() + "\n", encoding="utf-8")
@@ -181,9 +165,7 @@ def check(
 @data_app.command()
 def clean(
     path: Annotated[str, typer.Argument(help="The data file to clean (never modified).")],
-    output: Annotated[
-        str | None, typer.Option("--output", "-o", help="Output file (default NAME.clean.EXT).")
-    ] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Output file (default NAME.clean.EXT).")] = None,
     fmt: Format = "auto",
     column: Columns = None,
     label_column: LabelColumn = None,
@@ -278,9 +260,7 @@ def split(
 @data_app.command()
 def augment(
     path: Annotated[str, typer.Argument(help="The data file to augment (never modified).")],
-    output: Annotated[
-        str | None, typer.Option("--output", "-o", help="Output (default NAME.augmented.EXT).")
-    ] = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Output (default NAME.augmented.EXT).")] = None,
     method: Annotated[
         list[str] | None,
         typer.Option(

@@ -48,9 +48,7 @@ def inspect_dataset(ds: Dataset, tokenizer: Any = None, max_length: int | None =
 
 
 def empty_fields(items: list[Item]) -> list[tuple[Item, str]]:
-    return [
-        (it, path) for it in items if it.error is None for path, text in it.fields.items() if not text.strip()
-    ]
+    return [(it, path) for it in items if it.error is None for path, text in it.fields.items() if not text.strip()]
 
 
 def conversation_stats(items: list[Item]) -> dict[str, Any]:
@@ -92,9 +90,7 @@ def render(record: Record, tokenizer: Any = None) -> str:
         msgs = record.prompt + longer
     if msgs:
         if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-            return tokenizer.apply_chat_template(
-                [{"role": m.role, "content": m.content} for m in msgs], tokenize=False
-            )
+            return tokenizer.apply_chat_template([{"role": m.role, "content": m.content} for m in msgs], tokenize=False)
         return "\n".join(m.content for m in msgs)
     if isinstance(record, PromptCompletion):
         return record.prompt + record.completion

@@ -22,9 +22,7 @@ def write_rows(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     p = Path(path)
     suffix = p.suffix.lower()
     if suffix not in WRITABLE:
-        raise TunelabError(
-            f"{p}: cannot write {suffix or 'files without a suffix'}; use one of {', '.join(WRITABLE)}"
-        )
+        raise TunelabError(f"{p}: cannot write {suffix or 'files without a suffix'}; use one of {', '.join(WRITABLE)}")
     p.parent.mkdir(parents=True, exist_ok=True)
     if suffix in (".jsonl", ".ndjson"):
         with p.open("w", encoding="utf-8") as f:

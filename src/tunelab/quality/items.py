@@ -104,9 +104,7 @@ def load_dataset(
         for entry in _rows(path, split):
             if max_samples is not None and len(items) >= max_samples:
                 break
-            items.append(
-                entry if isinstance(entry, Item) else Item(entry.source, entry.index, entry.line, entry.data)
-            )
+            items.append(entry if isinstance(entry, Item) else Item(entry.source, entry.index, entry.line, entry.data))
     except DataError as e:
         file_error = str(e)
     first = next((it.row for it in items if it.error is None), None)
@@ -141,9 +139,7 @@ def _tolerant_jsonl(p: Path) -> Iterator[Row | Item]:
                 continue
             try:
                 data = json.loads(raw)
-                problem = (
-                    None if isinstance(data, dict) else f"expected a JSON object, got {type(data).__name__}"
-                )
+                problem = None if isinstance(data, dict) else f"expected a JSON object, got {type(data).__name__}"
             except json.JSONDecodeError as e:
                 data, problem = {}, f"invalid JSON ({e.msg} at column {e.colno})"
             if problem:

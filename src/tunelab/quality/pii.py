@@ -61,9 +61,7 @@ def shannon_entropy(s: str) -> float:
 
 
 def _random_looking(value: str) -> bool:
-    return (
-        any(c.isdigit() for c in value) and any(c.isalpha() for c in value) and shannon_entropy(value) >= 3.0
-    )
+    return any(c.isdigit() for c in value) and any(c.isalpha() for c in value) and shannon_entropy(value) >= 3.0
 
 
 # --------------------------------------------------------------------------- candidate patterns
@@ -77,12 +75,8 @@ _CARD = re.compile(r"(?<![\d+-])\d(?:[ -]?\d){12,18}(?![\d-])")
 _IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b")
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 _IPV4 = re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?!\.?\d)(?!\w)")
-_IPV6 = re.compile(
-    r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|:|\d{1,3}(?:\.\d{1,3}){3})(?![\w:])"
-)
-_PHONE = re.compile(
-    r"(?<![\w+/.-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,5}\)[ .-]?)?\d+(?:[ .-]\d+){0,5}(?![\w/]|[.-]\d)"
-)
+_IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|:|\d{1,3}(?:\.\d{1,3}){3})(?![\w:])")
+_PHONE = re.compile(r"(?<![\w+/.-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,5}\)[ .-]?)?\d+(?:[ .-]\d+){0,5}(?![\w/]|[.-]\d)")
 _DATE = re.compile(r"^\d{4}[-./]\d{1,2}[-./]\d{1,2}|^\d{1,2}[-./]\d{1,2}[-./]\d{4}")
 
 _SECRETS = [
@@ -177,9 +171,7 @@ def _kinds(kinds: Iterable[str] | None) -> tuple[str, ...]:
         return PII_KINDS
     chosen = tuple(kinds)
     if unknown := [k for k in chosen if k not in _DETECTORS]:
-        raise TunelabError(
-            f"unknown PII kind(s) {', '.join(unknown)}; expected some of: {', '.join(PII_KINDS)}"
-        )
+        raise TunelabError(f"unknown PII kind(s) {', '.join(unknown)}; expected some of: {', '.join(PII_KINDS)}")
     return chosen
 
 

@@ -100,10 +100,6 @@ class CheckReport:
 
 
 def describe(loc: dict[str, Any]) -> str:
-    where = (
-        f"{loc['file']}:{loc['line']}"
-        if loc.get("line") is not None
-        else f"{loc['file']} record {loc['record']}"
-    )
+    where = f"{loc['file']}:{loc['line']}" if loc.get("line") is not None else f"{loc['file']} record {loc['record']}"
     extra = ", ".join(f"{k}={v}" for k, v in loc.items() if k not in ("file", "line", "record"))
     return f"{where}" + (f" ({extra})" if extra else "")

@@ -30,28 +30,18 @@ SPLITS = ("train", "validation", "test")
 class SplitOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    ratios: tuple[float, float, float] = Field(
-        (0.7, 0.15, 0.15), description="Train, validation, test shares."
-    )
+    ratios: tuple[float, float, float] = Field((0.7, 0.15, 0.15), description="Train, validation, test shares.")
     seed: int = Field(0, description="Seed for the assignment of groups to splits.")
-    stratify: bool = Field(
-        True, description="Keep each label's share in every split (when there is a label)."
-    )
-    group_by: str | None = Field(
-        None, description="Field whose equal values must stay in one split (e.g. user_id)."
-    )
+    stratify: bool = Field(True, description="Keep each label's share in every split (when there is a label).")
+    group_by: str | None = Field(None, description="Field whose equal values must stay in one split (e.g. user_id).")
     near_threshold: float | None = Field(
         0.85,
         gt=0,
         le=1,
         description="Keep near-duplicate inputs together at this similarity; null: exact only.",
     )
-    label_column: str | None = Field(
-        None, description="Label column; default: detected (label, category, ...)."
-    )
-    suffix: str | None = Field(
-        None, description="Output file type (.jsonl, .csv, ...); default: the input's."
-    )
+    label_column: str | None = Field(None, description="Label column; default: detected (label, category, ...).")
+    suffix: str | None = Field(None, description="Output file type (.jsonl, .csv, ...); default: the input's.")
 
     @field_validator("ratios")
     @classmethod
@@ -95,9 +85,7 @@ def split(
             "path": str(path), "sha256": sha256_file(path), "records": len(members),
             "groups": sum(1 for s in assignment if s == k), "labels": dict(sorted(labels.items())),
         }  # fmt: skip
-    (out / "manifest.json").write_text(
-        json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return manifest
 
 
@@ -116,9 +104,7 @@ def group_items(items: list[Item], options: SplitOptions) -> list[list[int]]:
         keys = [("input", normalize(it.input_text))]
         if options.group_by:
             if options.group_by not in it.row:
-                raise TunelabError(
-                    f"{it.where}: group_by field {options.group_by!r} is missing from the record"
-                )
+                raise TunelabError(f"{it.where}: group_by field {options.group_by!r} is missing from the record")
             keys.append(("group", json.dumps(it.row[options.group_by], sort_keys=True)))
         for key in keys:
             edges.append((first.setdefault(key, i), i))

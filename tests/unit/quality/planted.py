@@ -68,6 +68,4 @@ def make_planted(tmp_path: Path) -> Planted:
         '"my card,\nit broke",damaged_card\n'  # lines 7-8: a quoted multi-line cell
         "what is the fee,\n"  # line 9: missing label
     )
-    return Planted(
-        write_jsonl(tmp_path / "train.jsonl", TRAIN), write_jsonl(tmp_path / "test.jsonl", TEST), labels
-    )
+    return Planted(write_jsonl(tmp_path / "train.jsonl", TRAIN), write_jsonl(tmp_path / "test.jsonl", TEST), labels)

@@ -37,9 +37,7 @@ def intents(tmp_path: Path) -> Path:
 
 
 def test_simple_methods_are_seeded_and_keep_labels(intents: Path, tmp_path: Path) -> None:
-    opts = AugmentOptions(
-        methods=["delete", "swap", "template"], templates=["Hi! {text} Thanks {you}"], seed=7
-    )
+    opts = AugmentOptions(methods=["delete", "swap", "template"], templates=["Hi! {text} Thanks {you}"], seed=7)
     a = augment(str(intents), str(tmp_path / "a.jsonl"), opts)
     b = augment(str(intents), str(tmp_path / "b.jsonl"), opts)
     assert Path(a.output).read_bytes() == Path(b.output).read_bytes()
@@ -48,9 +46,7 @@ def test_simple_methods_are_seeded_and_keep_labels(intents: Path, tmp_path: Path
     assert len(rows) == 4 + len(synthetic) and a.generated["template"] == 4
     assert sum(a.generated.values()) + sum(a.discarded.values()) == 12
     for r in synthetic:
-        source = next(
-            o for o in rows[:4] if o["text"] in r["text"] or set(r["text"].split()) <= set(o["text"].split())
-        )
+        source = next(o for o in rows[:4] if o["text"] in r["text"] or set(r["text"].split()) <= set(o["text"].split()))
         assert r["label"] == source["label"] and r["_source"].endswith(f":{rows.index(source) + 1}")
     assert {r["text"] for r in synthetic if r["_synthetic"] == "template"} >= {
         "Hi! how can I add money to my account Thanks {you}"
@@ -142,8 +138,6 @@ def test_model_method_errors_are_clear(intents: Path, tmp_path: Path) -> None:
         augment(str(intents), str(tmp_path / "x.jsonl"), AugmentOptions(methods=["paraphrase"]))
     dead = EndpointOptions(base_url="http://127.0.0.1:9/v1", model="m", timeout=2)
     with pytest.raises(TunelabError, match=r"request to http://127.0.0.1:9/v1 failed"):
-        augment(
-            str(intents), str(tmp_path / "x.jsonl"), AugmentOptions(methods=["paraphrase"], endpoint=dead)
-        )
+        augment(str(intents), str(tmp_path / "x.jsonl"), AugmentOptions(methods=["paraphrase"], endpoint=dead))
     with pytest.raises(TunelabError, match="unknown augmentation"):
         augment(str(intents), str(tmp_path / "x.jsonl"), AugmentOptions(methods=["magic"]))

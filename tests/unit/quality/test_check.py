@@ -105,9 +105,7 @@ def test_inspect_tokens_roles_truncation_and_histogram(tmp_path: Path) -> None:
 
 def test_dataset_config_with_columns(tmp_path: Path) -> None:
     path = tmp_path / "qa.jsonl"
-    path.write_text(
-        json.dumps({"q": "why?", "a": "because"}) + "\n" + json.dumps({"q": "why?", "a": "because"}) + "\n"
-    )
+    path.write_text(json.dumps({"q": "why?", "a": "because"}) + "\n" + json.dumps({"q": "why?", "a": "because"}) + "\n")
     cfg = DatasetConfig(path=str(path), format="alpaca", columns={"instruction": "q", "output": "a"})
     report = check([cfg])
     assert report.files[0]["format"] == "alpaca" and report.find("duplicate")[0].lines() == [1, 2]

@@ -55,9 +55,7 @@ def test_clean_removes_planted_problems_and_reports_each_change(planted: Planted
 
 
 def test_clean_drop_pii_and_refuses_to_overwrite(planted: Planted, tmp_path: Path) -> None:
-    result = clean(
-        str(planted.train), str(tmp_path / "o.jsonl"), CleanOptions(pii="drop", pii_kinds=["email", "card"])
-    )
+    result = clean(str(planted.train), str(tmp_path / "o.jsonl"), CleanOptions(pii="drop", pii_kinds=["email", "card"]))
     assert {c.line: c.why for c in result.changes if c.why.startswith("PII")} == {
         7: "PII: email",
         9: "PII: card",
@@ -99,9 +97,7 @@ def test_split_is_deterministic_stratified_and_grouped(tmp_path: Path) -> None:
     path = _grouped_rows(tmp_path)
     m1 = split([str(path)], str(tmp_path / "s1"), SplitOptions(group_by="user", seed=3))
     m2 = split([str(path)], str(tmp_path / "s2"), SplitOptions(group_by="user", seed=3))
-    assert {k: v["sha256"] for k, v in m1["splits"].items()} == {
-        k: v["sha256"] for k, v in m2["splits"].items()
-    }
+    assert {k: v["sha256"] for k, v in m1["splits"].items()} == {k: v["sha256"] for k, v in m2["splits"].items()}
     counts = {k: v["records"] for k, v in m1["splits"].items()}
     assert sum(counts.values()) == 66 and 42 <= counts["train"] <= 50 and counts["test"] >= 8
     for name in ("train", "validation", "test"):  # every label in every split
@@ -126,9 +122,7 @@ def test_split_keeps_planted_leak_and_near_duplicates_together(planted: Planted,
     manifest = split([str(planted.train), str(planted.test)], str(tmp_path / "s"), SplitOptions(seed=1))
     assert manifest["inputs"][0]["skipped_invalid"] == 2  # lines 5 and 6
     files = {k: v["path"] for k, v in manifest["splits"].items()}
-    report = check(
-        [files["train"]], eval=[files["validation"]], test=[files["test"]], options=CheckOptions(pii=False)
-    )
+    report = check([files["train"]], eval=[files["validation"]], test=[files["test"]], options=CheckOptions(pii=False))
     assert not report.find("leak_exact") and not report.find("leak_near")
     assert sum(len(load_dataset(p).items) for p in files.values()) == 16
 

@@ -28,9 +28,7 @@ def test_check_exit_codes_and_json(planted: Planted, tmp_path: Path) -> None:
     ok_file = tmp_path / "ok.jsonl"
     ok_file.write_text(json.dumps({"text": "a perfectly fine record"}) + "\n")
     card = tmp_path / "card.md"
-    ok = runner.invoke(
-        data_app, ["check", str(ok_file), "--card", str(card), "--report", str(tmp_path / "r.json")]
-    )
+    ok = runner.invoke(data_app, ["check", str(ok_file), "--card", str(card), "--report", str(tmp_path / "r.json")])
     assert ok.exit_code == 0, ok.output
     assert "0 errors, 0 warnings" in ok.output and "## Sources" in card.read_text()
     assert json.loads((tmp_path / "r.json").read_text())["ok"] is True
@@ -46,9 +44,7 @@ def test_clean_split_augment_inspect_verbs(planted: Planted, tmp_path: Path) -> 
     )
     assert res.exit_code == 0, res.output
     assert (tmp_path / "s" / "manifest.json").exists() and (tmp_path / "s" / "train.csv").exists()
-    res = runner.invoke(
-        data_app, ["augment", str(planted.labels), "-o", str(tmp_path / "a.csv"), "--method", "swap"]
-    )
+    res = runner.invoke(data_app, ["augment", str(planted.labels), "-o", str(tmp_path / "a.csv"), "--method", "swap"])
     assert res.exit_code == 0, res.output
     assert "swap: 7 new records" in res.output  # one per valid row, none a duplicate
     png = tmp_path / "h.png"
@@ -60,9 +56,7 @@ def test_clean_split_augment_inspect_verbs(planted: Planted, tmp_path: Path) -> 
 
 
 def test_cli_user_errors_raise_tunelab_errors(planted: Planted, tmp_path: Path) -> None:
-    res = runner.invoke(
-        data_app, ["split", str(planted.labels), "--out", str(tmp_path), "--ratios", "0.5,0.5"]
-    )
+    res = runner.invoke(data_app, ["split", str(planted.labels), "--out", str(tmp_path), "--ratios", "0.5,0.5"])
     assert isinstance(res.exception, TunelabError) and "three numbers" in str(res.exception)
     res = runner.invoke(data_app, ["clean", str(planted.train), "--pii", "hide"])
     assert isinstance(res.exception, TunelabError) and "keep, redact or drop" in str(res.exception)
@@ -86,9 +80,7 @@ def test_preflight_stops_on_errors_and_saves_warnings(planted: Planted, tmp_path
     run = tmp_path / "run"
     with pytest.raises(PreflightError) as info:
         preflight([DatasetConfig(path=str(planted.train))], test=[str(planted.test)], run_dir=run)
-    assert (
-        isinstance(info.value, DataError) and "leak_exact" in str(info.value) and "schema" in str(info.value)
-    )
+    assert isinstance(info.value, DataError) and "leak_exact" in str(info.value) and "schema" in str(info.value)
     assert json.loads((run / "data_check.json").read_text())["ok"] is False
     assert (run / "data_card.md").exists()
     # Only warnings: the run proceeds, warnings are logged and saved.
