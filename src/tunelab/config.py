@@ -244,6 +244,10 @@ class ForgettingConfig(Section):
 
 class EvalConfig(Section):
     baseline: bool = Field(True, description="Evaluate the base model before training on the same data and decoding.")
+    data: list[DatasetConfig] = Field(
+        default_factory=list,
+        description="Datasets for generation metrics and the before/after comparison (default: data.eval).",
+    )
     metrics: list[str | MetricSpec] = Field(
         default_factory=lambda: ["loss"], description="Metrics to compute: names, or {name, options} entries."
     )

@@ -1,0 +1,80 @@
+"""Evaluation around a training run: the base model before, the result after, and the verdict.
+
+`before_training` runs on the base model (before any adapter or virtual token exists) and saves
+RUN/eval/baseline.json and the forgetting probe; `after_training` evaluates the trained model on the same
+examples with the same decoding, compares (paired bootstrap), runs the forgetting check and writes the
+report. Both run on the main process only. The eval examples are `eval.data`, else `data.eval`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from tunelab.config import RunConfig
+from tunelab.errors import TunelabError
+from tunelab.eval.runner import EVAL_DIR, EvalExample, EvalResult, evaluate, forgetting_probe, load_examples
+
+PROBE_BEFORE = "forgetting_before.json"
+
+
+def eval_examples(cfg: RunConfig) -> list[EvalExample]:
+    return [ex for ds in (cfg.eval.data or cfg.data.eval) for ex in load_examples(ds)]
+
+
+def before_training(cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Path, log: Any = print) -> None:
+    out = run_dir / EVAL_DIR
+    if not cfg.eval.baseline or (out / "baseline.json").is_file():  # resumed runs keep their baseline
+        return
+    examples = eval_examples(cfg)
+    if examples and cfg.eval.metrics:
+        log(f"baseline: evaluating the base model on {len(examples)} examples")
+        _evaluate(cfg, model, tokenizer, examples, "base").save(out / "baseline.json")
+    if cfg.eval.forgetting.enabled:
+        probe = forgetting_probe(model, tokenizer, cfg.eval, progress=False)
+        (out / PROBE_BEFORE).write_text(json.dumps(asdict(probe)))
+
+
+def after_training(cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Path, log: Any = print) -> dict[str, Any]:
+    """Evaluate, compare, check forgetting, write the report; returns a summary for the CLI."""
+    from tunelab.eval.compare import compare_results
+    from tunelab.eval.perplexity import LossResult, forgetting_check
+    from tunelab.eval.report import report_run
+
+    out = run_dir / EVAL_DIR
+    summary: dict[str, Any] = {}
+    examples = eval_examples(cfg)
+    if examples and cfg.eval.metrics:
+        log(f"final: evaluating the fine-tuned model on {len(examples)} examples")
+        final = _evaluate(cfg, model, tokenizer, examples, "fine-tuned")
+        final.save(out / "final.json")
+        summary["final"] = {k: m.scores for k, m in final.metrics.items()}
+        if (out / "baseline.json").is_file():
+            cmp = compare_results(EvalResult.load(out / "baseline.json"), final,
+                                  n_resamples=cfg.eval.bootstrap_resamples, seed=cfg.eval.seed).to_dict()  # fmt: skip
+            (out / "comparison.json").write_text(json.dumps(cmp, indent=1, ensure_ascii=False))
+            summary["comparison"] = cmp["rows"]
+    if cfg.eval.forgetting.enabled and (out / PROBE_BEFORE).is_file():
+        before = LossResult(**json.loads((out / PROBE_BEFORE).read_text()))
+        after = forgetting_probe(model, tokenizer, cfg.eval, progress=False)
+        check = forgetting_check(before, after, cfg.eval.forgetting.threshold, cfg.eval.forgetting.texts or "general_text")
+        (out / "forgetting.json").write_text(json.dumps(asdict(check), indent=1))
+        summary["forgetting"] = asdict(check)
+    summary["report"] = [str(p) for p in report_run(run_dir)]
+    if cfg.eval.fail_on_regression and summary.get("forgetting", {}).get("regressed"):
+        fg = summary["forgetting"]
+        raise TunelabError(f"forgetting check failed: general-text perplexity {fg['before']:.4g} -> {fg['after']:.4g} "
+                           f"(+{fg['relative_change']:.0%} > {fg['threshold']:.0%}); see {summary['report'][0]}")  # fmt: skip
+    return summary
+
+
+def _evaluate(cfg: RunConfig, model: Any, tokenizer: Any, examples: list[EvalExample], name: str) -> EvalResult:
+    was_training = model.training
+    model.eval()
+    try:
+        return evaluate(model, tokenizer, examples, cfg.eval, name=name, chat_template=cfg.model.chat_template,
+                        max_length=cfg.data.max_length)  # fmt: skip
+    finally:
+        model.train(was_training)
