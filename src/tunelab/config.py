@@ -353,7 +353,8 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
     data = cfg.data.model_copy(
         update={"train": [fix(d) for d in cfg.data.train], "eval": [fix(d) for d in cfg.data.eval]}
     )
-    return cfg.model_copy(update={"data": data})
+    evals = cfg.eval.model_copy(update={"data": [fix(d) for d in cfg.eval.data]})
+    return cfg.model_copy(update={"data": data, "eval": evals})
 
 
 def format_validation_error(err: ValidationError, source: str, text: str = "") -> str:
