@@ -73,8 +73,9 @@ class HFEngine:
         gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         eos = gen_eos if isinstance(gen_eos, list) else [gen_eos]
         self.eos_ids = {e for e in [*eos, tokenizer.eos_token_id] if e is not None}
-        self.batch_sizes: list[int] = []
-        self.batcher = Batcher(self._run_group, max_batch_size, wait_ms, on_batch=self.batch_sizes.append)
+        self.batch_sizes: list[int] = []  # every batch run, for tests and benchmarks
+        self.on_batch: Callable[[int], None] | None = None  # e.g. a metrics histogram
+        self.batcher = Batcher(self._run_group, max_batch_size, wait_ms, on_batch=self._observe)
 
     # ------------------------------------------------------------------ protocol
 
@@ -122,6 +123,11 @@ class HFEngine:
         await self.batcher.close()
 
     # ------------------------------------------------------------------ engine thread
+
+    def _observe(self, size: int) -> None:
+        self.batch_sizes.append(size)
+        if self.on_batch is not None:
+            self.on_batch(size)
 
     def generate_batch(self, model: str, rows: list[Row]) -> list[Row]:
         """Decode rows for one model id together (synchronous; the batcher calls it on the engine thread)."""
