@@ -39,12 +39,14 @@ TEXT_PROMPTS = [
     "Tom found a big red ball.",
     "",
 ]
-# (max abs logit diff, min top-1 agreement, min fraction of prompts whose greedy text matches)
-TOLERANCES: dict[str, tuple[float, float, float]] = {
-    "hf": (1e-4, 1.0, 1.0),
-    "merged": (1e-3, 1.0, 1.0),
-    "gguf-f16": (0.1, 0.98, 0.8),
-    "gguf-q8_0": (0.5, 0.95, 0.5),
+# (max abs logit diff, min fraction of prompts whose greedy continuation matches exactly). Top-1 flips are
+# allowed only between tokens the reference ranks within that logit tolerance of each other: a near-tie
+# may flip under rounding, a clear winner may not.
+TOLERANCES: dict[str, tuple[float, float]] = {
+    "hf": (1e-4, 1.0),
+    "merged": (1e-3, 1.0),
+    "gguf-f16": (0.1, 0.8),
+    "gguf-q8_0": (0.5, 0.5),
 }
 
 
@@ -64,9 +66,10 @@ class VerifyReport:
     max_abs_logit_diff: float
     mean_abs_logit_diff: float
     top1_agreement: float
+    clear_top1_flips: int
     greedy_agreement: float
     tokenizer_agreement: float
-    tolerance: tuple[float, float, float]
+    tolerance: tuple[float, float]
     failures: list[str]
 
     @property
@@ -106,7 +109,7 @@ def verify(
     against: str | Path,
     prompts: list[str] | None = None,
     max_new_tokens: int = 32,
-    tolerance: tuple[float, float, float] | None = None,
+    tolerance: tuple[float, float] | None = None,
 ) -> VerifyReport:
     """Compare the export with its run; raises VerifyError (with the report attached) beyond tolerance."""
     info = read_export(export_dir)
@@ -119,21 +122,24 @@ def verify(
     texts = prompts or (CHAT_PROMPTS if getattr(tok, "chat_template", None) else TEXT_PROMPTS)
     golden = golden_prompts(tok, texts)
     tok_same = sum(golden_prompts(exp_tok, texts)[i] == g for i, g in enumerate(golden)) if exp_tok else 0
-    diffs, agree, positions, greedy_same = [], 0, 0, 0
+    diffs, agree, flips, positions, greedy_same = [], 0, 0, 0, 0
     for ids in golden:
         cont = _greedy(ref, ids, max_new_tokens, eos, pad)
         full = torch.tensor([ids + cont])
         with torch.no_grad():
             a, b = ref(full).logits[0].float(), exp(full).logits[0].float()
         diffs.append((a - b).abs())
-        agree += int((a.argmax(-1) == b.argmax(-1)).sum())
+        ra, rb = a.argmax(-1), b.argmax(-1)
+        agree += int((ra == rb).sum())
+        gap = a.gather(-1, ra[:, None]) - a.gather(-1, rb[:, None])  # how much worse the reference finds b's pick
+        flips += int((gap > tol[0]).sum())
         positions += a.shape[0]
         greedy_same += int(_greedy(exp, ids, max_new_tokens, eos, pad) == cont)
     d = torch.cat([x.flatten() for x in diffs])
     report = VerifyReport(
         format=fmt, prompts=len(golden), positions=positions,
         max_abs_logit_diff=float(d.max()), mean_abs_logit_diff=float(d.mean()),
-        top1_agreement=agree / positions, greedy_agreement=greedy_same / len(golden),
+        top1_agreement=agree / positions, clear_top1_flips=flips, greedy_agreement=greedy_same / len(golden),
         tokenizer_agreement=tok_same / len(golden), tolerance=tol, failures=[],
     )  # fmt: skip
     _judge(report)
@@ -143,11 +149,11 @@ def verify(
 
 
 def _judge(r: VerifyReport) -> None:
-    max_diff, min_top1, min_greedy = r.tolerance
+    max_diff, min_greedy = r.tolerance
     if not r.max_abs_logit_diff <= max_diff:  # `not <=` also catches NaN
         r.failures.append(f"max |logit diff| {r.max_abs_logit_diff:.3g} > {max_diff:.3g}")
-    if r.top1_agreement < min_top1:
-        r.failures.append(f"top-1 agreement {r.top1_agreement:.3f} < {min_top1}")
+    if r.clear_top1_flips:
+        r.failures.append(f"{r.clear_top1_flips} positions pick a token the run ranks over {max_diff:.3g} lower")
     if r.greedy_agreement < min_greedy:
         r.failures.append(f"greedy output agreement {r.greedy_agreement:.2f} < {min_greedy}")
     if r.tokenizer_agreement < 1.0:
