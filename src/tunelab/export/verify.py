@@ -99,8 +99,14 @@ def _eos(model: Any, tokenizer: Any) -> list[int]:
 
 @torch.no_grad()
 def _greedy(model: Any, ids: list[int], n: int, eos: list[int], pad: int) -> list[int]:
-    out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                         max_new_tokens=n, do_sample=False, eos_token_id=eos, pad_token_id=pad)  # fmt: skip
+    out = model.generate(
+        torch.tensor([ids]),
+        attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        max_new_tokens=n,
+        do_sample=False,
+        eos_token_id=eos,
+        pad_token_id=pad,
+    )
     return out[0, len(ids) :].tolist()
 
 
@@ -131,17 +137,26 @@ def verify(
         diffs.append((a - b).abs())
         ra, rb = a.argmax(-1), b.argmax(-1)
         agree += int((ra == rb).sum())
-        gap = a.gather(-1, ra[:, None]) - a.gather(-1, rb[:, None])  # how much worse the reference finds b's pick
+        gap = a.gather(-1, ra[:, None]) - a.gather(
+            -1, rb[:, None]
+        )  # how much worse the reference finds b's pick
         flips += int((gap > tol[0]).sum())
         positions += a.shape[0]
         greedy_same += int(_greedy(exp, ids, max_new_tokens, eos, pad) == cont)
     d = torch.cat([x.flatten() for x in diffs])
     report = VerifyReport(
-        format=fmt, prompts=len(golden), positions=positions,
-        max_abs_logit_diff=float(d.max()), mean_abs_logit_diff=float(d.mean()),
-        top1_agreement=agree / positions, clear_top1_flips=flips, greedy_agreement=greedy_same / len(golden),
-        tokenizer_agreement=tok_same / len(golden), tolerance=tol, failures=[],
-    )  # fmt: skip
+        format=fmt,
+        prompts=len(golden),
+        positions=positions,
+        max_abs_logit_diff=float(d.max()),
+        mean_abs_logit_diff=float(d.mean()),
+        top1_agreement=agree / positions,
+        clear_top1_flips=flips,
+        greedy_agreement=greedy_same / len(golden),
+        tokenizer_agreement=tok_same / len(golden),
+        tolerance=tol,
+        failures=[],
+    )
     _judge(report)
     if not report.passed:
         raise VerifyError(f"{export_dir} does not match {against}: " + "; ".join(report.failures), report)
@@ -153,8 +168,12 @@ def _judge(r: VerifyReport) -> None:
     if not r.max_abs_logit_diff <= max_diff:  # `not <=` also catches NaN
         r.failures.append(f"max |logit diff| {r.max_abs_logit_diff:.3g} > {max_diff:.3g}")
     if r.clear_top1_flips:
-        r.failures.append(f"{r.clear_top1_flips} positions pick a token the run ranks over {max_diff:.3g} lower")
+        r.failures.append(
+            f"{r.clear_top1_flips} positions pick a token the run ranks over {max_diff:.3g} lower"
+        )
     if r.greedy_agreement < min_greedy:
         r.failures.append(f"greedy output agreement {r.greedy_agreement:.2f} < {min_greedy}")
     if r.tokenizer_agreement < 1.0:
-        r.failures.append(f"the export's tokenizer gives different ids on {1 - r.tokenizer_agreement:.0%} of prompts")
+        r.failures.append(
+            f"the export's tokenizer gives different ids on {1 - r.tokenizer_agreement:.0%} of prompts"
+        )

@@ -38,9 +38,13 @@ log = logging.getLogger("tunelab.serve")
 
 class ApiError(Exception):
     def __init__(
-        self, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None,
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        code: str | None = None,
         headers: dict[str, str] | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         self.status, self.message, self.type_, self.code, self.headers = status, message, type_, code, headers
 
 
@@ -102,8 +106,13 @@ def create_app(engine: Engine, cfg: ServeConfig, keys: KeyRing, store: Store | N
         wait = limiter.take(key_id or "anonymous")
         if wait > 0:
             metrics.rate_limited.labels(key_id or "anonymous").inc()
-            raise ApiError(429, f"rate limit exceeded; retry in {wait:.1f}s", "rate_limit_error", "rate_limit_exceeded",
-                           headers={"retry-after": str(int(wait) + 1)})  # fmt: skip
+            raise ApiError(
+                429,
+                f"rate limit exceeded; retry in {wait:.1f}s",
+                "rate_limit_error",
+                "rate_limit_exceeded",
+                headers={"retry-after": str(int(wait) + 1)},
+            )
         return key_id
 
     async def admin(key_id: str | None = Depends(auth)) -> str | None:
@@ -127,10 +136,14 @@ def create_app(engine: Engine, cfg: ServeConfig, keys: KeyRing, store: Store | N
     @app.post("/v1/chat/completions")
     async def chat(body: S.ChatRequest, request: Request, key_id: str | None = Depends(auth)) -> Response:
         msgs = [{"role": m.role, "content": m.text()} for m in body.messages]
-        return await _complete(request, key_id, body, "chat", msgs, body.max_completion_tokens or body.max_tokens)
+        return await _complete(
+            request, key_id, body, "chat", msgs, body.max_completion_tokens or body.max_tokens
+        )
 
     @app.post("/v1/completions")
-    async def completions(body: S.CompletionRequest, request: Request, key_id: str | None = Depends(auth)) -> Response:
+    async def completions(
+        body: S.CompletionRequest, request: Request, key_id: str | None = Depends(auth)
+    ) -> Response:
         try:
             prompt = body.prompt_text()
         except ValueError as e:
@@ -138,40 +151,59 @@ def create_app(engine: Engine, cfg: ServeConfig, keys: KeyRing, store: Store | N
         return await _complete(request, key_id, body, "completion", prompt, body.max_tokens)
 
     async def _complete(
-        request: Request, key_id: str | None, body: S._Sampling, kind: str, content: Any, max_tokens: int | None
+        request: Request,
+        key_id: str | None,
+        body: S._Sampling,
+        kind: str,
+        content: Any,
+        max_tokens: int | None,
     ) -> Response:
         rid, start, endpoint = request.state.request_id, time.perf_counter(), request.url.path
         if body.model not in engine.model_ids():
-            raise ApiError(404, f"model {body.model!r} not found; served: {', '.join(engine.model_ids())}",
-                           code="model_not_found")  # fmt: skip
+            raise ApiError(
+                404,
+                f"model {body.model!r} not found; served: {', '.join(engine.model_ids())}",
+                code="model_not_found",
+            )
         max_tokens = max_tokens or cfg.limits.default_max_tokens
         if max_tokens > cfg.limits.max_tokens:
-            raise ApiError(400, f"max_tokens {max_tokens} is over this server's limit of {cfg.limits.max_tokens}")
+            raise ApiError(
+                400, f"max_tokens {max_tokens} is over this server's limit of {cfg.limits.max_tokens}"
+            )
         try:
             params = body.sampling(max_tokens)
         except ValueError as e:
             raise ApiError(400, str(e)) from None
         content, decisions = _guard_input(kind, content)
-        record = {**body.model_dump(exclude_none=True, exclude={"messages", "prompt"}),
-                  ("messages" if kind == "chat" else "prompt"): content}  # fmt: skip
+        record = {
+            **body.model_dump(exclude_none=True, exclude={"messages", "prompt"}),
+            ("messages" if kind == "chat" else "prompt"): content,
+        }
         ctx = dict(rid=rid, key_id=key_id, endpoint=endpoint, model=body.model, record=record, start=start)
         if hit := blocked(decisions):
             await _log(ctx, None, None, 400, decisions)
-            raise ApiError(400, f"request refused by the guard ({hit.rule}: {hit.detail})", code="content_filter")
+            raise ApiError(
+                400, f"request refused by the guard ({hit.rule}: {hit.detail})", code="content_filter"
+            )
         ids = engine.encode_chat(content) if kind == "chat" else engine.encode_text(content)
         limit = min(cfg.limits.max_prompt_tokens, engine.max_context() - max_tokens)
         if len(ids) > limit:
-            raise ApiError(400, f"prompt is {len(ids)} tokens; at most {limit} allowed with max_tokens {max_tokens}")
+            raise ApiError(
+                400, f"prompt is {len(ids)} tokens; at most {limit} allowed with max_tokens {max_tokens}"
+            )
         metrics.prompt_tokens.labels(body.model).inc(len(ids))
         if body.stream:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
             events = _stream(ctx, kind, ids, params, decisions, include_usage)
-            return StreamingResponse(events, media_type="text/event-stream", headers={"cache-control": "no-cache"})
+            return StreamingResponse(
+                events, media_type="text/event-stream", headers={"cache-control": "no-cache"}
+            )
         cancelled = False
         metrics.in_flight.inc()
         try:
             result = await asyncio.wait_for(
-                engine.generate(body.model, ids, params, is_cancelled=lambda: cancelled), cfg.limits.request_timeout_s
+                engine.generate(body.model, ids, params, is_cancelled=lambda: cancelled),
+                cfg.limits.request_timeout_s,
             )
         except asyncio.TimeoutError:
             cancelled = True
@@ -185,7 +217,9 @@ def create_app(engine: Engine, cfg: ServeConfig, keys: KeyRing, store: Store | N
         text = "" if finish == "content_filter" else text
         await _log(ctx, text, result, 200, decisions, finish)
         build = S.chat_response if kind == "chat" else S.completion_response
-        return JSONResponse(build(rid, body.model, text, finish, S.usage(result.prompt_tokens, result.completion_tokens)))
+        return JSONResponse(
+            build(rid, body.model, text, finish, S.usage(result.prompt_tokens, result.completion_tokens))
+        )
 
     def _guard_input(kind: str, content: Any) -> tuple[Any, list[Decision]]:
         if kind == "completion":
@@ -212,7 +246,9 @@ def create_app(engine: Engine, cfg: ServeConfig, keys: KeyRing, store: Store | N
         out = OutputFilter(guard)
         metrics.in_flight.inc()
         task = asyncio.ensure_future(
-            engine.generate(model, ids, params, on_delta=deltas.put_nowait, is_cancelled=lambda: state["cancelled"])
+            engine.generate(
+                model, ids, params, on_delta=deltas.put_nowait, is_cancelled=lambda: state["cancelled"]
+            )
         )
         deadline = time.monotonic() + cfg.limits.request_timeout_s
         sent, status, result = [], 200, None
@@ -220,8 +256,11 @@ def create_app(engine: Engine, cfg: ServeConfig, keys: KeyRing, store: Store | N
             yield _sse(S.chunk(rid, model, chat, None, None, first=True))
             while not (task.done() and deltas.empty()) and not out.blocked:
                 getter = asyncio.ensure_future(deltas.get())
-                await asyncio.wait({getter, task}, timeout=max(0.0, deadline - time.monotonic()),
-                                   return_when=asyncio.FIRST_COMPLETED)  # fmt: skip
+                await asyncio.wait(
+                    {getter, task},
+                    timeout=max(0.0, deadline - time.monotonic()),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
                 if not getter.done():
                     getter.cancel()
                     if time.monotonic() >= deadline:
@@ -243,7 +282,15 @@ def create_app(engine: Engine, cfg: ServeConfig, keys: KeyRing, store: Store | N
                 yield _sse(S.chunk(rid, model, chat, None, finish))
                 if include_usage:
                     u = S.usage(result.prompt_tokens, result.completion_tokens)
-                    yield _sse({"id": rid, "object": "chat.completion.chunk", "model": model, "choices": [], "usage": u})
+                    yield _sse(
+                        {
+                            "id": rid,
+                            "object": "chat.completion.chunk",
+                            "model": model,
+                            "choices": [],
+                            "usage": u,
+                        }
+                    )
                 yield "data: [DONE]\n\n"
         finally:
             state["cancelled"] = state["cancelled"] or not task.done()  # client went away: stop decoding
@@ -253,7 +300,12 @@ def create_app(engine: Engine, cfg: ServeConfig, keys: KeyRing, store: Store | N
             await _log(ctx, "".join(sent), result, status, decisions, finish)
 
     async def _log(
-        ctx: dict, text: str | None, result: GenResult | None, status: int, decisions: list[Decision], finish=None
+        ctx: dict,
+        text: str | None,
+        result: GenResult | None,
+        status: int,
+        decisions: list[Decision],
+        finish=None,
     ) -> None:
         elapsed = time.perf_counter() - ctx["start"]
         metrics.requests.labels(ctx["endpoint"], str(status)).inc()
@@ -265,12 +317,21 @@ def create_app(engine: Engine, cfg: ServeConfig, keys: KeyRing, store: Store | N
             return
         adapter = None if ctx["model"] == engine.model_ids()[0] else ctx["model"]
         await asyncio.to_thread(
-            store.log_request, ctx["rid"], api_key_id=ctx["key_id"], endpoint=ctx["endpoint"], model=ctx["model"],
-            adapter=adapter, request=ctx["record"], response_text=text, finish_reason=finish,
+            store.log_request,
+            ctx["rid"],
+            api_key_id=ctx["key_id"],
+            endpoint=ctx["endpoint"],
+            model=ctx["model"],
+            adapter=adapter,
+            request=ctx["record"],
+            response_text=text,
+            finish_reason=finish,
             prompt_tokens=result.prompt_tokens if result else None,
             completion_tokens=result.completion_tokens if result else None,
-            latency_ms=elapsed * 1000, status=status, decisions=decisions,
-        )  # fmt: skip
+            latency_ms=elapsed * 1000,
+            status=status,
+            decisions=decisions,
+        )
 
     @app.post("/v1/feedback")
     async def feedback(body: S.FeedbackRequest, key_id: str | None = Depends(auth)) -> dict[str, Any]:
@@ -279,7 +340,9 @@ def create_app(engine: Engine, cfg: ServeConfig, keys: KeyRing, store: Store | N
         row = await asyncio.to_thread(store.request, body.request_id)
         if row is None or (row["api_key_id"] != key_id):  # a key rates only its own requests
             raise ApiError(404, f"no request {body.request_id!r} for this key", code="request_not_found")
-        fid = await asyncio.to_thread(store.add_feedback, body.request_id, body.rating, body.corrected, body.comment)
+        fid = await asyncio.to_thread(
+            store.add_feedback, body.request_id, body.rating, body.corrected, body.comment
+        )
         return {"id": fid, "request_id": body.request_id, "object": "feedback"}
 
     @app.get("/admin/adapters")
@@ -306,4 +369,3 @@ def create_app(engine: Engine, cfg: ServeConfig, keys: KeyRing, store: Store | N
 
 def _sse(obj: dict[str, Any]) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
-

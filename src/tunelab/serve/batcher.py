@@ -65,7 +65,9 @@ class Batcher:
             deadline = time.monotonic() + self.wait_s
             while len(jobs) < self.max_batch_size * 4:  # gather a few batches' worth; groups are cut below
                 try:
-                    jobs.append(await asyncio.wait_for(self.queue.get(), max(0.0, deadline - time.monotonic())))
+                    jobs.append(
+                        await asyncio.wait_for(self.queue.get(), max(0.0, deadline - time.monotonic()))
+                    )
                 except asyncio.TimeoutError:
                     break
             groups: dict[Hashable, list[Job]] = {}
@@ -87,6 +89,6 @@ class Batcher:
                 if not j.future.done():
                     j.future.set_exception(e)
             return
-        for j, r in zip(jobs, results):
+        for j, r in zip(jobs, results, strict=True):
             if not j.future.done():
                 j.future.set_result(r)

@@ -66,7 +66,12 @@ class HFEngine:
     """One base model + named LoRA adapters (peft), batched per adapter on one engine thread."""
 
     def __init__(
-        self, model: Any, tokenizer: Any, base_name: str = "base", max_batch_size: int = 16, wait_ms: float = 5.0
+        self,
+        model: Any,
+        tokenizer: Any,
+        base_name: str = "base",
+        max_batch_size: int = 16,
+        wait_ms: float = 5.0,
     ) -> None:
         self.model, self.tokenizer, self.base_name = model.eval(), tokenizer, base_name
         self.adapters: dict[str, str] = {}  # name -> folder
@@ -157,7 +162,9 @@ class HFEngine:
         if hasattr(self.model, "peft_config"):
             self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
         else:
-            self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name, is_trainable=False).eval()
+            self.model = PeftModel.from_pretrained(
+                self.model, str(path), adapter_name=name, is_trainable=False
+            ).eval()
         self.adapters[name] = str(path)
         log.info("loaded adapter %s from %s", name, path)
 

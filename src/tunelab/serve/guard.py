@@ -27,11 +27,22 @@ from tunelab.serve.config import GuardConfig
 log = logging.getLogger("tunelab.serve.guard")
 
 INJECTION_PATTERNS: dict[str, str] = {
-    "ignore-instructions": r"\b(ignore|disregard|forget|override)\b.{0,40}\b(previous|prior|above|earlier|all|your|system)\b.{0,20}\b(instructions?|prompts?|rules|guidelines|directions)\b",
-    "reveal-system-prompt": r"\b(reveal|show|print|repeat|leak|output)\b.{0,30}\b(system|hidden|initial)\s+(prompt|instructions?|message)\b",
-    "dan-jailbreak": r"\b(DAN|do anything now)\b.{0,60}\b(mode|jailbreak|no (restrictions|rules|limits))\b|\byou are (now )?DAN\b",
+    "ignore-instructions": (
+        r"\b(ignore|disregard|forget|override)\b.{0,40}\b(previous|prior|above|earlier|all|your|system)\b"
+        r".{0,20}\b(instructions?|prompts?|rules|guidelines|directions)\b"
+    ),
+    "reveal-system-prompt": (
+        r"\b(reveal|show|print|repeat|leak|output)\b.{0,30}\b(system|hidden|initial)\s+(prompt|instructions?|message)\b"
+    ),
+    "dan-jailbreak": (
+        r"\b(DAN|do anything now)\b.{0,60}\b(mode|jailbreak|no (restrictions|rules|limits))\b"
+        r"|\byou are (now )?DAN\b"
+    ),
     "developer-mode": r"\b(developer|god|jailbreak|unrestricted|sudo)\s+mode\b",
-    "no-restrictions": r"\b(pretend|act|imagine|roleplay)\b.{0,40}\b(no|without)\s+(restrictions|filters|rules|limits|guidelines|ethics)\b",
+    "no-restrictions": (
+        r"\b(pretend|act|imagine|roleplay)\b.{0,40}\b(no|without)\s+"
+        r"(restrictions|filters|rules|limits|guidelines|ethics)\b"
+    ),
     "new-instructions": r"^\s*(new|updated)\s+(system\s+)?instructions?\s*:",
 }
 HOLD = 64
@@ -95,7 +106,9 @@ class Guard:
         kinds: dict[str, int] = {}
         for f in found:
             kinds[f.kind] = kinds.get(f.kind, 0) + 1
-        decisions.append(Decision(stage, "pii", action, ",".join(f"{k}:{n}" for k, n in sorted(kinds.items()))))
+        decisions.append(
+            Decision(stage, "pii", action, ",".join(f"{k}:{n}" for k, n in sorted(kinds.items())))
+        )
         return redact_pii(text, self.cfg.pii_kinds)[0] if action == "redact" else text
 
     def _blocked(self, text: str, stage: str, decisions: list[Decision]) -> str:

@@ -33,10 +33,13 @@ log = logging.getLogger("tunelab.serve")
 
 def build_engine(target: str | Path, cfg: ServeConfig, adapters: dict[str, str] | None = None) -> HFEngine:
     """Load what `target` names and the adapters (NAME -> folder or run dir) into one engine."""
+    import torch
     from transformers import AutoTokenizer
 
     from tunelab.models.load import resolve_dtype
 
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     dtype = resolve_dtype(cfg.dtype)
     first: tuple[str, Path] | None = None
     if is_run_dir(target):
@@ -53,7 +56,9 @@ def build_engine(target: str | Path, cfg: ServeConfig, adapters: dict[str, str] 
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     engine = HFEngine(model, tokenizer, cfg.base_name or "base", cfg.batch.max_batch_size, cfg.batch.wait_ms)
-    todo = ([first] if first else []) + [(n, _adapter_folder(p)) for n, p in {**cfg.adapters, **(adapters or {})}.items()]
+    todo = ([first] if first else []) + [
+        (n, _adapter_folder(p)) for n, p in {**cfg.adapters, **(adapters or {})}.items()
+    ]
     for name, path in todo:
         _check_vocab(engine, path)
         engine._load_adapter(name, path)
@@ -72,7 +77,9 @@ def _check_vocab(engine: HFEngine, path: Path) -> None:
 
         n = len(AutoTokenizer.from_pretrained(str(path)))
         if n != len(engine.tokenizer):
-            raise TunelabError(f"{path}: adapter tokenizer has {n} tokens, the served base has {len(engine.tokenizer)}")
+            raise TunelabError(
+                f"{path}: adapter tokenizer has {n} tokens, the served base has {len(engine.tokenizer)}"
+            )
 
 
 def build_app(engine: HFEngine, cfg: ServeConfig) -> Any:

@@ -56,7 +56,9 @@ def load_key_hashes(cfg: AuthConfig) -> dict[str, str]:
 
 def _add(found: dict[str, str], parts: list[str], where: str) -> None:
     if len(parts) != 2 or not _HEX64.match(parts[1].lower()):
-        raise ConfigError(f"{where}: expected KEY_ID and a 64-hex-digit sha256 of the key (not the key itself)")
+        raise ConfigError(
+            f"{where}: expected KEY_ID and a 64-hex-digit sha256 of the key (not the key itself)"
+        )
     found[parts[1].lower()] = parts[0]
 
 
@@ -144,7 +146,13 @@ class BodyLimit:
         body = json.dumps(
             {"error": {"message": f"request body over {self.limit} bytes", "type": "invalid_request_error"}}
         ).encode()
-        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 

@@ -122,12 +122,22 @@ class Store:
         with self.engine.begin() as conn:
             conn.execute(
                 insert(requests_table).values(
-                    id=request_id, created_at=now, api_key_id=api_key_id, endpoint=endpoint, model=model,
-                    adapter=adapter, request_json=json.loads(json.dumps(request)), response_text=response_text,
-                    finish_reason=finish_reason, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                    latency_ms=latency_ms, status=status, guard_flags=flags,
+                    id=request_id,
+                    created_at=now,
+                    api_key_id=api_key_id,
+                    endpoint=endpoint,
+                    model=model,
+                    adapter=adapter,
+                    request_json=json.loads(json.dumps(request)),
+                    response_text=response_text,
+                    finish_reason=finish_reason,
+                    prompt_tokens=prompt_tokens,
+                    completion_tokens=completion_tokens,
+                    latency_ms=latency_ms,
+                    status=status,
+                    guard_flags=flags,
                 )
-            )  # fmt: skip
+            )
             if decisions:
                 conn.execute(
                     insert(guard_events_table),
@@ -143,19 +153,31 @@ class Store:
         with self.engine.begin() as conn:
             result = conn.execute(
                 insert(feedback_table).values(
-                    request_id=request_id, rating=rating, corrected=corrected, comment=comment, created_at=_now()
+                    request_id=request_id,
+                    rating=rating,
+                    corrected=corrected,
+                    comment=comment,
+                    created_at=_now(),
                 )
             )
             return int(result.inserted_primary_key[0])
 
     def request(self, request_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
-            row = conn.execute(select(requests_table).where(requests_table.c.id == request_id)).mappings().first()
+            row = (
+                conn.execute(select(requests_table).where(requests_table.c.id == request_id))
+                .mappings()
+                .first()
+            )
             return dict(row) if row else None
 
     def feedback(self, request_id: str) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
-            q = select(feedback_table).where(feedback_table.c.request_id == request_id).order_by(feedback_table.c.id)
+            q = (
+                select(feedback_table)
+                .where(feedback_table.c.request_id == request_id)
+                .order_by(feedback_table.c.id)
+            )
             return [dict(r) for r in conn.execute(q).mappings()]
 
     def guard_events(self, request_id: str) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Build run directories as the training engine writes them: RUN/config.yaml + RUN/final (full model or LoRA)."""
+"""Run directories as the training engine writes them: RUN/config.yaml + RUN/final (full or LoRA)."""
 
 from __future__ import annotations
 

@@ -88,7 +88,9 @@ def test_completions_and_stop_string(server) -> None:
     full = server.client.completions.create(model="lora-a", prompt="Hello", max_tokens=16, temperature=0)
     text = full.choices[0].text
     stop = text[5:7]
-    cut = server.client.completions.create(model="lora-a", prompt="Hello", max_tokens=16, temperature=0, stop=[stop])
+    cut = server.client.completions.create(
+        model="lora-a", prompt="Hello", max_tokens=16, temperature=0, stop=[stop]
+    )
     assert cut.choices[0].text == text[: text.find(stop)] and cut.choices[0].finish_reason == "stop"
     streamed = server.client.completions.create(
         model="lora-a", prompt="Hello", max_tokens=16, temperature=0, stop=stop, stream=True
@@ -98,7 +100,9 @@ def test_completions_and_stop_string(server) -> None:
 
 def test_seed_makes_sampling_reproducible(server) -> None:
     def sample(seed: int) -> str:
-        r = server.client.chat.completions.create(model="lora-a", messages=CHAT, max_tokens=24, seed=seed, temperature=1.0)
+        r = server.client.chat.completions.create(
+            model="lora-a", messages=CHAT, max_tokens=24, seed=seed, temperature=1.0
+        )
         return r.choices[0].message.content
 
     assert sample(7) == sample(7)
@@ -114,8 +118,11 @@ def test_wrong_or_missing_key_is_401(server) -> None:
 
 def test_oversize_body_is_413(server) -> None:
     big = [{"role": "user", "content": "x" * 5000}]
-    r = httpx.post(server.url + "/v1/chat/completions", json={"model": "base", "messages": big},
-                   headers={"authorization": f"Bearer {server.key}"})  # fmt: skip
+    r = httpx.post(
+        server.url + "/v1/chat/completions",
+        json={"model": "base", "messages": big},
+        headers={"authorization": f"Bearer {server.key}"},
+    )
     assert r.status_code == 413 and "x-request-id" in r.headers
 
 
@@ -145,7 +152,9 @@ def test_pii_in_input_is_redacted_before_the_model(server) -> None:
     raw = server.client.chat.completions.with_raw_response.create(model="base", messages=msg, max_tokens=4)
     rid = raw.headers["x-request-id"]
     with sqlite3.connect(server.db) as db:
-        stored, flags = db.execute("select request_json, guard_flags from requests where id = ?", (rid,)).fetchone()
+        stored, flags = db.execute(
+            "select request_json, guard_flags from requests where id = ?", (rid,)
+        ).fetchone()
     assert "jane.doe@example.com" not in stored and "[EMAIL]" in stored and "[PHONE]" in stored
     assert "input:pii:redact" in flags
 
@@ -174,12 +183,21 @@ def test_feedback_is_stored_and_read_back(server) -> None:
     body = {"request_id": rid, "rating": -1, "corrected": "A better answer.", "comment": "too short"}
     r = httpx.post(server.url + "/v1/feedback", json=body, headers=auth)
     assert r.status_code == 200, r.text
-    assert httpx.post(server.url + "/v1/feedback", json={**body, "request_id": "req-x"}, headers=auth).status_code == 404
+    assert (
+        httpx.post(
+            server.url + "/v1/feedback", json={**body, "request_id": "req-x"}, headers=auth
+        ).status_code
+        == 404
+    )
     admin = {"authorization": f"Bearer {server.admin_key}"}  # another key cannot rate alice's request
     assert httpx.post(server.url + "/v1/feedback", json=body, headers=admin).status_code == 404
     with sqlite3.connect(server.db) as db:
-        fb = db.execute("select rating, corrected, comment from feedback where request_id = ?", (rid,)).fetchall()
-        req = db.execute("select api_key_id, adapter, response_text from requests where id = ?", (rid,)).fetchone()
+        fb = db.execute(
+            "select rating, corrected, comment from feedback where request_id = ?", (rid,)
+        ).fetchall()
+        req = db.execute(
+            "select api_key_id, adapter, response_text from requests where id = ?", (rid,)
+        ).fetchone()
     assert fb == [(-1, "A better answer.", "too short")]
     assert req == ("alice", "lora-a", answer)
 
@@ -210,7 +228,9 @@ def test_health_and_metrics(server) -> None:
 def test_rate_limit_is_429(runs) -> None:
     key, line = new_api_key("bob")
     hashes = line.replace(" ", ":")
-    cfg = ServeConfig.model_validate({"auth": {"keys_env": "TEST_KEYS"}, "limits": {"burst": 2, "requests_per_minute": 1}})
+    cfg = ServeConfig.model_validate(
+        {"auth": {"keys_env": "TEST_KEYS"}, "limits": {"burst": 2, "requests_per_minute": 1}}
+    )
     import os
 
     os.environ["TEST_KEYS"] = hashes
