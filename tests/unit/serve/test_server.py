@@ -245,3 +245,14 @@ def test_rate_limit_is_429(runs) -> None:
         with pytest.raises(openai.RateLimitError) as e:
             client.completions.create(model="base", prompt="a", max_tokens=1)
         assert int(e.value.response.headers["retry-after"]) >= 1
+
+
+def test_slow_generation_is_504_and_the_server_keeps_serving(runs) -> None:
+    cfg = ServeConfig.model_validate({"limits": {"request_timeout_s": 0.05, "max_tokens": 4000}})
+    engine = build_engine(runs["full"], cfg)
+    with ServerThread(build_app(engine, cfg)) as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0)
+        with pytest.raises(openai.InternalServerError) as e:
+            client.completions.create(model="base", prompt="a", max_tokens=3000, temperature=0)
+        assert e.value.status_code == 504
+        assert httpx.get(srv.url + "/health").json()["status"] == "ok"
