@@ -1,0 +1,62 @@
+"""Typer commands for serving: `serve RUN_OR_MODEL [--adapter NAME=PATH ...]` and `serve-key KEY_ID`.
+
+The lead wires these into tunelab.cli (e.g. `app.command("serve")(serve_cmd)`); they are thin veneers
+over tunelab.serve.runtime.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import typer
+
+from tunelab.errors import TunelabError
+from tunelab.serve.config import load_serve_config
+
+
+def _adapters(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise TunelabError(
+                f"--adapter {item!r}: expected NAME=PATH (a LoRA folder or a LoRA run directory)"
+            )
+        out[name] = path
+    return out
+
+
+def serve_cmd(
+    target: str = typer.Argument(..., help="A run directory, a model folder, or a preset name (tiny)."),
+    adapter: list[str] = typer.Option(
+        [], "--adapter", "-a", help="Also serve a LoRA adapter: NAME=PATH (repeatable)."
+    ),
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="serve.yaml (keys, limits, guard, logging)."
+    ),
+    host: str | None = typer.Option(None, help="Address to bind (overrides the config)."),
+    port: int | None = typer.Option(None, help="Port to bind (overrides the config)."),
+) -> None:
+    """Serve a model and its LoRA adapters with an OpenAI-compatible API.
+
+    Example: tunelab serve runs/my-run --adapter support=runs/support-lora --port 8000
+    then: OPENAI_BASE_URL=http://127.0.0.1:8000/v1 any OpenAI client, model="my-run" or "support".
+    """
+    from tunelab.serve.runtime import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cfg = load_serve_config(config)
+    update = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    serve(target, cfg.model_copy(update=update), _adapters(adapter))
+
+
+def serve_key_cmd(
+    key_id: str = typer.Argument(..., help="A name for the key (shown in logs and the store)."),
+) -> None:
+    """Create an API key: prints the key once (give it to the client) and the line for the keys file."""
+    from tunelab.serve.security import new_api_key
+
+    key, line = new_api_key(key_id)
+    typer.echo(f"key (shown once): {key}")
+    typer.echo(f"keys file line:   {line}")

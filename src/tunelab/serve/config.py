@@ -1,0 +1,151 @@
+"""The server's configuration: a `serve.yaml` validated into frozen, typed sections.
+
+Kept apart from the run config (`RunConfig`): a run says how a model was trained, this file says how one
+deployment exposes it (keys, limits, guard, logging), and one trained run can be served many ways.
+Defaults are safe for a laptop: bind 127.0.0.1, guard on, request logging off (it is opt-in because it
+stores user text). Without any API key the server refuses to bind a non-loopback address.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tunelab.config import _yaml_line
+from tunelab.errors import ConfigError
+
+GuardAction = Literal["off", "flag", "block", "redact"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AuthConfig(_Section):
+    keys_file: str | None = Field(
+        None,
+        description="File of API keys: `KEY_ID SHA256_HEX` lines (# comments allowed), never plaintext keys.",
+    )
+    keys_env: str = Field(
+        "TUNELAB_API_KEYS",
+        description="Env var with `KEY_ID:SHA256_HEX` pairs separated by commas (read at start).",
+    )
+    admin_key_ids: list[str] = Field(
+        default_factory=list, description="Key ids allowed to call /admin endpoints (load/unload adapters)."
+    )
+
+
+class LimitsConfig(_Section):
+    requests_per_minute: float = Field(60, gt=0, description="Per-key sustained rate (token bucket refill).")
+    burst: int = Field(
+        20, ge=1, description="Per-key bucket size: requests allowed at once after a quiet period."
+    )
+    max_body_bytes: int = Field(65536, ge=256, description="Largest request body accepted; larger gets 413.")
+    max_tokens: int = Field(
+        512, ge=1, description="Largest max_tokens a request may ask for; larger gets 400."
+    )
+    default_max_tokens: int = Field(128, ge=1, description="max_tokens when a request does not set it.")
+    max_prompt_tokens: int = Field(
+        2048, ge=1, description="Longest prompt (in tokens) accepted; longer gets 400."
+    )
+    request_timeout_s: float = Field(60, gt=0, description="A request still generating after this gets 504.")
+
+
+class BatchConfig(_Section):
+    max_batch_size: int = Field(16, ge=1, description="Most requests generated together in one forward pass.")
+    wait_ms: float = Field(5, ge=0, description="How long the batcher waits to collect more requests.")
+
+
+class GuardConfig(_Section):
+    injection: GuardAction = Field("block", description="Prompt-injection/jailbreak patterns in the input.")
+    injection_patterns: list[str] = Field(
+        default_factory=list,
+        description="Extra regexes (case-insensitive) added to the built-in injection patterns.",
+    )
+    pii_input: GuardAction = Field(
+        "redact", description="PII (email, phone, card, IBAN, IP, secrets) in the input."
+    )
+    pii_output: GuardAction = Field("redact", description="PII in the model's output.")
+    pii_kinds: list[str] | None = Field(
+        None, description="PII kinds to check (default: all of tunelab.quality.pii)."
+    )
+    blocklist: list[str] = Field(
+        default_factory=list, description="Words/phrases (case-insensitive, whole words)."
+    )
+    blocklist_action: GuardAction = Field(
+        "block", description="What to do when input or output has a blocked term."
+    )
+
+
+class StoreConfig(_Section):
+    enabled: bool = Field(
+        False, description="Record requests, responses, guard decisions and feedback (opt-in)."
+    )
+    url: str | None = Field(
+        None,
+        description="Database URL (sqlite:///x.db, postgresql+psycopg://...); default TUNELAB_HOME/serve.db",
+    )
+
+
+class ServeConfig(_Section):
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to bind (0 picks a free one).")
+    base_name: str | None = Field(
+        None, description="Model id of the base model in /v1/models (default: 'base')."
+    )
+    adapters: dict[str, str] = Field(
+        default_factory=dict, description="LoRA adapters to load at start: NAME: PATH."
+    )
+    adapter_dirs: list[str] = Field(
+        default_factory=list,
+        description="Folders /admin may load adapters from; paths elsewhere are refused.",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="Weights dtype.")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads for torch (default: torch's choice; 1 is fastest for tiny models).",
+    )
+    auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys.")
+    limits: LimitsConfig = Field(
+        default_factory=LimitsConfig, description="Rate, size, token and time limits."
+    )
+    batch: BatchConfig = Field(
+        default_factory=BatchConfig, description="Dynamic batching of concurrent requests."
+    )
+    guard: GuardConfig = Field(default_factory=GuardConfig, description="Input/output checks.")
+    store: StoreConfig = Field(default_factory=StoreConfig, description="Request and feedback logging.")
+
+
+def load_serve_config(path: str | Path | None) -> ServeConfig:
+    """serve.yaml -> ServeConfig (defaults when path is None); errors name the file, line and key."""
+    if path is None:
+        return ServeConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: serve config file not found")
+    text = path.read_text()
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping (host, port, auth, limits, guard, store, ...)")
+    try:
+        return ServeConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format(e, str(path), text)) from None
+
+
+def _format(err: ValidationError, source: str, text: str) -> str:
+    lines = [f"{source}: invalid serve config"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(root)"
+        line = _yaml_line(text, e["loc"])
+        where = f"{source}:{line}: " if line else ""
+        what = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {where}{key}: {what} (got {e.get('input')!r})")
+    return "\n".join(lines)

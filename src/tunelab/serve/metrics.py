@@ -1,0 +1,43 @@
+"""Prometheus metrics for the server, on a registry of their own (several apps can live in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "tunelab_requests", "HTTP requests by endpoint and status.", ["endpoint", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "tunelab_request_latency_seconds",
+            "Completion latency (whole request).",
+            ["endpoint"],
+            registry=r,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+        )
+        self.tokens = Counter(
+            "tunelab_generated_tokens", "Completion tokens generated.", ["model"], registry=r
+        )
+        self.prompt_tokens = Counter(
+            "tunelab_prompt_tokens", "Prompt tokens processed.", ["model"], registry=r
+        )
+        self.guard = Counter(
+            "tunelab_guard_decisions", "Guard decisions.", ["stage", "rule", "action"], registry=r
+        )
+        self.rate_limited = Counter(
+            "tunelab_rate_limited", "Requests refused by the rate limit.", ["key_id"], registry=r
+        )
+        self.in_flight = Gauge("tunelab_in_flight_requests", "Completion requests being served.", registry=r)
+        self.batch_size = Histogram(
+            "tunelab_batch_size",
+            "Requests per generation batch.",
+            registry=r,
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
