@@ -96,10 +96,16 @@ def docs_config() -> None:
 def _register() -> None:
     """Sub-apps live beside the code they drive; the CLI only mounts them."""
     from tunelab.eval.cli import app as eval_app
+    from tunelab.export.cli import export_cmd, verify_cmd
     from tunelab.quality.cli import data_app
+    from tunelab.serve.cli import serve_cmd, serve_key_cmd
 
     app.add_typer(data_app, name="data", help="Inspect, check, clean, split and augment data.")
     app.registered_commands += eval_app.registered_commands  # eval, compare, report as top-level verbs
+    app.command("serve")(serve_cmd)
+    app.command("serve-key")(serve_key_cmd)
+    app.command("export")(export_cmd)
+    app.command("verify")(verify_cmd)
 
 
 _register()
