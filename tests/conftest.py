@@ -9,6 +9,11 @@ from pathlib import Path
 
 import pytest
 
+# Before transformers/huggingface_hub are imported anywhere: they read these once, at import.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 ASSETS = Path(__file__).parent / "assets"
@@ -36,7 +41,12 @@ def run_cli(*args: str, cwd: Path | None = None, check: bool = True, timeout: in
     """Run the real `tunelab` CLI in a subprocess (this checkout's src first on the path)."""
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), PYTHONUNBUFFERED="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "tunelab", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "tunelab", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"tunelab {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")

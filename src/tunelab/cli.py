@@ -1,16 +1,96 @@
-"""The `tunelab` command: thin verbs over `tunelab.api`. User errors print one message, no traceback."""
+"""The `tunelab` command: thin verbs over the library. User errors print one message, no traceback."""
 
 from __future__ import annotations
 
+import json
 import sys
+from typing import Annotated
 
 import typer
 
 from tunelab.errors import TunelabError
 
 app = typer.Typer(
-    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False, help="Fine-tune LLMs end to end."
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    help="Fine-tune LLMs end to end.",
 )
+
+ConfigArg = Annotated[str, typer.Argument(help="Run config (YAML).")]
+Overrides = Annotated[list[str] | None, typer.Argument(help="Overrides like train.lr=1e-4 data.max_length=512.")]
+
+
+def _load(config: str, overrides: list[str] | None):  # type: ignore[no-untyped-def]
+    from tunelab.config import load_config
+    from tunelab.models.load import load_tokenizer
+
+    cfg = load_config(config, overrides or [])
+    return cfg, load_tokenizer(cfg.model)
+
+
+@app.command()
+def validate(config: ConfigArg, overrides: Overrides = None, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Load CONFIG and build the whole data pipeline without training; report counts and problems.
+
+    Example: tunelab validate examples/sft-lora.yaml data.max_length=512
+    """
+    from tunelab.data.preview import validate as run_validate
+
+    cfg, tok = _load(config, overrides)
+    report = run_validate(cfg, tok)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    typer.echo(f"config OK: model={cfg.model.name_or_path} tuning={cfg.tuning.mode} method={cfg.method.name}")
+    for d in report["datasets"]:
+        typer.echo(f"- {d['path']} ({d['format']}): {d['records']} records")
+        details = {k: v for k, v in d.items() if k not in ("path", "format", "records")}
+        typer.echo("    " + ", ".join(f"{k}={v}" for k, v in details.items()))
+    if report["kind"] == "sft":
+        typer.echo(f"train examples: {report['train_examples']}, eval examples: {report['eval_examples']}"
+                   + (" (from cache)" if report["cached"] else ""))  # fmt: skip
+
+
+@app.command()
+def prepare(
+    config: ConfigArg,
+    overrides: Overrides = None,
+    debug: int = typer.Option(0, "--debug", help="Show the first N examples token by token with their loss mask."),
+    tokens: bool = typer.Option(True, help="With --debug, also print the per-token table."),
+) -> None:
+    """Tokenize the data (and cache it); with --debug N show what carries loss, ⟦like this⟧.
+
+    Example: tunelab prepare examples/sft-lora.yaml --debug 2
+    """
+    from tunelab.data.preview import debug_examples, render_masked, token_table
+    from tunelab.data.preview import validate as run_validate
+
+    cfg, tok = _load(config, overrides)
+    for where, view, ex in debug_examples(cfg, tok, debug) if debug else []:
+        typer.secho(f"=== {where} {view} — {len(ex.input_ids)} tokens, {ex.n_trainable} carry loss", bold=True)
+        typer.echo(render_masked(tok, ex))
+        if tokens:
+            typer.echo("  pos      id token                    label")
+            typer.echo("\n".join(token_table(tok, ex)))
+    report = run_validate(cfg, tok)
+    typer.echo(json.dumps(report, indent=2))
+
+
+@app.command("config-schema")
+def config_schema() -> None:
+    """Print the JSON schema of the run config."""
+    from tunelab.config import config_schema as schema
+
+    typer.echo(json.dumps(schema(), indent=2))
+
+
+@app.command("docs-config")
+def docs_config() -> None:
+    """Print the config reference (Markdown) generated from the field descriptions."""
+    from tunelab.docs import config_reference
+
+    typer.echo(config_reference(), nl=False)
 
 
 def main() -> None:

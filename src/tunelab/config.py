@@ -25,27 +25,37 @@ class Section(BaseModel):
 
 
 class ModelConfig(Section):
-    name_or_path: str = Field("tiny", description="A preset name (tiny, tiny-4m, tiny-30m), a local folder or a hub id.")
+    name_or_path: str = Field(
+        "tiny", description="A preset name (tiny, tiny-4m, tiny-30m), a local folder or a hub id."
+    )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when loading from the hub.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weights dtype; auto is bf16 on a capable GPU and fp32 on CPU."
     )
-    trust_remote_code: bool = Field(False, description="Run model code shipped with a hub repo (off: only built-in code).")
+    trust_remote_code: bool = Field(
+        False, description="Run model code shipped with a hub repo (off: only built-in code)."
+    )
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
         "sdpa", description="Attention kernel; sdpa works everywhere, flash_attention_2 needs a CUDA GPU."
     )
     chat_template: str | None = Field(
-        None, description="Override the chat template: 'fallback', a Jinja string, or a path to a .jinja file."
+        None,
+        description="Override the chat template: 'fallback', a Jinja string, or a path to a .jinja file.",
     )
-    seed: int = Field(0, description="Seed for initializing preset models (presets are built from config, not downloaded).")
+    seed: int = Field(
+        0, description="Seed for initializing preset models (presets are built from config, not downloaded)."
+    )
 
 
 class LoraSettings(Section):
     r: int = Field(16, ge=1, description="LoRA rank.")
-    alpha: float = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r, or alpha / sqrt(r) with rslora).")
+    alpha: float = Field(
+        32, gt=0, description="LoRA scaling numerator (scale = alpha / r, or alpha / sqrt(r) with rslora)."
+    )
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
     target_modules: list[str] | Literal["all-linear"] = Field(
-        "all-linear", description="Module names to adapt, or all-linear (every linear layer but the output head)."
+        "all-linear",
+        description="Module names to adapt, or all-linear (every linear layer but the output head).",
     )
     rslora: bool = Field(False, description="Rank-stabilized LoRA scaling alpha / sqrt(r).")
 
@@ -58,7 +68,8 @@ class FreezeSettings(Section):
 
 class TuningConfig(Section):
     mode: Literal["full", "freeze", "lora", "dora", "qlora", "prefix", "prompt", "ia3"] = Field(
-        "lora", description="Which parameters train: full, freeze (last N blocks), lora, dora, qlora, prefix, prompt, ia3."
+        "lora",
+        description="Which parameters train: full, freeze (last N blocks), lora, dora, qlora, prefix, prompt, ia3.",
     )
     lora: LoraSettings = Field(default_factory=LoraSettings, description="Settings for lora, dora and qlora.")
     freeze: FreezeSettings = Field(default_factory=FreezeSettings, description="Settings for freeze.")
@@ -70,7 +81,9 @@ class TuningConfig(Section):
 
 
 class MethodConfig(Section):
-    name: Literal["sft"] = Field("sft", description="Training objective: sft (causal LM loss on tokens that carry a label).")
+    name: Literal["sft"] = Field(
+        "sft", description="Training objective: sft (causal LM loss on tokens that carry a label)."
+    )
 
 
 class DatasetConfig(Section):
@@ -79,7 +92,8 @@ class DatasetConfig(Section):
         "auto", description="Record format; auto detects it from the first row's fields."
     )
     columns: dict[str, str] | None = Field(
-        None, description="Map the format's field names to yours, e.g. {instruction: question, output: answer}."
+        None,
+        description="Map the format's field names to yours, e.g. {instruction: question, output: answer}.",
     )
     split: str = Field("train", description="Split to read from a datasets folder or hub dataset.")
     weight: float = Field(1.0, gt=0, description="Mixing weight: examples drawn per epoch relative to its size.")
@@ -89,13 +103,18 @@ class DatasetConfig(Section):
 class DataConfig(Section):
     train: list[DatasetConfig] = Field(default_factory=list, description="Training datasets (mixed by weight).")
     eval: list[DatasetConfig] = Field(default_factory=list, description="Evaluation datasets.")
-    eval_ratio: float = Field(0.0, ge=0, lt=1, description="Fraction of the training data split off for eval (by seed).")
+    eval_ratio: float = Field(
+        0.0, ge=0, lt=1, description="Fraction of the training data split off for eval (by seed)."
+    )
     seed: int = Field(0, description="Seed for mixing and the eval split.")
     max_length: int = Field(1024, ge=8, description="Maximum tokens per example (and per packed sequence).")
     truncation: Literal["truncate", "drop"] = Field(
-        "truncate", description="What to do with longer examples: truncate the end, or drop them (both are counted)."
+        "truncate",
+        description="What to do with longer examples: truncate the end, or drop them (both are counted).",
     )
-    train_on_inputs: bool = Field(False, description="Also train on prompt/user/system tokens, not only assistant turns.")
+    train_on_inputs: bool = Field(
+        False, description="Also train on prompt/user/system tokens, not only assistant turns."
+    )
     packing: bool = Field(False, description="Pack several examples into one sequence (no attention across examples).")
     max_fully_masked: float = Field(
         0.5, ge=0, le=1, description="Fail if more than this fraction of examples has no trainable token."
@@ -109,7 +128,9 @@ class TrainConfig(Section):
     batch_size: int = Field(8, ge=1, description="Sequences per micro-batch per process.")
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
     lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
-    schedule: Literal["cosine", "linear", "constant"] = Field("cosine", description="Learning-rate schedule after warmup.")
+    schedule: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Learning-rate schedule after warmup."
+    )
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Fraction of steps spent warming up linearly.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (not applied to norms and biases).")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Clip the gradient norm to this value; null disables.")
@@ -186,7 +207,9 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: expected a mapping of sections (model, data, train, ...), got {type(raw).__name__}")
+            raise ConfigError(
+                f"{path}: expected a mapping of sections (model, data, train, ...), got {type(raw).__name__}"
+            )
     for item in overrides:
         apply_override(raw, item)
     try:
@@ -219,7 +242,9 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
             return ds.model_copy(update={"path": str((base / p).resolve())})
         return ds
 
-    data = cfg.data.model_copy(update={"train": [fix(d) for d in cfg.data.train], "eval": [fix(d) for d in cfg.data.eval]})
+    data = cfg.data.model_copy(
+        update={"train": [fix(d) for d in cfg.data.train], "eval": [fix(d) for d in cfg.data.eval]}
+    )
     return cfg.model_copy(update={"data": data})
 
 

@@ -77,7 +77,10 @@ def _content(value: Any, field: str) -> str:
 
 def _message(item: Any, field: str, role_key: str = "role", content_key: str = "content") -> Message:
     if not isinstance(item, dict):
-        raise FieldError(field, f"expected an object with {role_key!r} and {content_key!r}, got {_json_name(type(item).__name__)}")
+        raise FieldError(
+            field,
+            f"expected an object with {role_key!r} and {content_key!r}, got {_json_name(type(item).__name__)}",
+        )
     raw_role = item.get(role_key)
     if role_key == "from":
         role = SHAREGPT_ROLES.get(str(raw_role).lower()) if raw_role is not None else None
@@ -168,7 +171,9 @@ def _reply(value: Any, field: str) -> tuple[Message, ...]:
         return (_message(value, field, "from", "value") if "from" in value else _message(value, field),)
     if isinstance(value, list):
         return _messages(value, field)
-    raise FieldError(field, f"expected a string, a message or a list of messages, got {_json_name(type(value).__name__)}")
+    raise FieldError(
+        field, f"expected a string, a message or a list of messages, got {_json_name(type(value).__name__)}"
+    )
 
 
 def _prompt(value: Any, field: str) -> tuple[Message, ...]:
@@ -195,8 +200,8 @@ def preference(row: Mapping[str, Any]) -> Preference:
 
 
 def kto(row: Mapping[str, Any]) -> UnpairedPreference:
-    label = _get(row, "label", (bool, int))
-    if label not in (True, False, 0, 1):
+    label = _get(row, "label", (bool, int, str))
+    if isinstance(label, str) or label not in (True, False, 0, 1):
         raise FieldError("label", f"expected true/false, got {label!r}")
     if "messages" in row:
         msgs = _messages(_get(row, "messages", list), "messages")

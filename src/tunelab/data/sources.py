@@ -26,7 +26,9 @@ class Row:
     line: int | None = None  # 1-based line in the file, where the format has lines
 
     def error(self, message: str, field: str | None = None) -> DataError:
-        return DataError(message, where=self.source, line=self.line, record=None if self.line else self.index, field=field)
+        return DataError(
+            message, where=self.source, line=self.line, record=None if self.line else self.index, field=field
+        )
 
 
 def read_rows(path: str, split: str = "train") -> Iterator[Row]:
@@ -39,7 +41,10 @@ def read_rows(path: str, split: str = "train") -> Iterator[Row]:
         if _looks_like_hub_id(path):
             yield from _read_hub(path, split)
             return
-        raise DataError("file not found (expected a .jsonl/.json/.csv/.parquet file, a datasets folder or a hub id)", where=path)
+        raise DataError(
+            "file not found (expected a .jsonl/.json/.csv/.parquet file, a datasets folder or a hub id)",
+            where=path,
+        )
     kind = SUFFIXES.get(p.suffix.lower())
     if kind is None:
         raise DataError(f"unsupported file type {p.suffix!r}; expected one of {', '.join(SUFFIXES)}", where=path)
@@ -93,7 +98,9 @@ def _read_csv(p: Path) -> Iterator[Row]:
         for data in reader:
             if None in data:
                 raise DataError(
-                    f"row has more fields than the header ({len(reader.fieldnames)})", where=str(p), line=start
+                    f"row has more fields than the header ({len(reader.fieldnames)})",
+                    where=str(p),
+                    line=start,
                 )
             yield Row(dict(data), str(p), index, start)
             index += 1
@@ -121,7 +128,9 @@ def _read_datasets_folder(p: Path, split: str) -> Iterator[Row]:
     try:
         ds = datasets.load_from_disk(str(p))
     except FileNotFoundError:
-        raise DataError("folder is not a saved datasets folder (save_to_disk) and holds no data file", where=str(p)) from None
+        raise DataError(
+            "folder is not a saved datasets folder (save_to_disk) and holds no data file", where=str(p)
+        ) from None
     if isinstance(ds, datasets.DatasetDict):
         if split not in ds:
             raise DataError(f"split {split!r} not found; available: {', '.join(ds)}", where=str(p), field="split")

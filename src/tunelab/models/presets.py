@@ -23,9 +23,27 @@ CHATML_TEMPLATE = (
 # hidden, layers, heads, kv heads, intermediate. Sizes chosen for: tests (tiny), the ~4M and ~30M
 # benchmark models, and a quickstart model that learns its task in minutes on two cores.
 PRESETS: dict[str, dict[str, int]] = {
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, intermediate_size=176),
-    "tiny-4m": dict(hidden_size=256, num_hidden_layers=5, num_attention_heads=8, num_key_value_heads=8, intermediate_size=688),
-    "tiny-30m": dict(hidden_size=512, num_hidden_layers=9, num_attention_heads=8, num_key_value_heads=8, intermediate_size=1376),
+    "tiny": dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=176,
+    ),
+    "tiny-4m": dict(
+        hidden_size=256,
+        num_hidden_layers=5,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        intermediate_size=688,
+    ),
+    "tiny-30m": dict(
+        hidden_size=512,
+        num_hidden_layers=9,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        intermediate_size=1376,
+    ),
 }
 
 
@@ -69,7 +87,9 @@ def preset_config(name: str, tokenizer: Any, max_positions: int = 4096) -> Llama
     )
 
 
-def build_preset(name: str, seed: int = 0, attn_implementation: str = "sdpa") -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
+def build_preset(
+    name: str, seed: int = 0, attn_implementation: str = "sdpa"
+) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
     """The preset model, initialized from `seed` without touching the global RNG."""
     tokenizer = byte_tokenizer()
     config = preset_config(name, tokenizer)

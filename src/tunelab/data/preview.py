@@ -1,0 +1,78 @@
+"""What `tunelab validate` and `tunelab prepare --debug` show: counts, problems, and tokens with their loss mask."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tunelab.config import RunConfig
+from tunelab.data.pipeline import load_records, prepare
+from tunelab.data.records import SFT_RECORDS
+from tunelab.data.tokenize import IGNORE, Encoder, Example, chat_template_for
+
+TRAINED_OPEN, TRAINED_CLOSE = "\u27e6", "\u27e7"  # ⟦ trained ⟧
+
+
+def validate(cfg: RunConfig, tokenizer: Any) -> dict[str, Any]:
+    """Build the whole data pipeline without training; a dict report of counts and problems."""
+    datasets = [*cfg.data.train, *cfg.data.eval]
+    loaded = [load_records(ds) for ds in datasets]
+    if all(isinstance(r, SFT_RECORDS) for _, recs in loaded for r, _ in recs[:1]):
+        report = prepare(cfg, tokenizer).report()
+        report["kind"] = "sft"
+        return report
+    # Preference data: every record parsed and each side tokenized; training them is a preference method's job.
+    encoder = Encoder(tokenizer, chat_template_for(tokenizer, cfg.model.chat_template), cfg.data.train_on_inputs)
+    out = []
+    for ds, (fmt, recs) in zip(datasets, loaded):
+        lengths, too_long, masked = [], 0, 0
+        for rec, _ in recs:
+            for _, ex in encoder.encode_views(rec):
+                lengths.append(len(ex.input_ids))
+                too_long += len(ex.input_ids) > cfg.data.max_length
+                masked += ex.n_trainable == 0
+        arr = np.array(lengths)
+        out.append({"path": ds.path, "format": fmt, "records": len(recs), "sequences": len(lengths),
+                    "longer_than_max_length": too_long, "fully_masked": masked,
+                    "length": {"min": int(arr.min()), "mean": round(float(arr.mean()), 1), "max": int(arr.max())}})  # fmt: skip
+    return {"kind": "preference", "datasets": out}
+
+
+def debug_examples(cfg: RunConfig, tokenizer: Any, n: int) -> list[tuple[str, str, Example]]:
+    """The first n records of the first training dataset as (source, view, Example)."""
+    encoder = Encoder(tokenizer, chat_template_for(tokenizer, cfg.model.chat_template), cfg.data.train_on_inputs)
+    _, recs = load_records(cfg.data.train[0].model_copy(update={"max_samples": n}))
+    out = []
+    for rec, row in recs:
+        where = f"{row.source}:{row.line}" if row.line else f"{row.source}[{row.index}]"
+        out += [(where, view, ex) for view, ex in encoder.encode_views(rec)]
+    return out
+
+
+def render_masked(tokenizer: Any, ex: Example) -> str:
+    """The example's text with trained spans in ⟦ ⟧ (consecutive tokens grouped, decoded together)."""
+    parts, group, trained = [], [], None
+    for tid, lab in zip(ex.input_ids, ex.labels):
+        t = lab != IGNORE
+        if trained is not None and t != trained:
+            parts.append(_wrap(tokenizer.decode(group), trained))
+            group = []
+        group.append(tid)
+        trained = t
+    if group:
+        parts.append(_wrap(tokenizer.decode(group), bool(trained)))
+    return "".join(parts)
+
+
+def _wrap(text: str, trained: bool) -> str:
+    return f"{TRAINED_OPEN}{text}{TRAINED_CLOSE}" if trained else text
+
+
+def token_table(tokenizer: Any, ex: Example) -> list[str]:
+    """One line per token: position, id, the token as a Python literal, and its label (or '-' for none)."""
+    lines = []
+    for i, (tid, lab) in enumerate(zip(ex.input_ids, ex.labels)):
+        piece = tokenizer.convert_ids_to_tokens(tid)
+        lines.append(f"{i:5d} {tid:7d} {piece!r:24} {'-' if lab == IGNORE else lab}")
+    return lines
