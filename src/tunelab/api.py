@@ -108,7 +108,8 @@ def _write_run_files(run_dir: Path, cfg: RunConfig, prepared: Any, resume: bool)
         (run_dir / "config.resumed.yaml").write_text(text)
     else:
         saved.write_text(text)
-    write_json(run_dir / "data_manifest.json", prepared.manifest)
+    counts = {st.path: {"records": st.records, "train": st.train, "eval": st.eval} for st in prepared.stats}
+    write_json(run_dir / "data_manifest.json", [{**m, **counts.get(m["path"], {})} for m in prepared.manifest])
     write_json(run_dir / "data_report.json", prepared.report())
     write_json(run_dir / ("environment.resumed.json" if resume else "environment.json"), environment())
 
