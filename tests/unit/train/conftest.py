@@ -39,6 +39,7 @@ def make_cfg(tmp_path: Path):  # noqa: ANN201
             "train.log_every=1",
             "train.max_steps=4",
             "tuning.lora.r=4",
+            "train.threads=1",  # tiny models: one thread is fastest, and the test CPU is shared
         ]
         return load_config(None, [*base, *overrides])
 
