@@ -74,6 +74,10 @@ class TuningConfig(Section):
     lora: LoraSettings = Field(default_factory=LoraSettings, description="Settings for lora, dora and qlora.")
     freeze: FreezeSettings = Field(default_factory=FreezeSettings, description="Settings for freeze.")
     num_virtual_tokens: int = Field(16, ge=1, description="Virtual tokens for prefix and prompt tuning.")
+    ia3_target_modules: list[str] | None = Field(
+        None, description="Modules IA3 rescales; default: peft's choice for the architecture (k, v and down proj)."
+    )
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type of the frozen base for qlora.")
 
 
 class MethodConfig(Section):
@@ -142,6 +146,12 @@ class TrainConfig(Section):
     save_total_limit: int = Field(2, ge=1, description="Keep at most this many checkpoints (plus the best).")
     early_stopping_patience: int | None = Field(
         None, ge=1, description="Stop after this many evaluations without a better eval loss."
+    )
+    group_by_length: bool = Field(
+        True, description="Batch unpacked examples of similar length together (less padding; order still shuffled)."
+    )
+    load_best_at_end: bool = Field(
+        False, description="Write final/ from the checkpoint with the best eval loss instead of the last step."
     )
     trackers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
         default_factory=list, description="Experiment trackers to log to (none by default)."

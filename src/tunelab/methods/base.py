@@ -1,0 +1,53 @@
+"""The method seam: what a training objective supplies to the one training loop.
+
+A method turns a list of prepared items into a CPU batch (`collate`), says how many units that batch
+normalizes by (`count`: trainable tokens for SFT, pairs for DPO, items for classification; computed
+on the host from the batch, so the loop knows a step's total without a device sync), and turns a
+batch on the device into a summed loss and summed metrics (`loss`). The loop divides by the step's
+total count across all micro-batches and processes, so gradient accumulation equals a bigger batch.
+
+`loss` receives the (possibly peft-wrapped) model, not the training wrapper: a method that needs a
+reference model (DPO) can run `with model.disable_adapter():` for it; a distillation method can close
+over a teacher. All of it runs inside `MethodModule.forward`, so DDP/FSDP see one forward call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class StepOutput:
+    loss_sum: torch.Tensor  # summed over the batch's units (not averaged)
+    metrics: dict[str, torch.Tensor] = field(default_factory=dict)  # summed too; logged divided by count
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    collate: Callable[[Sequence[Any], int], Batch]  # (items, pad_id) -> CPU batch
+    count: Callable[[Any], int]  # one item -> units it contributes (host-side, no tensors needed)
+    loss: Callable[[nn.Module, Batch], StepOutput]
+    supports_packing: bool = False
+    length: Callable[[Any], int] = lambda item: len(item.input_ids)  # for length-grouped batching
+
+
+class MethodModule(nn.Module):
+    """Model + objective as one module, so `accelerate.prepare` (DDP/FSDP/DeepSpeed) wraps the whole
+    loss computation and its gradient hooks fire even though we call inner submodules directly."""
+
+    def __init__(self, model: nn.Module, method: Method) -> None:
+        super().__init__()
+        self.model = model
+        self.method = method
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        out = self.method.loss(self.model, batch)
+        return {"loss_sum": out.loss_sum, **out.metrics}

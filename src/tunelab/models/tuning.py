@@ -1,0 +1,194 @@
+"""Tuning modes: which parameters of a loaded causal LM train (`tuning.mode`).
+
+`TUNING_MODES` maps each mode to a function `(model, TuningConfig) -> model`; the result may be a peft
+wrapper. Non-obvious decisions:
+- `freeze` trains the last N decoder blocks and the final norm (it sits after them); with tied
+  embeddings, training the head also trains the input embeddings (they are one tensor) and vice versa.
+- `qlora` has to quantize at load time, so it is handled by `load_for_tuning`, which needs CUDA and
+  bitsandbytes and otherwise fails with a message saying which mode to use instead.
+- LoRA `all-linear` is peft's own expansion (every linear layer but the output head).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from tunelab.config import ModelConfig, TuningConfig
+from tunelab.errors import TunelabError
+from tunelab.models.load import load_model
+
+
+def _full(model: nn.Module, cfg: TuningConfig) -> nn.Module:
+    model.requires_grad_(True)
+    return model
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The stack of transformer blocks: the ModuleList as long as config.num_hidden_layers."""
+    n = getattr(model.config, "num_hidden_layers", None)
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n:
+            return module
+    raise TunelabError(f"tuning.mode freeze: cannot find the {n} decoder blocks of {type(model).__name__}")
+
+
+def _freeze(model: nn.Module, cfg: TuningConfig) -> nn.Module:
+    f = cfg.freeze
+    layers = decoder_layers(model)
+    if f.trainable_layers > len(layers):
+        raise TunelabError(
+            f"tuning.freeze.trainable_layers: {f.trainable_layers} but the model has only {len(layers)} blocks"
+        )
+    model.requires_grad_(False)
+    if f.trainable_layers:
+        for block in list(layers)[len(layers) - f.trainable_layers :]:
+            block.requires_grad_(True)
+        norm = getattr(getattr(model, "model", None), "norm", None)  # final norm follows the last block
+        if isinstance(norm, nn.Module):
+            norm.requires_grad_(True)
+    if f.train_embeddings:
+        model.get_input_embeddings().requires_grad_(True)
+    if f.train_head and model.get_output_embeddings() is not None:
+        model.get_output_embeddings().requires_grad_(True)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise TunelabError("tuning.freeze: nothing would train (trainable_layers 0 and no embeddings or head)")
+    return model
+
+
+def _lora_config(cfg: TuningConfig, dora: bool) -> Any:
+    from peft import LoraConfig
+
+    lo = cfg.lora
+    return LoraConfig(
+        task_type="CAUSAL_LM",
+        r=lo.r,
+        lora_alpha=lo.alpha,
+        lora_dropout=lo.dropout,
+        target_modules=lo.target_modules,
+        use_rslora=lo.rslora,
+        use_dora=dora,
+    )
+
+
+def _peft(model: nn.Module, peft_config: Any) -> nn.Module:
+    from peft import get_peft_model
+
+    try:
+        return get_peft_model(model, peft_config)
+    except ValueError as e:  # e.g. target modules not found: say which config key to fix
+        raise TunelabError(f"tuning: peft could not adapt {type(model).__name__}: {e}") from None
+
+
+def _lora(model: nn.Module, cfg: TuningConfig) -> nn.Module:
+    return _peft(model, _lora_config(cfg, dora=False))
+
+
+def _dora(model: nn.Module, cfg: TuningConfig) -> nn.Module:
+    return _peft(model, _lora_config(cfg, dora=True))
+
+
+def _qlora(model: nn.Module, cfg: TuningConfig) -> nn.Module:
+    if not getattr(model, "is_loaded_in_4bit", False):
+        raise TunelabError("tuning.mode qlora: the base must be loaded 4-bit; load it with load_for_tuning()")
+    from peft import prepare_model_for_kbit_training
+
+    model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    return _peft(model, _lora_config(cfg, dora=False))
+
+
+def _prefix(model: nn.Module, cfg: TuningConfig) -> nn.Module:
+    from peft import PrefixTuningConfig
+
+    return _peft(model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=cfg.num_virtual_tokens))
+
+
+def _prompt(model: nn.Module, cfg: TuningConfig) -> nn.Module:
+    from peft import PromptTuningConfig
+
+    return _peft(model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=cfg.num_virtual_tokens))
+
+
+def _ia3(model: nn.Module, cfg: TuningConfig) -> nn.Module:
+    from peft import IA3Config
+
+    targets = cfg.ia3_target_modules
+    # peft needs the feed-forward subset explicitly when targets are given; the MLP output is the usual one.
+    ff = [t for t in targets if "down" in t or "mlp" in t or "fc" in t] if targets else None
+    return _peft(model, IA3Config(task_type="CAUSAL_LM", target_modules=targets, feedforward_modules=ff))
+
+
+TUNING_MODES: dict[str, Callable[[nn.Module, TuningConfig], nn.Module]] = {
+    "full": _full,
+    "freeze": _freeze,
+    "lora": _lora,
+    "dora": _dora,
+    "qlora": _qlora,
+    "prefix": _prefix,
+    "prompt": _prompt,
+    "ia3": _ia3,
+}
+
+PROMPT_LEARNING_MODES = ("prefix", "prompt")
+
+
+def apply_tuning(model: nn.Module, cfg: TuningConfig) -> nn.Module:
+    """Mark what trains for `cfg.mode`; returns the (possibly peft-wrapped) model."""
+    return TUNING_MODES[cfg.mode](model, cfg)
+
+
+def load_for_tuning(model_cfg: ModelConfig, tuning: TuningConfig, dtype: torch.dtype | None = None) -> nn.Module:
+    """Load the base model the way the tuning mode needs it (4-bit for qlora, as configured otherwise)."""
+    if tuning.mode != "qlora":
+        return load_model(model_cfg, dtype=dtype)
+    if not torch.cuda.is_available():
+        raise TunelabError(
+            "tuning.mode qlora needs a CUDA GPU (bitsandbytes 4-bit kernels); on this machine use "
+            "tuning.mode: lora (same adapters, full-precision base)"
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise TunelabError("tuning.mode qlora needs bitsandbytes: pip install bitsandbytes") from None
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    compute = dtype if dtype in (torch.bfloat16, torch.float16) else torch.bfloat16
+    bnb = BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=tuning.quant_type,
+        bnb_4bit_compute_dtype=compute,
+        bnb_4bit_use_double_quant=True,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = model_cfg.name_or_path
+        from tunelab.models.presets import is_preset
+
+        if is_preset(path):  # presets live in memory: save once so from_pretrained can quantize them
+            load_model(model_cfg, dtype=compute).save_pretrained(tmp)
+            path = tmp
+        return AutoModelForCausalLM.from_pretrained(
+            path,
+            quantization_config=bnb,
+            dtype=compute,
+            device_map={"": 0},
+            revision=None if path == tmp else model_cfg.revision,
+        )
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; 4-bit weights count their logical size."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel() * (2 if getattr(p, "quant_type", None) else 1)  # bnb packs two 4-bit values per byte
+        total += n
+        trainable += n if p.requires_grad else 0
+    return trainable, total
+
+
+def describe_trainable(model: nn.Module) -> str:
+    trainable, total = count_parameters(model)
+    return f"trainable params: {trainable:,} of {total:,} ({100 * trainable / max(total, 1):.4f}%)"
