@@ -60,6 +60,8 @@ def train(
         prepared = prepare(cfg, tokenizer)
     _attach_chat_template(tokenizer, cfg, [s.format for s in prepared.stats])
     model = load_for_tuning(cfg.model, cfg.tuning, dtype=_load_dtype(cfg))
+    if acc.is_main_process and not resume:
+        _before_training(cfg, model, tokenizer, run_dir, acc.print)
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = apply_tuning(model, cfg.tuning)
@@ -87,9 +89,27 @@ def train(
     if cfg.train.load_best_at_end:
         trainer.load_best()
     trainer.save_final()
+    if acc.is_main_process:
+        from tunelab.eval.lifecycle import after_training
+
+        after_training(cfg, acc.unwrap_model(trainer.module).model, tokenizer, run_dir, acc.print)
+    acc.wait_for_everyone()
     if cfg.train.trackers:
         acc.end_training()
     return run_dir
+
+
+def _before_training(cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Path, log: Any) -> None:
+    """Data pre-flight check, then the base model's evaluation (before any adapter exists)."""
+    from tunelab.eval.lifecycle import before_training
+    from tunelab.quality.card import preflight
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.data.check is not None:
+        report = preflight(cfg.data.train, [*cfg.data.eval, *cfg.eval.data], options=cfg.data.check,
+                           tokenizer=tokenizer, run_dir=run_dir)  # fmt: skip
+        log(f"data check: {len(report.by_severity('warning'))} warning(s); card in {run_dir / 'data_card.md'}")
+    before_training(cfg, model, tokenizer, run_dir, log)
 
 
 def _load_dtype(cfg: RunConfig) -> torch.dtype | None:

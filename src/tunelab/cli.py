@@ -99,8 +99,10 @@ def _register() -> None:
     from tunelab.export.cli import export_cmd, verify_cmd
     from tunelab.quality.cli import data_app
     from tunelab.serve.cli import serve_cmd, serve_key_cmd
+    from tunelab.train.cli import app as train_app
 
     app.add_typer(data_app, name="data", help="Inspect, check, clean, split and augment data.")
+    app.registered_commands += train_app.registered_commands  # train, generate, chat
     app.registered_commands += eval_app.registered_commands  # eval, compare, report as top-level verbs
     app.command("serve")(serve_cmd)
     app.command("serve-key")(serve_key_cmd)

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tunelab.errors import ConfigError
+from tunelab.quality.options import CheckOptions
 
 FORMAT_NAMES = ("auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text", "preference", "kto")
 
@@ -120,6 +121,10 @@ class DataConfig(Section):
         0.5, ge=0, le=1, description="Fail if more than this fraction of examples has no trainable token."
     )
     cache_dir: str | None = Field(None, description="Tokenized-data cache; default ~/.cache/tunelab/tokenized.")
+    check: CheckOptions | None = Field(
+        default_factory=CheckOptions,
+        description="Data check before training (duplicates, leakage, PII...): errors stop the run; null skips it.",
+    )
 
 
 class TrainConfig(Section):

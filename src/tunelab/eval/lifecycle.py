@@ -28,6 +28,7 @@ def before_training(cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Path, l
     out = run_dir / EVAL_DIR
     if not cfg.eval.baseline or (out / "baseline.json").is_file():  # resumed runs keep their baseline
         return
+    out.mkdir(parents=True, exist_ok=True)
     examples = eval_examples(cfg)
     if examples and cfg.eval.metrics:
         log(f"baseline: evaluating the base model on {len(examples)} examples")
@@ -59,7 +60,9 @@ def after_training(cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Path, lo
     if cfg.eval.forgetting.enabled and (out / PROBE_BEFORE).is_file():
         before = LossResult(**json.loads((out / PROBE_BEFORE).read_text()))
         after = forgetting_probe(model, tokenizer, cfg.eval, progress=False)
-        check = forgetting_check(before, after, cfg.eval.forgetting.threshold, cfg.eval.forgetting.texts or "general_text")
+        check = forgetting_check(
+            before, after, cfg.eval.forgetting.threshold, cfg.eval.forgetting.texts or "general_text"
+        )
         (out / "forgetting.json").write_text(json.dumps(asdict(check), indent=1))
         summary["forgetting"] = asdict(check)
     summary["report"] = [str(p) for p in report_run(run_dir)]

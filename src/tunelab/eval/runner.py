@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.config import DatasetConfig, EvalConfig, MetricSpec
-from tunelab.data.records import Conversation, Preference, PromptCompletion, Record
+from tunelab.data.records import Conversation, Preference, PromptCompletion, Record, Text
 from tunelab.errors import ConfigError, DataError
 from tunelab.eval.generate import DecodingConfig, Prompt, generate
 from tunelab.eval.metrics import METRICS, MetricResult
@@ -77,6 +77,8 @@ def example_from_record(record: Record, where: str) -> EvalExample:
         return EvalExample(prompt, record.messages[last].content, where)
     if isinstance(record, PromptCompletion):
         return EvalExample(record.prompt, record.completion, where)
+    if isinstance(record, Text):  # continued pretraining data: the loss/perplexity of the whole text
+        return EvalExample("", record.text, where)
     if isinstance(record, Preference):
         prompt = [{"role": m.role, "content": m.content} for m in record.prompt]
         return EvalExample(prompt, record.chosen[-1].content, where)

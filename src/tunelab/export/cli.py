@@ -13,9 +13,7 @@ from tunelab.export.verify import VerifyError, verify
 
 def export_cmd(
     source: Path = typer.Argument(..., help="A run directory (or a model folder, with --out)."),
-    format: str = typer.Option(
-        "merged", "--format", "-f", help="hf (as trained), merged (LoRA folded in), gguf."
-    ),
+    format: str = typer.Option("merged", "--format", "-f", help="hf (as trained), merged (LoRA folded in), gguf."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Export folder (default RUN/exports/FORMAT)."),
     gguf_type: str = typer.Option("f16", "--gguf-type", help="GGUF weight type: f16 or q8_0."),
     check: bool = typer.Option(True, help="Verify the export against the source right away."),
@@ -30,9 +28,7 @@ def export_cmd(
 def verify_cmd(
     export_dir: Path = typer.Argument(..., help="An export folder written by `tunelab export`."),
     against: Path = typer.Option(..., "--against", help="The run (or model folder) it was exported from."),
-    prompts: Path | None = typer.Option(
-        None, help="Text file of golden prompts, one per line (default: built-in)."
-    ),
+    prompts: Path | None = typer.Option(None, help="Text file of golden prompts, one per line (default: built-in)."),
     max_new_tokens: int = typer.Option(32, help="Greedy tokens compared per prompt."),
 ) -> None:
     """Prove an export matches its run (logit differences, greedy agreement); exit 2 beyond tolerance."""

@@ -62,9 +62,7 @@ def export(source: str | Path, fmt: str, out: str | Path | None = None, qtype: s
     info: dict[str, Any] = {"format": fmt, "source": str(src.resolve())}
     if fmt == "hf":
         final = src / "final" if is_run_dir(src) else src
-        shutil.copytree(
-            final, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.bin", "*.pt", "*.pkl")
-        )
+        shutil.copytree(final, dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.bin", "*.pt", "*.pkl"))
     else:
         model, tokenizer = load_source(src)
         model = merged_model(model)
@@ -103,9 +101,7 @@ def load_export(path: str | Path, against: str | Path) -> tuple[Any, Any]:
         from peft import PeftModel
 
         return PeftModel.from_pretrained(_base_of(Path(against)), str(p)).eval(), tokenizer
-    return AutoModelForCausalLM.from_pretrained(
-        str(p), dtype=torch.float32, use_safetensors=True
-    ).eval(), tokenizer
+    return AutoModelForCausalLM.from_pretrained(str(p), dtype=torch.float32, use_safetensors=True).eval(), tokenizer
 
 
 def _base_of(run: Path) -> Any:
@@ -113,7 +109,5 @@ def _base_of(run: Path) -> Any:
     from tunelab.config import load_config
 
     if not (is_run_dir(run) and (run / "final" / "adapter_config.json").is_file()):
-        raise TunelabError(
-            f"{run}: an adapter export is verified against its adapter run (config.yaml + final/)"
-        )
+        raise TunelabError(f"{run}: an adapter export is verified against its adapter run (config.yaml + final/)")
     return load_model(load_config(run / "config.yaml").model, dtype=torch.float32)

@@ -27,9 +27,7 @@ from tunelab.errors import TunelabError
 GGUF_TYPES = ("f16", "q8_0")
 
 
-def write_gguf(
-    model: Any, tokenizer: Any, path: Path, qtype: str = "f16", name: str = "model"
-) -> dict[str, Any]:
+def write_gguf(model: Any, tokenizer: Any, path: Path, qtype: str = "f16", name: str = "model") -> dict[str, Any]:
     """Write `path`; returns a summary (tensor count, which tensors fell back to f16)."""
     import gguf
 
@@ -103,9 +101,7 @@ def _gguf_name(hf: str) -> str:
         module = ".".join(parts[3:-1])
         if module in TENSOR_NAMES and parts[-1] == "weight":
             return f"blk.{parts[2]}.{TENSOR_NAMES[module]}.weight"
-    raise TunelabError(
-        f"GGUF export: no GGUF name for tensor {hf!r} (biases and extra modules are unsupported)"
-    )
+    raise TunelabError(f"GGUF export: no GGUF name for tensor {hf!r} (biases and extra modules are unsupported)")
 
 
 def _write_tensors(w: Any, model: Any, cfg: Any, qtype: str) -> list[str]:
@@ -145,9 +141,7 @@ def _write_tokenizer(w: Any, tokenizer: Any) -> None:
     bpe = spec["model"]
     if bpe.get("type") != "BPE":
         raise TunelabError(f"GGUF export: tokenizer model {bpe.get('type')!r} is not supported (BPE only)")
-    byte_level = "ByteLevel" in json.dumps(spec.get("pre_tokenizer")) or "ByteLevel" in json.dumps(
-        spec.get("decoder")
-    )
+    byte_level = "ByteLevel" in json.dumps(spec.get("pre_tokenizer")) or "ByteLevel" in json.dumps(spec.get("decoder"))
     if not byte_level and not bpe.get("byte_fallback"):
         raise TunelabError("GGUF export: only byte-level or byte-fallback BPE tokenizers are supported")
     vocab = tokenizer.get_vocab()
@@ -173,9 +167,7 @@ def _write_tokenizer(w: Any, tokenizer: Any) -> None:
         ]
     w.add_token_list(tokens)
     w.add_token_types(types)
-    w.add_token_scores(
-        [-float(i) for i in range(n)]
-    )  # BPE has no scores; rank order keeps readers' fallbacks sane
+    w.add_token_scores([-float(i) for i in range(n)])  # BPE has no scores; rank order keeps readers' fallbacks sane
     w.add_token_merges([f"{a} {b}" for a, b in pairs])
     for attr, add in (
         ("bos_token_id", w.add_bos_token_id),

@@ -137,9 +137,7 @@ def verify(
         diffs.append((a - b).abs())
         ra, rb = a.argmax(-1), b.argmax(-1)
         agree += int((ra == rb).sum())
-        gap = a.gather(-1, ra[:, None]) - a.gather(
-            -1, rb[:, None]
-        )  # how much worse the reference finds b's pick
+        gap = a.gather(-1, ra[:, None]) - a.gather(-1, rb[:, None])  # how much worse the reference finds b's pick
         flips += int((gap > tol[0]).sum())
         positions += a.shape[0]
         greedy_same += int(_greedy(exp, ids, max_new_tokens, eos, pad) == cont)
@@ -168,12 +166,8 @@ def _judge(r: VerifyReport) -> None:
     if not r.max_abs_logit_diff <= max_diff:  # `not <=` also catches NaN
         r.failures.append(f"max |logit diff| {r.max_abs_logit_diff:.3g} > {max_diff:.3g}")
     if r.clear_top1_flips:
-        r.failures.append(
-            f"{r.clear_top1_flips} positions pick a token the run ranks over {max_diff:.3g} lower"
-        )
+        r.failures.append(f"{r.clear_top1_flips} positions pick a token the run ranks over {max_diff:.3g} lower")
     if r.greedy_agreement < min_greedy:
         r.failures.append(f"greedy output agreement {r.greedy_agreement:.2f} < {min_greedy}")
     if r.tokenizer_agreement < 1.0:
-        r.failures.append(
-            f"the export's tokenizer gives different ids on {1 - r.tokenizer_agreement:.0%} of prompts"
-        )
+        r.failures.append(f"the export's tokenizer gives different ids on {1 - r.tokenizer_agreement:.0%} of prompts")

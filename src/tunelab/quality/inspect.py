@@ -47,8 +47,19 @@ def inspect_dataset(ds: Dataset, tokenizer: Any = None, max_length: int | None =
     return stats
 
 
+# Fields that formats treat as optional and that real data leaves empty on purpose (alpaca's "input" is
+# empty in about half of all alpaca rows): an empty one is not a problem worth a warning.
+OPTIONAL_FIELDS = {"input", "system"}
+
+
 def empty_fields(items: list[Item]) -> list[tuple[Item, str]]:
-    return [(it, path) for it in items if it.error is None for path, text in it.fields.items() if not text.strip()]
+    return [
+        (it, path)
+        for it in items
+        if it.error is None
+        for path, text in it.fields.items()
+        if not text.strip() and path not in OPTIONAL_FIELDS
+    ]
 
 
 def conversation_stats(items: list[Item]) -> dict[str, Any]:

@@ -136,14 +136,10 @@ def create_app(engine: Engine, cfg: ServeConfig, keys: KeyRing, store: Store | N
     @app.post("/v1/chat/completions")
     async def chat(body: S.ChatRequest, request: Request, key_id: str | None = Depends(auth)) -> Response:
         msgs = [{"role": m.role, "content": m.text()} for m in body.messages]
-        return await _complete(
-            request, key_id, body, "chat", msgs, body.max_completion_tokens or body.max_tokens
-        )
+        return await _complete(request, key_id, body, "chat", msgs, body.max_completion_tokens or body.max_tokens)
 
     @app.post("/v1/completions")
-    async def completions(
-        body: S.CompletionRequest, request: Request, key_id: str | None = Depends(auth)
-    ) -> Response:
+    async def completions(body: S.CompletionRequest, request: Request, key_id: str | None = Depends(auth)) -> Response:
         try:
             prompt = body.prompt_text()
         except ValueError as e:
@@ -167,9 +163,7 @@ def create_app(engine: Engine, cfg: ServeConfig, keys: KeyRing, store: Store | N
             )
         max_tokens = max_tokens or cfg.limits.default_max_tokens
         if max_tokens > cfg.limits.max_tokens:
-            raise ApiError(
-                400, f"max_tokens {max_tokens} is over this server's limit of {cfg.limits.max_tokens}"
-            )
+            raise ApiError(400, f"max_tokens {max_tokens} is over this server's limit of {cfg.limits.max_tokens}")
         try:
             params = body.sampling(max_tokens)
         except ValueError as e:
@@ -182,22 +176,16 @@ def create_app(engine: Engine, cfg: ServeConfig, keys: KeyRing, store: Store | N
         ctx = dict(rid=rid, key_id=key_id, endpoint=endpoint, model=body.model, record=record, start=start)
         if hit := blocked(decisions):
             await _log(ctx, None, None, 400, decisions)
-            raise ApiError(
-                400, f"request refused by the guard ({hit.rule}: {hit.detail})", code="content_filter"
-            )
+            raise ApiError(400, f"request refused by the guard ({hit.rule}: {hit.detail})", code="content_filter")
         ids = engine.encode_chat(content) if kind == "chat" else engine.encode_text(content)
         limit = min(cfg.limits.max_prompt_tokens, engine.max_context() - max_tokens)
         if len(ids) > limit:
-            raise ApiError(
-                400, f"prompt is {len(ids)} tokens; at most {limit} allowed with max_tokens {max_tokens}"
-            )
+            raise ApiError(400, f"prompt is {len(ids)} tokens; at most {limit} allowed with max_tokens {max_tokens}")
         metrics.prompt_tokens.labels(body.model).inc(len(ids))
         if body.stream:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
             events = _stream(ctx, kind, ids, params, decisions, include_usage)
-            return StreamingResponse(
-                events, media_type="text/event-stream", headers={"cache-control": "no-cache"}
-            )
+            return StreamingResponse(events, media_type="text/event-stream", headers={"cache-control": "no-cache"})
         cancelled = False
         metrics.in_flight.inc()
         try:
@@ -246,9 +234,7 @@ def create_app(engine: Engine, cfg: ServeConfig, keys: KeyRing, store: Store | N
         out = OutputFilter(guard)
         metrics.in_flight.inc()
         task = asyncio.ensure_future(
-            engine.generate(
-                model, ids, params, on_delta=deltas.put_nowait, is_cancelled=lambda: state["cancelled"]
-            )
+            engine.generate(model, ids, params, on_delta=deltas.put_nowait, is_cancelled=lambda: state["cancelled"])
         )
         deadline = time.monotonic() + cfg.limits.request_timeout_s
         sent, status, result = [], 200, None
@@ -340,9 +326,7 @@ def create_app(engine: Engine, cfg: ServeConfig, keys: KeyRing, store: Store | N
         row = await asyncio.to_thread(store.request, body.request_id)
         if row is None or (row["api_key_id"] != key_id):  # a key rates only its own requests
             raise ApiError(404, f"no request {body.request_id!r} for this key", code="request_not_found")
-        fid = await asyncio.to_thread(
-            store.add_feedback, body.request_id, body.rating, body.corrected, body.comment
-        )
+        fid = await asyncio.to_thread(store.add_feedback, body.request_id, body.rating, body.corrected, body.comment)
         return {"id": fid, "request_id": body.request_id, "object": "feedback"}
 
     @app.get("/admin/adapters")

@@ -65,9 +65,7 @@ class Batcher:
             deadline = time.monotonic() + self.wait_s
             while len(jobs) < self.max_batch_size * 4:  # gather a few batches' worth; groups are cut below
                 try:
-                    jobs.append(
-                        await asyncio.wait_for(self.queue.get(), max(0.0, deadline - time.monotonic()))
-                    )
+                    jobs.append(await asyncio.wait_for(self.queue.get(), max(0.0, deadline - time.monotonic())))
                 except asyncio.TimeoutError:
                     break
             groups: dict[Hashable, list[Job]] = {}

@@ -20,21 +20,15 @@ def _adapters(items: list[str]) -> dict[str, str]:
     for item in items:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            raise TunelabError(
-                f"--adapter {item!r}: expected NAME=PATH (a LoRA folder or a LoRA run directory)"
-            )
+            raise TunelabError(f"--adapter {item!r}: expected NAME=PATH (a LoRA folder or a LoRA run directory)")
         out[name] = path
     return out
 
 
 def serve_cmd(
     target: str = typer.Argument(..., help="A run directory, a model folder, or a preset name (tiny)."),
-    adapter: list[str] = typer.Option(
-        [], "--adapter", "-a", help="Also serve a LoRA adapter: NAME=PATH (repeatable)."
-    ),
-    config: Path | None = typer.Option(
-        None, "--config", "-c", help="serve.yaml (keys, limits, guard, logging)."
-    ),
+    adapter: list[str] = typer.Option([], "--adapter", "-a", help="Also serve a LoRA adapter: NAME=PATH (repeatable)."),
+    config: Path | None = typer.Option(None, "--config", "-c", help="serve.yaml (keys, limits, guard, logging)."),
     host: str | None = typer.Option(None, help="Address to bind (overrides the config)."),
     port: int | None = typer.Option(None, help="Port to bind (overrides the config)."),
 ) -> None:

@@ -40,17 +40,11 @@ class AuthConfig(_Section):
 
 class LimitsConfig(_Section):
     requests_per_minute: float = Field(60, gt=0, description="Per-key sustained rate (token bucket refill).")
-    burst: int = Field(
-        20, ge=1, description="Per-key bucket size: requests allowed at once after a quiet period."
-    )
+    burst: int = Field(20, ge=1, description="Per-key bucket size: requests allowed at once after a quiet period.")
     max_body_bytes: int = Field(65536, ge=256, description="Largest request body accepted; larger gets 413.")
-    max_tokens: int = Field(
-        512, ge=1, description="Largest max_tokens a request may ask for; larger gets 400."
-    )
+    max_tokens: int = Field(512, ge=1, description="Largest max_tokens a request may ask for; larger gets 400.")
     default_max_tokens: int = Field(128, ge=1, description="max_tokens when a request does not set it.")
-    max_prompt_tokens: int = Field(
-        2048, ge=1, description="Longest prompt (in tokens) accepted; longer gets 400."
-    )
+    max_prompt_tokens: int = Field(2048, ge=1, description="Longest prompt (in tokens) accepted; longer gets 400.")
     request_timeout_s: float = Field(60, gt=0, description="A request still generating after this gets 504.")
 
 
@@ -65,25 +59,15 @@ class GuardConfig(_Section):
         default_factory=list,
         description="Extra regexes (case-insensitive) added to the built-in injection patterns.",
     )
-    pii_input: GuardAction = Field(
-        "redact", description="PII (email, phone, card, IBAN, IP, secrets) in the input."
-    )
+    pii_input: GuardAction = Field("redact", description="PII (email, phone, card, IBAN, IP, secrets) in the input.")
     pii_output: GuardAction = Field("redact", description="PII in the model's output.")
-    pii_kinds: list[str] | None = Field(
-        None, description="PII kinds to check (default: all of tunelab.quality.pii)."
-    )
-    blocklist: list[str] = Field(
-        default_factory=list, description="Words/phrases (case-insensitive, whole words)."
-    )
-    blocklist_action: GuardAction = Field(
-        "block", description="What to do when input or output has a blocked term."
-    )
+    pii_kinds: list[str] | None = Field(None, description="PII kinds to check (default: all of tunelab.quality.pii).")
+    blocklist: list[str] = Field(default_factory=list, description="Words/phrases (case-insensitive, whole words).")
+    blocklist_action: GuardAction = Field("block", description="What to do when input or output has a blocked term.")
 
 
 class StoreConfig(_Section):
-    enabled: bool = Field(
-        False, description="Record requests, responses, guard decisions and feedback (opt-in)."
-    )
+    enabled: bool = Field(False, description="Record requests, responses, guard decisions and feedback (opt-in).")
     url: str | None = Field(
         None,
         description="Database URL (sqlite:///x.db, postgresql+psycopg://...); default TUNELAB_HOME/serve.db",
@@ -93,12 +77,8 @@ class StoreConfig(_Section):
 class ServeConfig(_Section):
     host: str = Field("127.0.0.1", description="Address to bind.")
     port: int = Field(8000, ge=0, le=65535, description="Port to bind (0 picks a free one).")
-    base_name: str | None = Field(
-        None, description="Model id of the base model in /v1/models (default: 'base')."
-    )
-    adapters: dict[str, str] = Field(
-        default_factory=dict, description="LoRA adapters to load at start: NAME: PATH."
-    )
+    base_name: str | None = Field(None, description="Model id of the base model in /v1/models (default: 'base').")
+    adapters: dict[str, str] = Field(default_factory=dict, description="LoRA adapters to load at start: NAME: PATH.")
     adapter_dirs: list[str] = Field(
         default_factory=list,
         description="Folders /admin may load adapters from; paths elsewhere are refused.",
@@ -110,12 +90,8 @@ class ServeConfig(_Section):
         description="CPU threads for torch (default: torch's choice; 1 is fastest for tiny models).",
     )
     auth: AuthConfig = Field(default_factory=AuthConfig, description="API keys.")
-    limits: LimitsConfig = Field(
-        default_factory=LimitsConfig, description="Rate, size, token and time limits."
-    )
-    batch: BatchConfig = Field(
-        default_factory=BatchConfig, description="Dynamic batching of concurrent requests."
-    )
+    limits: LimitsConfig = Field(default_factory=LimitsConfig, description="Rate, size, token and time limits.")
+    batch: BatchConfig = Field(default_factory=BatchConfig, description="Dynamic batching of concurrent requests.")
     guard: GuardConfig = Field(default_factory=GuardConfig, description="Input/output checks.")
     store: StoreConfig = Field(default_factory=StoreConfig, description="Request and feedback logging.")
 

@@ -61,9 +61,7 @@ def run_batch(model: Any, tokenizer: Any, rows: list[Row], eos_ids: set[int]) ->
     gens = [r.generator() for r in rows]
     cache = DynamicCache()
     with torch.inference_mode():
-        logits = model(
-            input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache
-        ).logits[:, -1]
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache).logits[:, -1]
         for _ in range(max(r.params.max_tokens for r in rows)):
             nxt = torch.stack([_sample(logits[i].float(), r.params, gens[i]) for i, r in enumerate(rows)])
             for i, r in enumerate(rows):

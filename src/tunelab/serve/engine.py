@@ -162,9 +162,7 @@ class HFEngine:
         if hasattr(self.model, "peft_config"):
             self.model.load_adapter(str(path), adapter_name=name, is_trainable=False)
         else:
-            self.model = PeftModel.from_pretrained(
-                self.model, str(path), adapter_name=name, is_trainable=False
-            ).eval()
+            self.model = PeftModel.from_pretrained(self.model, str(path), adapter_name=name, is_trainable=False).eval()
         self.adapters[name] = str(path)
         log.info("loaded adapter %s from %s", name, path)
 

@@ -106,9 +106,7 @@ class Guard:
         kinds: dict[str, int] = {}
         for f in found:
             kinds[f.kind] = kinds.get(f.kind, 0) + 1
-        decisions.append(
-            Decision(stage, "pii", action, ",".join(f"{k}:{n}" for k, n in sorted(kinds.items())))
-        )
+        decisions.append(Decision(stage, "pii", action, ",".join(f"{k}:{n}" for k, n in sorted(kinds.items()))))
         return redact_pii(text, self.cfg.pii_kinds)[0] if action == "redact" else text
 
     def _blocked(self, text: str, stage: str, decisions: list[Decision]) -> str:

@@ -19,15 +19,9 @@ class Metrics:
             registry=r,
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
         )
-        self.tokens = Counter(
-            "tunelab_generated_tokens", "Completion tokens generated.", ["model"], registry=r
-        )
-        self.prompt_tokens = Counter(
-            "tunelab_prompt_tokens", "Prompt tokens processed.", ["model"], registry=r
-        )
-        self.guard = Counter(
-            "tunelab_guard_decisions", "Guard decisions.", ["stage", "rule", "action"], registry=r
-        )
+        self.tokens = Counter("tunelab_generated_tokens", "Completion tokens generated.", ["model"], registry=r)
+        self.prompt_tokens = Counter("tunelab_prompt_tokens", "Prompt tokens processed.", ["model"], registry=r)
+        self.guard = Counter("tunelab_guard_decisions", "Guard decisions.", ["stage", "rule", "action"], registry=r)
         self.rate_limited = Counter(
             "tunelab_rate_limited", "Requests refused by the rate limit.", ["key_id"], registry=r
         )

@@ -77,9 +77,7 @@ def _check_vocab(engine: HFEngine, path: Path) -> None:
 
         n = len(AutoTokenizer.from_pretrained(str(path)))
         if n != len(engine.tokenizer):
-            raise TunelabError(
-                f"{path}: adapter tokenizer has {n} tokens, the served base has {len(engine.tokenizer)}"
-            )
+            raise TunelabError(f"{path}: adapter tokenizer has {n} tokens, the served base has {len(engine.tokenizer)}")
 
 
 def build_app(engine: HFEngine, cfg: ServeConfig) -> Any:

@@ -37,14 +37,10 @@ class _Sampling(_Body):
     temperature: float = Field(1.0, ge=0, le=2, description="0 is greedy.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     max_tokens: int | None = Field(None, ge=1, description="Most tokens to generate.")
-    stop: str | list[str] | None = Field(
-        None, description="Up to 4 strings that end the output (not included)."
-    )
+    stop: str | list[str] | None = Field(None, description="Up to 4 strings that end the output (not included).")
     seed: int | None = Field(None, description="Makes sampling reproducible.")
     stream: bool = Field(False, description="Stream server-sent events.")
-    stream_options: dict[str, bool] | None = Field(
-        None, description="{include_usage: true} adds a usage chunk."
-    )
+    stream_options: dict[str, bool] | None = Field(None, description="{include_usage: true} adds a usage chunk.")
     n: int = Field(1, ge=1, le=1, description="Only 1 choice is supported.")
     user: str | None = Field(None, description="End-user id (stored with the request when logging is on).")
 
@@ -83,9 +79,7 @@ class FeedbackRequest(_Body):
 
 class AdapterRequest(_Body):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", description="Model id clients will use.")
-    path: str = Field(
-        description="Adapter folder or run directory inside one of the allowed adapter folders."
-    )
+    path: str = Field(description="Adapter folder or run directory inside one of the allowed adapter folders.")
 
 
 def chat_response(rid: str, model: str, text: str, finish: str, usage: dict[str, int]) -> dict[str, Any]:
@@ -99,9 +93,7 @@ def chat_response(rid: str, model: str, text: str, finish: str, usage: dict[str,
     }
 
 
-def completion_response(
-    rid: str, model: str, text: str, finish: str, usage: dict[str, int]
-) -> dict[str, Any]:
+def completion_response(rid: str, model: str, text: str, finish: str, usage: dict[str, int]) -> dict[str, Any]:
     return {
         "id": rid,
         "object": "text_completion",
@@ -112,9 +104,7 @@ def completion_response(
     }
 
 
-def chunk(
-    rid: str, model: str, chat: bool, text: str | None, finish: str | None, first: bool = False
-) -> dict:
+def chunk(rid: str, model: str, chat: bool, text: str | None, finish: str | None, first: bool = False) -> dict:
     if chat:
         delta: dict[str, str] = {"role": "assistant", "content": ""} if first else {}
         if text:

@@ -56,9 +56,7 @@ def load_key_hashes(cfg: AuthConfig) -> dict[str, str]:
 
 def _add(found: dict[str, str], parts: list[str], where: str) -> None:
     if len(parts) != 2 or not _HEX64.match(parts[1].lower()):
-        raise ConfigError(
-            f"{where}: expected KEY_ID and a 64-hex-digit sha256 of the key (not the key itself)"
-        )
+        raise ConfigError(f"{where}: expected KEY_ID and a 64-hex-digit sha256 of the key (not the key itself)")
     found[parts[1].lower()] = parts[0]
 
 

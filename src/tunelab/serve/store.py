@@ -164,20 +164,12 @@ class Store:
 
     def request(self, request_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
-            row = (
-                conn.execute(select(requests_table).where(requests_table.c.id == request_id))
-                .mappings()
-                .first()
-            )
+            row = conn.execute(select(requests_table).where(requests_table.c.id == request_id)).mappings().first()
             return dict(row) if row else None
 
     def feedback(self, request_id: str) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
-            q = (
-                select(feedback_table)
-                .where(feedback_table.c.request_id == request_id)
-                .order_by(feedback_table.c.id)
-            )
+            q = select(feedback_table).where(feedback_table.c.request_id == request_id).order_by(feedback_table.c.id)
             return [dict(r) for r in conn.execute(q).mappings()]
 
     def guard_events(self, request_id: str) -> list[dict[str, Any]]:

@@ -37,9 +37,7 @@ except ImportError:  # pragma: no cover - exercised only where vllm is installed
 class VllmEngine:
     """Engine protocol over vLLM (untested, see module docstring)."""
 
-    def __init__(
-        self, model_dir: str, tokenizer: Any, base_name: str = "base", max_lora_rank: int = 64
-    ) -> None:
+    def __init__(self, model_dir: str, tokenizer: Any, base_name: str = "base", max_lora_rank: int = 64) -> None:
         if AsyncLLMEngine is None:
             raise TunelabError("the vLLM backend needs `pip install vllm` on a machine with a CUDA GPU")
         args = AsyncEngineArgs(model=model_dir, enable_lora=True, max_loras=8, max_lora_rank=max_lora_rank)

@@ -120,8 +120,8 @@ def test_load_examples_and_bad_options(tmp_path) -> None:
     assert exs == [EvalExample([{"role": "user", "content": "Say hi"}], "hi", f"{path}:1")]
     text = tmp_path / "text.jsonl"
     text.write_text('{"text": "just text"}\n')
-    with pytest.raises(DataError, match="Text records have no reference"):
-        load_examples(DatasetConfig(path=str(text)))
+    # Continued-pretraining text is scored by its loss as a whole: no prompt, the text is the reference.
+    assert load_examples(DatasetConfig(path=str(text))) == [EvalExample("", "just text", f"{text}:1")]
     model, tok = build_preset("tiny")
     bad = EvalConfig(metrics=[{"name": "exact_match", "options": {"normalise": "squad"}}])
     with pytest.raises(ConfigError, match="no option 'normalise'"):

@@ -22,9 +22,7 @@ def lora_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_run(tmp_path_factory.mktemp("runs"), "lora", lora_seed=1)
 
 
-@pytest.mark.parametrize(
-    ("fmt", "qtype"), [("hf", "f16"), ("merged", "f16"), ("gguf", "f16"), ("gguf", "q8_0")]
-)
+@pytest.mark.parametrize(("fmt", "qtype"), [("hf", "f16"), ("merged", "f16"), ("gguf", "f16"), ("gguf", "q8_0")])
 def test_lora_run_exports_match(lora_run: Path, tmp_path: Path, fmt: str, qtype: str) -> None:
     out = export(lora_run, fmt, tmp_path / "out", qtype=qtype)
     report = verify(out, lora_run, prompts=PROMPTS_CHAT, max_new_tokens=16)

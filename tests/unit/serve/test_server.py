@@ -88,9 +88,7 @@ def test_completions_and_stop_string(server) -> None:
     full = server.client.completions.create(model="lora-a", prompt="Hello", max_tokens=16, temperature=0)
     text = full.choices[0].text
     stop = text[5:7]
-    cut = server.client.completions.create(
-        model="lora-a", prompt="Hello", max_tokens=16, temperature=0, stop=[stop]
-    )
+    cut = server.client.completions.create(model="lora-a", prompt="Hello", max_tokens=16, temperature=0, stop=[stop])
     assert cut.choices[0].text == text[: text.find(stop)] and cut.choices[0].finish_reason == "stop"
     streamed = server.client.completions.create(
         model="lora-a", prompt="Hello", max_tokens=16, temperature=0, stop=stop, stream=True
@@ -152,9 +150,7 @@ def test_pii_in_input_is_redacted_before_the_model(server) -> None:
     raw = server.client.chat.completions.with_raw_response.create(model="base", messages=msg, max_tokens=4)
     rid = raw.headers["x-request-id"]
     with sqlite3.connect(server.db) as db:
-        stored, flags = db.execute(
-            "select request_json, guard_flags from requests where id = ?", (rid,)
-        ).fetchone()
+        stored, flags = db.execute("select request_json, guard_flags from requests where id = ?", (rid,)).fetchone()
     assert "jane.doe@example.com" not in stored and "[EMAIL]" in stored and "[PHONE]" in stored
     assert "input:pii:redact" in flags
 
@@ -184,20 +180,13 @@ def test_feedback_is_stored_and_read_back(server) -> None:
     r = httpx.post(server.url + "/v1/feedback", json=body, headers=auth)
     assert r.status_code == 200, r.text
     assert (
-        httpx.post(
-            server.url + "/v1/feedback", json={**body, "request_id": "req-x"}, headers=auth
-        ).status_code
-        == 404
+        httpx.post(server.url + "/v1/feedback", json={**body, "request_id": "req-x"}, headers=auth).status_code == 404
     )
     admin = {"authorization": f"Bearer {server.admin_key}"}  # another key cannot rate alice's request
     assert httpx.post(server.url + "/v1/feedback", json=body, headers=admin).status_code == 404
     with sqlite3.connect(server.db) as db:
-        fb = db.execute(
-            "select rating, corrected, comment from feedback where request_id = ?", (rid,)
-        ).fetchall()
-        req = db.execute(
-            "select api_key_id, adapter, response_text from requests where id = ?", (rid,)
-        ).fetchone()
+        fb = db.execute("select rating, corrected, comment from feedback where request_id = ?", (rid,)).fetchall()
+        req = db.execute("select api_key_id, adapter, response_text from requests where id = ?", (rid,)).fetchone()
     assert fb == [(-1, "A better answer.", "too short")]
     assert req == ("alice", "lora-a", answer)
 
