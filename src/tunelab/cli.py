@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -93,6 +94,34 @@ def docs_config() -> None:
     typer.echo(config_reference(), nl=False)
 
 
+@app.command()
+def quickstart(
+    model: str = typer.Option("tiny-1m", help="A preset, a local model folder or a hub id."),
+    out: Path = typer.Option(Path("quickstart"), help="Folder for the data, the config and the run."),
+    epochs: float = typer.Option(4.0, help="Training epochs (fewer is faster and less accurate)."),
+) -> None:
+    """The whole lifecycle offline in minutes: data -> checks -> baseline -> fine-tune -> eval -> report.
+
+    Example: tunelab quickstart --out qs/
+    """
+    from tunelab.quickstart import format_summary, run
+
+    typer.echo(format_summary(run(model, out, epochs, log=typer.echo)))
+
+
+@app.command()
+def init(
+    folder: Path = typer.Argument(Path("."), help="Where to copy the example configs."),
+    force: bool = typer.Option(False, help="Overwrite files that exist."),
+) -> None:
+    """Copy the example configs (LoRA SFT, full fine-tune, quickstart, accelerate launchers) into FOLDER."""
+    from tunelab.quickstart import init_examples
+
+    for path in init_examples(folder, force):
+        typer.echo(f"wrote {path}")
+    typer.echo(f"next: tunelab validate {folder / 'sft-lora.yaml'} && tunelab train {folder / 'sft-lora.yaml'}")
+
+
 def _register() -> None:
     """Sub-apps live beside the code they drive; the CLI only mounts them."""
     from tunelab.eval.cli import app as eval_app
@@ -119,3 +148,7 @@ def main() -> None:
     except TunelabError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         sys.exit(2)
+
+
+if __name__ == "__main__":  # `accelerate launch -m tunelab.cli train ...`
+    main()

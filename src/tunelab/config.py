@@ -27,7 +27,7 @@ class Section(BaseModel):
 
 class ModelConfig(Section):
     name_or_path: str = Field(
-        "tiny", description="A preset name (tiny, tiny-4m, tiny-30m), a local folder or a hub id."
+        "tiny", description="A preset name (tiny, tiny-1m, tiny-4m, tiny-30m), a local folder or a hub id."
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) when loading from the hub.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(

@@ -1,6 +1,6 @@
 """Evaluation around a training run: the base model before, the result after, and the verdict.
 
-`before_training` runs on the base model (before any adapter or virtual token exists) and saves
+`before_training` (not called on resume: a resumed run keeps its baseline) runs on the base model (before any adapter or virtual token exists) and saves
 RUN/eval/baseline.json and the forgetting probe; `after_training` evaluates the trained model on the same
 examples with the same decoding, compares (paired bootstrap), runs the forgetting check and writes the
 report. Both run on the main process only. The eval examples are `eval.data`, else `data.eval`.
@@ -9,6 +9,7 @@ report. Both run on the main process only. The eval examples are `eval.data`, el
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -26,9 +27,11 @@ def eval_examples(cfg: RunConfig) -> list[EvalExample]:
 
 def before_training(cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Path, log: Any = print) -> None:
     out = run_dir / EVAL_DIR
-    if not cfg.eval.baseline or (out / "baseline.json").is_file():  # resumed runs keep their baseline
+    if out.exists():  # a reused (output.overwrite) run directory: results of the earlier run are stale
+        shutil.rmtree(out)
+    if not cfg.eval.baseline:
         return
-    out.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True)
     examples = eval_examples(cfg)
     if examples and cfg.eval.metrics:
         log(f"baseline: evaluating the base model on {len(examples)} examples")
