@@ -93,6 +93,16 @@ def docs_config() -> None:
     typer.echo(config_reference(), nl=False)
 
 
+def _register() -> None:
+    """Sub-apps live beside the code they drive; the CLI only mounts them."""
+    from tunelab.quality.cli import data_app
+
+    app.add_typer(data_app, name="data", help="Inspect, check, clean, split and augment data.")
+
+
+_register()
+
+
 def main() -> None:
     try:
         app()

@@ -145,7 +145,7 @@ class Encoder:
         return full, spans
 
     def _tokenize(self, text: str, spans: list[tuple[int, int]]) -> Example:
-        enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True)
+        enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
         labels = [tid if any(s <= start < e for s, e in spans) else IGNORE for tid, (start, _) in zip(ids, offsets)]
         if self.bos is not None and ids[:1] != [self.bos]:

@@ -69,7 +69,7 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
         eos_token="<|im_end|>",
         pad_token="<|pad|>",
         chat_template=CHATML_TEMPLATE,
-        model_max_length=4096,
+        model_max_length=1 << 30,  # length limits are the data config's job, not a tokenizer warning
     )
 
 

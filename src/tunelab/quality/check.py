@@ -1,0 +1,204 @@
+"""`tunelab data check`: inspect plus problems with a severity, over train/eval/test files together.
+
+What counts as what (see `SEVERITY`): a schema error, an unreadable file, a training example whose input
+is also in an eval/test file (exact leakage), and a secret (API key, private key) are errors; duplicates,
+near leakage, PII, conflicting labels, empty fields and missing labels are warnings; near-duplicates
+inside a split and over-long records are info. Duplicates compare the whole record (plus its label);
+leakage and label conflicts compare the input side only, because the same question in train and test
+leaks even when the answers differ. Every problem carries the lines of every record involved.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tunelab.config import DatasetConfig, ModelConfig
+from tunelab.quality.dedup import exact_groups, near_pairs
+from tunelab.quality.inspect import empty_fields, inspect_dataset, public
+from tunelab.quality.io import sha256_file
+from tunelab.quality.items import Dataset, Item, load_dataset, text_hash
+from tunelab.quality.options import CheckOptions
+from tunelab.quality.pii import find_pii
+from tunelab.quality.report import CheckReport, Problem
+
+ROLES = ("train", "eval", "test")
+SEVERITY = {
+    "file_error": "error", "schema": "error", "leak_exact": "error", "secret": "error",
+    "duplicate": "warning", "leak_near": "warning", "pii": "warning", "label_conflict": "warning",
+    "empty_field": "warning", "missing_label": "warning", "near_duplicate": "info", "truncated": "info",
+}  # fmt: skip
+
+DataInput = str | DatasetConfig
+
+
+def check(
+    train: Sequence[DataInput],
+    eval: Sequence[DataInput] = (),
+    test: Sequence[DataInput] = (),
+    options: CheckOptions | None = None,
+    tokenizer: Any = None,
+) -> CheckReport:
+    """Load the files and check them together; `tokenizer` overrides `options.tokenizer`."""
+    options = options or CheckOptions()
+    given = {"train": train, "eval": eval, "test": test}
+    datasets = [load(d, role, options) for role in ROLES for d in given[role]]
+    if tokenizer is None and options.tokenizer:
+        from tunelab.models.load import load_tokenizer
+
+        tokenizer = load_tokenizer(ModelConfig(name_or_path=options.tokenizer))
+    return check_datasets(datasets, options, tokenizer)
+
+
+def load(d: DataInput, role: str, options: CheckOptions) -> Dataset:
+    if isinstance(d, str):
+        return load_dataset(d, role, label_column=options.label_column)
+    return load_dataset(d.path, role, d.format, d.columns, options.label_column, d.split, d.max_samples)
+
+
+def check_datasets(datasets: list[Dataset], options: CheckOptions, tokenizer: Any = None) -> CheckReport:
+    start = time.perf_counter()
+    stats = [inspect_dataset(ds, tokenizer, options.max_length) for ds in datasets]
+    for ds, st in zip(datasets, stats, strict=True):
+        st["sha256"] = sha256_file(ds.path) if Path(ds.path).is_file() else None
+    problems: list[Problem] = []
+    for ds, st in zip(datasets, stats, strict=False):
+        problems += file_problems(ds, st, options)
+    valid = [(ds, it) for ds in datasets for it in ds.valid]
+    problems += duplicate_problems(valid)
+    problems += leak_problems(valid)
+    problems += conflict_problems(valid)
+    if options.near_duplicates:
+        problems += near_problems(valid, options.near_threshold)
+    report = CheckReport([public(s) for s in stats], problems, options.model_dump(), strict=options.strict)
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _problem(code: str, message: str, locations: list[dict[str, Any]]) -> Problem:
+    return Problem(SEVERITY[code], code, message, locations)
+
+
+def file_problems(ds: Dataset, st: dict[str, Any], options: CheckOptions) -> list[Problem]:
+    out = []
+    if ds.file_error:
+        out.append(_problem("file_error", ds.file_error, [{"file": ds.path, "line": None, "record": None}]))
+    out += [_problem("schema", it.error or "", [it.location()]) for it in ds.items if it.error]
+    if empty := empty_fields(ds.items):
+        locs = [{**it.location(), "field": f} for it, f in empty]
+        out.append(
+            _problem("empty_field", f"{len(locs)} empty or whitespace-only text fields in {ds.path}", locs)
+        )
+    if st.get("missing_labels"):
+        locs = [it.location() for it in ds.valid if it.label is None]
+        out.append(
+            _problem("missing_label", f"{len(locs)} records without a {ds.label_column!r} in {ds.path}", locs)
+        )
+    if st.get("truncated"):
+        n, unit = len(st["truncated"]), st["length_unit"]
+        out.append(
+            _problem("truncated", f"{n} records longer than {options.max_length} {unit}", st["truncated"])
+        )
+    if options.pii:
+        out += pii_problems(ds, options.pii_kinds)
+    return out
+
+
+def pii_problems(ds: Dataset, kinds: Sequence[str]) -> list[Problem]:
+    """One problem per PII kind per file, with a location for every finding."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for it in ds.items:
+        for path, text in it.fields.items():
+            for f in find_pii(text, kinds):
+                found.setdefault(f.kind, []).append({**it.location(), "field": path, "kind": f.kind})
+    out = []
+    for kind, locs in found.items():
+        code = "secret" if kind == "secret" else "pii"
+        records = len({loc["record"] for loc in locs})
+        out.append(_problem(code, f"{len(locs)} {kind} finding(s) in {records} record(s) of {ds.path}", locs))
+    return out
+
+
+def _dup_key(it: Item) -> str:
+    return it.full_text + ("\x00" + it.label if it.label is not None else "")
+
+
+def duplicate_problems(valid: list[tuple[Dataset, Item]]) -> list[Problem]:
+    """Exact duplicates (normalized text and label) within each role; clean keeps the first."""
+    out = []
+    for role in ROLES:
+        items = [it for ds, it in valid if ds.role == role]
+        for group in exact_groups(items, _dup_key):
+            msg = (
+                f"{len(group)} identical {role} records ({len(group) - 1} redundant), first {group[0].where}"
+            )
+            out.append(_problem("duplicate", msg, [it.location() for it in group]))
+    return out
+
+
+def leak_problems(valid: list[tuple[Dataset, Item]]) -> list[Problem]:
+    """Records of a later role (eval, test) whose input also appears in an earlier role (train, eval)."""
+    index: dict[str, dict[str, Item]] = {role: {} for role in ROLES}
+    for ds, it in valid:
+        if it.input_text.strip():
+            index[ds.role].setdefault(text_hash(it.input_text), it)
+    out = []
+    for i, early in enumerate(ROLES):
+        for late in ROLES[i + 1 :]:
+            locs = [
+                {**it.location(), "matches": index[early][h].where}
+                for ds, it in valid
+                if ds.role == late
+                and (h := text_hash(it.input_text)) in index[early]
+                and it.input_text.strip()
+            ]
+            if locs:
+                msg = f"{len(locs)} {late} records have the same input as a {early} record"
+                out.append(_problem("leak_exact", msg, locs))
+    return out
+
+
+def conflict_problems(valid: list[tuple[Dataset, Item]]) -> list[Problem]:
+    """The same input with different labels (within a role)."""
+    out = []
+    for role in ROLES:
+        items = [it for ds, it in valid if ds.role == role and it.label is not None]
+        for group in exact_groups(items, lambda it: it.input_text):
+            labels = sorted({it.label for it in group if it.label is not None})
+            if len(labels) > 1:
+                locs = [{**it.location(), "label": it.label} for it in group]
+                msg = f"the same {role} input has labels {', '.join(labels)}; first {group[0].where}"
+                out.append(_problem("label_conflict", msg, locs))
+    return out
+
+
+def near_problems(valid: list[tuple[Dataset, Item]], threshold: float) -> list[Problem]:
+    """Near-duplicates within a role compare whole records (what clean would drop); near leakage across
+    roles compares inputs, like exact leakage. One MinHash pass serves both when inputs are the records."""
+    full = near_pairs([it.full_text for _, it in valid], threshold)
+    same_text = all(it.input_text == it.full_text for _, it in valid)
+    inputs = full if same_text else near_pairs([it.input_text for _, it in valid], threshold)
+    rank = {r: i for i, r in enumerate(ROLES)}
+    inside = [
+        {**valid[j][1].location(), "near": valid[i][1].where, "similarity": sim}
+        for i, j, sim in full
+        if valid[i][0].role == valid[j][0].role
+    ]
+    leaks: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for i, j, sim in inputs:
+        (di, a), (dj, b) = valid[i], valid[j]
+        if di.role != dj.role:
+            (de, e), (dl, later) = ((di, a), (dj, b)) if rank[di.role] < rank[dj.role] else ((dj, b), (di, a))
+            loc = {**later.location(), "near": e.where, "similarity": sim}
+            leaks.setdefault((de.role, dl.role), []).append(loc)
+    out = []
+    if inside:
+        msg = f"{len(inside)} near-duplicate pairs (similarity >= {threshold}) within splits"
+        out.append(_problem("near_duplicate", msg, inside))
+    for (early, late), locs in leaks.items():
+        n = len({(loc["file"], loc["record"]) for loc in locs})
+        msg = f"{n} {late} records are near-duplicates of {early} records (similarity >= {threshold})"
+        out.append(_problem("leak_near", msg, locs))
+    return out

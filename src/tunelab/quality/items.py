@@ -1,0 +1,257 @@
+"""Load a data file for quality work: every row with its location, parsed record, text fields and label.
+
+Unlike training, which stops at the first bad row, quality tools collect every problem: a row whose format
+fails becomes an `Item` with `error` set, and a JSONL line that is not valid JSON becomes one too (JSONL and
+CSV are read here row by row so that one bad row does not hide the rest; other file types go through
+`tunelab.data.sources.read_rows`, where a broken file is one file-level error).
+
+Text is taken two ways. `fields` are the string leaves of the raw row with their paths
+(`messages[1].content`), which is what PII scans, trimming and redaction act on, so a cleaned row keeps its
+shape. `input_text`/`full_text` come from the parsed record (prompt side, and everything), which is what
+duplicates, leakage and label conflicts compare. A label is a classification column (`label`, `category`,
+`intent`, `class`, or one named by the user) that the format does not consume, or a KTO label.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+import unicodedata
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunelab.data.formats import FORMATS, FieldError, detect_format, rename_columns
+from tunelab.data.records import (
+    Conversation,
+    Message,
+    Preference,
+    PromptCompletion,
+    Record,
+    Text,
+    UnpairedPreference,
+)
+from tunelab.data.sources import Row, read_rows
+from tunelab.errors import DataError, format_location
+
+LABEL_COLUMNS = ("label", "category", "intent", "class", "labels")
+# Keys whose string values are structure, not content: never scanned, trimmed or redacted.
+STRUCTURAL_KEYS = {"role", "from", "type", "_synthetic"}
+
+
+@dataclass
+class Item:
+    source: str
+    index: int
+    line: int | None
+    row: dict[str, Any]
+    record: Record | None = None
+    error: str | None = None
+    label: str | None = None
+    fields: dict[str, str] = field(default_factory=dict)
+    input_text: str = ""
+    full_text: str = ""
+
+    @property
+    def where(self) -> str:
+        return f"{self.source}:{self.line}" if self.line is not None else f"{self.source}#{self.index}"
+
+    def location(self) -> dict[str, Any]:
+        return {"file": self.source, "line": self.line, "record": self.index}
+
+
+@dataclass
+class Dataset:
+    """One file's items plus what was decided about it (format, label column)."""
+
+    path: str
+    role: str  # train, eval or test
+    format: str | None
+    label_column: str | None
+    items: list[Item]
+    file_error: str | None = None
+
+    @property
+    def valid(self) -> list[Item]:
+        return [it for it in self.items if it.error is None]
+
+
+def normalize(text: str) -> str:
+    """What 'the same text' means: Unicode NFKC, case-folded, whitespace collapsed, trimmed."""
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text).casefold()).strip()
+
+
+def text_hash(text: str) -> str:
+    return hashlib.sha256(normalize(text).encode("utf-8")).hexdigest()[:16]
+
+
+def load_dataset(
+    path: str,
+    role: str = "train",
+    fmt: str = "auto",
+    columns: Mapping[str, str] | None = None,
+    label_column: str | None = None,
+    split: str = "train",
+    max_samples: int | None = None,
+) -> Dataset:
+    """Read and parse every row of `path`, keeping bad rows as items with an error."""
+    items: list[Item] = []
+    file_error = None
+    try:
+        for entry in _rows(path, split):
+            if max_samples is not None and len(items) >= max_samples:
+                break
+            items.append(
+                entry if isinstance(entry, Item) else Item(entry.source, entry.index, entry.line, entry.data)
+            )
+    except DataError as e:
+        file_error = str(e)
+    first = next((it.row for it in items if it.error is None), None)
+    name = fmt if fmt != "auto" else (detect_format(set(rename_columns(first, columns))) if first else None)
+    if first is not None and name is None:
+        file_error = file_error or (
+            f"{path}: cannot detect the format from the fields {', '.join(map(str, first))}; "
+            f"name one of {', '.join(FORMATS)} (and map columns if the names differ)"
+        )
+    label = label_column or _detect_label(first, name)
+    for it in items:
+        if it.error is None:
+            _parse(it, name, columns, label)
+    return Dataset(path, role, name, label, items, file_error)
+
+
+def _rows(path: str, split: str) -> Iterator[Row | Item]:
+    p = Path(path)
+    if p.suffix.lower() in (".jsonl", ".ndjson") and p.is_file():
+        yield from _tolerant_jsonl(p)
+    elif p.suffix.lower() == ".csv" and p.is_file():
+        yield from _tolerant_csv(p)
+    else:
+        yield from read_rows(path, split)
+
+
+def _tolerant_jsonl(p: Path) -> Iterator[Row | Item]:
+    index = 0
+    with p.open(encoding="utf-8") as f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.strip():
+                continue
+            try:
+                data = json.loads(raw)
+                problem = (
+                    None if isinstance(data, dict) else f"expected a JSON object, got {type(data).__name__}"
+                )
+            except json.JSONDecodeError as e:
+                data, problem = {}, f"invalid JSON ({e.msg} at column {e.colno})"
+            if problem:
+                yield Item(str(p), index, lineno, {}, error=format_location(str(p), lineno) + problem)
+            else:
+                yield Row(data, str(p), index, lineno)
+            index += 1
+
+
+def _tolerant_csv(p: Path) -> Iterator[Row | Item]:
+    with p.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f, restkey="\0extra")
+        if not reader.fieldnames:
+            raise DataError("CSV has no header row", where=str(p))
+        index, start = 0, reader.line_num + 1
+        for data in reader:
+            if "\0extra" in data:
+                problem = f"row has more fields than the header ({len(reader.fieldnames)})"
+                yield Item(str(p), index, start, {}, error=format_location(str(p), start) + problem)
+            elif any(v is None for v in data.values()):
+                problem = f"row has fewer fields than the header ({len(reader.fieldnames)})"
+                yield Item(str(p), index, start, {}, error=format_location(str(p), start) + problem)
+            else:
+                yield Row(dict(data), str(p), index, start)
+            index, start = index + 1, reader.line_num + 1
+
+
+def _detect_label(row: dict[str, Any] | None, fmt: str | None) -> str | None:
+    if row is None:
+        return None
+    if fmt == "kto":
+        return "label"
+    return next((c for c in LABEL_COLUMNS if c in row and isinstance(row[c], (str, int, bool))), None)
+
+
+def _parse(it: Item, fmt: str | None, columns: Mapping[str, str] | None, label_column: str | None) -> None:
+    it.fields = dict(string_leaves(it.row))
+    if label_column:
+        it.fields.pop(label_column, None)
+        value = it.row.get(label_column)
+        it.label = None if value is None or value == "" else str(value)
+    if fmt is None:
+        it.error = format_location(it.source, it.line, it.index) + "no format (see the file error)"
+        return
+    try:
+        it.record = FORMATS[fmt](rename_columns(it.row, columns))
+    except FieldError as e:
+        it.error = format_location(it.source, it.line, None if it.line else it.index, e.field) + str(e)
+        return
+    it.input_text, output = record_texts(it.record)
+    it.full_text = f"{it.input_text}\n{output}" if output else it.input_text
+
+
+def reparse(it: Item, fmt: str | None, columns: Mapping[str, str] | None, label_column: str | None) -> None:
+    """Parse an item again after its row changed (trimmed, redacted)."""
+    it.error, it.record, it.label, it.input_text, it.full_text = None, None, None, "", ""
+    _parse(it, fmt, columns, label_column)
+
+
+def string_leaves(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """(path, text) for every string in a row, skipping structural keys such as `role`."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            if k not in STRUCTURAL_KEYS:
+                yield from string_leaves(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from string_leaves(v, f"{path}[{i}]")
+
+
+def get_leaf(row: dict[str, Any], path: str) -> Any:
+    """The value at a `string_leaves` path inside `row`."""
+    node: Any = row
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", path):
+        node = node[int(part[1:-1])] if part.startswith("[") else node[part]
+    return node
+
+
+def set_leaf(row: dict[str, Any], path: str, new: str) -> None:
+    """Set the string at a `string_leaves` path inside `row` (in place)."""
+    parts = re.findall(r"[^.\[\]]+|\[\d+\]", path)
+    node: Any = row
+    for part in parts[:-1]:
+        node = node[int(part[1:-1])] if part.startswith("[") else node[part]
+    last = parts[-1]
+    if last.startswith("["):
+        node[int(last[1:-1])] = new
+    else:
+        node[last] = new
+
+
+def _join(messages: tuple[Message, ...]) -> str:
+    return "\n".join(f"{m.role}: {m.content}" for m in messages)
+
+
+def record_texts(record: Record) -> tuple[str, str]:
+    """(input, output): the side a model sees and the side it learns to write."""
+    if isinstance(record, Conversation):
+        last = max(i for i, m in enumerate(record.messages) if m.role == "assistant")
+        return _join(record.messages[:last]), record.messages[last].content
+    if isinstance(record, PromptCompletion):
+        return record.prompt, record.completion
+    if isinstance(record, Text):
+        return record.text, ""
+    if isinstance(record, Preference):
+        return _join(record.prompt), _join(record.chosen) + "\n" + _join(record.rejected)
+    if isinstance(record, UnpairedPreference):
+        return _join(record.prompt), _join(record.completion)
+    raise TypeError(f"unknown record type {type(record).__name__}")
