@@ -81,8 +81,31 @@ class TuningConfig(Section):
 
 
 class MethodConfig(Section):
-    name: Literal["sft"] = Field(
-        "sft", description="Training objective: sft (causal LM loss on tokens that carry a label)."
+    name: Literal["sft", "dpo", "simpo", "orpo", "kto", "reward"] = Field(
+        "sft",
+        description="Training objective: sft (causal LM loss on labelled tokens), dpo (with loss_type), simpo, "
+        "orpo (preference pairs), kto (unpaired good/bad), reward (scalar-head reward model on pairs).",
+    )
+    beta: float | None = Field(
+        None,
+        gt=0,
+        description="Preference strength; default per method: dpo/kto 0.1, simpo 2.0, orpo 0.1 (odds-ratio weight).",
+    )
+    loss_type: Literal["sigmoid", "ipo"] = Field(
+        "sigmoid", description="dpo only: sigmoid (DPO) or ipo (squared loss on length-averaged log-ratios)."
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="dpo sigmoid only: assumed fraction of flipped preference labels (cDPO)."
+    )
+    gamma: float = Field(0.5, ge=0, description="simpo only: target reward margin between chosen and rejected.")
+    desirable_weight: float = Field(1.0, gt=0, description="kto only: weight of the loss on desirable completions.")
+    undesirable_weight: float = Field(
+        1.0, gt=0, description="kto only: weight of the loss on undesirable completions."
+    )
+    reference: Literal["auto", "precompute"] = Field(
+        "auto",
+        description="dpo/kto reference model: auto (adapters disabled for adapter modes, a frozen copy for full "
+        "tuning) or precompute (dpo: reference log-probs computed once before training, no copy kept).",
     )
 
 

@@ -1,0 +1,41 @@
+"""Reward model: a scalar head scored on preference pairs with the Bradley-Terry loss -log sigma(r_w - r_l).
+
+The model is a Hugging Face sequence-classification model with num_labels=1 (for a decoder that reads
+the last non-pad token, so `config.pad_token_id` must be set). `reward_model_from` turns a causal LM
+into one with the same body and a fresh head, for presets built in memory; from a folder, load
+`AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)`. Pairwise accuracy
+(r_w > r_l) is `rewards/accuracy`.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import nn
+
+from tunelab.config import MethodConfig
+from tunelab.methods.base import Batch, Method, StepOutput
+from tunelab.methods.pairs import halves, pair_method, reward_metrics
+
+
+def reward_model_from(causal_lm: nn.Module, pad_token_id: int) -> nn.Module:
+    """A num_labels=1 sequence-classification model sharing the causal LM's body weights (head is new)."""
+    from transformers import AutoModelForSequenceClassification
+
+    cfg = causal_lm.config.__class__.from_dict({**causal_lm.config.to_dict(), "num_labels": 1, "pad_token_id": pad_token_id})
+    model = AutoModelForSequenceClassification.from_config(cfg)
+    missing, _ = model.load_state_dict(causal_lm.state_dict(), strict=False)
+    body_missing = [k for k in missing if not k.startswith(("score", "classifier"))]
+    if body_missing:
+        raise ValueError(f"reward_model_from: body weights not found in the causal LM: {body_missing[:5]}")
+    return model.to(next(causal_lm.parameters()).dtype)
+
+
+def loss(model: nn.Module, batch: Batch, margin: float = 0.0) -> StepOutput:
+    scores = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1).float()
+    chosen, rejected = halves(scores)
+    losses = -F.logsigmoid(chosen - rejected - margin)
+    return StepOutput(losses.sum(), reward_metrics(chosen, rejected))
+
+
+def build(cfg: MethodConfig, ref: nn.Module | None = None) -> Method:
+    return pair_method("reward", loss)
