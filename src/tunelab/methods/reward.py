@@ -2,7 +2,7 @@
 
 The model is a Hugging Face sequence-classification model with num_labels=1 (for a decoder that reads
 the last non-pad token, so `config.pad_token_id` must be set). `reward_model_from` turns a causal LM
-into one with the same body and a fresh head, for presets built in memory; from a folder, load
+into one with the same body and a zero-initialized head, for presets built in memory; from a folder, load
 `AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)`. Pairwise accuracy
 (r_w > r_l) is `rewards/accuracy`.
 """
@@ -21,8 +21,11 @@ def reward_model_from(causal_lm: nn.Module, pad_token_id: int) -> nn.Module:
     """A num_labels=1 sequence-classification model sharing the causal LM's body weights (head is new)."""
     from transformers import AutoModelForSequenceClassification
 
-    cfg = causal_lm.config.__class__.from_dict({**causal_lm.config.to_dict(), "num_labels": 1, "pad_token_id": pad_token_id})
+    raw = {k: v for k, v in causal_lm.config.to_dict().items() if k not in ("id2label", "label2id")}
+    cfg = causal_lm.config.__class__.from_dict({**raw, "num_labels": 1, "pad_token_id": pad_token_id})
     model = AutoModelForSequenceClassification.from_config(cfg)
+    head = model.score if hasattr(model, "score") else model.classifier
+    nn.init.zeros_(head.weight)  # every reward starts at 0: deterministic, and the loss starts at log 2
     missing, _ = model.load_state_dict(causal_lm.state_dict(), strict=False)
     body_missing = [k for k in missing if not k.startswith(("score", "classifier"))]
     if body_missing:
