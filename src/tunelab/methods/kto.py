@@ -75,5 +75,7 @@ def _length(item: Any) -> int:
 
 def build(cfg: MethodConfig, ref: nn.Module | None = None) -> Method:
     beta = cfg.beta if cfg.beta is not None else DEFAULT_BETA
-    fn = partial(loss, beta=beta, desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight, ref=ref)
+    fn = partial(
+        loss, beta=beta, desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight, ref=ref
+    )
     return Method(name="kto", collate=collate_unpaired, count=_count, loss=fn, length=_length)

@@ -22,9 +22,13 @@ from tunelab.methods.pairs import halves, pair_method, reward_metrics
 DEFAULT_BETA = 0.1
 
 
-def orpo_losses(mean_chosen: torch.Tensor, mean_rejected: torch.Tensor, beta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def orpo_losses(
+    mean_chosen: torch.Tensor, mean_rejected: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(total per-pair loss, log sigma(log odds ratio)) from mean per-token log-probs (all < 0)."""
-    log_odds = (mean_chosen - mean_rejected) - (torch.log1p(-torch.exp(mean_chosen)) - torch.log1p(-torch.exp(mean_rejected)))
+    log_odds = (mean_chosen - mean_rejected) - (
+        torch.log1p(-torch.exp(mean_chosen)) - torch.log1p(-torch.exp(mean_rejected))
+    )
     ratio = F.logsigmoid(log_odds)
     return -mean_chosen - beta * ratio, ratio
 

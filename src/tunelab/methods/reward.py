@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tunelab.config import MethodConfig
+from tunelab.errors import TunelabError
 from tunelab.methods.base import Batch, Method, StepOutput
 from tunelab.methods.pairs import halves, pair_method, reward_metrics
 
@@ -34,7 +35,11 @@ def reward_model_from(causal_lm: nn.Module, pad_token_id: int) -> nn.Module:
 
 
 def loss(model: nn.Module, batch: Batch, margin: float = 0.0) -> StepOutput:
-    scores = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1).float()
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    if logits.dim() != 2 or logits.shape[-1] != 1:
+        raise TunelabError(f"method reward needs a sequence-classification model with one output (num_labels=1), got "
+                           f"logits of shape {tuple(logits.shape)}: load it with reward_model_from / num_labels=1")  # fmt: skip
+    scores = logits.squeeze(-1).float()
     chosen, rejected = halves(scores)
     losses = -F.logsigmoid(chosen - rejected - margin)
     return StepOutput(losses.sum(), reward_metrics(chosen, rejected))

@@ -10,7 +10,14 @@ import pytest
 import torch
 
 from tunelab.config import RunConfig
-from tunelab.data.preference import collate_pairs, collate_unpaired, encode_pair, encode_unpaired, mismatched, prepare_preference
+from tunelab.data.preference import (
+    collate_pairs,
+    collate_unpaired,
+    encode_pair,
+    encode_unpaired,
+    mismatched,
+    prepare_preference,
+)
 from tunelab.data.records import Message, Preference, UnpairedPreference
 from tunelab.data.tokenize import IGNORE, Encoder
 from tunelab.errors import TunelabError

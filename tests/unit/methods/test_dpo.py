@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-
 from tests.unit.methods.prefkit import mean_metrics, run_steps, toy_pairs
+
 from tunelab.config import MethodConfig, RunConfig, TuningConfig
 from tunelab.methods import METHODS, build_method
 from tunelab.methods.dpo import dpo_losses
@@ -68,7 +68,10 @@ def test_simpo_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(simpo, "sequence_logps", lambda model, batch: (sums, counts))
     beta, gamma = 2.0, 0.5
     out = simpo_loss(FixedLogps(), {}, beta=beta, gamma=gamma)
-    want = [-math.log(sig(beta * (-12 / 4) - beta * (-10 / 5) - gamma)), -math.log(sig(beta * (-9 / 3) - beta * (-10 / 2) - gamma))]
+    want = [
+        -math.log(sig(beta * (-12 / 4) - beta * (-10 / 5) - gamma)),
+        -math.log(sig(beta * (-9 / 3) - beta * (-10 / 2) - gamma)),
+    ]
     assert float(out.loss_sum) == pytest.approx(sum(want))
     assert float(out.metrics["rewards/accuracy"]) == 1.0  # pair 1: -6 > -10; pair 0: -6 < -4
 
@@ -97,7 +100,12 @@ def test_full_tuning_frozen_copy_and_precompute_agree() -> None:
     items = toy_pairs(tok, 4)
     full = RunConfig(tuning=TuningConfig(mode="full"), method=MethodConfig(name="dpo"))
     method = build_method(full, model)
-    pre = build_method(full.model_copy(update={"method": MethodConfig(name="dpo", reference="precompute")}), model, items, tok.pad_token_id)
+    pre = build_method(
+        full.model_copy(update={"method": MethodConfig(name="dpo", reference="precompute")}),
+        model,
+        items,
+        tok.pad_token_id,
+    )
     assert all(it.ref_logps is not None for it in items)
     run_steps(model, method, items, tok.pad_token_id, steps=3, lr=1e-3)
     a = mean_metrics(model, method, items, tok.pad_token_id)

@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-
 from tests.unit.methods.prefkit import WORDS, run_steps
+
 from tunelab.config import MethodConfig, RunConfig, TuningConfig
 from tunelab.data.preference import encode_unpaired
 from tunelab.data.records import Message, UnpairedPreference
@@ -30,7 +30,11 @@ def test_kto_by_hand() -> None:
     beta, wd, wu = 0.5, 1.0, 1.33
     losses, z = kto_losses(torch.tensor(r), torch.tensor(kl), torch.tensor(good), beta, wd, wu)
     z_hand = max(0.0, sum(kl) / 3)  # 0.2
-    want = [wd * (1 - sig(beta * (r[0] - z_hand))), wu * (1 - sig(beta * (z_hand - r[1]))), wu * (1 - sig(beta * (z_hand - r[2])))]
+    want = [
+        wd * (1 - sig(beta * (r[0] - z_hand))),
+        wu * (1 - sig(beta * (z_hand - r[1]))),
+        wu * (1 - sig(beta * (z_hand - r[2]))),
+    ]
     assert float(z) == pytest.approx(z_hand)
     assert losses.tolist() == pytest.approx(want, rel=1e-6)
     _, z_neg = kto_losses(torch.tensor(r), torch.tensor([-1.0, -2.0, 0.5]), torch.tensor(good), beta)
@@ -44,7 +48,11 @@ def items(tok, n: int = 16):
     for i, w in enumerate(WORDS[:n]):
         good = i % 2 == 0
         reply = w if good else w[::-1]
-        out.append(encode_unpaired(enc, UnpairedPreference((Message("user", f"Say {w}"),), (Message("assistant", reply),), good)))
+        out.append(
+            encode_unpaired(
+                enc, UnpairedPreference((Message("user", f"Say {w}"),), (Message("assistant", reply),), good)
+            )
+        )
     return out
 
 

@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-
 from tests.unit.methods.prefkit import mean_metrics, run_steps, toy_pairs
+
 from tunelab.methods import METHODS
 from tunelab.methods.reward import reward_model_from
 from tunelab.models.presets import build_preset
