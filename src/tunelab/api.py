@@ -45,7 +45,11 @@ def train(
     from tunelab.train.optim import configure_threads, resolve_precision
 
     threads = configure_threads(cfg.train.threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    acc = Accelerator(mixed_precision=resolve_precision(cfg.train.precision), log_with=cfg.train.trackers or None)
+    acc = Accelerator(
+        mixed_precision=resolve_precision(cfg.train.precision),
+        log_with=cfg.train.trackers or None,
+        cpu=not torch.cuda.is_available(),  # lets torchrun-started workers on a CPU machine join as MULTI_CPU (gloo)
+    )
     holder = [rundir.choose_run_dir(cfg, config_path, resume) if acc.is_main_process else None]
     run_dir = Path(broadcast_object_list(holder)[0] if acc.num_processes > 1 else holder[0])
     acc.project_configuration.set_directories(str(run_dir))
@@ -114,7 +118,8 @@ def _write_run_files(run_dir: Path, cfg: RunConfig, prepared: Any, resume: bool)
         (run_dir / "config.resumed.yaml").write_text(text)
     else:
         saved.write_text(text)
-    write_json(run_dir / "data_manifest.json", prepared.manifest)
+    counts = {st.path: {"records": st.records, "train": st.train, "eval": st.eval} for st in prepared.stats}
+    write_json(run_dir / "data_manifest.json", [{**m, **counts.get(m["path"], {})} for m in prepared.manifest])
     write_json(run_dir / "data_report.json", prepared.report())
     write_json(run_dir / ("environment.resumed.json" if resume else "environment.json"), environment())
 

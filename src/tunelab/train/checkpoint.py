@@ -91,10 +91,11 @@ def save(accelerator: Any, root: Path, step: int, state: dict[str, Any]) -> Path
 
 
 def prune(root: Path, keep: int, protect: set[int]) -> None:
-    """Delete the oldest checkpoints beyond `keep`, never those in `protect` (the best one)."""
-    found = [c for c in checkpoints(root) if c[0] not in protect]
-    for _, path in found[: max(0, len(found) - keep)]:
-        shutil.rmtree(path, ignore_errors=True)
+    """Keep the newest `keep` checkpoints and those in `protect` (the best one); delete the rest."""
+    found = checkpoints(root)
+    for step, path in found[: max(0, len(found) - keep)]:
+        if step not in protect:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- trainable-only model weights

@@ -120,12 +120,15 @@ class Trainer:
         step = self.state.step
         path = ckpt.save(self.acc, self.root, step, asdict(self.state))
         self._last_save = step
-        if self.acc.is_main_process:
-            protect = {self.state.best_step} if self.state.best_step is not None else set()
-            ckpt.prune(self.root, self.job.cfg.train.save_total_limit, protect)
+        self._prune()
         if self.hooks.on_checkpoint:
             self.hooks.on_checkpoint(path)
         return path
+
+    def _prune(self) -> None:
+        if self.acc.is_main_process:
+            protect = {self.state.best_step} if self.state.best_step is not None else set()
+            ckpt.prune(self.root, self.job.cfg.train.save_total_limit, protect)
 
     # ------------------------------------------------------------------ batches
     def _batch(self, items: list[Any]) -> dict[str, torch.Tensor]:
@@ -237,6 +240,8 @@ class Trainer:
         self._record(log, {"step": s.step, **metrics, "best_eval_loss": s.best_eval_loss})
         if improved and (t.save_every or t.load_best_at_end) and self._last_save != s.step:
             self.save()
+        elif improved:
+            self._prune()  # the previous best may now be past the retention limit
         return bool(t.early_stopping_patience and s.bad_evals >= t.early_stopping_patience)
 
     def _record(self, log: MetricsLog | None, rec: dict[str, Any]) -> None:
