@@ -81,10 +81,10 @@ class TuningConfig(Section):
 
 
 class MethodConfig(Section):
-    name: Literal["sft", "dpo", "simpo", "orpo", "kto", "reward"] = Field(
+    name: Literal["sft", "dpo", "simpo", "orpo", "kto", "reward", "classify"] = Field(
         "sft",
         description="Training objective: sft (causal LM loss on labelled tokens), dpo (with loss_type), simpo, "
-        "orpo (preference pairs), kto (unpaired good/bad), reward (scalar-head reward model on pairs).",
+        "orpo (preference pairs), kto (unpaired good/bad), reward (scalar-head reward model on pairs), classify (sequence-classification head).",
     )
     beta: float | None = Field(
         None,

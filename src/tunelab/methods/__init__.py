@@ -14,7 +14,8 @@ from typing import Any
 from torch import nn
 
 from tunelab.config import MethodConfig, RunConfig
-from tunelab.methods import dpo, kto, orpo, reward, simpo
+from tunelab.errors import TunelabError
+from tunelab.methods import classify, dpo, kto, orpo, reward, simpo
 from tunelab.methods.base import Method, MethodModule, StepOutput
 from tunelab.methods.sft import SFT
 
@@ -24,10 +25,11 @@ BUILDERS: dict[str, Callable[[MethodConfig, nn.Module | None], Method]] = {
     "orpo": orpo.build,
     "kto": kto.build,
     "reward": reward.build,
+    "classify": classify.build,
 }
 METHODS: dict[str, Method] = {"sft": SFT} | {k: b(MethodConfig(name=k), None) for k, b in BUILDERS.items()}  # type: ignore[arg-type]
 DATA_KIND: dict[str, str] = {"sft": "sft", "dpo": "pairs", "simpo": "pairs", "orpo": "pairs", "reward": "pairs",
-                             "kto": "unpaired"}  # fmt: skip
+                             "kto": "unpaired", "classify": "labelled"}  # fmt: skip
 NEEDS_REFERENCE = {"dpo", "kto"}
 
 
@@ -56,6 +58,9 @@ def prepare_data(cfg: RunConfig, tokenizer: Any) -> Any:
     from tunelab.data.preference import prepare_preference
 
     kind = DATA_KIND[cfg.method.name]
+    if kind == "labelled":
+        raise TunelabError("method classify trains from Python for now (tunelab.methods.classify); the training "
+                           "loop does not yet load sequence-classification models")  # fmt: skip
     return prepare(cfg, tokenizer) if kind == "sft" else prepare_preference(cfg, tokenizer, kind)
 
 
