@@ -50,6 +50,10 @@ def train(
         log_with=cfg.train.trackers or None,
         cpu=not torch.cuda.is_available(),  # lets torchrun-started workers on a CPU machine join as MULTI_CPU (gloo)
     )
+    if acc.distributed_type.value == "DEEPSPEED" and cfg.train.grad_accum > 1:
+        raise TunelabError(
+            "train.grad_accum: DeepSpeed steps on every backward here; set grad_accum: 1 (raise batch_size instead)"
+        )
     holder = [rundir.choose_run_dir(cfg, config_path, resume) if acc.is_main_process else None]
     run_dir = Path(broadcast_object_list(holder)[0] if acc.num_processes > 1 else holder[0])
     acc.project_configuration.set_directories(str(run_dir))
@@ -159,7 +163,9 @@ def _inputs(tok: Any, prompt: str | None, messages: list[dict[str, str]] | None,
     if chat and tok.chat_template is None:
         raise TunelabError("generate: this model's tokenizer has no chat template; use a plain prompt")
     if use_chat:
-        text = tok.apply_chat_template(messages or [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+        text = tok.apply_chat_template(
+            messages or [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
         return tok(text, add_special_tokens=False, return_tensors="pt")
     return tok(prompt, return_tensors="pt")
 
@@ -167,7 +173,9 @@ def _inputs(tok: Any, prompt: str | None, messages: list[dict[str, str]] | None,
 def _gen_kwargs(model: Any, tok: Any, max_new_tokens: int, temperature: float, top_p: float) -> dict[str, Any]:
     eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None else tok.eos_token_id
     kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, eos_token_id=eos, do_sample=temperature > 0)
-    kw["pad_token_id"] = tok.pad_token_id if tok.pad_token_id is not None else (eos[0] if isinstance(eos, list) else eos)
+    kw["pad_token_id"] = (
+        tok.pad_token_id if tok.pad_token_id is not None else (eos[0] if isinstance(eos, list) else eos)
+    )
     if temperature > 0:
         kw.update(temperature=temperature, top_p=top_p)
     else:  # greedy: clear sampling defaults a checkpoint's generation_config may carry

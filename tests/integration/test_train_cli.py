@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import REPO
+
 from tunelab.api import generate
 from tunelab.train.checkpoint import checkpoints
 from tunelab.train.rundir import read_metrics
@@ -26,7 +27,9 @@ def cli(*args: str, **kw) -> subprocess.Popen | subprocess.CompletedProcess:  # 
 
 
 def test_train_then_generate(tmp_path: Path) -> None:
-    out = cli("train", str(EXAMPLE), f"output.dir={tmp_path}", "train.epochs=4", "train.eval_every=4", "train.threads=1")
+    out = cli(
+        "train", str(EXAMPLE), f"output.dir={tmp_path}", "train.epochs=4", "train.eval_every=4", "train.threads=1"
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     run = tmp_path / "sft-lora"
     assert "trainable params:" in out.stdout and f"run saved to {run}" in out.stdout
@@ -40,7 +43,13 @@ def test_train_then_generate(tmp_path: Path) -> None:
 
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes(tmp_path: Path) -> None:
-    args = [f"output.dir={tmp_path}", "train.threads=1", "train.max_steps=100000", "train.log_every=1", "train.save_every=100000"]
+    args = [
+        f"output.dir={tmp_path}",
+        "train.threads=1",
+        "train.max_steps=100000",
+        "train.log_every=1",
+        "train.save_every=100000",
+    ]
     proc = cli("train", str(EXAMPLE), *args, background=True)
     metrics = tmp_path / "sft-lora" / "metrics.jsonl"
     deadline = time.time() + 240

@@ -68,7 +68,9 @@ def ce_sum(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor) -> torc
         return _project_ce(hidden, head, targets)
     total = hidden.new_zeros((), dtype=torch.float32)
     for s in range(0, hidden.shape[0], chunk):
-        total = total + checkpoint(_project_ce, hidden[s : s + chunk], head, targets[s : s + chunk], use_reentrant=False)
+        total = total + checkpoint(
+            _project_ce, hidden[s : s + chunk], head, targets[s : s + chunk], use_reentrant=False
+        )
     return total
 
 

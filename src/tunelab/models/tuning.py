@@ -171,7 +171,11 @@ def load_for_tuning(model_cfg: ModelConfig, tuning: TuningConfig, dtype: torch.d
             load_model(model_cfg, dtype=compute).save_pretrained(tmp)
             path = tmp
         return AutoModelForCausalLM.from_pretrained(
-            path, quantization_config=bnb, dtype=compute, device_map={"": 0}, revision=None if path == tmp else model_cfg.revision
+            path,
+            quantization_config=bnb,
+            dtype=compute,
+            device_map={"": 0},
+            revision=None if path == tmp else model_cfg.revision,
         )
 
 

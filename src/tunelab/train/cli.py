@@ -32,7 +32,9 @@ def train_command(
 
 def generate_command(
     run: str = typer.Argument(..., help="A run directory, a preset name or a model folder."),
-    prompt: str = typer.Option(..., "--prompt", "-p", help="The prompt (a user turn when the model has a chat template)."),
+    prompt: str = typer.Option(
+        ..., "--prompt", "-p", help="The prompt (a user turn when the model has a chat template)."
+    ),
     max_new_tokens: int = typer.Option(128, help="Most tokens to generate."),
     temperature: float = typer.Option(0.0, help="0 is greedy; above 0 samples."),
     seed: int = typer.Option(0, help="Seed for sampling."),

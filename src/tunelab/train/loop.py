@@ -200,7 +200,9 @@ class Trainer:
                     raise TrainingInterrupted(job.run_dir, done, path)
                 if stop:
                     self.state.stopped_early = True
-                    acc.print(f"early stopping at step {done}: no eval improvement in {t.early_stopping_patience} evals")
+                    acc.print(
+                        f"early stopping at step {done}: no eval improvement in {t.early_stopping_patience} evals"
+                    )
                     break
             if job.eval_items and self._last_eval != self.state.step:
                 self._eval_and_track(log)

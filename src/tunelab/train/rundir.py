@@ -59,7 +59,9 @@ def environment() -> dict[str, Any]:
             versions[lib] = metadata.version(lib)
         except metadata.PackageNotFoundError:
             versions[lib] = None
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    gpus = (
+        [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    )
     return {
         "python": sys.version.split()[0],
         "platform": platform.platform(),
@@ -87,7 +89,9 @@ class MetricsLog:
     def __init__(self, path: Path, resume_step: int | None = None) -> None:
         self.path = path
         if resume_step is not None and path.exists():
-            kept = [ln for ln in path.read_text().splitlines() if _step_of(ln) is not None and _step_of(ln) <= resume_step]
+            kept = [
+                ln for ln in path.read_text().splitlines() if _step_of(ln) is not None and _step_of(ln) <= resume_step
+            ]
             path.write_text("".join(ln + "\n" for ln in kept))
         self._f = path.open("a")
 

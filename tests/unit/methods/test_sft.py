@@ -35,7 +35,9 @@ def reference(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.T
     kw = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
     logits = model(**kw).logits
     tgt = batch["labels"][:, 1:]
-    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=-100, reduction="sum")
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=-100, reduction="sum"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +85,9 @@ def test_peft_models(mode: str) -> None:
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     logits = logits[:, -batch["input_ids"].shape[1] :]  # prompt tuning prepends virtual tokens
     tgt = batch["labels"][:, 1:]
-    ref = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=-100, reduction="sum")
+    ref = F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), tgt.reshape(-1), ignore_index=-100, reduction="sum"
+    )
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
 
 

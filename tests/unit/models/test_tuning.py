@@ -6,13 +6,13 @@ from typing import Any
 
 import pytest
 import torch
+from tests.conftest import shared_path
 
 from tunelab.config import FreezeSettings, LoraSettings, ModelConfig, TuningConfig
 from tunelab.data.tokenize import Example
 from tunelab.errors import TunelabError
 from tunelab.methods import METHODS
 from tunelab.models.presets import build_preset
-from tests.conftest import shared_path
 from tunelab.models.tuning import TUNING_MODES, apply_tuning, count_parameters, describe_trainable, load_for_tuning
 
 SFT = METHODS["sft"]
@@ -76,7 +76,9 @@ def test_mode_overfits_a_handful_from_a_pretrained_model(mode: str) -> None:
 
 
 def test_freeze_selects_last_blocks_and_final_norm() -> None:
-    model = apply_tuning(build_preset("tiny")[0], TuningConfig(mode="freeze", freeze=FreezeSettings(trainable_layers=1)))
+    model = apply_tuning(
+        build_preset("tiny")[0], TuningConfig(mode="freeze", freeze=FreezeSettings(trainable_layers=1))
+    )
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     assert names and all(n.startswith(("model.layers.1.", "model.norm.")) for n in names)
     assert "model.norm.weight" in names and not any(n.startswith("model.layers.0.") for n in names)

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from tests.conftest import REPO
 from tests.unit.train.conftest import assert_same_weights, final_weights
+
 from tunelab.api import train
 from tunelab.config import dump_config
 from tunelab.train.rundir import read_metrics

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import yaml
 from safetensors.torch import load_file
-
 from tests.conftest import REPO
 from tests.unit.train.conftest import assert_same_weights, final_weights
+
 from tunelab.api import train
 from tunelab.config import dump_config
 from tunelab.models.load import load_run
@@ -84,7 +84,9 @@ def test_run_dir_layout_and_trainable_only_checkpoints(make_cfg) -> None:
     assert [m["step"] for m in train_lines] == [1, 2, 3, 4]
     assert all(m["tokens_per_s"] > 0 and m["grad_norm"] > 0 and m["lr"] >= 0 for m in train_lines)
     evals = [m for m in metrics if "eval_loss" in m]
-    assert [m["step"] for m in evals] == [2, 4] and all(abs(m["eval_ppl"] - 2.718281828 ** m["eval_loss"]) < 1e-3 for m in evals)
+    assert [m["step"] for m in evals] == [2, 4] and all(
+        abs(m["eval_ppl"] - 2.718281828 ** m["eval_loss"]) < 1e-3 for m in evals
+    )
     kept = [s for s, _ in checkpoints(run / "checkpoints")]
     best = min(evals, key=lambda m: m["eval_loss"])["step"]
     assert kept == sorted({3, 4, best})  # retention 2, plus the best by eval loss
@@ -97,8 +99,15 @@ def test_run_dir_layout_and_trainable_only_checkpoints(make_cfg) -> None:
 def test_early_stopping_and_best_checkpoint(make_cfg) -> None:
     # lr 1.0 on full weights wrecks the model after the first step: eval loss only gets worse
     cfg = make_cfg(
-        "tuning.mode=full", "train.lr=1.0", "train.max_steps=20", "train.eval_every=1", "data.eval_ratio=0.25",
-        "train.early_stopping_patience=2", "train.load_best_at_end=true", "train.warmup_ratio=0", "train.max_grad_norm=null",
+        "tuning.mode=full",
+        "train.lr=1.0",
+        "train.max_steps=20",
+        "train.eval_every=1",
+        "data.eval_ratio=0.25",
+        "train.early_stopping_patience=2",
+        "train.load_best_at_end=true",
+        "train.warmup_ratio=0",
+        "train.max_grad_norm=null",
     )
     run = train(cfg)
     evals = [m for m in read_metrics(run) if "eval_loss" in m]

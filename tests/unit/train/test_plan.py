@@ -10,7 +10,15 @@ from tunelab.train.plan import Plan, eval_batches
 def make(world: int = 1, accum: int = 1, bs: int = 4, group: bool = True, n: int = 37) -> Plan:
     rng = random.Random(1)
     lengths = [rng.randrange(5, 200) for _ in range(n)]
-    return Plan(lengths=lengths, counts=[x - 3 for x in lengths], batch_size=bs, grad_accum=accum, world=world, seed=7, group_by_length=group)
+    return Plan(
+        lengths=lengths,
+        counts=[x - 3 for x in lengths],
+        batch_size=bs,
+        grad_accum=accum,
+        world=world,
+        seed=7,
+        group_by_length=group,
+    )
 
 
 def test_epoch_covers_every_item_once_and_is_deterministic() -> None:

@@ -13,9 +13,9 @@ import random
 from pathlib import Path
 
 import torch
+from tests.conftest import shared_path
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.conftest import shared_path
 from tunelab.api import generate, train
 from tunelab.config import load_config
 from tunelab.data.tokenize import Example
@@ -33,8 +33,8 @@ def story(rng: random.Random) -> str:
     part, color, place = rng.choice(PARTS), rng.choice(COLORS), rng.choice(PLACES)
     return (
         f"Robot {a} lived near the {place} on the moon. Every morning {a} polished a {color} {part}. "
-        f"One day robot {b} rolled over and beeped, \"My {part} is broken!\" {a} beeped back, "
-        f"\"I will fix your {part}.\" {a} gave {b} the {color} {part}, and the two robots beeped happily."
+        f'One day robot {b} rolled over and beeped, "My {part} is broken!" {a} beeped back, '
+        f'"I will fix your {part}." {a} gave {b} the {color} {part}, and the two robots beeped happily.'
     )
 
 
