@@ -13,7 +13,7 @@ switched off (`disable_adapter()`: the base weights, no second copy in memory).
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -41,8 +41,8 @@ def _chunked_logps(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor)
     return torch.cat(parts)
 
 
-def sequence_logps(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed log-prob, labelled token count) per row; position t predicts labels[t + 1]."""
+def labelled_logps(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-prob of each labelled token, its row index), in row-major order; position t predicts labels[t + 1]."""
     labels = batch["labels"]
     targets = labels[:, 1:]
     mask = targets != IGNORE
@@ -51,13 +51,18 @@ def sequence_logps(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.
     parts = _fast_parts(model)
     if parts is None:
         logits = model(**inputs, use_cache=False).logits[:, -labels.shape[1] :]  # drop virtual tokens
-        tok = -F.cross_entropy(logits[:, :-1][mask].float(), targets[mask], reduction="none")
-    else:
-        decoder, head = parts
-        hidden = decoder(**inputs, use_cache=False).last_hidden_state
-        tok = _chunked_logps(hidden[:, :-1][mask], head, targets[mask])
-    sums = torch.zeros(labels.shape[0], device=tok.device, dtype=tok.dtype).index_add(0, rows, tok)
-    return sums, mask.sum(1)
+        return -F.cross_entropy(logits[:, :-1][mask].float(), targets[mask], reduction="none"), rows
+    decoder, head = parts
+    hidden = decoder(**inputs, use_cache=False).last_hidden_state
+    return _chunked_logps(hidden[:, :-1][mask], head, targets[mask]), rows
+
+
+def sequence_logps(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed log-prob, labelled token count) per row."""
+    tok, rows = labelled_logps(model, batch)
+    n = batch["labels"].shape[0]
+    sums = torch.zeros(n, device=tok.device, dtype=tok.dtype).index_add(0, rows, tok)
+    return sums, (batch["labels"][:, 1:] != IGNORE).sum(1)
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:
@@ -68,22 +73,31 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     return ref
 
 
-def reference_logps(model: nn.Module, batch: Batch, ref: nn.Module | None) -> torch.Tensor:
-    """Reference log-prob sums per row (no gradient), from the batch, a frozen model, or disabled adapters."""
-    if "ref_logps" in batch:
-        return batch["ref_logps"]
+def _reference(model: nn.Module, batch: Batch, ref: nn.Module | None, fn: Callable) -> torch.Tensor:
     with torch.no_grad():
         if ref is not None:
-            return sequence_logps(ref, batch)[0]
+            return fn(ref, batch)[0]
         from peft import PeftModel
 
         if isinstance(model, PeftModel):
             with model.disable_adapter():
-                return sequence_logps(model, batch)[0]
+                return fn(model, batch)[0]
     raise TunelabError(
         "this method needs a reference model: use an adapter tuning mode (lora, ...) or build the method with "
         "ref=frozen_copy(model) (full tuning), or precompute reference log-probs"
     )
+
+
+def reference_logps(model: nn.Module, batch: Batch, ref: nn.Module | None) -> torch.Tensor:
+    """Reference log-prob sums per row (no gradient), from the batch, a frozen model, or disabled adapters."""
+    if "ref_logps" in batch:
+        return batch["ref_logps"]
+    return _reference(model, batch, ref, sequence_logps)
+
+
+def reference_token_logps(model: nn.Module, batch: Batch, ref: nn.Module | None) -> torch.Tensor:
+    """Reference log-probs of each labelled token (same order as `labelled_logps`), no gradient."""
+    return _reference(model, batch, ref, labelled_logps)
 
 
 def precompute_reference(model: nn.Module, items: Sequence[PairItem], pad_id: int, batch_size: int = 8) -> None:
