@@ -71,7 +71,7 @@ class GRPOSettings:
     lr: float = 1e-3
 
 
-def sample(model: nn.Module, tok: Any, prompt: str, n: int, s: GRPOSettings) -> list[Example]:
+def sample(model: Any, tok: Any, prompt: str, n: int, s: GRPOSettings) -> list[Example]:
     """n completions of one chat prompt; labels on the completion (through its EOS, if produced)."""
     ids = tok(
         prompt_text(tok, [{"role": "user", "content": prompt}], tok.chat_template), add_special_tokens=False

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,7 @@ def _token_logps(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor) -
 
 
 def _chunked_logps(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor) -> torch.Tensor:
-    chunk = max(1, CHUNK_ELEMENTS // head.out_features)
+    chunk = max(1, CHUNK_ELEMENTS // cast(nn.Linear, head).out_features)
     if hidden.shape[0] <= chunk:
         return _token_logps(hidden, head, targets)
     parts = [

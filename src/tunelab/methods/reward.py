@@ -9,6 +9,8 @@ into one with the same body and a zero-initialized head, for presets built in me
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch.nn.functional as F
 from torch import nn
 
@@ -18,7 +20,7 @@ from tunelab.methods.base import Batch, Method, StepOutput
 from tunelab.methods.pairs import halves, pair_method, reward_metrics
 
 
-def reward_model_from(causal_lm: nn.Module, pad_token_id: int) -> nn.Module:
+def reward_model_from(causal_lm: Any, pad_token_id: int) -> nn.Module:
     """A num_labels=1 sequence-classification model sharing the causal LM's body weights (head is new)."""
     from transformers import AutoModelForSequenceClassification
 
