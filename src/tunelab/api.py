@@ -26,13 +26,19 @@ __all__ = ["Hooks", "TrainingInterrupted", "generate", "load_generator", "stream
 def train(
     cfg: RunConfig, resume: bool = False, hooks: Hooks | None = None, config_path: str | Path | None = None
 ) -> Path:
-    """Train per `cfg`; returns the run directory (with final/). Raises TrainingInterrupted on Ctrl-C."""
+    """Train per `cfg`; returns the run directory (with final/). Raises TrainingInterrupted on Ctrl-C.
+    With `stages:`, runs them in order (tunelab.stages) and returns the last stage's run directory."""
+    if cfg.stages:
+        if resume:
+            raise TunelabError("--resume is not supported for a config with stages: yet")
+        from tunelab.stages import run_stages
+
+        return run_stages(cfg, config_path)[-1]
     from accelerate import Accelerator
     from accelerate.utils import broadcast_object_list, set_seed
 
     from tunelab.data.collate import pack
-    from tunelab.data.pipeline import prepare
-    from tunelab.methods import METHODS
+    from tunelab.methods import build_method, prepare_data
     from tunelab.models.load import load_tokenizer
     from tunelab.models.tuning import PROMPT_LEARNING_MODES, apply_tuning, describe_trainable, load_for_tuning
     from tunelab.train import rundir
@@ -57,7 +63,7 @@ def train(
     set_seed(cfg.train.seed)
     tokenizer = load_tokenizer(cfg.model)
     with acc.main_process_first():
-        prepared = prepare(cfg, tokenizer)
+        prepared = prepare_data(cfg, tokenizer)  # sft examples, or preference pairs / unpaired items
     _attach_chat_template(tokenizer, cfg, [s.format for s in prepared.stats])
     model = load_for_tuning(cfg.model, cfg.tuning, dtype=_load_dtype(cfg))
     if acc.is_main_process and not resume:
@@ -67,7 +73,7 @@ def train(
     model = apply_tuning(model, cfg.tuning)
     acc.print(f"{describe_trainable(model)}; {acc.num_processes} process(es), {threads} torch threads each")
 
-    method = METHODS[cfg.method.name]
+    method = build_method(cfg, model, prepared.train + prepared.eval, tokenizer.pad_token_id)
     items: list[Any] = prepared.train
     if cfg.data.packing:
         if not method.supports_packing:

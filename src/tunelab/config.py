@@ -82,8 +82,29 @@ class TuningConfig(Section):
 
 
 class MethodConfig(Section):
-    name: Literal["sft"] = Field(
-        "sft", description="Training objective: sft (causal LM loss on tokens that carry a label)."
+    name: Literal["sft", "dpo", "simpo", "orpo", "kto", "reward", "classify"] = Field(
+        "sft",
+        description="Training objective: sft (causal LM loss on labelled tokens), dpo (with loss_type), simpo, "
+        "orpo (preference pairs), kto (unpaired good/bad), reward (scalar-head reward model on pairs), classify (sequence-classification head).",
+    )
+    beta: float | None = Field(
+        None,
+        gt=0,
+        description="Preference strength; default per method: dpo/kto 0.1, simpo 2.0, orpo 0.1 (odds-ratio weight).",
+    )
+    loss_type: Literal["sigmoid", "ipo"] = Field(
+        "sigmoid", description="dpo only: sigmoid (DPO) or ipo (squared loss on length-averaged log-ratios)."
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=0.5, description="dpo sigmoid only: assumed fraction of flipped preference labels (cDPO)."
+    )
+    gamma: float = Field(0.5, ge=0, description="simpo only: target reward margin between chosen and rejected.")
+    desirable_weight: float = Field(1.0, gt=0, description="kto only: weight of the loss on desirable completions.")
+    undesirable_weight: float = Field(1.0, gt=0, description="kto only: weight of the loss on undesirable completions.")
+    reference: Literal["auto", "precompute"] = Field(
+        "auto",
+        description="dpo/kto reference model: auto (adapters disabled for adapter modes, a frozen copy for full "
+        "tuning) or precompute (dpo: reference log-probs computed once before training, no copy kept).",
     )
 
 
@@ -297,6 +318,14 @@ class OutputConfig(Section):
     overwrite: bool = Field(False, description="Reuse an existing run directory of the same name.")
 
 
+class StageConfig(Section):
+    name: str = Field(description="Stage name; its run directory is <output.name>/<index>-<name>.")
+    method: dict[str, Any] | None = Field(None, description="Overrides merged into the run's method section.")
+    data: dict[str, Any] | None = Field(None, description="Overrides merged into the run's data section.")
+    train: dict[str, Any] | None = Field(None, description="Overrides merged into the run's train section.")
+    tuning: dict[str, Any] | None = Field(None, description="Overrides merged into the run's tuning section.")
+
+
 class RunConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig, description="Which model to start from.")
     tuning: TuningConfig = Field(default_factory=TuningConfig, description="Which parameters train.")
@@ -305,12 +334,44 @@ class RunConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig, description="The optimization loop.")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Evaluation before and after training.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Where runs are written.")
+    stages: list[StageConfig] = Field(
+        default_factory=list,
+        description="Run several trainings in sequence (e.g. sft then dpo); each stage overrides sections of "
+        "this config and starts from the previous stage's final model (adapters merged).",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
         if self.tuning.mode == "qlora" and self.model.dtype == "float32":
             raise ValueError("tuning.mode qlora computes in bf16/fp16; set model.dtype to auto or bfloat16")
+        for i, _ in enumerate(self.stages):
+            stage_config(self, i)  # every stage must validate now, not hours into the run
         return self
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def stage_config(cfg: RunConfig, index: int, model_path: str | None = None) -> RunConfig:
+    """The config stage `index` runs with: this config, the stage's section overrides merged in, no stages,
+    output.name <name>/<index>-<stage>, and the model replaced by `model_path` (the previous stage's result)."""
+    stage = cfg.stages[index]
+    raw = cfg.model_dump(mode="json", exclude={"stages"})
+    for section in ("method", "data", "train", "tuning"):
+        over = getattr(stage, section)
+        if over:
+            raw[section] = _merge(raw[section], over)
+    raw["output"]["name"] = f"{cfg.output.name or 'stages'}/{index + 1}-{stage.name}"
+    if model_path is not None:
+        raw["model"]["name_or_path"] = model_path
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ValueError(format_validation_error(e, f"stages[{index}] ({stage.name})")) from None
 
 
 # --------------------------------------------------------------------------- loading
@@ -369,7 +430,27 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
         update={"train": [fix(d) for d in cfg.data.train], "eval": [fix(d) for d in cfg.data.eval]}
     )
     evals = cfg.eval.model_copy(update={"data": [fix(d) for d in cfg.eval.data]})
-    return cfg.model_copy(update={"data": data, "eval": evals})
+    stages = [_resolve_stage(st, base) for st in cfg.stages]
+    return cfg.model_copy(update={"data": data, "eval": evals, "stages": stages})
+
+
+def _resolve_stage(stage: StageConfig, base: Path) -> StageConfig:
+    """Dataset paths in a stage's data override are relative to the config file too."""
+    if not stage.data:
+        return stage
+    data = dict(stage.data)
+    for key in ("train", "eval"):
+        if isinstance(data.get(key), list):
+            data[key] = [
+                {**d, "path": str((base / d["path"]).resolve())}
+                if isinstance(d, dict)
+                and "path" in d
+                and not Path(d["path"]).is_absolute()
+                and (base / d["path"]).exists()
+                else d
+                for d in data[key]
+            ]
+    return stage.model_copy(update={"data": data})
 
 
 def format_validation_error(err: ValidationError, source: str, text: str = "") -> str:

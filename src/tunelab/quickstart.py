@@ -76,7 +76,9 @@ def init_examples(folder: Path, force: bool = False) -> list[Path]:
     return written
 
 
-def run(model: str = "tiny-1m", out: Path = Path("quickstart"), epochs: float = 4.0, log: Any = print) -> dict[str, Any]:
+def run(
+    model: str = "tiny-1m", out: Path = Path("quickstart"), epochs: float = 4.0, log: Any = print
+) -> dict[str, Any]:
     """Write, validate, train (with baseline and final evaluation), report; returns the summary."""
     from tunelab.api import train
     from tunelab.config import load_config
@@ -108,7 +110,9 @@ def summarize(run_dir: Path) -> dict[str, Any]:
 
 
 def format_summary(s: dict[str, Any]) -> str:
-    lines = [f"\ndone in {s['seconds']:.0f} s. Held-out test split, base model vs fine-tuned (95% paired bootstrap CI):"]
+    lines = [
+        f"\ndone in {s['seconds']:.0f} s. Held-out test split, base model vs fine-tuned (95% paired bootstrap CI):"
+    ]
     for name in ("json/json_field_accuracy", "json/json_all_fields", "json/json_valid", "loss"):
         r = s["rows"].get(name)
         if r:
@@ -120,7 +124,7 @@ def format_summary(s: dict[str, Any]) -> str:
         f"model:   {run}/final",
         "next:",
         f"  tunelab chat {run}",
-        f'  tunelab generate {run} --prompt "Hi, I\'m Ana Lee. Please cancel order 12345. It\'s urgent."',
+        f"  tunelab generate {run} --prompt \"Hi, I'm Ana Lee. Please cancel order 12345. It's urgent.\"",
         f"  tunelab serve {run}",
         f"  tunelab train {s['config']} train.epochs=6     # edit the config and train again",
     ]

@@ -20,7 +20,7 @@ EXAMPLE = REPO / "examples" / "sft-lora.yaml"
 
 def cli(*args: str, **kw) -> subprocess.Popen | subprocess.CompletedProcess:  # noqa: ANN003
     env = dict(os.environ, PYTHONPATH=str(REPO / "src"), PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "tunelab.train.cli", *args]
+    cmd = [sys.executable, "-m", "tunelab", *args]
     if kw.pop("background", False):
         return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, **kw)

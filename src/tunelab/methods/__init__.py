@@ -1,11 +1,67 @@
 """Training objectives. Add one: a module that builds a `Method`, one line here, an example config,
-tests (loss against a hand computation, trainable params change, overfits), a doc page."""
+tests (loss against a hand computation, trainable params change, overfits), a doc page.
+
+Methods with settings (beta, ...) or a reference model are built per run by `build_method`; METHODS
+holds each with its defaults (reference = the adapters switched off), for tests and quick use.
+`DATA_KIND` says which records a method trains on: sft (conversations), pairs or unpaired preference.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from tunelab.config import MethodConfig, RunConfig
+from tunelab.errors import TunelabError
+from tunelab.methods import classify, dpo, kto, orpo, reward, simpo
 from tunelab.methods.base import Method, MethodModule, StepOutput
 from tunelab.methods.sft import SFT
 
-METHODS: dict[str, Method] = {"sft": SFT}
+BUILDERS: dict[str, Callable[[MethodConfig, nn.Module | None], Method]] = {
+    "dpo": dpo.build,
+    "simpo": simpo.build,
+    "orpo": orpo.build,
+    "kto": kto.build,
+    "reward": reward.build,
+    "classify": classify.build,
+}
+METHODS: dict[str, Method] = {"sft": SFT} | {k: b(MethodConfig(name=k), None) for k, b in BUILDERS.items()}  # type: ignore[arg-type]
+DATA_KIND: dict[str, str] = {"sft": "sft", "dpo": "pairs", "simpo": "pairs", "orpo": "pairs", "reward": "pairs",
+                             "kto": "unpaired", "classify": "labelled"}  # fmt: skip
+NEEDS_REFERENCE = {"dpo", "kto"}
 
-__all__ = ["METHODS", "Method", "MethodModule", "StepOutput"]
+
+def build_method(cfg: RunConfig, model: nn.Module, train_items: list[Any] | None = None, pad_id: int = 0) -> Method:
+    """The run's Method. Reference for dpo/kto: adapters off (peft model), else a frozen copy (full/freeze
+    tuning), or, with method.reference=precompute (dpo), log-probs written into the items right now."""
+    from peft import PeftModel
+
+    from tunelab.methods.logps import frozen_copy, precompute_reference
+
+    m = cfg.method
+    if m.name == "sft":
+        return SFT
+    ref = None
+    if m.name in NEEDS_REFERENCE:
+        if m.reference == "precompute" and m.name == "dpo":
+            precompute_reference(model, train_items or [], pad_id)
+        elif not isinstance(model, PeftModel):
+            ref = frozen_copy(model)
+    return BUILDERS[m.name](m, ref)
+
+
+def prepare_data(cfg: RunConfig, tokenizer: Any) -> Any:
+    """The data pipeline the method needs: SFT examples, or preference pairs / unpaired items."""
+    from tunelab.data.pipeline import prepare
+    from tunelab.data.preference import prepare_preference
+
+    kind = DATA_KIND[cfg.method.name]
+    if kind == "labelled":
+        raise TunelabError("method classify trains from Python for now (tunelab.methods.classify); the training "
+                           "loop does not yet load sequence-classification models")  # fmt: skip
+    return prepare(cfg, tokenizer) if kind == "sft" else prepare_preference(cfg, tokenizer, kind)
+
+
+__all__ = ["BUILDERS", "DATA_KIND", "METHODS", "Method", "MethodModule", "StepOutput", "build_method", "prepare_data"]

@@ -30,7 +30,9 @@ PRESETS: dict[str, dict[str, int]] = {
         num_key_value_heads=2,
         intermediate_size=176,
     ),
-    "tiny-1m": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, intermediate_size=352),
+    "tiny-1m": dict(
+        hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4, intermediate_size=352
+    ),
     "tiny-4m": dict(
         hidden_size=256,
         num_hidden_layers=5,

@@ -1,7 +1,6 @@
 """`tunelab train | generate | chat`: thin Typer verbs over tunelab.api.
 
-The lead wires these functions into tunelab.cli; `python -m tunelab.train.cli ...` runs them standalone
-(used by the tests until then). Ctrl-C during training saves a checkpoint and exits with status 130.
+tunelab.cli mounts them as top-level verbs. Ctrl-C during training saves a checkpoint and exits with status 130.
 """
 
 from __future__ import annotations
@@ -81,15 +80,3 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help="Tr
 app.command("train")(train_command)
 app.command("generate")(generate_command)
 app.command("chat")(chat_command)
-
-
-def main() -> None:
-    try:
-        app()
-    except TunelabError as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
-        sys.exit(2)
-
-
-if __name__ == "__main__":
-    main()

@@ -28,7 +28,7 @@ def test_two_processes_match_grad_accumulation(make_cfg, tmp_path: Path) -> None
     # `--cpu` selects accelerate's single-process launcher; `--multi_gpu` on a machine without GPUs starts
     # torchrun workers that accelerate runs as MULTI_CPU over gloo (see examples/accelerate/multi_cpu.yaml)
     cmd = [launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "--main_process_port", "29517", "-m", "tunelab.train.cli", "train", str(path),
+           "--dynamo_backend", "no", "--main_process_port", "29517", "-m", "tunelab", "train", str(path),
            "output.name=ddp"]  # fmt: skip
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]

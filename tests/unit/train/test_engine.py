@@ -35,7 +35,7 @@ def test_grad_accumulation_equals_bigger_batch(make_cfg) -> None:
 
 def _cli_train(cfg_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     full_env = dict(os.environ, PYTHONPATH=str(REPO / "src"), **(env or {}))
-    cmd = [sys.executable, "-m", "tunelab.train.cli", "train", str(cfg_path), *args]
+    cmd = [sys.executable, "-m", "tunelab", "train", str(cfg_path), *args]
     return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=300)
 
 
