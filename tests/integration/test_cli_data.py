@@ -55,4 +55,4 @@ def test_user_errors_are_one_message_without_traceback(tmp_path):
 
 def test_config_schema_is_json_schema():
     schema = json.loads(run_cli("config-schema").stdout)
-    assert set(schema["properties"]) == {"model", "tuning", "method", "data", "train", "eval", "output"}
+    assert set(schema["properties"]) == {"model", "tuning", "method", "data", "train", "eval", "output", "stages"}

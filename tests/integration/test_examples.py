@@ -32,7 +32,8 @@ def test_init_copies_examples_and_writes_a_valid_quickstart(tmp_path: Path):
     for name in ("sft-lora.yaml", "full.yaml", "quickstart.yaml"):
         cfg = load_config(tmp_path / name, [f"data.cache_dir={tmp_path / 'cache'}"])
         assert validate(cfg, load_tokenizer(cfg.model))["train_examples"] > 0
-    assert len(list((tmp_path / "data").glob("*.jsonl"))) == 4  # tiny_sft + train/eval/test
+    data = {p.name for p in (tmp_path / "data").glob("*.jsonl")}
+    assert {"tiny_sft.jsonl", "tiny_pref.jsonl", "train.jsonl", "eval.jsonl", "test.jsonl"} <= data
     proc = run_cli("init", str(tmp_path), check=False)
     assert proc.returncode == 2 and "exists; pass --force" in proc.stderr
     assert init_examples(tmp_path, force=True)

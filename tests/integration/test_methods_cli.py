@@ -27,8 +27,9 @@ def records(path: Path) -> list[dict]:
 
 
 def test_dpo_lora_on_demo_pairs(tmp_path: Path) -> None:
-    shared_path("data", "preference_demo", "dpo_en_demo.json")
-    train_cli(str(REPO / "examples" / "dpo-lora.yaml"), "train.max_steps=3", "train.log_every=1",
+    demo = shared_path("data", "preference_demo", "dpo_en_demo.json")
+    train_cli(str(REPO / "examples" / "dpo-lora.yaml"), f"data.train=[{{path: {demo}, format: preference}}]",
+              "train.max_steps=3", "train.log_every=1",
               "train.eval_every=100", f"output.dir={tmp_path}", cwd=tmp_path)  # fmt: skip
     run = tmp_path / "dpo-lora"
     assert (run / "final" / "adapter_config.json").is_file()
