@@ -124,7 +124,7 @@ def format_summary(s: dict[str, Any]) -> str:
         f"model:   {run}/final",
         "next:",
         f"  tunelab chat {run}",
-        f"  tunelab generate {run} --prompt \"Hi, I'm Ana Lee. Please cancel order 12345. It's urgent.\"",
+        f"  tunelab generate {run} --prompt \"Hi, I'm Ana Lee. Please cancel my blender, order 12345. It's urgent.\"",
         f"  tunelab serve {run}",
         f"  tunelab train {s['config']} train.epochs=6     # edit the config and train again",
     ]
