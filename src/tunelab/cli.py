@@ -98,7 +98,7 @@ def docs_config() -> None:
 def quickstart(
     model: str = typer.Option("tiny-1m", help="A preset, a local model folder or a hub id."),
     out: Path = typer.Option(Path("quickstart"), help="Folder for the data, the config and the run."),
-    epochs: float = typer.Option(4.0, help="Training epochs (fewer is faster and less accurate)."),
+    epochs: float = typer.Option(5.0, help="Training epochs (fewer is faster and less accurate)."),
 ) -> None:
     """The whole lifecycle offline in minutes: data -> checks -> baseline -> fine-tune -> eval -> report.
 

@@ -39,7 +39,7 @@ FIRST = ["Ana", "Ben", "Chloe", "David", "Emma", "Farid", "Grace", "Hugo", "Ines
          "Noah", "Olga", "Pablo", "Quinn", "Rosa", "Sam", "Tara", "Umar", "Vera", "Will", "Xena", "Yuki", "Zoe"]  # fmt: skip
 LAST = ["Lee", "Smith", "Garcia", "Chen", "Novak", "Okafor", "Rossi", "Silva", "Kim", "Brown", "Dubois", "Khan"]
 
-SPLITS = {"train": 800, "eval": 100, "test": 200}
+SPLITS = {"train": 2000, "eval": 100, "test": 200}
 
 
 def make_example(rng: random.Random, order_id: str, name: str) -> dict:

@@ -14,7 +14,7 @@ import torch
 
 from tunelab.config import ModelConfig
 from tunelab.errors import TunelabError
-from tunelab.models.presets import build_preset, byte_tokenizer, is_preset
+from tunelab.models.presets import build_preset, is_preset, preset_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -29,7 +29,7 @@ def resolve_dtype(name: str) -> torch.dtype:
 
 def load_tokenizer(cfg: ModelConfig) -> Any:
     if is_preset(cfg.name_or_path):
-        tok = byte_tokenizer()
+        tok = preset_tokenizer(cfg.name_or_path)
     else:
         from transformers import AutoTokenizer
 

@@ -57,11 +57,44 @@ def is_preset(name: str) -> bool:
 def byte_tokenizer() -> PreTrainedTokenizerFast:
     """256 byte tokens + specials; adds BOS like Llama tokenizers do; EOS is the ChatML end of turn."""
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {ch: i for i, ch in enumerate(alphabet)}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok = Tokenizer(models.BPE(vocab={ch: i for i, ch in enumerate(alphabet)}, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(SPECIAL_TOKENS)
+    return _wrap(tok)
+
+
+def bpe_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
+    """A byte-level BPE trained at build time on text that ships with tunelab (the general-text probe set and
+    the quickstart task's templates): whole words become single tokens, so a model trained from scratch
+    learns word-level tasks in minutes instead of first composing words from bytes. Deterministic: the same
+    corpus and settings give the same merges (checked by a test)."""
+    from tokenizers import trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )  # fmt: skip
+    tok.train_from_iterator(_bpe_corpus(), trainer=trainer)
+    return _wrap(tok)
+
+
+def _bpe_corpus() -> list[str]:
+    import json
+    from pathlib import Path
+
+    from tunelab.quickstart_data import make_splits
+
+    probe = Path(__file__).resolve().parents[1] / "assets" / "general_text.jsonl"
+    texts = [json.loads(line)["text"] for line in probe.read_text().splitlines() if line.strip()]
+    for rows in make_splits(seed=12345).values():  # a different seed from the quickstart's own splits
+        texts += [m["content"] for r in rows for m in r["messages"]]
+    return texts
+
+
+def _wrap(tok: Tokenizer) -> PreTrainedTokenizerFast:
+    tok.decoder = decoders.ByteLevel()
     bos = tok.token_to_id("<|bos|>")
     tok.post_processor = processors.TemplateProcessing(
         single="<|bos|> $A", pair="<|bos|> $A <|bos|> $B", special_tokens=[("<|bos|>", bos)]
@@ -74,6 +107,14 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
         chat_template=CHATML_TEMPLATE,
         model_max_length=1 << 30,  # length limits are the data config's job, not a tokenizer warning
     )
+
+
+TOKENIZERS = {"byte": byte_tokenizer, "bpe": bpe_tokenizer}
+PRESET_TOKENIZER = {"tiny-1m": "bpe"}  # the quickstart's model; the others stay byte-level
+
+
+def preset_tokenizer(name: str) -> PreTrainedTokenizerFast:
+    return TOKENIZERS[PRESET_TOKENIZER.get(name, "byte")]()
 
 
 def preset_config(name: str, tokenizer: Any, max_positions: int = 4096) -> LlamaConfig:
@@ -94,7 +135,7 @@ def build_preset(
     name: str, seed: int = 0, attn_implementation: str = "sdpa"
 ) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
     """The preset model, initialized from `seed` without touching the global RNG."""
-    tokenizer = byte_tokenizer()
+    tokenizer = preset_tokenizer(name)
     config = preset_config(name, tokenizer)
     config._attn_implementation = attn_implementation
     with torch.random.fork_rng(devices=[]):

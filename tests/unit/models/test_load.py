@@ -37,3 +37,13 @@ def test_hub_id_offline_says_how_to_use_a_local_folder():
 def test_missing_local_folder():
     with pytest.raises(TunelabError, match="folder './nowhere' not found"):
         load_model(ModelConfig(name_or_path="./nowhere"))
+
+
+def test_bpe_preset_tokenizer_is_deterministic_and_word_level():
+    from tunelab.models.presets import bpe_tokenizer
+
+    a, b = bpe_tokenizer(), bpe_tokenizer()
+    assert a.backend_tokenizer.to_str() == b.backend_tokenizer.to_str()
+    assert a.tokenize(" refund the headphones") == ["Ġrefund", "Ġthe", "Ġheadphones"]
+    assert a.decode(a("Hé, 12345 ✓").input_ids, skip_special_tokens=True) == "Hé, 12345 ✓"  # bytes: anything encodes
+    assert [a.convert_ids_to_tokens(i) for i in range(4)] == ["<|pad|>", "<|bos|>", "<|im_end|>", "<|im_start|>"]
