@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -32,7 +33,9 @@ def run_worker(tool: str, work: Path, model_dir: Path, threads: int, tag: str) -
            "--out", str(out), "--threads", str(threads)]  # fmt: skip
     env_note = time.strftime("%H:%M:%S")
     print(f"[{env_note}] {tag}: {' '.join(cmd[1:])}", flush=True)
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # this checkout's src/ first: the installed editable tunelab may point at another checkout
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent / "src"), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-6000:])
         raise SystemExit(f"{tag} failed (exit {proc.returncode})")
@@ -95,7 +98,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1, help="rounds of (tunelab, trl) runs, alternating order")
     p.add_argument("--limit", type=int, default=None, help="use only the first N records of the data file")
     p.add_argument("--quick", action="store_true", help="64 records, tiny-4m only: a harness check")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run (1: see bench/README.md)")
     p.add_argument("--work", type=Path, default=Path("/tmp/tunelab-bench"))
     p.add_argument("--name", default=None, help="result file stem (default: train-<sizes>[-limitN|-quick])")
     args = p.parse_args()
@@ -105,7 +108,7 @@ def main() -> None:
     pk = peak.measure(args.threads)
     print(f"machine: {machine}\npeak fp32 matmul on {args.threads} threads: {pk['peak_gflops']:.1f} GFLOP/s")
     results = [bench_size(size, args, pk["peak_gflops"]) for size in args.sizes]
-    machine["loadavg_at_end"] = [round(x, 2) for x in __import__("os").getloadavg()]
+    machine["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     stem = args.name or "train-" + "-".join(args.sizes) + (
         "-quick" if args.quick else f"-limit{args.limit}" if args.limit else "")
     out_dir = HERE / "results"
