@@ -110,7 +110,8 @@ def main() -> None:
     results = [bench_size(size, args, pk["peak_gflops"]) for size in args.sizes]
     machine["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     stem = args.name or "train-" + "-".join(args.sizes) + (
-        "-quick" if args.quick else f"-limit{args.limit}" if args.limit else "")
+        "-quick" if args.quick else f"-limit{args.limit}" if args.limit else ""
+    )
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)
     doc = {"machine": machine, "peak": pk, "job": common.JOB, "threads": args.threads, "results": results,
