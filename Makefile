@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test test-all lint docs bench quickstart
+.PHONY: setup test test-all lint docs bench bench-quick bench-deps quickstart
 
 setup:
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -28,3 +28,17 @@ docs:
 
 quickstart:
 	$(BIN)/tunelab quickstart
+
+# Benchmark vs TRL (bench/README.md). TRL is a benchmark-only dependency: installed into .venv without deps.
+BENCH_LIMIT_30M ?= 200
+bench-deps:
+	$(BIN)/python -m pip install -q --no-deps -r bench/requirements.txt
+	$(BIN)/python -m pip check
+
+bench: bench-deps
+	$(BIN)/python bench/train_bench.py --sizes tiny-4m
+	$(BIN)/python bench/train_bench.py --sizes tiny-30m --limit $(BENCH_LIMIT_30M)
+	$(BIN)/python bench/generate.py
+
+bench-quick: bench-deps
+	$(BIN)/python bench/train_bench.py --quick

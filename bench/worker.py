@@ -1,0 +1,131 @@
+"""One benchmark run of one tool, in its own process (so peak RSS belongs to that run alone).
+
+    python bench/worker.py --tool {tunelab,trl} --work DIR --model DIR --out result.json [--threads 2]
+
+Timed region ("fit"): from handing the job to the tool until it returns trained weights: tunelab's
+`train(cfg)` (including its own tokenization into a fresh cache and writing final/), TRL's `SFTTrainer(...)`
+construction + `.train()` (its dataset arrives pre-tokenized by the shared code; its model is loaded from
+the same folder before the clock starts). Peak RSS is read right after the fit, before the shared eval.
+Both run fp32 on CPU, LoRA r16/alpha32/dropout 0 on all linear layers, AdamW lr 2e-4 (betas 0.9/0.999,
+eps 1e-8, no weight decay), cosine schedule with 3% warmup, grad-norm clip 1.0, batch 8, one epoch,
+no gradient checkpointing (TRL defaults to it on; off is its faster setting and matches tunelab's job).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+J = common.JOB
+
+
+def run_tunelab(work: Path, model_dir: Path, threads: int, extra: list[str]) -> Any:
+    from tunelab.api import train
+    from tunelab.config import load_config
+    from tunelab.models.load import load_run
+
+    cache = tempfile.mkdtemp(prefix="tl-cache-", dir=work)  # fresh: tokenization is part of the timed fit
+    overrides = [
+        f"model.name_or_path={model_dir}", "tuning.mode=lora", f"tuning.lora.r={J['r']}",
+        f"tuning.lora.alpha={J['alpha']}", "tuning.lora.dropout=0.0", "tuning.lora.target_modules=all-linear",
+        f"data.train=[{{path: {work / 'train.json'}, format: alpaca}}]", f"data.max_length={J['max_length']}",
+        "data.packing=true", "data.check=null", f"data.cache_dir={cache}",
+        f"train.epochs={J['epochs']}", f"train.batch_size={J['batch_size']}", f"train.lr={J['lr']}",
+        f"train.warmup_ratio={J['warmup_ratio']}", "train.schedule=cosine", f"train.threads={threads}",
+        "train.precision=fp32", "train.log_every=1000000", f"train.seed={J['seed']}",
+        "eval.baseline=false", "eval.forgetting.enabled=false", "eval.metrics=[]",
+        f"output.dir={work / 'runs'}", "output.overwrite=true", "output.name=tunelab",
+        *extra,
+    ]  # fmt: skip
+    cfg = load_config(None, overrides)
+    start = time.perf_counter()
+    run_dir = train(cfg)
+    fit = time.perf_counter() - start
+    rss = common.peak_rss_mb()
+    model, _ = load_run(run_dir)
+    return model, fit, rss, {}
+
+
+def run_trl(work: Path, model_dir: Path, threads: int, examples: list[Any]) -> Any:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="float32")
+    data = Dataset.from_dict({
+        "input_ids": [e.input_ids for e in examples],
+        "completion_mask": [[int(x != -100) for x in e.labels] for e in examples],
+    })  # fmt: skip
+    args = SFTConfig(
+        output_dir=str(work / "trl-out"), per_device_train_batch_size=J["batch_size"],
+        num_train_epochs=J["epochs"], learning_rate=J["lr"], lr_scheduler_type="cosine",
+        warmup_steps=J["warmup_ratio"], weight_decay=0.0, max_grad_norm=1.0, max_length=J["max_length"],
+        completion_only_loss=True, packing=False, gradient_checkpointing=False, bf16=False, fp16=False,
+        use_cpu=True, report_to="none", save_strategy="no", eval_strategy="no", logging_steps=10,
+        seed=J["seed"], data_seed=J["seed"], dataloader_num_workers=0, disable_tqdm=True,
+    )  # fmt: skip
+    peft_cfg = LoraConfig(
+        r=J["r"], lora_alpha=J["alpha"], lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
+    )
+    import torch
+
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok, peft_config=peft_cfg)
+    out = trainer.train()
+    fit = time.perf_counter() - start
+    rss = common.peak_rss_mb()
+    return trainer.model, fit, rss, {"trl_train_runtime_s": out.metrics.get("train_runtime")}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--tool", choices=["tunelab", "trl"], required=True)
+    p.add_argument("--work", type=Path, required=True)
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--set", action="append", default=[], help="extra tunelab config overrides (ablations)")
+    a = p.parse_args()
+
+    import torch
+
+    torch.set_num_threads(a.threads)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(a.model))
+    train_ex = common.encode_file(a.work / "train.json", tok)
+    eval_ex = common.encode_file(a.work / "eval.json", tok)
+    if a.tool == "tunelab":
+        model, fit, rss, extra = run_tunelab(a.work, a.model, a.threads, a.set)
+    else:
+        model, fit, rss, extra = run_trl(a.work, a.model, a.threads, train_ex)
+    torch.set_num_threads(a.threads)
+    start = time.perf_counter()
+    loss = common.eval_loss(model, eval_ex, tok.pad_token_id)
+    result = {
+        "tool": a.tool,
+        "fit_s": fit,
+        "peak_rss_mb": rss,
+        "eval_loss": loss,
+        "eval_s": time.perf_counter() - start,
+        "threads": torch.get_num_threads(),
+        "overrides": a.set,
+        **extra,
+    }
+    a.out.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
