@@ -3,12 +3,12 @@
 from pathlib import Path
 
 import pytest
+from tests.conftest import run_cli
 
 from tunelab.config import load_config
 from tunelab.data.preview import validate
 from tunelab.models.load import load_tokenizer
 from tunelab.quickstart import EXAMPLES, init_examples
-from tests.conftest import run_cli
 
 CONFIGS = sorted(p for p in EXAMPLES.glob("*.yaml"))
 
