@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -379,6 +379,16 @@ def stage_config(cfg: RunConfig, index: int, model_path: str | None = None) -> R
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """Read YAML (or start from defaults when path is None), apply `a.b=c` overrides, validate."""
+    cfg = load_yaml_model(RunConfig, path, overrides, "sections (model, data, train, ...)")
+    return _resolve_paths(cfg, Path(path).parent if path else Path.cwd())
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_yaml_model(model: type[M], path: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
+                    expected: str = "keys") -> M:  # fmt: skip
+    """A YAML mapping validated into `model`; every error names the file, the line and the key."""
     raw: dict[str, Any] = {}
     text = ""
     if path is not None:
@@ -391,16 +401,13 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(raw, dict):
-            raise ConfigError(
-                f"{path}: expected a mapping of sections (model, data, train, ...), got {type(raw).__name__}"
-            )
+            raise ConfigError(f"{path}: expected a mapping of {expected}, got {type(raw).__name__}")
     for item in overrides:
         apply_override(raw, item)
     try:
-        cfg = RunConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, str(path) if path else "<overrides>", text)) from None
-    return _resolve_paths(cfg, Path(path).parent if path else Path.cwd())
+        raise ConfigError(format_validation_error(e, str(path) if path else "<overrides>", text, model)) from None
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -453,7 +460,9 @@ def _resolve_stage(stage: StageConfig, base: Path) -> StageConfig:
     return stage.model_copy(update={"data": data})
 
 
-def format_validation_error(err: ValidationError, source: str, text: str = "") -> str:
+def format_validation_error(
+    err: ValidationError, source: str, text: str = "", model: type[BaseModel] | None = None
+) -> str:
     """One line per problem: file:line, the dotted key, and what was expected (with a did-you-mean hint)."""
     lines = [f"{source}: invalid config"]
     for e in err.errors():
@@ -462,7 +471,7 @@ def format_validation_error(err: ValidationError, source: str, text: str = "") -
         where = _yaml_line(text, e["loc"])
         prefix = f"  {source}:{where}: " if where else "  "
         if e["type"] == "extra_forbidden":
-            hint = _did_you_mean(RunConfig, e["loc"])
+            hint = _did_you_mean(model or RunConfig, e["loc"])
             lines.append(f"{prefix}unknown key {key!r}{hint}")
         else:
             lines.append(f"{prefix}{key}: {e['msg']} (got {e.get('input')!r})")

@@ -11,11 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from tunelab.config import _yaml_line
-from tunelab.errors import ConfigError
+from tunelab.config import load_yaml_model
 
 GuardAction = Literal["off", "flag", "block", "redact"]
 
@@ -98,30 +96,4 @@ class ServeConfig(_Section):
 
 def load_serve_config(path: str | Path | None) -> ServeConfig:
     """serve.yaml -> ServeConfig (defaults when path is None); errors name the file, line and key."""
-    if path is None:
-        return ServeConfig()
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: serve config file not found")
-    text = path.read_text()
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping (host, port, auth, limits, guard, store, ...)")
-    try:
-        return ServeConfig.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(_format(e, str(path), text)) from None
-
-
-def _format(err: ValidationError, source: str, text: str) -> str:
-    lines = [f"{source}: invalid serve config"]
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(root)"
-        line = _yaml_line(text, e["loc"])
-        where = f"{source}:{line}: " if line else ""
-        what = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"  {where}{key}: {what} (got {e.get('input')!r})")
-    return "\n".join(lines)
+    return load_yaml_model(ServeConfig, path, expected="host, port, auth, limits, guard, store, ...")

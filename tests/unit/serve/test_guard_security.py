@@ -105,7 +105,9 @@ def test_adapter_paths(tmp_path: Path) -> None:
 def test_serve_config_errors_name_line_and_key(tmp_path: Path) -> None:
     p = tmp_path / "serve.yaml"
     p.write_text("port: 8000\nlimits:\n  max_tokenz: 3\n")
-    with pytest.raises(ConfigError, match=r"serve.yaml:3: limits.max_tokenz: unknown key"):
+    with pytest.raises(
+        ConfigError, match=r"serve.yaml:3: unknown key 'limits.max_tokenz' \(did you mean 'max_tokens'\?\)"
+    ):
         load_serve_config(p)
 
 
