@@ -285,7 +285,8 @@ class EvalConfig(Section):
         description="Datasets for generation metrics and the before/after comparison (default: data.eval).",
     )
     metrics: list[str | MetricSpec] = Field(
-        default_factory=lambda: ["loss"], description="Metrics to compute: names, or {name, options} entries."
+        default_factory=lambda: list[str | MetricSpec](["loss"]),
+        description="Metrics to compute: names, or {name, options} entries.",
     )
     max_new_tokens: int = Field(128, ge=1, description="Generation length for generation-based metrics.")
     batch_size: int = Field(16, ge=1, description="Prompts per generation batch.")

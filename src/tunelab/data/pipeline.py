@@ -269,12 +269,11 @@ def _unflatten(lengths: np.ndarray, ids: np.ndarray, labels: np.ndarray) -> list
 
 def _save_cache(path: Path, p: Prepared) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {f"train_{k}": v for k, v in _flatten(p.train).items()} | {
-        f"eval_{k}": v for k, v in _flatten(p.eval).items()
-    }
-    meta = json.dumps([asdict(s) for s in p.stats])
+    arrays: dict[str, Any] = {f"train_{k}": v for k, v in _flatten(p.train).items()}
+    arrays |= {f"eval_{k}": v for k, v in _flatten(p.eval).items()}
+    arrays["meta"] = np.array(json.dumps([asdict(s) for s in p.stats]))
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, meta=np.array(meta), **arrays)
+    np.savez(tmp, **arrays)
     os.replace(tmp, path)  # atomic: a reader never sees a half-written cache
 
 

@@ -40,7 +40,7 @@ def count(item: Any) -> int:
     return sum(1 for x in item.labels[1:] if x != IGNORE)
 
 
-def _fast_parts(model: nn.Module) -> tuple[nn.Module, nn.Module] | None:
+def _fast_parts(model: Any) -> tuple[nn.Module, nn.Module] | None:
     """(decoder, head) when hidden states -> head is exactly how the model makes logits, else None."""
     from peft import PeftModel
 

@@ -22,7 +22,7 @@ CHATML_TEMPLATE = (
 
 # hidden, layers, heads, kv heads, intermediate. Sizes chosen for: tests (tiny), the ~4M and ~30M
 # benchmark models, and a quickstart model that learns its task in minutes on two cores.
-PRESETS: dict[str, dict[str, int]] = {
+PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
         hidden_size=64,
         num_hidden_layers=2,

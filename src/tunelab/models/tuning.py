@@ -37,7 +37,7 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     raise TunelabError(f"tuning.mode freeze: cannot find the {n} decoder blocks of {type(model).__name__}")
 
 
-def _freeze(model: nn.Module, cfg: TuningConfig) -> nn.Module:
+def _freeze(model: Any, cfg: TuningConfig) -> nn.Module:
     f = cfg.freeze
     layers = decoder_layers(model)
     if f.trainable_layers > len(layers):
@@ -141,7 +141,7 @@ def apply_tuning(model: nn.Module, cfg: TuningConfig) -> nn.Module:
     return TUNING_MODES[cfg.mode](model, cfg)
 
 
-def load_for_tuning(model_cfg: ModelConfig, tuning: TuningConfig, dtype: torch.dtype | None = None) -> nn.Module:
+def load_for_tuning(model_cfg: ModelConfig, tuning: TuningConfig, dtype: torch.dtype | None = None) -> Any:
     """Load the base model the way the tuning mode needs it (4-bit for qlora, as configured otherwise)."""
     if tuning.mode != "qlora":
         return load_model(model_cfg, dtype=dtype)

@@ -53,7 +53,7 @@ def choose_run_dir(cfg: RunConfig, config_path: str | Path | None, resume: bool)
 
 
 def environment() -> dict[str, Any]:
-    versions = {}
+    versions: dict[str, str | None] = {}
     for lib in LIBRARIES:
         try:
             versions[lib] = metadata.version(lib)
@@ -89,9 +89,7 @@ class MetricsLog:
     def __init__(self, path: Path, resume_step: int | None = None) -> None:
         self.path = path
         if resume_step is not None and path.exists():
-            kept = [
-                ln for ln in path.read_text().splitlines() if _step_of(ln) is not None and _step_of(ln) <= resume_step
-            ]
+            kept = [ln for ln in path.read_text().splitlines() if (s := _step_of(ln)) is not None and s <= resume_step]
             path.write_text("".join(ln + "\n" for ln in kept))
         self._f = path.open("a")
 
