@@ -36,6 +36,8 @@ def test_dpo_lora_on_demo_pairs(tmp_path: Path) -> None:
     recs = records(run / "metrics.jsonl")
     train = [r for r in recs if "loss" in r]
     assert [r["step"] for r in train] == [1, 2, 3]
+    assert all(0 <= r["rewards/accuracy"] <= 1 and "rewards/margins" in r for r in train)  # the method's own metrics
+    assert train[0]["rewards/margins"] == pytest_approx(0.0)  # policy == reference at step 1
     assert train[0]["loss"] == pytest_approx(math.log(2))  # step 1: adapter B = 0, policy == reference
     assert any("eval_loss" in r for r in recs)
     report = json.loads((run / "data_report.json").read_text())

@@ -145,6 +145,7 @@ class Trainer:
         log = MetricsLog(job.run_dir / "metrics.jsonl", self.state.step if self.resumed else None) if main else None
         bar = tqdm(total=self.total, initial=self.state.step, disable=not main, unit="step", dynamic_ncols=True)
         loss_acc = torch.zeros((), device=acc.device)
+        metric_acc: dict[str, torch.Tensor] = {}  # a method's own metrics (DPO rewards...), summed like the loss
         win_units = win_tokens = 0
         win_start = time.perf_counter()
         grad_norm: torch.Tensor | None = None
@@ -161,6 +162,9 @@ class Trainer:
                         out = self.module(batch)
                         acc.backward(out["loss_sum"] * scale)
                     loss_acc += out["loss_sum"].detach()
+                    for k, v in out.items():
+                        if k != "loss_sum":
+                            metric_acc[k] = metric_acc.get(k, 0) + v.detach()
                 grad_norm = acc.clip_grad_norm_(self.params, t.max_grad_norm or float("inf"))
                 self.optimizer.step()
                 self.scheduler.step()
@@ -183,9 +187,12 @@ class Trainer:
                         "trained_tokens_per_s": win_units / secs,
                         "trained_tokens": self.state.trained_tokens,
                     }
+                    # Summed per unit by the method (see methods/base.py), so the window mean is sum / units.
+                    rec |= {k: self._sum(v) / max(win_units, 1) for k, v in metric_acc.items()}
                     self._record(log, rec)
                     bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{rec['tokens_per_s']:,.0f}", refresh=False)
                     loss_acc.zero_()
+                    metric_acc.clear()
                     win_units = win_tokens = 0
                     win_start = time.perf_counter()
                 stop = False
