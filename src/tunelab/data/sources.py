@@ -53,7 +53,18 @@ def read_rows(path: str, split: str = "train") -> Iterator[Row]:
     yield from READERS[kind](p)
 
 
-def _read_jsonl(p: Path) -> Iterator[Row]:
+@dataclass(frozen=True)
+class BadRow:
+    """A line of a line-oriented file (JSONL, CSV) that is not a record; `problem` says why."""
+
+    source: str
+    index: int
+    line: int
+    problem: str
+
+
+def iter_jsonl(p: Path) -> Iterator[Row | BadRow]:
+    """Every non-blank line as a Row or a BadRow: the data toolkit reports all bad lines, training stops at one."""
     index = 0
     with p.open(encoding="utf-8") as f:
         for lineno, text in enumerate(f, 1):
@@ -61,14 +72,49 @@ def _read_jsonl(p: Path) -> Iterator[Row]:
                 continue
             try:
                 data = json.loads(text)
+                problem = None if isinstance(data, dict) else f"expected a JSON object, got {type(data).__name__}"
             except json.JSONDecodeError as e:
-                raise DataError(f"invalid JSON ({e.msg} at column {e.colno})", where=str(p), line=lineno) from None
-            if not isinstance(data, dict):
-                raise DataError(f"expected a JSON object, got {type(data).__name__}", where=str(p), line=lineno)
-            yield Row(data, str(p), index, lineno)
+                problem = f"invalid JSON ({e.msg} at column {e.colno})"
+            yield BadRow(str(p), index, lineno, problem) if problem else Row(data, str(p), index, lineno)
             index += 1
-    if index == 0:
-        raise DataError("file has no records (only blank lines)", where=str(p))
+
+
+def iter_csv(p: Path) -> Iterator[Row | BadRow]:
+    """Every CSV row (after the header) as a Row or, with too many or too few fields, a BadRow."""
+    with p.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f, restkey="\0extra")
+        if not reader.fieldnames:
+            raise DataError("CSV has no header row", where=str(p))
+        width = len(reader.fieldnames)
+        index, start = 0, reader.line_num + 1
+        for data in reader:
+            if "\0extra" in data:
+                yield BadRow(str(p), index, start, f"row has more fields than the header ({width})")
+            elif any(v is None for v in data.values()):
+                yield BadRow(str(p), index, start, f"row has fewer fields than the header ({width})")
+            else:
+                yield Row(dict(data), str(p), index, start)
+            index, start = index + 1, reader.line_num + 1
+
+
+def _strict(rows: Iterator[Row | BadRow], p: Path, empty: str) -> Iterator[Row]:
+    """The first bad line is an error; a file with no record at all too."""
+    n = 0
+    for row in rows:
+        if isinstance(row, BadRow):
+            raise DataError(row.problem, where=row.source, line=row.line)
+        n += 1
+        yield row
+    if n == 0:
+        raise DataError(empty, where=str(p))
+
+
+def _read_jsonl(p: Path) -> Iterator[Row]:
+    return _strict(iter_jsonl(p), p, "file has no records (only blank lines)")
+
+
+def _read_csv(p: Path) -> Iterator[Row]:
+    return _strict(iter_csv(p), p, "CSV has a header but no rows")
 
 
 def _read_json(p: Path) -> Iterator[Row]:
@@ -86,27 +132,6 @@ def _read_json(p: Path) -> Iterator[Row]:
         if not isinstance(item, dict):
             raise DataError(f"expected a JSON object, got {type(item).__name__}", where=str(p), record=i)
         yield Row(item, str(p), i)
-
-
-def _read_csv(p: Path) -> Iterator[Row]:
-    with p.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        if not reader.fieldnames:
-            raise DataError("CSV has no header row", where=str(p))
-        index = 0
-        start = reader.line_num + 1
-        for data in reader:
-            if None in data:
-                raise DataError(
-                    f"row has more fields than the header ({len(reader.fieldnames)})",
-                    where=str(p),
-                    line=start,
-                )
-            yield Row(dict(data), str(p), index, start)
-            index += 1
-            start = reader.line_num + 1
-    if index == 0:
-        raise DataError("CSV has a header but no rows", where=str(p))
 
 
 def _read_parquet(p: Path) -> Iterator[Row]:

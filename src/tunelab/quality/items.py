@@ -14,9 +14,7 @@ duplicates, leakage and label conflicts compare. A label is a classification col
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 import re
 import unicodedata
 from collections.abc import Iterator, Mapping
@@ -34,7 +32,7 @@ from tunelab.data.records import (
     Text,
     UnpairedPreference,
 )
-from tunelab.data.sources import Row, read_rows
+from tunelab.data.sources import BadRow, Row, iter_csv, iter_jsonl, read_rows
 from tunelab.errors import DataError, format_location
 
 LABEL_COLUMNS = ("label", "category", "intent", "class", "labels")
@@ -122,49 +120,17 @@ def load_dataset(
 
 
 def _rows(path: str, split: str) -> Iterator[Row | Item]:
+    """Line-oriented files keep every bad line as an item with its error; other sources stop at the first."""
     p = Path(path)
-    if p.suffix.lower() in (".jsonl", ".ndjson") and p.is_file():
-        yield from _tolerant_jsonl(p)
-    elif p.suffix.lower() == ".csv" and p.is_file():
-        yield from _tolerant_csv(p)
-    else:
+    tolerant = {".jsonl": iter_jsonl, ".ndjson": iter_jsonl, ".csv": iter_csv}.get(p.suffix.lower())
+    if tolerant is None or not p.is_file():
         yield from read_rows(path, split)
-
-
-def _tolerant_jsonl(p: Path) -> Iterator[Row | Item]:
-    index = 0
-    with p.open(encoding="utf-8") as f:
-        for lineno, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue
-            try:
-                data = json.loads(raw)
-                problem = None if isinstance(data, dict) else f"expected a JSON object, got {type(data).__name__}"
-            except json.JSONDecodeError as e:
-                data, problem = {}, f"invalid JSON ({e.msg} at column {e.colno})"
-            if problem:
-                yield Item(str(p), index, lineno, {}, error=format_location(str(p), lineno) + problem)
-            else:
-                yield Row(data, str(p), index, lineno)
-            index += 1
-
-
-def _tolerant_csv(p: Path) -> Iterator[Row | Item]:
-    with p.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f, restkey="\0extra")
-        if not reader.fieldnames:
-            raise DataError("CSV has no header row", where=str(p))
-        index, start = 0, reader.line_num + 1
-        for data in reader:
-            if "\0extra" in data:
-                problem = f"row has more fields than the header ({len(reader.fieldnames)})"
-                yield Item(str(p), index, start, {}, error=format_location(str(p), start) + problem)
-            elif any(v is None for v in data.values()):
-                problem = f"row has fewer fields than the header ({len(reader.fieldnames)})"
-                yield Item(str(p), index, start, {}, error=format_location(str(p), start) + problem)
-            else:
-                yield Row(dict(data), str(p), index, start)
-            index, start = index + 1, reader.line_num + 1
+        return
+    for row in tolerant(p):
+        if isinstance(row, BadRow):
+            yield Item(row.source, row.index, row.line, {}, error=format_location(row.source, row.line) + row.problem)
+        else:
+            yield row
 
 
 def _detect_label(row: dict[str, Any] | None, fmt: str | None) -> str | None:

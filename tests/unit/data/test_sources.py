@@ -100,6 +100,13 @@ def test_csv_with_too_many_fields(tmp_path):
         list(read_rows(str(p)))
 
 
+def test_csv_with_too_few_fields(tmp_path):
+    p = tmp_path / "d.csv"
+    p.write_text("text,label\nfine,a\nshort\n")
+    with pytest.raises(DataError, match="d.csv, line 3: row has fewer fields than the header"):
+        list(read_rows(str(p)))
+
+
 def test_hub_id_without_network_says_how_to_fix():
     with pytest.raises(DataError, match="no network or not found.*save_to_disk"):
         list(read_rows("someone/some-dataset"))
