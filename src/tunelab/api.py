@@ -39,6 +39,7 @@ def train(
 
     from tunelab.data.collate import pack
     from tunelab.methods import build_method, prepare_data
+    from tunelab.methods.teacher_data import prepare_teacher
     from tunelab.models.load import load_tokenizer
     from tunelab.models.tuning import PROMPT_LEARNING_MODES, apply_tuning, describe_trainable, load_for_tuning
     from tunelab.train import rundir
@@ -62,6 +63,8 @@ def train(
 
     set_seed(cfg.train.seed)
     tokenizer = load_tokenizer(cfg.model)
+    asked = cfg  # saved as config.yaml; distill from completions trains on the teacher's replies instead
+    cfg = prepare_teacher(cfg, tokenizer, run_dir, acc)
     with acc.main_process_first():
         prepared = prepare_data(cfg, tokenizer)  # sft examples, or preference pairs / unpaired items
     _attach_chat_template(tokenizer, cfg, [s.format for s in prepared.stats])
@@ -73,7 +76,7 @@ def train(
     model = apply_tuning(model, cfg.tuning)
     acc.print(f"{describe_trainable(model)}; {acc.num_processes} process(es), {threads} torch threads each")
 
-    method = build_method(cfg, model, prepared.train + prepared.eval, tokenizer.pad_token_id)
+    method = build_method(cfg, model, prepared.train + prepared.eval, tokenizer.pad_token_id, tokenizer)
     items: list[Any] = prepared.train
     if cfg.data.packing:
         if not method.supports_packing:
@@ -83,7 +86,7 @@ def train(
         items = pack(shuffled, cfg.data.max_length)
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_run_files(run_dir, cfg, prepared, resume)
+        _write_run_files(run_dir, asked, prepared, resume)
     acc.wait_for_everyone()
 
     trainer = Trainer(Job(cfg, run_dir, acc, model, tokenizer, method, items, prepared.eval), hooks)

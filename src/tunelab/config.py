@@ -81,11 +81,34 @@ class TuningConfig(Section):
     quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type of the frozen base for qlora.")
 
 
+class TeacherGeneration(Section):
+    base_url: str | None = Field(
+        None,
+        description="OpenAI-compatible endpoint serving the teacher (method.teacher is then the model name sent); "
+        "null: load method.teacher locally.",
+    )
+    api_key_env: str | None = Field(
+        "OPENAI_API_KEY", description="Environment variable holding the endpoint's API key; null for keyless servers."
+    )
+    max_new_tokens: int = Field(256, ge=1, description="Longest teacher reply.")
+    temperature: float = Field(0.0, ge=0, description="Teacher sampling temperature; 0 is greedy.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass when temperature > 0.")
+    seed: int = Field(0, description="Sampling seed (local teacher; sent to the endpoint too).")
+    batch_size: int = Field(16, ge=1, description="Local teacher: prompts per generation batch.")
+    concurrency: int = Field(8, ge=1, description="Endpoint: requests in flight at once.")
+    timeout: float = Field(120.0, gt=0, description="Endpoint: seconds before a request counts as failed.")
+    max_retries: int = Field(2, ge=0, description="Endpoint: retries of a failed request (with backoff).")
+    max_failed: float = Field(
+        0.0, ge=0, le=1, description="Stop when more than this fraction of prompts got no reply (all are counted)."
+    )
+
+
 class MethodConfig(Section):
-    name: Literal["sft", "dpo", "simpo", "orpo", "kto", "reward", "classify"] = Field(
+    name: Literal["sft", "dpo", "simpo", "orpo", "kto", "reward", "classify", "distill"] = Field(
         "sft",
         description="Training objective: sft (causal LM loss on labelled tokens), dpo (with loss_type), simpo, "
-        "orpo (preference pairs), kto (unpaired good/bad), reward (scalar-head reward model on pairs), classify (sequence-classification head).",
+        "orpo (preference pairs), kto (unpaired good/bad), reward (scalar-head reward model on pairs), classify (sequence-classification head), "
+        "distill (learn from a teacher model).",
     )
     beta: float | None = Field(
         None,
@@ -106,6 +129,39 @@ class MethodConfig(Section):
         description="dpo/kto reference model: auto (adapters disabled for adapter modes, a frozen copy for full "
         "tuning) or precompute (dpo: reference log-probs computed once before training, no copy kept).",
     )
+    # distill
+    teacher: str | None = Field(
+        None,
+        description="distill: the teacher, a preset, model folder, hub id or tunelab run directory (with "
+        "teacher_generation.base_url: the model name at that endpoint).",
+    )
+    teacher_mode: Literal["logits", "completions"] = Field(
+        "logits",
+        description="distill: logits (match the teacher's token distributions; same tokenizer) or completions "
+        "(SFT on replies the teacher writes for the training prompts; any tokenizer or endpoint).",
+    )
+    kd_loss: Literal["forward", "reverse", "mix"] = Field(
+        "forward",
+        description="distill logits: forward KL(teacher || student), reverse KL(student || teacher), or mix.",
+    )
+    kd_mix: float = Field(0.5, ge=0, le=1, description="distill kd_loss mix: weight of forward KL (reverse: 1 - it).")
+    kd_temperature: float = Field(
+        1.0, gt=0, description="distill logits: softens both distributions; the KL term is scaled by its square."
+    )
+    ce_weight: float = Field(
+        0.0, ge=0, description="distill logits: weight of the hard-label cross-entropy on the data (0: pure KD)."
+    )
+    teacher_generation: TeacherGeneration = Field(
+        default_factory=TeacherGeneration, description="distill completions: how the teacher writes replies."
+    )
+
+    @model_validator(mode="after")
+    def _check_distill(self) -> MethodConfig:
+        if self.name == "distill" and not self.teacher:
+            raise ValueError("method distill needs method.teacher (a model, run directory, or endpoint model name)")
+        if self.teacher_generation.base_url and self.teacher_mode != "completions":
+            raise ValueError("method.teacher_generation.base_url: an endpoint teacher needs teacher_mode: completions")
+        return self
 
 
 class DatasetConfig(Section):

@@ -15,7 +15,7 @@ from torch import nn
 
 from tunelab.config import MethodConfig, RunConfig
 from tunelab.errors import TunelabError
-from tunelab.methods import classify, dpo, kto, orpo, reward, simpo
+from tunelab.methods import classify, distill, dpo, kto, orpo, reward, simpo
 from tunelab.methods.base import Method, MethodModule, StepOutput
 from tunelab.methods.sft import SFT
 
@@ -29,13 +29,15 @@ BUILDERS: dict[str, Callable[[MethodConfig, nn.Module | None], Method]] = {
 }
 METHODS: dict[str, Method] = {"sft": SFT} | {k: b(MethodConfig(name=k), None) for k, b in BUILDERS.items()}  # type: ignore[arg-type]
 DATA_KIND: dict[str, str] = {"sft": "sft", "dpo": "pairs", "simpo": "pairs", "orpo": "pairs", "reward": "pairs",
-                             "kto": "unpaired", "classify": "labelled"}  # fmt: skip
+                             "kto": "unpaired", "classify": "labelled", "distill": "sft"}  # fmt: skip
 NEEDS_REFERENCE = {"dpo", "kto"}
 
 
-def build_method(cfg: RunConfig, model: nn.Module, train_items: list[Any] | None = None, pad_id: int = 0) -> Method:
+def build_method(cfg: RunConfig, model: nn.Module, train_items: list[Any] | None = None, pad_id: int = 0,
+                 tokenizer: Any = None) -> Method:  # fmt: skip
     """The run's Method. Reference for dpo/kto: adapters off (peft model), else a frozen copy (full/freeze
-    tuning), or, with method.reference=precompute (dpo), log-probs written into the items right now."""
+    tuning), or, with method.reference=precompute (dpo), log-probs written into the items right now.
+    distill (logits): the teacher is loaded here and its vocabulary checked against `tokenizer` (the student's)."""
     from peft import PeftModel
 
     from tunelab.methods.logps import frozen_copy, precompute_reference
@@ -43,6 +45,12 @@ def build_method(cfg: RunConfig, model: nn.Module, train_items: list[Any] | None
     m = cfg.method
     if m.name == "sft":
         return SFT
+    if m.name == "distill":
+        if m.teacher_mode == "completions":
+            return distill.build(m, None)
+        from tunelab.models.load import load_tokenizer
+
+        return distill.build(m, distill.load_teacher(cfg, tokenizer or load_tokenizer(cfg.model)))
     ref = None
     if m.name in NEEDS_REFERENCE:
         if m.reference == "precompute" and m.name == "dpo":

@@ -1,0 +1,339 @@
+"""Distillation from a teacher's text (distill, teacher_mode: completions): the teacher answers the training
+prompts, the student learns the answers with plain SFT. Works across tokenizers and with remote teachers.
+
+The teacher is a local model (a preset, folder, hub id or tunelab run directory; batched generation from
+tunelab.eval.generate, with its own chat template) or any OpenAI-compatible endpoint (the official
+`openai` client: timeout, retries with backoff, `concurrency` requests in flight). Conversations go to
+/chat/completions; plain prompt/completion prompts (not chats) to /completions.
+
+Prompts come from any SFT-style file (messages, sharegpt, alpaca, prompt/completion, preference, kto);
+the existing reply, if any, is replaced, and prompt-only rows (`{"prompt": ...}`, `{"instruction": ...}`,
+messages that end with a user turn) work too. In a multi-turn conversation the teacher writes the final
+reply; earlier assistant turns are kept as context with weight 0, so only the teacher's text trains.
+Every written row carries `_teacher` (model, endpoint, generation settings) and `_source` (file:line);
+replies cut at max_new_tokens carry `_truncated`. A prompt the teacher did not answer (after retries) is
+never dropped silently: it goes to `<out>.failed.jsonl` with the error and is counted, and more failures
+than `max_failed` allows stop the run. Empty replies are kept (that is what the teacher said) and counted.
+
+Two entry points: `tunelab data distill` (a file in, a file out) and, inside `tunelab train`,
+`prepare_teacher`, which writes RUN/teacher/ (completions, failures, report.json) before anything else
+and trains on it; a rerun or --resume with the same teacher, settings and inputs reuses those files.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from tunelab.config import DatasetConfig, ModelConfig, RunConfig, TeacherGeneration
+from tunelab.data.formats import FORMATS, SHAREGPT_ROLES, FieldError, detect_format, rename_columns
+from tunelab.data.records import Conversation, Message, Preference, PromptCompletion, UnpairedPreference
+from tunelab.data.sources import read_rows
+from tunelab.errors import DataError, TunelabError
+
+REPORT = "report.json"
+MAX_LISTED_ERRORS = 20
+Prompt = str | tuple[Message, ...]  # a plain-text prompt, or the conversation before the reply
+
+
+@dataclass(frozen=True)
+class TeacherPrompt:
+    prompt: Prompt
+    source: str  # file:line (or file[record])
+
+
+@dataclass(frozen=True)
+class Reply:
+    text: str | None  # None: the request failed
+    error: str | None = None
+    truncated: bool = False
+
+
+# --------------------------------------------------------------------------- prompts
+
+
+def read_prompts(ds: DatasetConfig) -> list[TeacherPrompt]:
+    """The prompt of every record; every bad record is listed with its file, line and field."""
+    out: list[TeacherPrompt] = []
+    errors: list[str] = []
+    n_bad = 0
+    fmt = ds.format
+    for i, row in enumerate(read_rows(ds.path, ds.split)):
+        if ds.max_samples is not None and i >= ds.max_samples:
+            break
+        try:
+            data = rename_columns(row.data, ds.columns)
+            if fmt == "auto":
+                fmt = _detect(set(data))
+            out.append(TeacherPrompt(prompt_of(data, fmt), f"{row.source}:{row.line}" if row.line else
+                                     f"{row.source}[{row.index}]"))  # fmt: skip
+        except FieldError as e:
+            n_bad += 1
+            if len(errors) < MAX_LISTED_ERRORS:
+                errors.append(str(row.error(str(e), e.field or None)))
+    if n_bad:
+        more = f"\n  ... and {n_bad - len(errors)} more" if n_bad > len(errors) else ""
+        raise DataError(f"{n_bad} record(s) without a usable prompt in {ds.path}:\n  " + "\n  ".join(errors) + more)
+    return out
+
+
+def _detect(keys: set[str]) -> str:
+    """detect_format, plus prompt-only rows: {prompt} and {instruction} with no reply field."""
+    fmt = detect_format(keys) or (
+        "prompt_completion" if "prompt" in keys else "alpaca" if "instruction" in keys else None
+    )
+    if fmt is None or fmt == "text":
+        raise FieldError("", f"no prompt in fields {sorted(keys)}: expected messages, conversations, "
+                         "instruction (alpaca) or prompt (set format: and columns: for other names)")  # fmt: skip
+    return fmt
+
+
+def prompt_of(data: dict[str, Any], fmt: str) -> Prompt:
+    """The part of a record the teacher answers: a plain prompt, or the messages before the last reply."""
+    reply_field = {"alpaca": "output", "prompt_completion": "completion"}.get(fmt)
+    if reply_field and data.get(reply_field) is None:
+        data = {**data, reply_field: ""}  # prompt-only row: an empty slot for the format to parse
+    elif fmt in ("messages", "sharegpt"):
+        data = _with_reply_slot(data, fmt)
+    if fmt not in FORMATS or fmt == "text":
+        raise FieldError("", f"format {fmt} has no prompt for a teacher to answer")
+    rec = FORMATS[fmt](data)
+    if isinstance(rec, PromptCompletion):
+        return rec.prompt
+    if isinstance(rec, Preference | UnpairedPreference):
+        return rec.prompt
+    assert isinstance(rec, Conversation)
+    last = max(i for i, m in enumerate(rec.messages) if m.role == "assistant")
+    if not any(m.role == "user" for m in rec.messages[:last]):
+        raise FieldError(fmt, "no user turn before the reply the teacher would write")
+    return rec.messages[:last]
+
+
+def _with_reply_slot(data: dict[str, Any], fmt: str) -> dict[str, Any]:
+    """Messages that end with a user turn get an empty assistant slot (the reply the teacher writes)."""
+    key, role_key, content_key = (
+        ("messages", "role", "content") if fmt == "messages" else ("conversations", "from", "value")
+    )
+    msgs = data.get(key)
+    if not isinstance(msgs, list) or not msgs or not isinstance(msgs[-1], dict):
+        return data  # the format reports what is wrong
+    role = str(msgs[-1].get(role_key, ""))
+    if (SHAREGPT_ROLES.get(role.lower()) if fmt == "sharegpt" else role) == "assistant":
+        return data
+    return {**data, key: [*msgs, {role_key: "assistant", content_key: ""}]}
+
+
+def _chat(prompt: tuple[Message, ...]) -> list[dict[str, str]]:
+    return [{"role": m.role, "content": m.content} for m in prompt]
+
+
+# --------------------------------------------------------------------------- teachers
+
+
+def complete_local(model: Any, tokenizer: Any, prompts: Sequence[Prompt], gen: TeacherGeneration) -> list[Reply]:
+    """Batched generation with the teacher's own chat template (tunelab.eval.generate)."""
+    from tunelab.eval.generate import DecodingConfig, generate_ids
+
+    decoding = DecodingConfig(max_new_tokens=gen.max_new_tokens, temperature=gen.temperature, top_p=gen.top_p,
+                              seed=gen.seed, batch_size=gen.batch_size)  # fmt: skip
+    as_input = [p if isinstance(p, str) else _chat(p) for p in prompts]
+    ids = generate_ids(model, tokenizer, as_input, decoding)
+    # generate_ids cuts at the first EOS: a reply as long as the budget never produced one
+    return [Reply(tokenizer.decode(r, skip_special_tokens=True), truncated=len(r) >= gen.max_new_tokens) for r in ids]
+
+
+def complete_endpoint(model: str, prompts: Sequence[Prompt], gen: TeacherGeneration) -> list[Reply]:
+    """One request per prompt, `concurrency` at a time; a request that still fails after the client's
+    retries becomes a Reply with its error (never an exception, never dropped)."""
+    import openai
+
+    key = (os.environ.get(gen.api_key_env) if gen.api_key_env else None) or "none"  # local servers need no key
+    client = openai.OpenAI(base_url=gen.base_url, api_key=key, timeout=gen.timeout, max_retries=gen.max_retries)
+    kwargs: dict[str, Any] = dict(model=model, max_tokens=gen.max_new_tokens, temperature=gen.temperature,
+                                  top_p=gen.top_p, seed=gen.seed)  # fmt: skip
+
+    def one(prompt: Prompt) -> Reply:
+        try:
+            if isinstance(prompt, str):
+                r = client.completions.create(prompt=prompt, **kwargs)
+                text = r.choices[0].text if r.choices else None
+            else:
+                r = client.chat.completions.create(messages=_chat(prompt), **kwargs)  # type: ignore[arg-type]
+                text = r.choices[0].message.content if r.choices else None
+        except openai.OpenAIError as e:
+            return Reply(None, f"{type(e).__name__}: {e}")
+        if text is None:
+            return Reply(None, "the endpoint returned no text")
+        return Reply(text, truncated=r.choices[0].finish_reason == "length")
+
+    with ThreadPoolExecutor(gen.concurrency) as pool:
+        return list(tqdm(pool.map(one, prompts), total=len(prompts), desc="teacher", unit="prompt"))
+
+
+def settings(teacher: str, gen: TeacherGeneration) -> dict[str, Any]:
+    """What each written row records in `_teacher`: who answered and how."""
+    out = {"model": teacher, "base_url": gen.base_url}
+    return out | gen.model_dump(include={"max_new_tokens", "temperature", "top_p", "seed"})
+
+
+class Teacher:
+    """A teacher that answers prompts: an endpoint, or a local model loaded once (freed by close())."""
+
+    def __init__(self, name: str, gen: TeacherGeneration, student: ModelConfig | None = None,
+                 device: torch.device | str | None = None) -> None:  # fmt: skip
+        self.name, self.gen, self.model, self.tokenizer = name, gen, None, None
+        if gen.base_url is None:
+            from tunelab.methods.distill import teacher_model
+
+            self.model, self.tokenizer = teacher_model(name, student or ModelConfig())
+            self.model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
+
+    def answer(self, prompts: Sequence[Prompt]) -> list[Reply]:
+        if self.model is None:
+            return complete_endpoint(self.name, prompts, self.gen)
+        return complete_local(self.model, self.tokenizer, prompts, self.gen)
+
+    def close(self) -> None:
+        self.model = self.tokenizer = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------- files
+
+
+def distill_dataset(ds: DatasetConfig, teacher: Teacher, out: str | Path) -> dict[str, Any]:
+    """Answer every prompt of `ds`; write the rows to `out` (JSONL) and failures to `<out>.failed.jsonl`.
+    Returns the counts (prompts, written, failed, empty, truncated) and the files."""
+    out = Path(out)
+    if out.suffix.lower() not in (".jsonl", ".ndjson"):
+        raise TunelabError(f"{out}: teacher completions are written as JSON lines; use a .jsonl file name")
+    prompts = read_prompts(ds)
+    replies = teacher.answer([p.prompt for p in prompts])
+    meta = settings(teacher.name, teacher.gen)
+    rows = [_row(p, r, meta) for p, r in zip(prompts, replies) if r.text is not None]
+    failed = [{"_source": p.source, "prompt": p.prompt if isinstance(p.prompt, str) else _chat(p.prompt),
+               "error": r.error} for p, r in zip(prompts, replies) if r.text is None]  # fmt: skip
+    _write_jsonl(rows, out)
+    failed_path = out.with_suffix(".failed.jsonl")
+    if failed:
+        _write_jsonl(failed, failed_path)
+    elif failed_path.exists():
+        failed_path.unlink()  # from an earlier attempt: stale
+    return {"input": ds.path, "output": str(out), "prompts": len(prompts), "written": len(rows),
+            "failed": len(failed), "empty": sum(1 for r in replies if r.text == ""),
+            "truncated": sum(1 for r in replies if r.text is not None and r.truncated),
+            "failed_file": str(failed_path) if failed else None,
+            "first_errors": [f"{f['_source']}: {f['error']}" for f in failed[:3]]}  # fmt: skip
+
+
+def _row(p: TeacherPrompt, r: Reply, meta: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(p.prompt, str):
+        row: dict[str, Any] = {"prompt": p.prompt, "completion": r.text}
+    else:  # earlier assistant turns stay as context: weight 0, only the teacher's reply trains
+        msgs = [{**m, "weight": 0} if m["role"] == "assistant" else m for m in _chat(p.prompt)]
+        row = {"messages": [*msgs, {"role": "assistant", "content": r.text}]}
+    row |= {"_teacher": meta, "_source": p.source}
+    return row | ({"_truncated": True} if r.truncated else {})
+
+
+def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    tmp.replace(path)
+
+
+def check_failures(reports: list[dict[str, Any]], max_failed: float, hint: str) -> None:
+    """Stop when more prompts than `max_failed` (a fraction) got no reply."""
+    prompts = sum(r["prompts"] for r in reports)
+    failed = sum(r["failed"] for r in reports)
+    if failed and failed > max_failed * prompts:
+        first = [e for r in reports for e in r["first_errors"]][:3]
+        files = ", ".join(r["failed_file"] for r in reports if r["failed_file"])
+        raise TunelabError(
+            f"teacher: {failed} of {prompts} prompts got no reply ({failed / prompts:.1%} > max_failed "
+            f"{max_failed:.1%}); first: {'; '.join(first)}. Failed prompts are in {files}. Fix the endpoint and "
+            f"rerun, or {hint} to train on the answered ones."
+        )
+
+
+def summary(report: dict[str, Any]) -> str:
+    extra = f", {report['failed']} failed -> {report['failed_file']}" if report["failed"] else ", 0 failed"
+    return (f"{report['output']}: {report['written']} of {report['prompts']} prompts answered{extra}, "
+            f"{report['empty']} empty, {report['truncated']} cut at max_new_tokens")  # fmt: skip
+
+
+# --------------------------------------------------------------------------- inside a training run
+
+
+def prepare_teacher(cfg: RunConfig, tokenizer: Any, run_dir: Path, acc: Any) -> RunConfig:
+    """Before data preparation: logits mode checks the teacher's vocabulary now (before minutes of data work and
+    the baseline eval); completions mode has the teacher write RUN/teacher/ and returns the config whose
+    data.train is that output (data.eval and eval.data stay the user's own references)."""
+    m = cfg.method
+    if m.name != "distill":
+        return cfg
+    if m.teacher_mode == "logits":
+        from tunelab.methods.distill import check_vocab, teacher_tokenizer
+
+        check_vocab(tokenizer, teacher_tokenizer(str(m.teacher)), cfg.model.name_or_path, str(m.teacher))
+        return cfg
+    folder = run_dir / "teacher"
+    if acc.is_main_process:
+        write_teacher_data(cfg, folder, acc.device, acc.print)
+    acc.wait_for_everyone()
+    outputs = json.loads((folder / REPORT).read_text())["datasets"]
+    train = [ds.model_copy(update={"path": r["output"], "format": "auto", "columns": None, "max_samples": None})
+             for ds, r in zip(cfg.data.train, outputs)]  # fmt: skip
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"train": train})})
+
+
+def write_teacher_data(cfg: RunConfig, folder: Path, device: Any = None, log: Any = print) -> None:
+    m, gen = cfg.method, cfg.method.teacher_generation
+    key = _key(cfg)
+    report_path = folder / REPORT
+    if report_path.is_file():
+        old = json.loads(report_path.read_text())
+        if old.get("key") == key and all(Path(r["output"]).is_file() for r in old["datasets"]):
+            log(f"teacher: reusing {folder} (same teacher, settings and inputs)")
+            check_failures(old["datasets"], gen.max_failed, "raise method.teacher_generation.max_failed")
+            return
+    if not cfg.data.train:
+        raise DataError("no training data: add at least one dataset (the prompts) under data.train", where="config")
+    where = gen.base_url or "a local model"
+    log(f"teacher: {m.teacher} ({where}) answers the prompts of {len(cfg.data.train)} dataset(s)")
+    teacher = Teacher(str(m.teacher), gen, cfg.model, device)
+    try:
+        reports = []
+        for i, ds in enumerate(cfg.data.train):
+            name = "completions.jsonl" if len(cfg.data.train) == 1 else f"completions-{i}.jsonl"
+            reports.append(distill_dataset(ds, teacher, folder / name))
+            log("teacher: " + summary(reports[-1]))
+    finally:
+        teacher.close()
+    report_path.write_text(json.dumps({"key": key, "teacher": settings(str(m.teacher), gen), "datasets": reports},
+                                      indent=1) + "\n")  # fmt: skip
+    check_failures(reports, gen.max_failed, "raise method.teacher_generation.max_failed")
+
+
+def _key(cfg: RunConfig) -> str:
+    """What the generated data depends on: teacher, generation settings and the prompt files' contents."""
+    from tunelab.data.pipeline import file_manifest
+
+    gen = cfg.method.teacher_generation.model_dump(exclude={"concurrency", "timeout", "max_retries", "max_failed"})
+    parts = {"teacher": cfg.method.teacher, "gen": gen,
+             "data": [ds.model_dump(mode="json") | {"sha256": file_manifest(ds.path)["sha256"]} for ds in cfg.data.train]}  # fmt: skip
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
