@@ -100,8 +100,11 @@ def _detect(keys: set[str]) -> str:
 
 def prompt_of(data: dict[str, Any], fmt: str) -> Prompt:
     """The part of a record the teacher answers: a plain prompt, or the messages before the last reply."""
-    reply_field = {"alpaca": "output", "prompt_completion": "completion"}.get(fmt)
-    if reply_field and data.get(reply_field) is None:
+    prompt_field, reply_field = {
+        "alpaca": ("instruction", "output"),
+        "prompt_completion": ("prompt", "completion"),
+    }.get(fmt, (None, None))
+    if reply_field and prompt_field in data and data.get(reply_field) is None:
         data = {**data, reply_field: ""}  # prompt-only row: an empty slot for the format to parse
     elif fmt in ("messages", "sharegpt"):
         data = _with_reply_slot(data, fmt)

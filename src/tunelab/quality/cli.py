@@ -308,3 +308,65 @@ def augment(
     for m, n in res.generated.items():
         typer.echo(f"{m}: {n} new records ({res.discarded.get(m, 0)} discarded as duplicates)")
     typer.echo(f"wrote {len(res.rows)} records to {res.output}")
+
+
+@data_app.command()
+def distill(
+    path: Annotated[str, typer.Argument(help="Prompts: any SFT-style file (existing replies are replaced).")],
+    teacher: Annotated[
+        str,
+        typer.Option(
+            help="A preset, model folder, hub id or run directory; with --base-url, the model name at the endpoint."
+        ),
+    ],
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="JSONL output (default NAME.distilled.jsonl).")
+    ] = None,
+    base_url: Annotated[str | None, typer.Option(help="OpenAI-compatible endpoint serving the teacher.")] = None,
+    api_key_env: Annotated[str | None, typer.Option(help="Env var holding the endpoint's API key.")] = "OPENAI_API_KEY",
+    max_new_tokens: Annotated[int, typer.Option(help="Longest teacher reply.")] = 256,
+    temperature: Annotated[float, typer.Option(help="Sampling temperature; 0 is greedy.")] = 0.0,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling mass when temperature > 0.")] = 1.0,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Local teacher: prompts per generation batch.")] = 16,
+    concurrency: Annotated[int, typer.Option(help="Endpoint: requests in flight at once.")] = 8,
+    timeout: Annotated[float, typer.Option(help="Endpoint: seconds per request.")] = 120.0,
+    max_retries: Annotated[int, typer.Option(help="Endpoint: retries of a failed request.")] = 2,
+    max_failed: Annotated[float, typer.Option(help="Exit with an error when more than this fraction failed.")] = 0.0,
+    fmt: Format = "auto",
+    column: Columns = None,
+) -> None:
+    """Have a teacher answer every prompt; write SFT records (messages or prompt/completion) for `method: sft`.
+
+    Each record carries _teacher (model, endpoint, generation settings) and _source (file:line). Prompts that
+    got no reply go to NAME.failed.jsonl and are counted; more than --max-failed of them is an error (exit 2).
+
+    \b
+    Examples:
+      tunelab data distill prompts.jsonl --teacher runs/big-sft -o distilled.jsonl
+      tunelab data distill prompts.jsonl --teacher gpt-4o-mini --base-url https://api.openai.com/v1 --concurrency 16
+      tunelab data distill train.jsonl --teacher base --base-url http://127.0.0.1:8000/v1 --api-key-env TUNELAB_KEY
+    """
+    from pydantic import ValidationError
+
+    from tunelab.config import TeacherGeneration
+    from tunelab.methods.teacher_data import Teacher, check_failures, distill_dataset, summary
+    from tunelab.quality.io import derived_path
+
+    try:
+        gen = TeacherGeneration(base_url=base_url, api_key_env=api_key_env, max_new_tokens=max_new_tokens,
+                                temperature=temperature, top_p=top_p, seed=seed, batch_size=batch_size,
+                                concurrency=concurrency, timeout=timeout, max_retries=max_retries, max_failed=max_failed)  # fmt: skip
+    except ValidationError as e:
+        raise TunelabError(
+            "; ".join(f"--{str(x['loc'][0]).replace('_', '-')}: {x['msg']}" for x in e.errors())
+        ) from None
+    out = output or str(derived_path(path, "distilled", ".jsonl"))
+    ds = DatasetConfig(path=path, format=fmt, columns=_columns(column))
+    t = Teacher(teacher, gen)
+    try:
+        report = distill_dataset(ds, t, out)
+    finally:
+        t.close()
+    typer.echo(summary(report))
+    check_failures([report], max_failed, "pass --max-failed")
