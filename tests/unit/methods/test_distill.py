@@ -293,3 +293,23 @@ def test_config_requires_a_teacher() -> None:
         MethodConfig(name="distill")
     with pytest.raises(ValueError, match="teacher_mode: completions"):
         MethodConfig(name="distill", teacher="m", teacher_generation={"base_url": "http://127.0.0.1:1/v1"})
+
+
+def test_run_directory_teacher_has_its_adapter_merged_and_is_frozen(tmp_path) -> None:
+    from peft import PeftModel
+    from tests.unit.serve.run_factory import make_run
+
+    from tunelab.config import ModelConfig, RunConfig
+    from tunelab.models.load import load_run
+
+    run = make_run(tmp_path, "lora-teacher", lora_seed=1)
+    cfg = RunConfig(model=ModelConfig(name_or_path="tiny"), method=MethodConfig(name="distill", teacher=str(run)))
+    teacher = distill.load_teacher(cfg, preset_tokenizer("tiny"))
+    assert not isinstance(teacher, PeftModel) and not teacher.training
+    assert not any(p.requires_grad for p in teacher.parameters())
+    adapter, _ = load_run(run)
+    ids = torch.tensor([[1, 40, 50, 60, 70]])
+    with torch.no_grad():
+        torch.testing.assert_close(teacher(ids).logits, adapter.eval()(ids).logits, rtol=1e-4, atol=1e-5)
+        plain = build_preset("tiny")[0].eval()(ids).logits
+    assert not torch.allclose(teacher(ids).logits, plain, atol=1e-3)  # the adapter is really in there
