@@ -25,6 +25,8 @@ use teacher_mode: completions (tunelab.methods.teacher_data).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -106,7 +108,7 @@ def loss(model: nn.Module, batch: Batch, teacher: nn.Module, kd: KD) -> StepOutp
     labels = batch["labels"]
     mask = labels[:, 1:] != IGNORE
     targets = labels[:, 1:][mask]
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    inputs: Batch = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
     _on_device(teacher, labels.device)
     with torch.no_grad():
         t_rows, t_head = _rows(teacher, inputs, mask, labels.shape[1])
@@ -141,7 +143,17 @@ def teacher_model(name: str, student: ModelConfig) -> tuple[Any, Any]:
             tok.pad_token = tok.eos_token
         return model, tok
     cfg = ModelConfig(name_or_path=name, dtype=student.dtype, attn_implementation=student.attn_implementation)
-    return load_model(cfg, dtype=dtype), load_tokenizer(cfg)
+    with _as_teacher():
+        return load_model(cfg, dtype=dtype), load_tokenizer(cfg)
+
+
+@contextmanager
+def _as_teacher() -> Iterator[None]:
+    """Loading errors name the config key the teacher came from, not model.name_or_path."""
+    try:
+        yield
+    except TunelabError as e:
+        raise TunelabError("method.teacher: " + str(e).removeprefix("model.name_or_path: ")) from None
 
 
 def teacher_tokenizer(name: str) -> Any:
@@ -152,7 +164,8 @@ def teacher_tokenizer(name: str) -> Any:
         from transformers import AutoTokenizer
 
         return AutoTokenizer.from_pretrained(str(Path(name) / "final"))
-    return load_tokenizer(ModelConfig(name_or_path=name))
+    with _as_teacher():
+        return load_tokenizer(ModelConfig(name_or_path=name))
 
 
 def check_vocab(student_tok: Any, teacher_tok: Any, student: str, teacher: str) -> None:

@@ -17,7 +17,8 @@ than `max_failed` allows stop the run. Empty replies are kept (that is what the 
 
 Two entry points: `tunelab data distill` (a file in, a file out) and, inside `tunelab train`,
 `prepare_teacher`, which writes RUN/teacher/ (completions, failures, report.json) before anything else
-and trains on it; a rerun or --resume with the same teacher, settings and inputs reuses those files.
+and trains on it; a rerun or --resume with the same teacher, settings and inputs reuses those files (unless that
+attempt stopped on failures: then the teacher is asked again).
 """
 
 from __future__ import annotations
@@ -259,11 +260,16 @@ def _write_jsonl(rows: list[dict[str, Any]], path: Path) -> None:
     tmp.replace(path)
 
 
+def _within(reports: list[dict[str, Any]], max_failed: float) -> bool:
+    failed = sum(r["failed"] for r in reports)
+    return not failed or failed <= max_failed * sum(r["prompts"] for r in reports)
+
+
 def check_failures(reports: list[dict[str, Any]], max_failed: float, hint: str) -> None:
     """Stop when more prompts than `max_failed` (a fraction) got no reply."""
     prompts = sum(r["prompts"] for r in reports)
     failed = sum(r["failed"] for r in reports)
-    if failed and failed > max_failed * prompts:
+    if not _within(reports, max_failed):
         first = [e for r in reports for e in r["first_errors"]][:3]
         files = ", ".join(r["failed_file"] for r in reports if r["failed_file"])
         raise TunelabError(
@@ -310,10 +316,12 @@ def write_teacher_data(cfg: RunConfig, folder: Path, device: Any = None, log: An
     report_path = folder / REPORT
     if report_path.is_file():
         old = json.loads(report_path.read_text())
-        if old.get("key") == key and all(Path(r["output"]).is_file() for r in old["datasets"]):
+        same = old.get("key") == key and all(Path(r["output"]).is_file() for r in old["datasets"])
+        if same and _within(old["datasets"], gen.max_failed):
             log(f"teacher: reusing {folder} (same teacher, settings and inputs)")
-            check_failures(old["datasets"], gen.max_failed, "raise method.teacher_generation.max_failed")
             return
+        if same:  # the earlier attempt stopped on failures: ask again (the endpoint may be back)
+            log(f"teacher: {folder} has too many failed prompts from an earlier attempt; asking the teacher again")
     if not cfg.data.train:
         raise DataError("no training data: add at least one dataset (the prompts) under data.train", where="config")
     where = gen.base_url or "a local model"

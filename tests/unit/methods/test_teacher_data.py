@@ -172,3 +172,21 @@ def test_run_prestep_writes_once_and_reuses(teacher_run: Path, tmp_path: Path) -
         "teacher_generation": TeacherGeneration(max_new_tokens=4)})})  # fmt: skip
     write_teacher_data(longer, folder, log=logs.append)
     assert "reusing" not in logs[-1] and json.loads((folder / "report.json").read_text())["key"] != report["key"]
+
+
+def test_run_prestep_stops_on_failures_and_asks_again_next_time(tmp_path: Path) -> None:
+    from tunelab.serve.runtime import free_port
+
+    data = write(tmp_path / "p.jsonl", [{"prompt": "a"}, {"prompt": "b"}])
+    gen = {"base_url": f"http://127.0.0.1:{free_port()}/v1", "api_key_env": None, "max_retries": 0, "timeout": 5}
+    cfg = RunConfig.model_validate({
+        "method": {"name": "distill", "teacher": "m", "teacher_mode": "completions", "teacher_generation": gen},
+        "data": {"train": [{"path": str(data)}]},
+    })  # fmt: skip
+    logs: list[str] = []
+    with pytest.raises(TunelabError, match="2 of 2 prompts got no reply"):
+        write_teacher_data(cfg, tmp_path / "teacher", log=logs.append)
+    assert json.loads((tmp_path / "teacher" / "report.json").read_text())["datasets"][0]["failed"] == 2
+    with pytest.raises(TunelabError, match="2 of 2 prompts got no reply"):
+        write_teacher_data(cfg, tmp_path / "teacher", log=logs.append)
+    assert any("asking the teacher again" in line for line in logs)
