@@ -2,7 +2,8 @@
 tests (loss against a hand computation, trainable params change, overfits), a doc page.
 
 Methods with settings (beta, ...) or a reference model are built per run by `build_method`; METHODS
-holds each with its defaults (reference = the adapters switched off), for tests and quick use.
+holds each with its defaults (reference = the adapters switched off), for tests and quick use; distill needs a
+teacher, so it exists only per run (`distill.build(cfg, teacher)` from Python).
 `DATA_KIND` says which records a method trains on: sft (conversations), pairs or unpaired preference.
 """
 
