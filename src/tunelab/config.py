@@ -25,6 +25,30 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=False)
 
 
+METRIC_NAMES = (
+    "loss", "perplexity", "exact_match", "f1", "rouge", "bleu", "chrf", "json", "classification", "judge",
+)  # fmt: skip
+
+
+def check_metric_name(m: str | MetricSpec) -> None:
+    if isinstance(m, str) and m not in METRIC_NAMES:
+        close = difflib.get_close_matches(m, METRIC_NAMES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else f"; expected one of: {', '.join(METRIC_NAMES)}"
+        raise ValueError(f"unknown metric {m!r}{hint}")
+
+
+def metric_specs(metrics: list[str | MetricSpec]) -> list[MetricSpec]:
+    """Every metric entry as a MetricSpec (plain names get no options)."""
+    return [m if isinstance(m, MetricSpec) else MetricSpec(name=m) for m in metrics]
+
+
+class MetricSpec(Section):
+    name: Literal[METRIC_NAMES] = Field(description="Metric name (see tunelab.eval.metrics.METRICS).")  # type: ignore[valid-type]
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword options of the metric, e.g. {normalize: squad} for exact_match."
+    )
+
+
 class ModelConfig(Section):
     name_or_path: str = Field(
         "tiny", description="A preset name (tiny, tiny-1m, tiny-4m, tiny-30m), a local folder or a hub id."
@@ -120,6 +144,22 @@ class DatasetConfig(Section):
     split: str = Field("train", description="Split to read from a datasets folder or hub dataset.")
     weight: float = Field(1.0, gt=0, description="Mixing weight: examples drawn per epoch relative to its size.")
     max_samples: int | None = Field(None, ge=1, description="Use only the first N records.")
+    name: str | None = Field(
+        None, description="Task name in per-task eval results (multi-task runs); default: the file name without suffix."
+    )
+    metrics: list[str | MetricSpec] | None = Field(
+        None,
+        description="Eval datasets only: this task's metrics instead of eval.metrics (e.g. json for one, rouge for another).",
+    )
+
+    @model_validator(mode="after")
+    def _check_metrics(self) -> DatasetConfig:
+        for m in self.metrics or []:
+            check_metric_name(m)
+        return self
+
+    def task_name(self) -> str:
+        return self.name or Path(self.path.rstrip("/")).stem or self.path
 
 
 class DataConfig(Section):
@@ -146,6 +186,13 @@ class DataConfig(Section):
         default_factory=CheckOptions,
         description="Data check before training (duplicates, leakage, PII...): errors stop the run; null skips it.",
     )
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        for i, ds in enumerate(self.train):
+            if ds.metrics is not None:
+                raise ValueError(f"data.train[{i}].metrics: metrics belong on eval datasets (data.eval, eval.data)")
+        return self
 
 
 class TrainConfig(Section):
@@ -181,18 +228,6 @@ class TrainConfig(Section):
     )
     trackers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
         default_factory=list, description="Experiment trackers to log to (none by default)."
-    )
-
-
-METRIC_NAMES = (
-    "loss", "perplexity", "exact_match", "f1", "rouge", "bleu", "chrf", "json", "classification", "judge",
-)  # fmt: skip
-
-
-class MetricSpec(Section):
-    name: Literal[METRIC_NAMES] = Field(description="Metric name (see tunelab.eval.metrics.METRICS).")  # type: ignore[valid-type]
-    options: dict[str, Any] = Field(
-        default_factory=dict, description="Keyword options of the metric, e.g. {normalize: squad} for exact_match."
     )
 
 
@@ -302,15 +337,12 @@ class EvalConfig(Section):
     @model_validator(mode="after")
     def _check_metrics(self) -> EvalConfig:
         for m in self.metrics:
-            if isinstance(m, str) and m not in METRIC_NAMES:
-                close = difflib.get_close_matches(m, METRIC_NAMES, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else f"; expected one of: {', '.join(METRIC_NAMES)}"
-                raise ValueError(f"unknown metric {m!r}{hint}")
+            check_metric_name(m)
         return self
 
     def metric_specs(self) -> list[MetricSpec]:
         """Every metric entry as a MetricSpec (plain names get no options)."""
-        return [m if isinstance(m, MetricSpec) else MetricSpec(name=m) for m in self.metrics]
+        return metric_specs(self.metrics)
 
 
 class OutputConfig(Section):
@@ -319,8 +351,33 @@ class OutputConfig(Section):
     overwrite: bool = Field(False, description="Reuse an existing run directory of the same name.")
 
 
+class GateConfig(Section):
+    metric: str = Field(
+        "eval_loss",
+        description="What the gate reads: a key of the stage's last eval record in metrics.jsonl (eval_loss, "
+        "eval_loss/<task>, eval_<method metric>) or '<metric>.<score>' of eval/final.json (json.field_accuracy, "
+        "<task>/exact_match.exact_match).",
+    )
+    min: float | None = Field(None, description="Pass only when the metric is at least this.")
+    max: float | None = Field(None, description="Pass only when the metric is at most this (for losses).")
+    improved: bool = Field(
+        False, description="Also require a significant improvement over the baseline (eval/comparison.json)."
+    )
+    forgetting: bool = Field(True, description="Also require the forgetting check to hold (when it ran).")
+
+    @model_validator(mode="after")
+    def _check(self) -> GateConfig:
+        if self.min is None and self.max is None and not self.improved:
+            raise ValueError("a gate needs min, max or improved: true")
+        return self
+
+
 class StageConfig(Section):
     name: str = Field(description="Stage name; its run directory is <output.name>/<index>-<name>.")
+    gate: GateConfig | None = Field(
+        None, description="Continue to the next stage only if this stage's result passes (see GateConfig)."
+    )
+    eval: dict[str, Any] | None = Field(None, description="Overrides merged into the run's eval section.")
     method: dict[str, Any] | None = Field(None, description="Overrides merged into the run's method section.")
     data: dict[str, Any] | None = Field(None, description="Overrides merged into the run's data section.")
     train: dict[str, Any] | None = Field(None, description="Overrides merged into the run's train section.")
@@ -347,7 +404,20 @@ class RunConfig(Section):
             raise ValueError("tuning.mode qlora computes in bf16/fp16; set model.dtype to auto or bfloat16")
         for i, _ in enumerate(self.stages):
             stage_config(self, i)  # every stage must validate now, not hours into the run
+        _check_task_names(self)
         return self
+
+
+def _check_task_names(cfg: RunConfig) -> None:
+    """Datasets that feed one evaluation need distinct task names, or their results would merge."""
+    feeds = [*cfg.data.train, *cfg.data.eval] if cfg.data.eval_ratio > 0 else list(cfg.data.eval)
+    for where, datasets in (("data", feeds), ("eval.data", cfg.eval.data)):
+        seen: dict[str, str] = {}
+        for ds in datasets:
+            name = ds.task_name()
+            if seen.setdefault(name, ds.path) != ds.path:
+                raise ValueError(f"{where}: {seen[name]} and {ds.path} both have the task name {name!r}; "
+                                 "give them distinct `name:` keys")  # fmt: skip
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -362,7 +432,7 @@ def stage_config(cfg: RunConfig, index: int, model_path: str | None = None) -> R
     output.name <name>/<index>-<stage>, and the model replaced by `model_path` (the previous stage's result)."""
     stage = cfg.stages[index]
     raw = cfg.model_dump(mode="json", exclude={"stages"})
-    for section in ("method", "data", "train", "tuning"):
+    for section in ("method", "data", "train", "tuning", "eval"):
         over = getattr(stage, section)
         if over:
             raw[section] = _merge(raw[section], over)
@@ -443,22 +513,22 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
 
 
 def _resolve_stage(stage: StageConfig, base: Path) -> StageConfig:
-    """Dataset paths in a stage's data override are relative to the config file too."""
-    if not stage.data:
-        return stage
-    data = dict(stage.data)
-    for key in ("train", "eval"):
-        if isinstance(data.get(key), list):
-            data[key] = [
-                {**d, "path": str((base / d["path"]).resolve())}
-                if isinstance(d, dict)
-                and "path" in d
-                and not Path(d["path"]).is_absolute()
-                and (base / d["path"]).exists()
-                else d
-                for d in data[key]
-            ]
-    return stage.model_copy(update={"data": data})
+    """Dataset paths in a stage's data/eval overrides are relative to the config file too."""
+
+    def fix(d: Any) -> Any:
+        if isinstance(d, dict) and isinstance(d.get("path"), str):
+            p = Path(d["path"]).expanduser()
+            if not p.is_absolute() and (base / p).exists():
+                return {**d, "path": str((base / p).resolve())}
+        return d
+
+    update: dict[str, Any] = {}
+    for section, keys in (("data", ("train", "eval")), ("eval", ("data",))):
+        over = getattr(stage, section)
+        if over:
+            update[section] = {k: [fix(d) for d in v] if k in keys and isinstance(v, list) else v
+                               for k, v in over.items()}  # fmt: skip
+    return stage.model_copy(update=update)
 
 
 def format_validation_error(

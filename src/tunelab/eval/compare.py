@@ -85,7 +85,10 @@ def compare_results(a: EvalResult, b: EvalResult, *, n_resamples: int = 10000, s
         for key, scores_a in a.metrics[metric].per_example.items():
             scores_b = b.metrics[metric].per_example.get(key)
             if scores_b is not None:
-                rows.append(_compare_key(metric, key, scores_a, scores_b, n_resamples, seed))
+                row = _compare_key(metric, key, scores_a, scores_b, n_resamples, seed)
+                if "examples" in a.metrics[metric].details:  # a task's metric: only its examples can be missing
+                    row.n_missing = a.metrics[metric].details["examples"] - row.n
+                rows.append(row)
     return Comparison(a.model, b.model, rows, _flipped_examples(a, b, rows, max_flipped))
 
 
