@@ -43,6 +43,12 @@ class MetricComparison:
     regressed: list[int] = field(default_factory=list)
 
     @property
+    def label(self) -> str:
+        """The score's name in tables: the key, prefixed by its task for a task's metric ("copy/loss")."""
+        task, sep, _ = self.metric.rpartition("/")
+        return f"{task}/{self.key}" if sep else self.key
+
+    @property
     def verdict(self) -> str:
         if not self.significant:
             return "no significant difference"
@@ -59,7 +65,7 @@ class Comparison:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name_a": self.name_a, "name_b": self.name_b,
-                "rows": [asdict(r) | {"verdict": r.verdict} for r in self.rows], "flipped": self.flipped}  # fmt: skip
+                "rows": [asdict(r) | {"verdict": r.verdict, "label": r.label} for r in self.rows], "flipped": self.flipped}  # fmt: skip
 
 
 def check_comparable(a: EvalResult, b: EvalResult) -> None:
@@ -114,7 +120,7 @@ def _flipped_examples(a: EvalResult, b: EvalResult, rows: list[MetricComparison]
             for i in idx[:limit]:
                 ex = a.examples[i]
                 out.append({
-                    "key": row.key, "direction": direction, "index": i, "source": ex.source, "prompt": ex.prompt,
+                    "key": row.label, "direction": direction, "index": i, "source": ex.source, "prompt": ex.prompt,
                     "reference": ex.reference, "output_a": a.predictions[i] if a.predictions else None,
                     "output_b": b.predictions[i] if b.predictions else None,
                     "score_a": _num(sa[i]), "score_b": _num(sb[i]),
