@@ -207,7 +207,8 @@ def test_reward_model_scores_equal_a_hand_rendering(tmp_path: Path) -> None:
     got, _ = source(prompts * 2, comps * 2, torch.device("cpu"))  # 6 rows in padded batches of 3
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    model, tok = AutoModelForSequenceClassification.from_pretrained(folder).eval(), AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    tok = AutoTokenizer.from_pretrained(folder)
     want = []
     for p, c in zip(prompts, comps):  # one unpadded sequence at a time, rendered by hand
         if isinstance(p, str):
