@@ -68,6 +68,9 @@ def prepare_data(cfg: RunConfig, tokenizer: Any) -> Any:
         raise TunelabError("method classify trains from Python for now (tunelab.methods.classify); the training "
                            "loop does not yet load sequence-classification models")  # fmt: skip
     if kind == "prompts":
+        from tunelab.methods.rewards import check_sources
+
+        check_sources(cfg.method.grpo.rewards)  # before the model loads and the run directory is written
         return prepare_prompts(cfg, tokenizer)
     return prepare(cfg, tokenizer) if kind == "sft" else prepare_preference(cfg, tokenizer, kind)
 

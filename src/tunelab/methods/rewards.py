@@ -155,6 +155,22 @@ class JudgeSource:
 Source = FunctionSource | ModelSource | JudgeSource
 
 
+def check_sources(specs: Sequence[RewardSource]) -> None:
+    """The cheap checks of every source (names, files, folders, the judge's key), so a bad spec stops the
+    run before the model loads or a run directory is written; loading happens in `Rewards`."""
+    from tunelab.eval.judge import _api_key
+
+    for spec in specs:
+        if spec.function is not None and spec.function not in REWARDS:
+            p = Path(spec.function)
+            if p.suffix != ".py" or not p.is_file():
+                load_reward(spec.function)  # raises with the expected forms
+        elif spec.model is not None:
+            _model_folder(spec.model)
+        elif spec.judge is not None:
+            _api_key(spec.judge)
+
+
 def build_source(spec: RewardSource) -> tuple[str, Source]:
     """(metric name, scorer) of one configured source."""
     if spec.function is not None:
