@@ -322,8 +322,11 @@ class GRPOConfig(Section):
     )
     rewards: list[RewardSource] = Field(
         default_factory=list,
-        description="Reward sources, summed by weight: {function: NAME|FILE.py}, {model: DIR} or {judge: {...}}.",
+        description="Reward sources, summed by weight: {function: NAME or FILE.py}, {model: DIR} or {judge: {...}} (docs/methods.md).",
     )
+
+
+MethodConfig.model_rebuild()  # resolve its `grpo` field: GRPOConfig needs JudgeConfig, defined after MethodConfig
 
 
 class ForgettingConfig(Section):

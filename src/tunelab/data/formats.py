@@ -58,8 +58,8 @@ def _get(row: Mapping[str, Any], field: str, kind: type | tuple[type, ...] = str
         return None
     value = row[field]
     if not isinstance(value, kind):
-        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise FieldError(field, f"expected {_json_name(names)}, got {_json_name(type(value).__name__)}")
+        names = " or ".join(_json_name(k.__name__) for k in ((kind,) if isinstance(kind, type) else kind))
+        raise FieldError(field, f"expected {names}, got {_json_name(type(value).__name__)}")
     return value
 
 
