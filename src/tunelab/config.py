@@ -509,10 +509,10 @@ def _resolve_rewards(method: MethodConfig, base: Path) -> MethodConfig:
     """grpo reward files (.py) and reward-model folders are relative to the config file too."""
 
     def fix(src: RewardSource) -> RewardSource:
-        key = "function" if src.function is not None else "model" if src.model is not None else None
-        value = getattr(src, key) if key else None
-        if value and not Path(value).expanduser().is_absolute() and (base / value).exists():
-            return src.model_copy(update={key: str((base / value).resolve())})
+        for key in ("function", "model"):
+            value = getattr(src, key)
+            if value and not Path(value).expanduser().is_absolute() and (base / value).exists():
+                return src.model_copy(update={key: str((base / value).resolve())})
         return src
 
     rewards = [fix(r) for r in method.grpo.rewards]

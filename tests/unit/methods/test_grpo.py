@@ -155,6 +155,17 @@ def test_bad_reward_specs_are_config_errors(tmp_path: Path) -> None:
         Rewards([RewardSource(function="parity"), RewardSource(function="parity", weight=2)])
 
 
+def test_reward_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "conf" / "rm").mkdir(parents=True)
+    (tmp_path / "conf" / "r.py").write_text("def reward(prompt, completion):\n    return 1.0\n")
+    (tmp_path / "conf" / "c.yaml").write_text(
+        "method: {name: grpo, grpo: {rewards: [{function: r.py}, {model: rm}, {function: parity}]}}\n"
+    )
+    rewards = load_config(tmp_path / "conf" / "c.yaml").method.grpo.rewards
+    assert [r.function or r.model for r in rewards] == [str(tmp_path / "conf" / "r.py"), str(tmp_path / "conf" / "rm"),
+                                                        "parity"]  # fmt: skip
+
+
 # --------------------------------------------------------------------------- reward sources
 
 
