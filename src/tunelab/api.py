@@ -71,7 +71,7 @@ def train(
     model = apply_tuning(model, cfg.tuning)
     acc.print(f"{describe_trainable(model)}; {acc.num_processes} process(es), {threads} torch threads each")
 
-    method = build_method(cfg, model, prepared.train + prepared.eval, tokenizer.pad_token_id)
+    method = build_method(cfg, model, prepared.train + prepared.eval, tokenizer.pad_token_id, tokenizer)
     items: list[Any] = prepared.train
     if cfg.data.packing:
         if not method.supports_packing:

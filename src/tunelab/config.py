@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tunelab.errors import ConfigError
 from tunelab.quality.options import CheckOptions
 
-FORMAT_NAMES = ("auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text", "preference", "kto")
+FORMAT_NAMES = ("auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text", "preference", "kto", "prompt")
 
 
 class Section(BaseModel):
@@ -106,10 +106,11 @@ class TuningConfig(Section):
 
 
 class MethodConfig(Section):
-    name: Literal["sft", "dpo", "simpo", "orpo", "kto", "reward", "classify"] = Field(
+    name: Literal["sft", "dpo", "simpo", "orpo", "kto", "reward", "classify", "grpo"] = Field(
         "sft",
         description="Training objective: sft (causal LM loss on labelled tokens), dpo (with loss_type), simpo, "
-        "orpo (preference pairs), kto (unpaired good/bad), reward (scalar-head reward model on pairs), classify (sequence-classification head).",
+        "orpo (preference pairs), kto (unpaired good/bad), reward (scalar-head reward model on pairs), classify (sequence-classification head), "
+        "grpo (online RL on prompts, see method.grpo).",
     )
     beta: float | None = Field(
         None,
@@ -130,6 +131,18 @@ class MethodConfig(Section):
         description="dpo/kto reference model: auto (adapters disabled for adapter modes, a frozen copy for full "
         "tuning) or precompute (dpo: reference log-probs computed once before training, no copy kept).",
     )
+    grpo: GRPOConfig = Field(default_factory=lambda: GRPOConfig(), description="Settings for grpo.")
+
+    @model_validator(mode="after")
+    def _check_grpo(self) -> MethodConfig:
+        if self.name == "grpo" and not self.grpo.rewards:
+            raise ValueError("method grpo needs at least one reward source under method.grpo.rewards, "
+                             "e.g. [{function: parity}]")  # fmt: skip
+        if self.name == "grpo" and self.beta is not None:
+            raise ValueError(
+                "method grpo: the KL weight is method.grpo.kl_beta (method.beta is for preference methods)"
+            )
+        return self
 
 
 class DatasetConfig(Section):
@@ -300,6 +313,55 @@ class JudgeConfig(Section):
     cache_path: str | None = Field(
         None, description="SQLite file caching verdicts by request hash; default ~/.cache/tunelab/judge.sqlite."
     )
+
+
+class RewardSource(Section):
+    """One grpo reward: exactly one of function, model, judge."""
+
+    function: str | None = Field(
+        None,
+        description="A built-in reward (parity, number) or a .py file defining reward(prompt, completion) -> float.",
+    )
+    model: str | None = Field(
+        None, description="A folder (or run directory) with a num_labels=1 sequence-classification reward model."
+    )
+    judge: JudgeConfig | None = Field(
+        None, description="An LLM judge (eval.judge keys); its single-answer score is mapped to [0, 1]."
+    )
+    weight: float = Field(1.0, description="Weight of this source in the summed reward.")
+    name: str | None = Field(
+        None, description="Metric name (reward/NAME); default: function name, model folder or judge."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RewardSource:
+        given = [k for k in ("function", "model", "judge") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a reward source needs exactly one of function, model, judge (got {given or 'none'})")
+        return self
+
+
+class GRPOConfig(Section):
+    group_size: int = Field(
+        8, ge=2, description="Completions sampled per prompt; advantages are normalized in the group."
+    )
+    max_new_tokens: int = Field(64, ge=1, description="Longest sampled completion, in tokens.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the training completions.")
+    kl_beta: float = Field(
+        0.04,
+        ge=0,
+        description="Weight of the KL penalty to the reference (adapters off or a frozen copy); 0: none kept.",
+    )
+    eval_temperature: float = Field(
+        0.0, ge=0, description="Eval completions: 0 is one greedy completion per prompt, above 0 group_size samples."
+    )
+    rewards: list[RewardSource] = Field(
+        default_factory=list,
+        description="Reward sources, summed by weight: {function: NAME or FILE.py}, {model: DIR} or {judge: {...}} (docs/methods.md).",
+    )
+
+
+MethodConfig.model_rebuild()  # resolve its `grpo` field: GRPOConfig needs JudgeConfig, defined after MethodConfig
 
 
 class ForgettingConfig(Section):
@@ -509,7 +571,22 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
     )
     evals = cfg.eval.model_copy(update={"data": [fix(d) for d in cfg.eval.data]})
     stages = [_resolve_stage(st, base) for st in cfg.stages]
-    return cfg.model_copy(update={"data": data, "eval": evals, "stages": stages})
+    method = _resolve_rewards(cfg.method, base)
+    return cfg.model_copy(update={"data": data, "eval": evals, "stages": stages, "method": method})
+
+
+def _resolve_rewards(method: MethodConfig, base: Path) -> MethodConfig:
+    """grpo reward files (.py) and reward-model folders are relative to the config file too."""
+
+    def fix(src: RewardSource) -> RewardSource:
+        for key in ("function", "model"):
+            value = getattr(src, key)
+            if value and not Path(value).expanduser().is_absolute() and (base / value).exists():
+                return src.model_copy(update={key: str((base / value).resolve())})
+        return src
+
+    rewards = [fix(r) for r in method.grpo.rewards]
+    return method.model_copy(update={"grpo": method.grpo.model_copy(update={"rewards": rewards})})
 
 
 def _resolve_stage(stage: StageConfig, base: Path) -> StageConfig:

@@ -183,7 +183,8 @@ def prepare(cfg: RunConfig, tokenizer: Any, use_cache: bool = True) -> Prepared:
 def _require_sft(ds: DatasetConfig, recs: list[tuple[Record, Row]]) -> None:
     for rec, row in recs[:1]:
         if not isinstance(rec, SFT_RECORDS):
-            raise row.error(f"{type(rec).__name__} records (format {ds.format}) are for preference methods, not "
+            use = "method grpo" if type(rec).__name__ == "Prompt" else "preference methods"
+            raise row.error(f"{type(rec).__name__} records (format {ds.format}) are for {use}, not "
                             "method sft; use a conversation/prompt_completion/text dataset")  # fmt: skip
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from tunelab.config import DatasetConfig, EvalConfig, MetricSpec
 from tunelab.data.records import Conversation, Preference, PromptCompletion, Record, Text
+from tunelab.data.records import Prompt as PromptRecord
 from tunelab.errors import ConfigError, DataError
 from tunelab.eval.generate import DecodingConfig, Prompt, generate
 from tunelab.eval.metrics import METRICS, MetricResult
@@ -84,6 +85,8 @@ def example_from_record(record: Record, where: str) -> EvalExample:
     if isinstance(record, Preference):
         prompt = [{"role": m.role, "content": m.content} for m in record.prompt]
         return EvalExample(prompt, record.chosen[-1].content, where)
+    if isinstance(record, PromptRecord):  # grpo prompts: no reference, so only reference-free metrics (judge) mean much
+        return EvalExample([{"role": m.role, "content": m.content} for m in record.messages], "", where)
     raise DataError(f"{type(record).__name__} records have no reference answer to evaluate against "
                     "(use messages, alpaca, sharegpt, prompt_completion or preference data)", where=where)  # fmt: skip
 
