@@ -59,8 +59,9 @@ def test_judge_reward_through_the_cli(server, tmp_path: Path) -> None:  # noqa: 
     rows = train_rows(tmp_path / "grpo-parity")
     # the scripted judge gives 2 of [1, 10] to every answer without the word "correct": (2 - 1) / 9
     assert [r["reward"] for r in rows] == pytest.approx([1 / 9, 1 / 9])
-    evals = [m["eval_loss"] for m in read_metrics(tmp_path / "grpo-parity") if "eval_loss" in m]
-    assert evals == pytest.approx([-1 / 9])  # the final eval: minus the mean reward of the eval completions
+    evals = [m for m in read_metrics(tmp_path / "grpo-parity") if "eval_loss" in m]
+    assert [m["eval_loss"] for m in evals] == pytest.approx([-1 / 9])  # minus the mean reward of the eval completions
+    assert [m["eval_reward"] for m in evals] == pytest.approx([1 / 9])
     assert all(r["judge/failed"] == 0 and r["judge/unparseable"] == 0 for r in rows)
     asked = [r["body"]["messages"][1]["content"] for r in server.requests]
     assert len(asked) >= 2 * 2 * 2 and all("[Question]\n" in a and " number\n" in a for a in asked)
