@@ -2,7 +2,7 @@
 
 Teacher: ../shared/models/stories260k (a TinyStories Llama). It writes the data: sampled continuations
 (temperature 1) of story openings, through `tunelab.methods.teacher_data` (what `tunelab data distill` and
-`teacher_mode: completions` run). Student: the same architecture with 2 of its 5 layers, random init, the
+`method.distill.mode: completions` run). Student: the same architecture with 2 of its 5 layers, random init, the
 teacher's tokenizer (so logit distillation applies). Each variant trains the same steps on the same records
 with `tunelab.api.train`; held-out records (other openings, other seed) measure the student's per-token KL to
 the teacher, its cross-entropy on the teacher's text, and top-1 agreement.
@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from tunelab.api import train
-from tunelab.config import DatasetConfig, RunConfig, TeacherGeneration
+from tunelab.config import DatasetConfig, MethodConfig, RunConfig, TeacherGeneration
 from tunelab.data.pipeline import prepare
 from tunelab.methods import distill
 from tunelab.methods.teacher_data import Teacher, distill_dataset
@@ -34,9 +34,9 @@ OPENINGS = ["Once upon a time, {n} found {t}.", "One day, {n} saw {t} in the par
 
 VARIANTS = {
     "sft (teacher's text)": {"name": "sft"},
-    "kd forward": {"name": "distill", "kd_loss": "forward"},
-    "kd reverse": {"name": "distill", "kd_loss": "reverse"},
-    "kd mix 0.5 + ce 0.5": {"name": "distill", "kd_loss": "mix", "kd_mix": 0.5, "ce_weight": 0.5},
+    "kd forward": {"name": "distill", "distill": {"loss": "forward"}},
+    "kd reverse": {"name": "distill", "distill": {"loss": "reverse"}},
+    "kd mix 0.5 + ce 0.5": {"name": "distill", "distill": {"loss": "mix", "mix": 0.5, "ce_weight": 0.5}},
 }
 
 
@@ -76,7 +76,7 @@ def held_out(model_dir: Path, teacher: torch.nn.Module, eval_path: Path) -> dict
 
     tok, model = load_tokenizer(cfg.model), load_model(cfg.model).eval()
     items = prepare(cfg, tok, use_cache=False).train
-    method = distill.build(cfg.method.model_copy(update={"name": "distill", "teacher": "t"}), teacher)
+    method = distill.build(MethodConfig(name="distill", distill={"teacher": "t"}), teacher)  # type: ignore[arg-type]
     sums: dict[str, float] = {}
     with torch.no_grad():
         for s in range(0, len(items), 16):
@@ -105,7 +105,7 @@ def main() -> None:
     for label, method in VARIANTS.items():
         cfg = RunConfig.model_validate({
             "model": {"name_or_path": str(init)}, "tuning": {"mode": "full"},
-            "method": {**method, **({"teacher": str(TEACHER)} if method["name"] == "distill" else {})},
+            "method": method if method["name"] == "sft" else {**method, "distill": {**method["distill"], "teacher": str(TEACHER)}},
             "data": {"train": [{"path": str(train_path)}], "max_length": 256, "packing": True, "check": None},
             "train": {"epochs": args.epochs, "batch_size": 8, "lr": args.lr, "warmup_ratio": 0.05, "threads": 1,
                       "log_every": 10},

@@ -29,11 +29,9 @@ def train(
     """Train per `cfg`; returns the run directory (with final/). Raises TrainingInterrupted on Ctrl-C.
     With `stages:`, runs them in order (tunelab.stages) and returns the last stage's run directory."""
     if cfg.stages:
-        if resume:
-            raise TunelabError("--resume is not supported for a config with stages: yet")
         from tunelab.stages import run_stages
 
-        return run_stages(cfg, config_path)[-1]
+        return run_stages(cfg, config_path, resume)[-1]
     from accelerate import Accelerator
     from accelerate.utils import broadcast_object_list, set_seed
 
@@ -89,7 +87,8 @@ def train(
         _write_run_files(run_dir, asked, prepared, resume)
     acc.wait_for_everyone()
 
-    trainer = Trainer(Job(cfg, run_dir, acc, model, tokenizer, method, items, prepared.eval), hooks)
+    job = Job(cfg, run_dir, acc, model, tokenizer, method, items, prepared.eval, prepared.eval_tasks)
+    trainer = Trainer(job, hooks)
     if cfg.train.trackers:
         acc.init_trackers(run_dir.name, config=_flat(cfg.model_dump(mode="json")))
     if resume:

@@ -18,11 +18,35 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tunelab.errors import ConfigError
 from tunelab.quality.options import CheckOptions
 
-FORMAT_NAMES = ("auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text", "preference", "kto")
+FORMAT_NAMES = ("auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text", "preference", "kto", "prompt")
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=False)
+
+
+METRIC_NAMES = (
+    "loss", "perplexity", "exact_match", "f1", "rouge", "bleu", "chrf", "json", "classification", "judge",
+)  # fmt: skip
+
+
+def check_metric_name(m: str | MetricSpec) -> None:
+    if isinstance(m, str) and m not in METRIC_NAMES:
+        close = difflib.get_close_matches(m, METRIC_NAMES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else f"; expected one of: {', '.join(METRIC_NAMES)}"
+        raise ValueError(f"unknown metric {m!r}{hint}")
+
+
+def metric_specs(metrics: list[str | MetricSpec]) -> list[MetricSpec]:
+    """Every metric entry as a MetricSpec (plain names get no options)."""
+    return [m if isinstance(m, MetricSpec) else MetricSpec(name=m) for m in metrics]
+
+
+class MetricSpec(Section):
+    name: Literal[METRIC_NAMES] = Field(description="Metric name (see tunelab.eval.metrics.METRICS).")  # type: ignore[valid-type]
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword options of the metric, e.g. {normalize: squad} for exact_match."
+    )
 
 
 class ModelConfig(Section):
@@ -84,8 +108,8 @@ class TuningConfig(Section):
 class TeacherGeneration(Section):
     base_url: str | None = Field(
         None,
-        description="OpenAI-compatible endpoint serving the teacher (method.teacher is then the model name sent); "
-        "null: load method.teacher locally.",
+        description="OpenAI-compatible endpoint serving the teacher (distill.teacher is then the model name sent); "
+        "null: load the teacher locally.",
     )
     api_key_env: str | None = Field(
         "OPENAI_API_KEY", description="Environment variable holding the endpoint's API key; null for keyless servers."
@@ -103,12 +127,44 @@ class TeacherGeneration(Section):
     )
 
 
+class DistillConfig(Section):
+    teacher: str | None = Field(
+        None,
+        description="The teacher: a preset, model folder, hub id or tunelab run directory (with generation.base_url: "
+        "the model name at that endpoint).",
+    )
+    mode: Literal["logits", "completions"] = Field(
+        "logits",
+        description="logits (match the teacher's token distributions; same tokenizer) or completions (SFT on replies "
+        "the teacher writes for the training prompts; any tokenizer or endpoint).",
+    )
+    loss: Literal["forward", "reverse", "mix"] = Field(
+        "forward", description="logits: forward KL(teacher || student), reverse KL(student || teacher), or mix."
+    )
+    mix: float = Field(0.5, ge=0, le=1, description="loss mix: weight of forward KL (reverse gets 1 - mix).")
+    temperature: float = Field(
+        1.0, gt=0, description="logits: softens both distributions; the KL term is scaled by its square."
+    )
+    ce_weight: float = Field(
+        0.0, ge=0, description="logits: weight of the hard-label cross-entropy on the data (0: pure distillation)."
+    )
+    generation: TeacherGeneration = Field(
+        default_factory=TeacherGeneration, description="completions: how the teacher writes the replies."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> DistillConfig:
+        if self.generation.base_url and self.mode != "completions":
+            raise ValueError("generation.base_url: an endpoint teacher needs mode: completions")
+        return self
+
+
 class MethodConfig(Section):
-    name: Literal["sft", "dpo", "simpo", "orpo", "kto", "reward", "classify", "distill"] = Field(
+    name: Literal["sft", "dpo", "simpo", "orpo", "kto", "reward", "classify", "grpo", "distill"] = Field(
         "sft",
         description="Training objective: sft (causal LM loss on labelled tokens), dpo (with loss_type), simpo, "
         "orpo (preference pairs), kto (unpaired good/bad), reward (scalar-head reward model on pairs), classify (sequence-classification head), "
-        "distill (learn from a teacher model).",
+        "grpo (online RL on prompts, see method.grpo), distill (learn from a teacher, see method.distill).",
     )
     beta: float | None = Field(
         None,
@@ -129,38 +185,20 @@ class MethodConfig(Section):
         description="dpo/kto reference model: auto (adapters disabled for adapter modes, a frozen copy for full "
         "tuning) or precompute (dpo: reference log-probs computed once before training, no copy kept).",
     )
-    # distill
-    teacher: str | None = Field(
-        None,
-        description="distill: the teacher, a preset, model folder, hub id or tunelab run directory (with "
-        "teacher_generation.base_url: the model name at that endpoint).",
-    )
-    teacher_mode: Literal["logits", "completions"] = Field(
-        "logits",
-        description="distill: logits (match the teacher's token distributions; same tokenizer) or completions "
-        "(SFT on replies the teacher writes for the training prompts; any tokenizer or endpoint).",
-    )
-    kd_loss: Literal["forward", "reverse", "mix"] = Field(
-        "forward",
-        description="distill logits: forward KL(teacher || student), reverse KL(student || teacher), or mix.",
-    )
-    kd_mix: float = Field(0.5, ge=0, le=1, description="distill kd_loss mix: weight of forward KL (reverse: 1 - it).")
-    kd_temperature: float = Field(
-        1.0, gt=0, description="distill logits: softens both distributions; the KL term is scaled by its square."
-    )
-    ce_weight: float = Field(
-        0.0, ge=0, description="distill logits: weight of the hard-label cross-entropy on the data (0: pure KD)."
-    )
-    teacher_generation: TeacherGeneration = Field(
-        default_factory=TeacherGeneration, description="distill completions: how the teacher writes replies."
-    )
+    grpo: GRPOConfig = Field(default_factory=lambda: GRPOConfig(), description="Settings for grpo.")
+    distill: DistillConfig = Field(default_factory=lambda: DistillConfig(), description="Settings for distill.")
 
     @model_validator(mode="after")
-    def _check_distill(self) -> MethodConfig:
-        if self.name == "distill" and not self.teacher:
-            raise ValueError("method distill needs method.teacher (a model, run directory, or endpoint model name)")
-        if self.teacher_generation.base_url and self.teacher_mode != "completions":
-            raise ValueError("method.teacher_generation.base_url: an endpoint teacher needs teacher_mode: completions")
+    def _check_settings(self) -> MethodConfig:
+        if self.name == "grpo" and not self.grpo.rewards:
+            raise ValueError("method grpo needs at least one reward source under method.grpo.rewards, "
+                             "e.g. [{function: parity}]")  # fmt: skip
+        if self.name == "grpo" and self.beta is not None:
+            raise ValueError(
+                "method grpo: the KL weight is method.grpo.kl_beta (method.beta is for preference methods)"
+            )
+        if self.name == "distill" and not self.distill.teacher:
+            raise ValueError("method distill needs method.distill.teacher (a model, run directory or endpoint model)")
         return self
 
 
@@ -176,6 +214,22 @@ class DatasetConfig(Section):
     split: str = Field("train", description="Split to read from a datasets folder or hub dataset.")
     weight: float = Field(1.0, gt=0, description="Mixing weight: examples drawn per epoch relative to its size.")
     max_samples: int | None = Field(None, ge=1, description="Use only the first N records.")
+    name: str | None = Field(
+        None, description="Task name in per-task eval results (multi-task runs); default: the file name without suffix."
+    )
+    metrics: list[str | MetricSpec] | None = Field(
+        None,
+        description="Eval datasets only: this task's metrics instead of eval.metrics (e.g. json for one, rouge for another).",
+    )
+
+    @model_validator(mode="after")
+    def _check_metrics(self) -> DatasetConfig:
+        for m in self.metrics or []:
+            check_metric_name(m)
+        return self
+
+    def task_name(self) -> str:
+        return self.name or Path(self.path.rstrip("/")).stem or self.path
 
 
 class DataConfig(Section):
@@ -202,6 +256,13 @@ class DataConfig(Section):
         default_factory=CheckOptions,
         description="Data check before training (duplicates, leakage, PII...): errors stop the run; null skips it.",
     )
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        for i, ds in enumerate(self.train):
+            if ds.metrics is not None:
+                raise ValueError(f"data.train[{i}].metrics: metrics belong on eval datasets (data.eval, eval.data)")
+        return self
 
 
 class TrainConfig(Section):
@@ -237,18 +298,6 @@ class TrainConfig(Section):
     )
     trackers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
         default_factory=list, description="Experiment trackers to log to (none by default)."
-    )
-
-
-METRIC_NAMES = (
-    "loss", "perplexity", "exact_match", "f1", "rouge", "bleu", "chrf", "json", "classification", "judge",
-)  # fmt: skip
-
-
-class MetricSpec(Section):
-    name: Literal[METRIC_NAMES] = Field(description="Metric name (see tunelab.eval.metrics.METRICS).")  # type: ignore[valid-type]
-    options: dict[str, Any] = Field(
-        default_factory=dict, description="Keyword options of the metric, e.g. {normalize: squad} for exact_match."
     )
 
 
@@ -323,6 +372,55 @@ class JudgeConfig(Section):
     )
 
 
+class RewardSource(Section):
+    """One grpo reward: exactly one of function, model, judge."""
+
+    function: str | None = Field(
+        None,
+        description="A built-in reward (parity, number) or a .py file defining reward(prompt, completion) -> float.",
+    )
+    model: str | None = Field(
+        None, description="A folder (or run directory) with a num_labels=1 sequence-classification reward model."
+    )
+    judge: JudgeConfig | None = Field(
+        None, description="An LLM judge (eval.judge keys); its single-answer score is mapped to [0, 1]."
+    )
+    weight: float = Field(1.0, description="Weight of this source in the summed reward.")
+    name: str | None = Field(
+        None, description="Metric name (reward/NAME); default: function name, model folder or judge."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RewardSource:
+        given = [k for k in ("function", "model", "judge") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a reward source needs exactly one of function, model, judge (got {given or 'none'})")
+        return self
+
+
+class GRPOConfig(Section):
+    group_size: int = Field(
+        8, ge=2, description="Completions sampled per prompt; advantages are normalized in the group."
+    )
+    max_new_tokens: int = Field(64, ge=1, description="Longest sampled completion, in tokens.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of the training completions.")
+    kl_beta: float = Field(
+        0.04,
+        ge=0,
+        description="Weight of the KL penalty to the reference (adapters off or a frozen copy); 0: none kept.",
+    )
+    eval_temperature: float = Field(
+        0.0, ge=0, description="Eval completions: 0 is one greedy completion per prompt, above 0 group_size samples."
+    )
+    rewards: list[RewardSource] = Field(
+        default_factory=list,
+        description="Reward sources, summed by weight: {function: NAME or FILE.py}, {model: DIR} or {judge: {...}} (docs/methods.md).",
+    )
+
+
+MethodConfig.model_rebuild()  # resolve its `grpo` field: GRPOConfig needs JudgeConfig, defined after MethodConfig
+
+
 class ForgettingConfig(Section):
     enabled: bool = Field(True, description="Measure general-text perplexity before and after training.")
     texts: str | None = Field(
@@ -358,15 +456,12 @@ class EvalConfig(Section):
     @model_validator(mode="after")
     def _check_metrics(self) -> EvalConfig:
         for m in self.metrics:
-            if isinstance(m, str) and m not in METRIC_NAMES:
-                close = difflib.get_close_matches(m, METRIC_NAMES, n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else f"; expected one of: {', '.join(METRIC_NAMES)}"
-                raise ValueError(f"unknown metric {m!r}{hint}")
+            check_metric_name(m)
         return self
 
     def metric_specs(self) -> list[MetricSpec]:
         """Every metric entry as a MetricSpec (plain names get no options)."""
-        return [m if isinstance(m, MetricSpec) else MetricSpec(name=m) for m in self.metrics]
+        return metric_specs(self.metrics)
 
 
 class OutputConfig(Section):
@@ -375,8 +470,33 @@ class OutputConfig(Section):
     overwrite: bool = Field(False, description="Reuse an existing run directory of the same name.")
 
 
+class GateConfig(Section):
+    metric: str = Field(
+        "eval_loss",
+        description="What the gate reads: a key of the stage's last eval record in metrics.jsonl (eval_loss, "
+        "eval_loss/<task>, eval_<method metric>) or '<metric>.<score>' of eval/final.json (json.field_accuracy, "
+        "<task>/exact_match.exact_match).",
+    )
+    min: float | None = Field(None, description="Pass only when the metric is at least this.")
+    max: float | None = Field(None, description="Pass only when the metric is at most this (for losses).")
+    improved: bool = Field(
+        False, description="Also require a significant improvement over the baseline (eval/comparison.json)."
+    )
+    forgetting: bool = Field(True, description="Also require the forgetting check to hold (when it ran).")
+
+    @model_validator(mode="after")
+    def _check(self) -> GateConfig:
+        if self.min is None and self.max is None and not self.improved:
+            raise ValueError("a gate needs min, max or improved: true")
+        return self
+
+
 class StageConfig(Section):
     name: str = Field(description="Stage name; its run directory is <output.name>/<index>-<name>.")
+    gate: GateConfig | None = Field(
+        None, description="Continue to the next stage only if this stage's result passes (see GateConfig)."
+    )
+    eval: dict[str, Any] | None = Field(None, description="Overrides merged into the run's eval section.")
     method: dict[str, Any] | None = Field(None, description="Overrides merged into the run's method section.")
     data: dict[str, Any] | None = Field(None, description="Overrides merged into the run's data section.")
     train: dict[str, Any] | None = Field(None, description="Overrides merged into the run's train section.")
@@ -403,7 +523,20 @@ class RunConfig(Section):
             raise ValueError("tuning.mode qlora computes in bf16/fp16; set model.dtype to auto or bfloat16")
         for i, _ in enumerate(self.stages):
             stage_config(self, i)  # every stage must validate now, not hours into the run
+        _check_task_names(self)
         return self
+
+
+def _check_task_names(cfg: RunConfig) -> None:
+    """Datasets that feed one evaluation need distinct task names, or their results would merge."""
+    feeds = [*cfg.data.train, *cfg.data.eval] if cfg.data.eval_ratio > 0 else list(cfg.data.eval)
+    for where, datasets in (("data", feeds), ("eval.data", cfg.eval.data)):
+        seen: dict[str, str] = {}
+        for ds in datasets:
+            name = ds.task_name()
+            if seen.setdefault(name, ds.path) != ds.path:
+                raise ValueError(f"{where}: {seen[name]} and {ds.path} both have the task name {name!r}; "
+                                 "give them distinct `name:` keys")  # fmt: skip
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -418,7 +551,7 @@ def stage_config(cfg: RunConfig, index: int, model_path: str | None = None) -> R
     output.name <name>/<index>-<stage>, and the model replaced by `model_path` (the previous stage's result)."""
     stage = cfg.stages[index]
     raw = cfg.model_dump(mode="json", exclude={"stages"})
-    for section in ("method", "data", "train", "tuning"):
+    for section in ("method", "data", "train", "tuning", "eval"):
         over = getattr(stage, section)
         if over:
             raw[section] = _merge(raw[section], over)
@@ -495,26 +628,41 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
     )
     evals = cfg.eval.model_copy(update={"data": [fix(d) for d in cfg.eval.data]})
     stages = [_resolve_stage(st, base) for st in cfg.stages]
-    return cfg.model_copy(update={"data": data, "eval": evals, "stages": stages})
+    method = _resolve_rewards(cfg.method, base)
+    return cfg.model_copy(update={"data": data, "eval": evals, "stages": stages, "method": method})
+
+
+def _resolve_rewards(method: MethodConfig, base: Path) -> MethodConfig:
+    """grpo reward files (.py) and reward-model folders are relative to the config file too."""
+
+    def fix(src: RewardSource) -> RewardSource:
+        for key in ("function", "model"):
+            value = getattr(src, key)
+            if value and not Path(value).expanduser().is_absolute() and (base / value).exists():
+                return src.model_copy(update={key: str((base / value).resolve())})
+        return src
+
+    rewards = [fix(r) for r in method.grpo.rewards]
+    return method.model_copy(update={"grpo": method.grpo.model_copy(update={"rewards": rewards})})
 
 
 def _resolve_stage(stage: StageConfig, base: Path) -> StageConfig:
-    """Dataset paths in a stage's data override are relative to the config file too."""
-    if not stage.data:
-        return stage
-    data = dict(stage.data)
-    for key in ("train", "eval"):
-        if isinstance(data.get(key), list):
-            data[key] = [
-                {**d, "path": str((base / d["path"]).resolve())}
-                if isinstance(d, dict)
-                and "path" in d
-                and not Path(d["path"]).is_absolute()
-                and (base / d["path"]).exists()
-                else d
-                for d in data[key]
-            ]
-    return stage.model_copy(update={"data": data})
+    """Dataset paths in a stage's data/eval overrides are relative to the config file too."""
+
+    def fix(d: Any) -> Any:
+        if isinstance(d, dict) and isinstance(d.get("path"), str):
+            p = Path(d["path"]).expanduser()
+            if not p.is_absolute() and (base / p).exists():
+                return {**d, "path": str((base / p).resolve())}
+        return d
+
+    update: dict[str, Any] = {}
+    for section, keys in (("data", ("train", "eval")), ("eval", ("data",))):
+        over = getattr(stage, section)
+        if over:
+            update[section] = {k: [fix(d) for d in v] if k in keys and isinstance(v, list) else v
+                               for k, v in over.items()}  # fmt: skip
+    return stage.model_copy(update=update)
 
 
 def format_validation_error(

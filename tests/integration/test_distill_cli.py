@@ -40,7 +40,7 @@ def config(tmp_path: Path, method: dict, **sections: dict) -> Path:
     cfg = {
         "model": {"name_or_path": "tiny"},
         "tuning": {"mode": "full"},
-        "method": {"name": "distill", **method},
+        "method": {"name": "distill", "distill": method},
         "data": {"train": [{"path": str(TINY_SFT), "format": "alpaca"}], "max_length": 128},
         "train": {"max_steps": 3, "batch_size": 4, "log_every": 1, "threads": 1, "warmup_ratio": 0.0},
         "eval": {"baseline": False, "forgetting": {"enabled": False}},
@@ -59,7 +59,7 @@ def records(path: Path) -> list[dict]:
 
 def test_train_logits_distillation_from_a_run_directory(teacher_run: Path, tmp_path: Path) -> None:
     """Full tuning of a fresh tiny student toward a trained teacher, packed: KL falls, agreement rises."""
-    path = config(tmp_path, {"teacher": str(teacher_run), "kd_loss": "forward", "kd_temperature": 1.0},
+    path = config(tmp_path, {"teacher": str(teacher_run), "loss": "forward", "temperature": 1.0},
                   data={"packing": True}, train={"max_steps": 12, "lr": 5e-3})  # fmt: skip
     run_cli("train", str(path), cwd=tmp_path)
     run = tmp_path / "runs" / "kd"
@@ -80,14 +80,14 @@ def test_train_refuses_a_teacher_with_another_tokenizer(teacher_run: Path, tmp_p
     assert proc.returncode == 2, proc.stderr
     err = proc.stderr
     assert str(teacher_run) in err and "'tiny-1m'" in err and "different tokenizers" in err
-    assert "teacher_mode: completions" in err and "Traceback" not in err
+    assert "method.distill.mode: completions" in err and "Traceback" not in err
     assert not (tmp_path / "runs" / "kd" / "data_card.md").exists()  # refused before the data check
 
 
 def prompts_file(tmp_path: Path, n: int = 12) -> Path:
     rows = [json.loads(line) for line in TINY_SFT.read_text().splitlines()[:n]]
     rows.insert(3, {"instruction": "Summarize: " + "long text " * 40, "output": ""})
-    rows.append({"instruction": "Repeat: " + "abc " * 80})  # no output field: a prompt-only row
+    rows.append({"instruction": "Repeat: " + "abc " * 80, "output": ""})
     path = tmp_path / "prompts.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -98,7 +98,7 @@ def test_train_on_completions_from_an_endpoint_teacher(server, tmp_path: Path) -
     teacher writes RUN/teacher/ first (2 planted failures counted, allowed by max_failed), then SFT runs on it."""
     prompts = prompts_file(tmp_path)
     gen = {"base_url": server.url + "/v1", "api_key_env": None, "max_new_tokens": 16, "max_failed": 0.2}
-    path = config(tmp_path, {"teacher": "base", "teacher_mode": "completions", "teacher_generation": gen},
+    path = config(tmp_path, {"teacher": "base", "mode": "completions", "generation": gen},
                   model={"name_or_path": "tiny-1m"}, tuning={"mode": "lora"},
                   data={"train": [{"path": str(prompts), "format": "alpaca"}]})  # fmt: skip
     proc = run_cli("train", str(path), cwd=tmp_path)

@@ -39,7 +39,8 @@ def test_dpo_lora_on_demo_pairs(tmp_path: Path) -> None:
     assert all(0 <= r["rewards/accuracy"] <= 1 and "rewards/margins" in r for r in train)  # the method's own metrics
     assert train[0]["rewards/margins"] == pytest_approx(0.0)  # policy == reference at step 1
     assert train[0]["loss"] == pytest_approx(math.log(2))  # step 1: adapter B = 0, policy == reference
-    assert any("eval_loss" in r for r in recs)
+    evals = [r for r in recs if "eval_loss" in r]
+    assert evals and all(0 <= r["eval_rewards/accuracy"] <= 1 and "eval_rewards/margins" in r for r in evals)
     report = json.loads((run / "data_report.json").read_text())
     assert report["train_examples"] > 0 and report["datasets"][0]["format"] == "preference"
 
@@ -67,3 +68,5 @@ def test_two_stage_sft_then_dpo(tmp_path: Path) -> None:
     assert dpo_cfg["method"]["name"] == "dpo" and dpo_cfg["train"]["lr"] == 5.0e-4  # stage override merged
     assert dpo_cfg["train"]["batch_size"] == 4  # top-level setting kept
     assert str(dpo) in proc.stdout
+    gate = json.loads((root / "stages.json").read_text())[0]["gate"]
+    assert gate["metric"] == "eval_loss" and gate["passed"] and gate["value"] <= 5.5

@@ -14,6 +14,7 @@ custom field names need no code. `detect_format` picks a format from a row's key
 | preference        | prompt?, chosen, rejected (strings, messages, or sharegpt {from, value});
 |                   | or OpenAI: input.messages, preferred_output, non_preferred_output       | Preference         |
 | kto               | messages + label, or prompt + completion + label                        | UnpairedPreference |
+| prompt            | prompt (a string or messages); other fields are not read                | Prompt             |
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tunelab.data.records import (
     Conversation,
     Message,
     Preference,
+    Prompt,
     PromptCompletion,
     Record,
     Text,
@@ -56,8 +58,8 @@ def _get(row: Mapping[str, Any], field: str, kind: type | tuple[type, ...] = str
         return None
     value = row[field]
     if not isinstance(value, kind):
-        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise FieldError(field, f"expected {_json_name(names)}, got {_json_name(type(value).__name__)}")
+        names = " or ".join(_json_name(k.__name__) for k in ((kind,) if isinstance(kind, type) else kind))
+        raise FieldError(field, f"expected {names}, got {_json_name(type(value).__name__)}")
     return value
 
 
@@ -212,6 +214,14 @@ def kto(row: Mapping[str, Any]) -> UnpairedPreference:
     return UnpairedPreference(prompt, _reply(_get(row, "completion", (str, list, dict)), "completion"), bool(label))
 
 
+def prompt(row: Mapping[str, Any]) -> Prompt:
+    """Prompt-only data for online RL: the model writes (and is scored on) its own answers."""
+    msgs = _prompt(_get(row, "prompt", (str, list)), "prompt")
+    if msgs[-1].role == "assistant":
+        raise FieldError("prompt", "the last message is an assistant turn; a prompt ends where the model answers")
+    return Prompt(msgs)
+
+
 FORMATS: dict[str, Callable[[Mapping[str, Any]], Record]] = {
     "alpaca": alpaca,
     "messages": messages,
@@ -220,6 +230,7 @@ FORMATS: dict[str, Callable[[Mapping[str, Any]], Record]] = {
     "text": text,
     "preference": preference,
     "kto": kto,
+    "prompt": prompt,
 }
 
 
@@ -230,7 +241,7 @@ def detect_format(keys: set[str]) -> str | None:
     if "label" in keys and ("messages" in keys or {"prompt", "completion"} <= keys):
         return "kto"
     for fmt, needed in (("messages", {"messages"}), ("sharegpt", {"conversations"}), ("alpaca", {"instruction", "output"}),
-                        ("prompt_completion", {"prompt", "completion"}), ("text", {"text"})):  # fmt: skip
+                        ("prompt_completion", {"prompt", "completion"}), ("text", {"text"}), ("prompt", {"prompt"})):  # fmt: skip
         if needed <= keys:
             return fmt
     return None

@@ -33,7 +33,7 @@ from tunelab.data.tokenize import Encoder, Example, chat_template_for, truncate
 from tunelab.errors import DataError
 
 MAX_LISTED_ERRORS = 20
-ENCODING_VERSION = "1"  # bump when tokenization changes, to invalidate caches
+ENCODING_VERSION = "2"  # bump when tokenization changes, to invalidate caches
 
 
 @dataclass
@@ -58,6 +58,14 @@ class Prepared:
     stats: list[DatasetStats]
     manifest: list[dict[str, Any]]
     cached: bool = False
+    eval_tasks: list[str] = field(default_factory=list)  # the task (dataset name) of each eval item
+
+    def eval_groups(self) -> dict[str, list[int]]:
+        """Eval item indices by task, in first-seen order (one group when there is a single task)."""
+        groups: dict[str, list[int]] = {}
+        for i, task in enumerate(self.eval_tasks or [""] * len(self.eval)):
+            groups.setdefault(task, []).append(i)
+        return groups
 
     def report(self) -> dict[str, Any]:
         out = []
@@ -163,10 +171,10 @@ def prepare(cfg: RunConfig, tokenizer: Any, use_cache: bool = True) -> Prepared:
         _require_sft(ds, recs)
         stats.append(DatasetStats(ds.path, fmt, records=len(recs)))
         eval_pairs += [(len(stats) - 1, r) for r, _ in recs]
-    train = _encode_all(encoder, train_pairs, stats, data, "train")
-    evals = _encode_all(encoder, eval_pairs, stats, data, "eval")
+    train, _ = _encode_all(encoder, train_pairs, stats, data, "train")
+    evals, sources = _encode_all(encoder, eval_pairs, stats, data, "eval")
     _check_masking(stats, data)
-    prepared = Prepared(train, evals, stats, manifest)
+    prepared = Prepared(train, evals, stats, manifest, eval_tasks=task_names(data, sources))
     if use_cache:
         _save_cache(cache, prepared)
     return prepared
@@ -175,14 +183,22 @@ def prepare(cfg: RunConfig, tokenizer: Any, use_cache: bool = True) -> Prepared:
 def _require_sft(ds: DatasetConfig, recs: list[tuple[Record, Row]]) -> None:
     for rec, row in recs[:1]:
         if not isinstance(rec, SFT_RECORDS):
-            raise row.error(f"{type(rec).__name__} records (format {ds.format}) are for preference methods, not "
+            use = "method grpo" if type(rec).__name__ == "Prompt" else "preference methods"
+            raise row.error(f"{type(rec).__name__} records (format {ds.format}) are for {use}, not "
                             "method sft; use a conversation/prompt_completion/text dataset")  # fmt: skip
+
+
+def task_names(data: DataConfig, sources: list[int]) -> list[str]:
+    """Task name per item from its dataset index (data.train first, then data.eval, as in `stats`)."""
+    names = [ds.task_name() for ds in (*data.train, *data.eval)]
+    return [names[d] for d in sources]
 
 
 def _encode_all(
     encoder: Encoder, pairs: list[tuple[int, Record]], stats: list[DatasetStats], data: DataConfig, split: str
-) -> list[Example]:
-    out = []
+) -> tuple[list[Example], list[int]]:
+    """Encoded examples that survive truncation and masking, and the dataset index of each."""
+    out, sources = [], []
     for d, rec in pairs:
         s = stats[d]
         ex = encoder.encode(rec)
@@ -200,7 +216,8 @@ def _encode_all(
         s.trainable_tokens += ex.n_trainable
         s.lengths.append(len(ex.input_ids))
         out.append(ex)
-    return out
+        sources.append(d)
+    return out, sources
 
 
 def _check_masking(stats: list[DatasetStats], data: DataConfig) -> None:
@@ -272,6 +289,7 @@ def _save_cache(path: Path, p: Prepared) -> None:
     arrays: dict[str, Any] = {f"train_{k}": v for k, v in _flatten(p.train).items()}
     arrays |= {f"eval_{k}": v for k, v in _flatten(p.eval).items()}
     arrays["meta"] = np.array(json.dumps([asdict(s) for s in p.stats]))
+    arrays["eval_tasks"] = np.array(json.dumps(p.eval_tasks))
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
     np.savez(tmp, **arrays)
     os.replace(tmp, path)  # atomic: a reader never sees a half-written cache
@@ -282,4 +300,5 @@ def _load_cache(path: Path, manifest: list[dict[str, Any]]) -> Prepared:
         train = _unflatten(z["train_lengths"], z["train_ids"], z["train_labels"])
         evals = _unflatten(z["eval_lengths"], z["eval_ids"], z["eval_labels"])
         stats = [DatasetStats(**s) for s in json.loads(str(z["meta"]))]
-    return Prepared(train, evals, stats, manifest, cached=True)
+        tasks = json.loads(str(z["eval_tasks"]))
+    return Prepared(train, evals, stats, manifest, cached=True, eval_tasks=tasks)

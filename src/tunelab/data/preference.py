@@ -26,7 +26,7 @@ import torch
 
 from tunelab.config import DataConfig, RunConfig
 from tunelab.data.collate import collate
-from tunelab.data.pipeline import DatasetStats, Prepared, file_manifest, load_records, split_and_mix
+from tunelab.data.pipeline import DatasetStats, Prepared, file_manifest, load_records, split_and_mix, task_names
 from tunelab.data.records import Conversation, Message, Preference, Record, UnpairedPreference
 from tunelab.data.tokenize import IGNORE, Encoder, Example, chat_template_for, truncate
 from tunelab.errors import DataError
@@ -131,13 +131,14 @@ def prepare_preference(cfg: RunConfig, tokenizer: Any, kind: str) -> Prepared:
         stats.append(DatasetStats(ds.path, fmt, records=len(recs)))
         eval_pairs += [(len(stats) - 1, r) for r, _ in recs]
     train = [x for d, r in train_pairs if (x := _encode(encoder, r, stats[d], data, "train")) is not None]
-    evals = [x for d, r in eval_pairs if (x := _encode(encoder, r, stats[d], data, "eval")) is not None]
+    kept = [(d, x) for d, r in eval_pairs if (x := _encode(encoder, r, stats[d], data, "eval")) is not None]
+    evals, sources = [x for _, x in kept], [d for d, _ in kept]
     for s in stats:
         seen = s.train + s.eval + s.fully_masked + s.dropped_too_long
         if seen and s.fully_masked / seen > data.max_fully_masked:
             raise DataError(f"{s.fully_masked} of {seen} records lose a whole reply to max_length "
                             f"{data.max_length}; raise data.max_length", where=s.path)  # fmt: skip
-    return Prepared(train, evals, stats, manifest)  # type: ignore[arg-type]
+    return Prepared(train, evals, stats, manifest, eval_tasks=task_names(data, sources))  # type: ignore[arg-type]
 
 
 def _require(kind: str, path: str, recs: list[tuple[Record, Any]], method: str) -> None:

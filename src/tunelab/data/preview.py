@@ -16,6 +16,10 @@ TRAINED_OPEN, TRAINED_CLOSE = "\u27e6", "\u27e7"  # ⟦ trained ⟧
 
 def validate(cfg: RunConfig, tokenizer: Any) -> dict[str, Any]:
     """Build the whole data pipeline without training; a dict report of counts and problems."""
+    if cfg.method.name == "grpo":  # prompts: tokenized as the model sees them before it answers
+        from tunelab.data.prompts import prepare_prompts
+
+        return {**prepare_prompts(cfg, tokenizer).report(), "kind": "prompts"}
     datasets = [*cfg.data.train, *cfg.data.eval]
     loaded = [load_records(ds) for ds in datasets]
     if all(isinstance(r, SFT_RECORDS) for _, recs in loaded for r, _ in recs[:1]):

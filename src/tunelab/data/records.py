@@ -2,7 +2,7 @@
 
 Records are plain frozen dataclasses, independent of any tokenizer. SFT consumes `Conversation`,
 `PromptCompletion` and `Text`; preference methods consume `Preference` (paired) and `UnpairedPreference`
-(KTO-style good/bad). `Message.weight` 0 excludes an assistant turn from the loss; None means the default
+(KTO-style good/bad); online RL (grpo) consumes `Prompt`. `Message.weight` 0 excludes an assistant turn from the loss; None means the default
 for its role (assistant turns train, everything else does not unless `train_on_inputs`).
 """
 
@@ -58,5 +58,12 @@ class UnpairedPreference:
     label: bool
 
 
-Record = Conversation | PromptCompletion | Text | Preference | UnpairedPreference
+@dataclass(frozen=True)
+class Prompt:
+    """A conversation for the model to answer (online RL samples the answers itself)."""
+
+    messages: tuple[Message, ...]
+
+
+Record = Conversation | PromptCompletion | Text | Preference | UnpairedPreference | Prompt
 SFT_RECORDS = (Conversation, PromptCompletion, Text)

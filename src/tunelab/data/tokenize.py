@@ -23,6 +23,7 @@ from tunelab.data.records import (
     Conversation,
     Message,
     Preference,
+    Prompt,
     PromptCompletion,
     Record,
     Text,
@@ -118,13 +119,16 @@ class Encoder:
 
     def encode_views(self, record: Record) -> list[tuple[str, Example]]:
         """Every tokenized view of any record: one for SFT records, chosen and rejected for preference
-        pairs, the labelled completion for unpaired preference (used by validate/prepare --debug)."""
+        pairs, the labelled completion for unpaired preference, the prompt of a prompt record (used by
+        validate/prepare --debug)."""
         if isinstance(record, Preference):
             return [("chosen", self.encode(Conversation(record.prompt + record.chosen))),
                     ("rejected", self.encode(Conversation(record.prompt + record.rejected)))]  # fmt: skip
         if isinstance(record, UnpairedPreference):
             tag = "completion (good)" if record.label else "completion (bad)"
             return [(tag, self.encode(Conversation(record.prompt + record.completion)))]
+        if isinstance(record, Prompt):  # grpo: nothing trains here, the model writes its own answers
+            return [("prompt", self._tokenize(prompt_text(self.tok, record.messages, self.template), []))]
         return [("", self.encode(record))]
 
     def _conversation(self, conv: Conversation) -> tuple[str, list[tuple[int, int]]]:

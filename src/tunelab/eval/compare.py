@@ -43,6 +43,12 @@ class MetricComparison:
     regressed: list[int] = field(default_factory=list)
 
     @property
+    def label(self) -> str:
+        """The score's name in tables: the key, prefixed by its task for a task's metric ("copy/loss")."""
+        task, sep, _ = self.metric.rpartition("/")
+        return f"{task}/{self.key}" if sep else self.key
+
+    @property
     def verdict(self) -> str:
         if not self.significant:
             return "no significant difference"
@@ -59,7 +65,7 @@ class Comparison:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name_a": self.name_a, "name_b": self.name_b,
-                "rows": [asdict(r) | {"verdict": r.verdict} for r in self.rows], "flipped": self.flipped}  # fmt: skip
+                "rows": [asdict(r) | {"verdict": r.verdict, "label": r.label} for r in self.rows], "flipped": self.flipped}  # fmt: skip
 
 
 def check_comparable(a: EvalResult, b: EvalResult) -> None:
@@ -85,7 +91,10 @@ def compare_results(a: EvalResult, b: EvalResult, *, n_resamples: int = 10000, s
         for key, scores_a in a.metrics[metric].per_example.items():
             scores_b = b.metrics[metric].per_example.get(key)
             if scores_b is not None:
-                rows.append(_compare_key(metric, key, scores_a, scores_b, n_resamples, seed))
+                row = _compare_key(metric, key, scores_a, scores_b, n_resamples, seed)
+                if "examples" in a.metrics[metric].details:  # a task's metric: only its examples can be missing
+                    row.n_missing = a.metrics[metric].details["examples"] - row.n
+                rows.append(row)
     return Comparison(a.model, b.model, rows, _flipped_examples(a, b, rows, max_flipped))
 
 
@@ -111,7 +120,7 @@ def _flipped_examples(a: EvalResult, b: EvalResult, rows: list[MetricComparison]
             for i in idx[:limit]:
                 ex = a.examples[i]
                 out.append({
-                    "key": row.key, "direction": direction, "index": i, "source": ex.source, "prompt": ex.prompt,
+                    "key": row.label, "direction": direction, "index": i, "source": ex.source, "prompt": ex.prompt,
                     "reference": ex.reference, "output_a": a.predictions[i] if a.predictions else None,
                     "output_b": b.predictions[i] if b.predictions else None,
                     "score_a": _num(sa[i]), "score_b": _num(sb[i]),

@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import RunConfig
+from tunelab.config import MetricSpec, RunConfig, metric_specs
 from tunelab.errors import TunelabError
 from tunelab.eval.runner import EVAL_DIR, EvalExample, EvalResult, evaluate, forgetting_probe, load_examples
 
@@ -25,6 +25,11 @@ def eval_examples(cfg: RunConfig) -> list[EvalExample]:
     return [ex for ds in (cfg.eval.data or cfg.data.eval) for ex in load_examples(ds)]
 
 
+def task_metrics(cfg: RunConfig) -> dict[str, list[MetricSpec]]:
+    """Per-task metric lists from eval datasets that set `metrics:` (the others use eval.metrics)."""
+    return {ds.task_name(): metric_specs(ds.metrics) for ds in (cfg.eval.data or cfg.data.eval) if ds.metrics}
+
+
 def before_training(cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Path, log: Any = print) -> None:
     out = run_dir / EVAL_DIR
     if out.exists():  # a reused (output.overwrite) run directory: results of the earlier run are stale
@@ -33,7 +38,7 @@ def before_training(cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Path, l
         return
     out.mkdir(parents=True)
     examples = eval_examples(cfg)
-    if examples and cfg.eval.metrics:
+    if examples and (cfg.eval.metrics or task_metrics(cfg)):
         log(f"baseline: evaluating the base model on {len(examples)} examples")
         _evaluate(cfg, model, tokenizer, examples, "base").save(out / "baseline.json")
     if cfg.eval.forgetting.enabled:
@@ -50,7 +55,7 @@ def after_training(cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Path, lo
     out = run_dir / EVAL_DIR
     summary: dict[str, Any] = {}
     examples = eval_examples(cfg)
-    if examples and cfg.eval.metrics:
+    if examples and (cfg.eval.metrics or task_metrics(cfg)):
         log(f"final: evaluating the fine-tuned model on {len(examples)} examples")
         final = _evaluate(cfg, model, tokenizer, examples, "fine-tuned")
         final.save(out / "final.json")
@@ -81,6 +86,6 @@ def _evaluate(cfg: RunConfig, model: Any, tokenizer: Any, examples: list[EvalExa
     model.eval()
     try:
         return evaluate(model, tokenizer, examples, cfg.eval, name=name, chat_template=cfg.model.chat_template,
-                        max_length=cfg.data.max_length)  # fmt: skip
+                        max_length=cfg.data.max_length, task_metrics=task_metrics(cfg))  # fmt: skip
     finally:
         model.train(was_training)

@@ -57,7 +57,8 @@ def result_summary(result: EvalResult) -> tuple[dict[str, float], list[str]]:
     scores: dict[str, float] = {}
     notes: list[str] = []
     for name, m in result.metrics.items():
-        scores |= {(k if k == name else f"{name}/{k}"): v for k, v in m.scores.items()}
+        base = name.rpartition("/")[2]  # a task's metric is named "<task>/<metric>"
+        scores |= {(name if k == base else f"{name}/{k}"): v for k, v in m.scores.items()}
         for count in ("unparseable", "failed", "invalid", "truncated", "empty"):
             if m.details.get(count):
                 notes.append(f"{result.model}: {name}: {m.details[count]} of {len(result.examples)} {count}")
@@ -145,7 +146,7 @@ def plot_metric_bars(comparison: dict[str, Any]) -> str | None:
         ax.bar([0, 1], values, yerr=err, capsize=6, color=["#9aa5b1", "#2f6fde"])
         ax.set_xticks([0, 1], [comparison["name_a"], comparison["name_b"]], fontsize=8)
         mark = {"better": " (better)", "worse": " (worse)"}.get(r.get("verdict", ""), "")
-        ax.set_title(r["key"] + mark, fontsize=9, color="#c0392b" if mark == " (worse)" else "black")
+        ax.set_title(r.get("label", r["key"]) + mark, fontsize=9, color="#c0392b" if mark == " (worse)" else "black")
     for ax in list(axes.flat)[len(rows) :]:
         ax.axis("off")
     fig.suptitle("Metrics with 95% bootstrap CI", fontsize=10, y=1.03)
@@ -206,7 +207,7 @@ def render_markdown(d: ReportData) -> str:
                 f"| score | {c['name_a']} | {c['name_b']} | diff | 95% CI | verdict | improved | regressed |",
                 "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in c["rows"]:
-            out.append(f"| {r['key']} | {_f(r['value_a'])} | {_f(r['value_b'])} | {_f(r['diff'])} | "
+            out.append(f"| {r.get('label', r['key'])} | {_f(r['value_a'])} | {_f(r['value_b'])} | {_f(r['diff'])} | "
                        f"[{_f(r['ci_low'])}, {_f(r['ci_high'])}] | {r['verdict']} | {len(r['improved'])} | "
                        f"{len(r['regressed'])} |")  # fmt: skip
         out.append("")

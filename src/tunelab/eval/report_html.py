@@ -54,7 +54,7 @@ def _comparison(c: dict[str, Any]) -> str:
     for r in c["rows"]:
         cls = {"better": "better", "worse": "worse"}.get(r["verdict"], "")
         rows.append(
-            f"<tr><td>{escape(r['key'])}</td><td>{_f(r['value_a'])}</td><td>{_f(r['value_b'])}</td>"
+            f"<tr><td>{escape(r.get('label', r['key']))}</td><td>{_f(r['value_a'])}</td><td>{_f(r['value_b'])}</td>"
             f"<td>{_f(r['diff'])}</td><td>[{_f(r['ci_low'])}, {_f(r['ci_high'])}]</td>"
             f"<td class='{cls}'>{escape(r['verdict'])}</td><td>{len(r['improved'])}</td><td>{len(r['regressed'])}</td></tr>"
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any
 
 from tunelab.config import DatasetConfig, EvalConfig, MetricSpec
 from tunelab.data.records import Conversation, Preference, PromptCompletion, Record, Text
+from tunelab.data.records import Prompt as PromptRecord
 from tunelab.errors import ConfigError, DataError
 from tunelab.eval.generate import DecodingConfig, Prompt, generate
 from tunelab.eval.metrics import METRICS, MetricResult
@@ -34,6 +36,7 @@ class EvalExample:
     prompt: Prompt
     reference: str
     source: str = ""  # "file:line" or "file#record", for reports
+    task: str = ""  # the dataset's task name; several tasks get per-task metrics ("<task>/<metric>")
 
 
 @dataclass
@@ -82,19 +85,23 @@ def example_from_record(record: Record, where: str) -> EvalExample:
     if isinstance(record, Preference):
         prompt = [{"role": m.role, "content": m.content} for m in record.prompt]
         return EvalExample(prompt, record.chosen[-1].content, where)
+    if isinstance(record, PromptRecord):  # grpo prompts: no reference, so only reference-free metrics (judge) mean much
+        return EvalExample([{"role": m.role, "content": m.content} for m in record.messages], "", where)
     raise DataError(f"{type(record).__name__} records have no reference answer to evaluate against "
                     "(use messages, alpaca, sharegpt, prompt_completion or preference data)", where=where)  # fmt: skip
 
 
 def load_examples(ds: DatasetConfig) -> list[EvalExample]:
-    """Eval examples of one dataset (read with the same sources and formats as training)."""
+    """Eval examples of one dataset (read with the same sources and formats as training), tagged with its task."""
     from tunelab.data.pipeline import load_records
 
     _, recs = load_records(ds)
     out = []
     for record, row in recs:
         where = f"{row.source}:{row.line}" if row.line else f"{row.source}#{row.index}"
-        out.append(example_from_record(record, where))
+        ex = example_from_record(record, where)
+        ex.task = ds.task_name()
+        out.append(ex)
     return out
 
 
@@ -133,18 +140,49 @@ def question_text(prompt: Prompt) -> str:
 
 
 def evaluate(model: Any, tokenizer: Any, examples: Sequence[EvalExample], cfg: EvalConfig, *, name: str = "model",
-             chat_template: str | None = None, max_length: int = 1024, progress: bool = True) -> EvalResult:  # fmt: skip
-    """Every metric of `cfg.metrics` on `examples`; outputs are generated once and shared by all metrics."""
+             chat_template: str | None = None, max_length: int = 1024, progress: bool = True,
+             task_metrics: dict[str, list[MetricSpec]] | None = None) -> EvalResult:  # fmt: skip
+    """Every metric on `examples`; outputs are generated once and shared by all metrics.
+
+    Examples of one task get `cfg.metrics` under their plain names. With several tasks (EvalExample.task),
+    each task gets its own metrics (`task_metrics[task]`, else cfg.metrics) under "<task>/<metric>", with
+    per-example scores spread over all examples (NaN outside the task) so comparisons stay paired by index."""
     if not examples:
         raise DataError("no eval examples (set data.eval or data.eval_ratio)")
-    specs = cfg.metric_specs()
-    options = {s.name: metric_options(s, cfg) for s in specs}  # fail on bad options before generating
+    groups: dict[str, list[int]] = {}
+    for i, ex in enumerate(examples):
+        groups.setdefault(ex.task, []).append(i)
+    specs = {t: (task_metrics or {}).get(t) or cfg.metric_specs() for t in groups}
+    for t_specs in specs.values():
+        for spec in t_specs:
+            metric_options(spec, cfg)  # fail on bad options before generating
+    decoding = decoding_from(cfg, chat_template)
+    needs_outputs = [i for t, idx in groups.items() if any(s.name not in LOSS_METRICS for s in specs[t]) for i in idx]
+    predictions = None
+    if needs_outputs:  # examples of loss-only tasks keep "" (nothing was generated for them)
+        outputs = generate(model, tokenizer, [examples[i].prompt for i in needs_outputs], decoding, progress=progress)
+        predictions = [""] * len(examples)
+        for i, out in zip(needs_outputs, outputs):
+            predictions[i] = out
+    results: dict[str, MetricResult] = {}
+    for task, idx in groups.items():
+        subset = [examples[i] for i in idx]
+        preds = [predictions[i] for i in idx] if predictions is not None else None
+        for key, r in _task_metrics(model, tokenizer, subset, preds, specs[task], cfg, chat_template, max_length,
+                                    progress).items():  # fmt: skip
+            if len(groups) == 1:
+                results[key] = r
+            else:
+                results[f"{task}/{key}"] = _spread(r, task, idx, len(examples))
+    dec = asdict(decoding) if predictions is not None else {}
+    return EvalResult(name, list(examples), predictions, results, dec)
+
+
+def _task_metrics(model: Any, tokenizer: Any, examples: list[EvalExample], predictions: list[str] | None,
+                  specs: list[MetricSpec], cfg: EvalConfig, chat_template: str | None, max_length: int,
+                  progress: bool) -> dict[str, MetricResult]:  # fmt: skip
     prompts = [e.prompt for e in examples]
     refs = [e.reference for e in examples]
-    decoding = decoding_from(cfg, chat_template)
-    predictions = None
-    if any(s.name not in LOSS_METRICS for s in specs):
-        predictions = generate(model, tokenizer, prompts, decoding, progress=progress)
     results: dict[str, MetricResult] = {}
     for spec in specs:
         if spec.name in LOSS_METRICS:
@@ -158,9 +196,19 @@ def evaluate(model: Any, tokenizer: Any, examples: Sequence[EvalExample], cfg: E
             results["judge"] = Judge(cfg.judge).score_all([question_text(p) for p in prompts], predictions, refs)
         else:
             assert predictions is not None
-            results[spec.name] = METRICS[spec.name](predictions, refs, **options[spec.name])
-    dec = asdict(decoding) if predictions is not None else {}
-    return EvalResult(name, list(examples), predictions, results, dec)
+            results[spec.name] = METRICS[spec.name](predictions, refs, **metric_options(spec, cfg))
+    return results
+
+
+def _spread(r: MetricResult, task: str, idx: list[int], n: int) -> MetricResult:
+    """A task's metric over all n examples: its per-example scores at the task's indices, NaN elsewhere."""
+    per: dict[str, list[float]] = {}
+    for key, values in r.per_example.items():
+        full = [math.nan] * n
+        for i, v in zip(idx, values):
+            full[i] = v
+        per[key] = full
+    return MetricResult(f"{task}/{r.name}", r.scores, per, {**r.details, "task": task, "examples": len(idx)})
 
 
 def forgetting_probe(model: Any, tokenizer: Any, cfg: EvalConfig, progress: bool = True) -> LossResult:

@@ -2,9 +2,10 @@
 tests (loss against a hand computation, trainable params change, overfits), a doc page.
 
 Methods with settings (beta, ...) or a reference model are built per run by `build_method`; METHODS
-holds each with its defaults (reference = the adapters switched off), for tests and quick use; distill needs a
-teacher, so it exists only per run (`distill.build(cfg, teacher)` from Python).
-`DATA_KIND` says which records a method trains on: sft (conversations), pairs or unpaired preference.
+holds each with its defaults (reference = the adapters switched off), for tests and quick use.
+`DATA_KIND` says which records a method trains on: sft (conversations), pairs or unpaired preference,
+prompts (grpo, which is built with the tokenizer and its prompt items, outside BUILDERS). distill trains on sft
+records and needs a teacher, so it too is built outside BUILDERS (`distill.build(cfg, teacher)` from Python).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from torch import nn
 
 from tunelab.config import MethodConfig, RunConfig
 from tunelab.errors import TunelabError
-from tunelab.methods import classify, distill, dpo, kto, orpo, reward, simpo
+from tunelab.methods import classify, distill, dpo, grpo, kto, orpo, reward, simpo
 from tunelab.methods.base import Method, MethodModule, StepOutput
 from tunelab.methods.sft import SFT
 
@@ -30,15 +31,15 @@ BUILDERS: dict[str, Callable[[MethodConfig, nn.Module | None], Method]] = {
 }
 METHODS: dict[str, Method] = {"sft": SFT} | {k: b(MethodConfig(name=k), None) for k, b in BUILDERS.items()}  # type: ignore[arg-type]
 DATA_KIND: dict[str, str] = {"sft": "sft", "dpo": "pairs", "simpo": "pairs", "orpo": "pairs", "reward": "pairs",
-                             "kto": "unpaired", "classify": "labelled", "distill": "sft"}  # fmt: skip
-NEEDS_REFERENCE = {"dpo", "kto"}
+                             "kto": "unpaired", "classify": "labelled", "grpo": "prompts", "distill": "sft"}  # fmt: skip
+NEEDS_REFERENCE = {"dpo", "kto", "grpo"}
 
 
 def build_method(cfg: RunConfig, model: nn.Module, train_items: list[Any] | None = None, pad_id: int = 0,
                  tokenizer: Any = None) -> Method:  # fmt: skip
-    """The run's Method. Reference for dpo/kto: adapters off (peft model), else a frozen copy (full/freeze
-    tuning), or, with method.reference=precompute (dpo), log-probs written into the items right now.
-    distill (logits): the teacher is loaded here and its vocabulary checked against `tokenizer` (the student's)."""
+    """The run's Method. Reference for dpo/kto/grpo: adapters off (peft model), else a frozen copy (full/freeze
+    tuning), or, with method.reference=precompute (dpo), log-probs written into the items right now;
+    none for grpo with kl_beta 0. distill (logits): the teacher, its vocabulary checked against `tokenizer`."""
     from peft import PeftModel
 
     from tunelab.methods.logps import frozen_copy, precompute_reference
@@ -47,29 +48,37 @@ def build_method(cfg: RunConfig, model: nn.Module, train_items: list[Any] | None
     if m.name == "sft":
         return SFT
     if m.name == "distill":
-        if m.teacher_mode == "completions":
+        if m.distill.mode == "completions":
             return distill.build(m, None)
         from tunelab.models.load import load_tokenizer
 
         return distill.build(m, distill.load_teacher(cfg, tokenizer or load_tokenizer(cfg.model)))
     ref = None
-    if m.name in NEEDS_REFERENCE:
+    if m.name in NEEDS_REFERENCE and not (m.name == "grpo" and m.grpo.kl_beta == 0):
         if m.reference == "precompute" and m.name == "dpo":
             precompute_reference(model, train_items or [], pad_id)
         elif not isinstance(model, PeftModel):
             ref = frozen_copy(model)
+    if m.name == "grpo":
+        return grpo.build(m, tokenizer, train_items or [], ref)
     return BUILDERS[m.name](m, ref)
 
 
 def prepare_data(cfg: RunConfig, tokenizer: Any) -> Any:
-    """The data pipeline the method needs: SFT examples, or preference pairs / unpaired items."""
+    """The data pipeline the method needs: SFT examples, preference pairs / unpaired items, or prompts."""
     from tunelab.data.pipeline import prepare
     from tunelab.data.preference import prepare_preference
+    from tunelab.data.prompts import prepare_prompts
 
     kind = DATA_KIND[cfg.method.name]
     if kind == "labelled":
         raise TunelabError("method classify trains from Python for now (tunelab.methods.classify); the training "
                            "loop does not yet load sequence-classification models")  # fmt: skip
+    if kind == "prompts":
+        from tunelab.methods.rewards import check_sources
+
+        check_sources(cfg.method.grpo.rewards)  # before the model loads and the run directory is written
+        return prepare_prompts(cfg, tokenizer)
     return prepare(cfg, tokenizer) if kind == "sft" else prepare_preference(cfg, tokenizer, kind)
 
 

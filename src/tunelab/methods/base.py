@@ -9,6 +9,9 @@ total count across all micro-batches and processes, so gradient accumulation equ
 `loss` receives the (possibly peft-wrapped) model, not the training wrapper: a method that needs a
 reference model (DPO) can run `with model.disable_adapter():` for it; a distillation method can close
 over a teacher. All of it runs inside `MethodModule.forward`, so DDP/FSDP see one forward call.
+
+`evaluate` (optional) replaces `loss` when the module is in eval mode (the loop's evaluation): for a
+method whose training loss says little about quality, e.g. grpo's mean reward of greedy completions.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class Method:
     loss: Callable[[nn.Module, Batch], StepOutput]
     supports_packing: bool = False
     length: Callable[[Any], int] = lambda item: len(item.input_ids)  # for length-grouped batching
+    evaluate: Callable[[nn.Module, Batch], StepOutput] | None = None  # eval-mode loss; default: `loss`
 
 
 class MethodModule(nn.Module):
@@ -49,5 +53,6 @@ class MethodModule(nn.Module):
         self.method = method
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        out = self.method.loss(self.model, batch)
+        fn = self.method.evaluate if not self.training and self.method.evaluate else self.method.loss
+        out = fn(self.model, batch)
         return {"loss_sum": out.loss_sum, **out.metrics}

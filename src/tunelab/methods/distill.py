@@ -1,10 +1,10 @@
-"""Knowledge distillation from a teacher's token distributions (teacher_mode: logits).
+"""Knowledge distillation from a teacher's token distributions (method.distill.mode: logits).
 
 At every labelled position (the reply tokens SFT would train on; units = trainable tokens) the student's
 next-token distribution is pulled toward the teacher's, both softened by temperature T:
   forward  KL(p_t || p_s) = sum p_t (log p_t - log p_s)   mass-covering (Hinton et al. 2015)
   reverse  KL(p_s || p_t) = sum p_s (log p_s - log p_t)   mode-seeking (MiniLLM, Gu et al. 2023)
-  mix      w forward + (1 - w) reverse                     (w = kd_mix)
+  mix      w forward + (1 - w) reverse                     (w = distill.mix)
 loss = T^2 KL + ce_weight * CE(student, data labels). T^2 keeps the gradient scale of the soft term
 roughly independent of T. Logged per token: `kl` (the configured divergence at T), `ce` (the student's
 hard-label cross-entropy at T = 1, also when its weight is 0) and `top1_agreement` (student argmax ==
@@ -20,7 +20,7 @@ backward rather than kept.
 
 Both models must share the vocabulary (compared token by token, not by size); heads padded to different
 widths are cut to the narrower one (the padding rows are not tokens). Models with different tokenizers
-use teacher_mode: completions (tunelab.methods.teacher_data).
+use mode: completions (tunelab.methods.teacher_data).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def kd_sums(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor,
     """[loss, kl, ce, agreement] summed over rows of (rows x vocab) logits; only the loss carries a gradient."""
     weights = {"forward": (1.0, 0.0), "reverse": (0.0, 1.0), "mix": (kd.mix, 1 - kd.mix)}
     if kd.kind not in weights:
-        raise ValueError(f"kd_loss: expected forward, reverse or mix, got {kd.kind!r}")
+        raise ValueError(f"distill.loss: expected forward, reverse or mix, got {kd.kind!r}")
     w_fwd, w_rev = weights[kd.kind]
     s, t = student.float(), teacher.float().detach()
     log_s = F.log_softmax(s / kd.temperature, -1)
@@ -153,7 +153,7 @@ def _as_teacher() -> Iterator[None]:
     try:
         yield
     except TunelabError as e:
-        raise TunelabError("method.teacher: " + str(e).removeprefix("model.name_or_path: ")) from None
+        raise TunelabError("method.distill.teacher: " + str(e).removeprefix("model.name_or_path: ")) from None
 
 
 def teacher_tokenizer(name: str) -> Any:
@@ -182,9 +182,9 @@ def check_vocab(student_tok: Any, teacher_tok: Any, student: str, teacher: str) 
     else:
         example = f"{token!r} is id {s[token]} in the student and not in the teacher's vocabulary"
     raise TunelabError(
-        f"method.teacher: the teacher {teacher!r} ({len(t)} tokens) and the student {student!r} ({len(s)} tokens) "
+        f"method.distill.teacher: the teacher {teacher!r} ({len(t)} tokens) and the student {student!r} ({len(s)} tokens) "
         f"have different tokenizers ({example}); logit distillation needs the same vocabulary. Use "
-        "method.teacher_mode: completions to train the student on the teacher's generated replies instead."
+        "method.distill.mode: completions to train the student on the teacher's generated replies instead."
     )
 
 
@@ -197,7 +197,7 @@ def frozen(model: nn.Module) -> nn.Module:
 
 def load_teacher(cfg: RunConfig, tokenizer: Any) -> nn.Module:
     """The frozen teacher for logit distillation, after checking its vocabulary against the student's."""
-    name = str(cfg.method.teacher)
+    name = str(cfg.method.distill.teacher)
     model, tok = teacher_model(name, cfg.model)
     check_vocab(tokenizer, tok, cfg.model.name_or_path, name)
     return frozen(model)
@@ -206,10 +206,11 @@ def load_teacher(cfg: RunConfig, tokenizer: Any) -> nn.Module:
 def build(cfg: MethodConfig, teacher: nn.Module | None) -> Method:
     """Logits mode: the KD loss against `teacher`. Completions mode trains plain SFT on the teacher's replies
     (the data was generated before training; see tunelab.methods.teacher_data)."""
-    if cfg.teacher_mode == "completions":
+    d = cfg.distill
+    if d.mode == "completions":
         return sft.SFT
     if teacher is None:
-        raise TunelabError("method distill (teacher_mode logits) needs a teacher model (method.teacher)")
-    kd = KD(cfg.kd_loss, cfg.kd_mix, cfg.kd_temperature, cfg.ce_weight)
+        raise TunelabError("method distill (mode logits) needs a teacher model (method.distill.teacher)")
+    kd = KD(d.loss, d.mix, d.temperature, d.ce_weight)
     fn = partial(loss, teacher=teacher, kd=kd)
     return Method("distill", collate=sft.collate, count=sft.count, loss=fn, supports_packing=True)

@@ -1,93 +1,42 @@
-"""GRPO (Shao et al. 2024): online RL from a reward function, advantages normalized within a group.
+"""GRPO (Shao et al. 2024): online RL from rewards, advantages normalized within a group of samples.
 
-Per step: sample `group_size` completions for each prompt from the current policy, score each with the
-reward function, advantage A = (r - mean of its group) / (std of its group + 1e-4), then one gradient
-step on  mean over tokens of [ -A * log pi(token) + beta * KL_k3(pi || ref) ]  per completion, averaged
-over completions (one update per sample: the PPO ratio is 1, so no clipping is needed). KL uses the k3
-estimator exp(ref - pi) - (ref - pi) - 1 per token, the reference being the adapters switched off (or
-a frozen copy / no KL with beta 0).
+A Method like the others, so the one training loop runs it (checkpoints, resume, logging, accelerate,
+final/ and the eval lifecycle unchanged). Items are prompts; `loss(model, batch)` does the whole
+rollout for its micro-batch: sample `group_size` completions per prompt from the current policy (eval
+mode, no grad; back to train mode after), score them (methods/rewards.py), advantage
+A = (r - mean of its group) / (std of its group + 1e-4), then the loss per completion
 
-Reward functions come from a plain dict (`REWARDS`) of built-ins, or from a Python file the user names,
-loaded explicitly with runpy: the file must define `reward(prompt: str, completion: str) -> float`.
-Nothing is imported by a dotted name from config. This is a small loop of its own (online sampling does
-not fit the offline batch plan); it is a library entry point, not yet wired to the CLI.
+    mean over its tokens of [ -exp(logp - sg(logp)) * A + beta * KL_k3(pi || ref) ]
+
+summed over completions (the unit is the completion, so the loop's division gives the mean). One update
+per sample: the ratio is 1 in value (the loss reads -A + beta KL, as TRL's does) and its gradient is
+A * grad logp, so PPO clipping would never bind. KL uses the k3 estimator exp(ref - logp) - (ref - logp) - 1
+per token; the reference is the adapters switched off, or a frozen copy (full tuning), or none (beta 0).
+Sampling uses the global torch RNG, whose state checkpoints restore, so a resumed run samples what an
+uninterrupted one would have.
+
+`evaluate` (run by the loop's evaluation instead of `loss`, see methods/base.py) scores one greedy
+completion per eval prompt (or group_size samples at eval_temperature) and returns minus the reward as
+its loss, so eval_loss = -mean reward and the best checkpoint / early stopping follow the reward.
 """
 
 from __future__ import annotations
 
-import re
-import runpy
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
+from tunelab.config import GRPOConfig, MethodConfig
 from tunelab.data.collate import collate
-from tunelab.data.tokenize import IGNORE, Example, prompt_text
+from tunelab.data.prompts import PromptItem, collate_prompts
+from tunelab.data.tokenize import IGNORE, Example
 from tunelab.errors import TunelabError
+from tunelab.methods.base import Batch, Method, StepOutput
 from tunelab.methods.logps import labelled_logps, reference_token_logps
-
-RewardFn = Callable[[str, str], float]
-
-
-def parity_reward(prompt: str, completion: str) -> float:
-    """Toy task: the prompt names 'even' or 'odd'; the share of completion characters that are digits of
-    that parity (dense, so a tiny random model has signal)."""
-    want = 0 if "even" in prompt.lower() else 1
-    chars = [c for c in completion if not c.isspace()]
-    return sum(1 for c in chars if c.isdigit() and int(c) % 2 == want) / max(len(chars), 1)
-
-
-def number_reward(prompt: str, completion: str) -> float:
-    """1 when the completion starts with an integer, else 0."""
-    return 1.0 if re.match(r"\s*-?\d+", completion) else 0.0
-
-
-REWARDS: dict[str, RewardFn] = {"parity": parity_reward, "number": number_reward}
-
-
-def load_reward(spec: str) -> RewardFn:
-    """A built-in name from REWARDS, or a path to a .py file defining `reward(prompt, completion)`."""
-    if spec in REWARDS:
-        return REWARDS[spec]
-    path = Path(spec)
-    if path.suffix != ".py" or not path.is_file():
-        raise TunelabError(f"reward {spec!r}: expected one of {', '.join(REWARDS)} or a path to a .py file")
-    fn = runpy.run_path(str(path)).get("reward")
-    if not callable(fn):
-        raise TunelabError(f"{path}: must define a function reward(prompt: str, completion: str) -> float")
-    return fn
-
-
-@dataclass
-class GRPOSettings:
-    group_size: int = 8
-    beta: float = 0.04
-    max_new_tokens: int = 8
-    temperature: float = 1.0
-    lr: float = 1e-3
-
-
-def sample(model: Any, tok: Any, prompt: str, n: int, s: GRPOSettings) -> list[Example]:
-    """n completions of one chat prompt; labels on the completion (through its EOS, if produced)."""
-    ids = tok(
-        prompt_text(tok, [{"role": "user", "content": prompt}], tok.chat_template), add_special_tokens=False
-    ).input_ids
-    x = torch.tensor([ids] * n, device=next(model.parameters()).device)
-    model.eval()
-    with torch.no_grad():
-        out = model.generate(input_ids=x, attention_mask=torch.ones_like(x), do_sample=True, temperature=s.temperature,
-                             top_p=1.0, top_k=0, max_new_tokens=s.max_new_tokens, pad_token_id=tok.pad_token_id,
-                             eos_token_id=tok.eos_token_id)  # fmt: skip
-    exs = []
-    for row in out[:, len(ids) :].tolist():
-        comp = row[: row.index(tok.eos_token_id) + 1] if tok.eos_token_id in row else row
-        comp = [t for t in comp if t != tok.pad_token_id] or [tok.eos_token_id]
-        exs.append(Example(ids + comp, [IGNORE] * len(ids) + comp))
-    return exs
+from tunelab.methods.rewards import Rewards
 
 
 def advantages(rewards: torch.Tensor) -> torch.Tensor:
@@ -95,40 +44,114 @@ def advantages(rewards: torch.Tensor) -> torch.Tensor:
     return (rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + 1e-4)
 
 
-def grpo_loss(model: nn.Module, batch: dict[str, torch.Tensor], adv: torch.Tensor, beta: float,
-              ref: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """(mean loss over completions, mean per-token KL) for one on-policy update."""
+def grpo_losses(model: nn.Module, batch: Batch, adv: torch.Tensor, beta: float,
+                ref: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(loss per completion, mean per-token KL per completion) for one on-policy update."""
     logp, rows = labelled_logps(model, batch)
     n_rows = batch["labels"].shape[0]
-    counts = torch.zeros(n_rows, device=logp.device).index_add(0, rows, torch.ones_like(logp))
-    per_tok = -adv[rows] * logp
+    counts = torch.zeros(n_rows, device=logp.device).index_add(0, rows, torch.ones_like(logp)).clamp(min=1)
+    per_tok = -torch.exp(logp - logp.detach()) * adv[rows]
     kl = torch.zeros_like(logp)
     if beta > 0:
         ref_logp = reference_token_logps(model, batch, ref)
         kl = torch.exp(ref_logp - logp) - (ref_logp - logp) - 1
         per_tok = per_tok + beta * kl
-    per_seq = torch.zeros(n_rows, device=logp.device).index_add(0, rows, per_tok) / counts.clamp(min=1)
-    mean_kl = kl.detach().sum() / counts.sum().clamp(min=1)
-    return per_seq.mean(), mean_kl
+    per_seq = torch.zeros(n_rows, device=logp.device).index_add(0, rows, per_tok) / counts
+    kl_seq = torch.zeros(n_rows, device=logp.device).index_add(0, rows, kl.detach()) / counts
+    return per_seq, kl_seq
 
 
-def train_grpo(model: nn.Module, tok: Any, prompts: Sequence[str], reward: RewardFn, steps: int,
-               s: GRPOSettings | None = None, ref: nn.Module | None = None) -> list[dict[str, float]]:  # fmt: skip
-    """Run `steps` GRPO updates over all prompts; returns per-step mean reward, loss and KL."""
-    s = s or GRPOSettings()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=s.lr, weight_decay=0.0)
-    history = []
-    device = next(model.parameters()).device
-    for _ in range(steps):
-        exs = [ex for p in prompts for ex in sample(model, tok, p, s.group_size, s)]
-        texts = [tok.decode([t for t in ex.labels if t != IGNORE], skip_special_tokens=True) for ex in exs]
-        r = torch.tensor([reward(prompts[i // s.group_size], t) for i, t in enumerate(texts)], dtype=torch.float32)
-        adv = advantages(r.view(len(prompts), s.group_size)).flatten().to(device)
-        batch = {k: v.to(device) for k, v in collate(exs, tok.pad_token_id).items()}
-        model.train()
-        loss, kl = grpo_loss(model, batch, adv, s.beta, ref)
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        history.append({"reward": float(r.mean()), "loss": float(loss), "kl": float(kl)})
-    return history
+def _eos_ids(model: Any, tok: Any) -> set[int]:
+    eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    return ids | ({tok.eos_token_id} if tok.eos_token_id is not None else set())
+
+
+def sample(model: Any, tok: Any, batch: Batch, n: int, max_new_tokens: int,
+           temperature: float) -> tuple[list[Example], list[str]]:  # fmt: skip
+    """n completions per prompt (greedy when temperature is 0; then n must be 1), grouped by prompt: the
+    training sequences (prompt + completion through its EOS, labels on the completion) and their texts."""
+    eos = _eos_ids(model, tok)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else next(iter(eos))
+    kw: dict[str, Any] = (
+        dict(do_sample=True, temperature=temperature, top_p=1.0, top_k=0)
+        if temperature > 0
+        else dict(do_sample=False, temperature=None, top_p=None, top_k=None)
+    )
+    was_training = model.training
+    model.eval()  # no dropout while sampling: the samples come from the policy being scored
+    try:
+        with torch.no_grad():
+            out = model.generate(input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"],
+                                 num_return_sequences=n, max_new_tokens=max_new_tokens, pad_token_id=pad,
+                                 eos_token_id=sorted(eos), **kw)  # fmt: skip
+    finally:
+        model.train(was_training)
+    width = batch["prompt_ids"].shape[1]
+    prompts = [row[m.bool()].tolist() for row, m in zip(batch["prompt_ids"].cpu(), batch["prompt_mask"].cpu())]
+    exs, texts = [], []
+    for i, row in enumerate(out[:, width:].tolist()):
+        end = next((j + 1 for j, t in enumerate(row) if t in eos), len(row))  # through the first EOS
+        comp, ids = row[:end], prompts[i // n]
+        exs.append(Example(ids + comp, [IGNORE] * len(ids) + comp))
+        texts.append(tok.decode(comp, skip_special_tokens=True))
+    return exs, texts
+
+
+class GRPO:
+    """The rollout + loss of one micro-batch; `table` maps item indices to prompts (batches are tensors)."""
+
+    def __init__(self, s: GRPOConfig, tok: Any, rewards: Rewards, table: dict[int, PromptItem],
+                 ref: nn.Module | None) -> None:  # fmt: skip
+        self.s, self.tok, self.rewards, self.table, self.ref = s, tok, rewards, table, ref
+
+    def _rollout(self, model: nn.Module, batch: Batch, n: int, temperature: float) -> tuple[Any, ...]:
+        prompts = [self.table[i].prompt for i in batch["index"].tolist()]
+        exs, texts = sample(model, self.tok, batch, n, self.s.max_new_tokens, temperature)
+        device = batch["prompt_ids"].device
+        rewards, metrics = self.rewards([p for p in prompts for _ in range(n)], texts, n, device)
+        metrics["completion_length"] = torch.tensor(float(sum(e.n_trainable for e in exs)))
+        return exs, rewards, metrics
+
+    def loss(self, model: nn.Module, batch: Batch) -> StepOutput:
+        g = self.s.group_size
+        exs, rewards, metrics = self._rollout(model, batch, g, self.s.temperature)
+        device = batch["prompt_ids"].device
+        if self.ref is not None:
+            self.ref.to(device)  # built before accelerate moved the policy; a no-op once there
+        pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else 0
+        seqs = {k: v.to(device) for k, v in collate(exs, pad).items()}
+        adv = advantages(rewards).flatten().to(device)
+        per_seq, kl = grpo_losses(model, seqs, adv, self.s.kl_beta, self.ref)
+        metrics["reward/std"] = rewards.std(1).sum() * g  # mean within-group spread: 0 means no signal
+        metrics["kl"] = kl.sum()
+        return StepOutput(per_seq.sum(), {k: v.to(device) for k, v in metrics.items()})
+
+    def evaluate(self, model: nn.Module, batch: Batch) -> StepOutput:
+        """Reward of greedy (or sampled) completions, scaled to the item's group_size units."""
+        t, g = self.s.eval_temperature, self.s.group_size
+        n = g if t > 0 else 1
+        _, rewards, metrics = self._rollout(model, batch, n, t)
+        scale = g / n  # the loop divides by count = group_size per prompt
+        device = batch["prompt_ids"].device
+        metrics = {k: (v * scale).to(device) for k, v in metrics.items()}
+        return StepOutput(-metrics["reward"], metrics)
+
+
+def build(cfg: MethodConfig, tok: Any, items: Sequence[PromptItem], ref: nn.Module | None = None) -> Method:
+    """`items`: every prompt the run will batch (train and eval), looked up by index in the loss."""
+    s = cfg.grpo
+    if tok is None:
+        raise TunelabError("method grpo needs the tokenizer to sample and decode completions")
+    table = {it.index: it for it in items}
+    g = GRPO(s, tok, Rewards(s.rewards), table, ref)
+    return Method(name="grpo", collate=collate_prompts, count=partial(_units, s.group_size), loss=g.loss,
+                  length=_length, evaluate=g.evaluate)  # fmt: skip
+
+
+def _units(group_size: int, item: PromptItem) -> int:
+    return group_size  # the unit is the completion
+
+
+def _length(item: PromptItem) -> int:
+    return item.length

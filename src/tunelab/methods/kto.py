@@ -5,8 +5,8 @@ KL(pi || ref): the mean of r over *mismatched* pairs (prompt i with completion i
 data.preference.collate_unpaired), clamped at 0 and detached, as in the paper and TRL:
  desirable:   w_d * (1 - sigma(beta (r - z)))
  undesirable: w_u * (1 - sigma(beta (z - r)))
-The estimate is per micro-batch (TRL all-gathers it across processes); with one item per batch the
-"mismatched" pair is the item itself. Units are items. Metrics, summed over items like the loss:
+The estimate pools the mismatched pairs of the micro-batch on every process (all-reduced, as TRL
+gathers it); with one item per batch on one process the "mismatched" pair is the item itself. Units are items. Metrics, summed over items like the loss:
 kl (z per item), rewards/desirable and rewards/undesirable (beta r summed over each group) with
 n/desirable and n/undesirable, so group means are rewards/desirable / n/desirable in the log.
 """
@@ -17,6 +17,7 @@ from functools import partial
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from tunelab.config import MethodConfig
@@ -36,10 +37,20 @@ def kto_losses(
     undesirable_weight: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(per-item losses, the KL estimate z) from matched and mismatched policy-minus-reference log-ratios."""
-    z = kl_logratios.detach().mean().clamp(min=0)
+    z = batch_kl(kl_logratios.detach()).clamp(min=0)
     good = desirable_weight * (1 - torch.sigmoid(beta * (logratios - z)))
     bad = undesirable_weight * (1 - torch.sigmoid(beta * (z - logratios)))
     return torch.where(desirable, good, bad), z
+
+
+def batch_kl(kl_logratios: torch.Tensor) -> torch.Tensor:
+    """Mean mismatched log-ratio over this micro-batch on all processes. Every process runs the same number
+    of micro-batches (train plan and eval batches are padded to line up), so the all-reduce cannot hang."""
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return kl_logratios.mean()
+    total = torch.stack([kl_logratios.sum(), torch.tensor(float(kl_logratios.numel()), device=kl_logratios.device)])
+    dist.all_reduce(total)
+    return total[0] / total[1]
 
 
 def loss(

@@ -77,6 +77,9 @@ def frozen_copy(model: nn.Module) -> nn.Module:
 def _reference(model: nn.Module, batch: Batch, ref: nn.Module | None, fn: Callable) -> torch.Tensor:
     with torch.no_grad():
         if ref is not None:
+            device = batch["input_ids"].device
+            if next(ref.parameters()).device != device:  # built before accelerate moved the policy
+                ref.to(device)
             return fn(ref, batch)[0]
         from peft import PeftModel
 

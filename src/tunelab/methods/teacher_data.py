@@ -1,4 +1,4 @@
-"""Distillation from a teacher's text (distill, teacher_mode: completions): the teacher answers the training
+"""Distillation from a teacher's text (method.distill.mode: completions): the teacher answers the training
 prompts, the student learns the answers with plain SFT. Works across tokenizers and with remote teachers.
 
 The teacher is a local model (a preset, folder, hub id or tunelab run directory; batched generation from
@@ -6,10 +6,10 @@ tunelab.eval.generate, with its own chat template) or any OpenAI-compatible endp
 `openai` client: timeout, retries with backoff, `concurrency` requests in flight). Conversations go to
 /chat/completions; plain prompt/completion prompts (not chats) to /completions.
 
-Prompts come from any SFT-style file (messages, sharegpt, alpaca, prompt/completion, preference, kto);
-the existing reply, if any, is replaced, and prompt-only rows (`{"prompt": ...}`, `{"instruction": ...}`,
-messages that end with a user turn) work too. In a multi-turn conversation the teacher writes the final
-reply; earlier assistant turns are kept as context with weight 0, so only the teacher's text trains.
+Prompts are read as grpo reads them (tunelab.data.prompts.prompt_of): prompt-only rows (`format: prompt`, a
+string is one user turn), or the prompt side of conversations, prompt/completion, preference and kto records,
+whose existing reply is replaced. In a multi-turn conversation the teacher writes the final reply; earlier
+assistant turns are kept as context with weight 0, so only the teacher's text trains.
 Every written row carries `_teacher` (model, endpoint, generation settings) and `_source` (file:line);
 replies cut at max_new_tokens carry `_truncated`. A prompt the teacher did not answer (after retries) is
 never dropped silently: it goes to `<out>.failed.jsonl` with the error and is counted, and more failures
@@ -37,19 +37,18 @@ import torch
 from tqdm.auto import tqdm
 
 from tunelab.config import DatasetConfig, ModelConfig, RunConfig, TeacherGeneration
-from tunelab.data.formats import FORMATS, SHAREGPT_ROLES, FieldError, detect_format, rename_columns
-from tunelab.data.records import Conversation, Message, Preference, PromptCompletion, UnpairedPreference
-from tunelab.data.sources import read_rows
+from tunelab.data.pipeline import load_records
+from tunelab.data.prompts import PromptSpec, prompt_of
+from tunelab.data.records import Message
 from tunelab.errors import DataError, TunelabError
 
 REPORT = "report.json"
 MAX_LISTED_ERRORS = 20
-Prompt = str | tuple[Message, ...]  # a plain-text prompt, or the conversation before the reply
 
 
 @dataclass(frozen=True)
 class TeacherPrompt:
-    prompt: Prompt
+    prompt: PromptSpec
     source: str  # file:line (or file[record])
 
 
@@ -64,77 +63,24 @@ class Reply:
 
 
 def read_prompts(ds: DatasetConfig) -> list[TeacherPrompt]:
-    """The prompt of every record; every bad record is listed with its file, line and field."""
+    """The prompt of every record (tunelab.data.prompts.prompt_of); records without one are listed with their
+    file and line, as invalid records are by the pipeline."""
+    _, records = load_records(ds)
     out: list[TeacherPrompt] = []
     errors: list[str] = []
-    n_bad = 0
-    fmt = ds.format
-    for i, row in enumerate(read_rows(ds.path, ds.split)):
-        if ds.max_samples is not None and i >= ds.max_samples:
-            break
-        try:
-            data = rename_columns(row.data, ds.columns)
-            if fmt == "auto":
-                fmt = _detect(set(data))
-            out.append(TeacherPrompt(prompt_of(data, fmt), f"{row.source}:{row.line}" if row.line else
-                                     f"{row.source}[{row.index}]"))  # fmt: skip
-        except FieldError as e:
-            n_bad += 1
-            if len(errors) < MAX_LISTED_ERRORS:
-                errors.append(str(row.error(str(e), e.field or None)))
-    if n_bad:
-        more = f"\n  ... and {n_bad - len(errors)} more" if n_bad > len(errors) else ""
-        raise DataError(f"{n_bad} record(s) without a usable prompt in {ds.path}:\n  " + "\n  ".join(errors) + more)
+    for rec, row in records:
+        prompt = prompt_of(rec)
+        where = f"{row.source}:{row.line}" if row.line else f"{row.source}[{row.index}]"
+        if prompt is None:
+            errors.append(str(row.error(f"a {type(rec).__name__} record has no prompt for the teacher to answer (use "
+                                        "prompt rows, conversations, prompt/completion, preference or kto data)")))  # fmt: skip
+        else:
+            out.append(TeacherPrompt(prompt, where))
+    if errors:
+        more = f"\n  ... and {len(errors) - MAX_LISTED_ERRORS} more" if len(errors) > MAX_LISTED_ERRORS else ""
+        raise DataError(f"{len(errors)} record(s) without a prompt in {ds.path}:\n  "
+                        + "\n  ".join(errors[:MAX_LISTED_ERRORS]) + more)  # fmt: skip
     return out
-
-
-def _detect(keys: set[str]) -> str:
-    """detect_format, plus prompt-only rows: {prompt} and {instruction} with no reply field."""
-    fmt = detect_format(keys) or (
-        "prompt_completion" if "prompt" in keys else "alpaca" if "instruction" in keys else None
-    )
-    if fmt is None or fmt == "text":
-        raise FieldError("", f"no prompt in fields {sorted(keys)}: expected messages, conversations, "
-                         "instruction (alpaca) or prompt (set format: and columns: for other names)")  # fmt: skip
-    return fmt
-
-
-def prompt_of(data: dict[str, Any], fmt: str) -> Prompt:
-    """The part of a record the teacher answers: a plain prompt, or the messages before the last reply."""
-    prompt_field, reply_field = {
-        "alpaca": ("instruction", "output"),
-        "prompt_completion": ("prompt", "completion"),
-    }.get(fmt, (None, None))
-    if reply_field and prompt_field in data and data.get(reply_field) is None:
-        data = {**data, reply_field: ""}  # prompt-only row: an empty slot for the format to parse
-    elif fmt in ("messages", "sharegpt"):
-        data = _with_reply_slot(data, fmt)
-    if fmt not in FORMATS or fmt == "text":
-        raise FieldError("", f"format {fmt} has no prompt for a teacher to answer")
-    rec = FORMATS[fmt](data)
-    if isinstance(rec, PromptCompletion):
-        return rec.prompt
-    if isinstance(rec, Preference | UnpairedPreference):
-        return rec.prompt
-    assert isinstance(rec, Conversation)
-    last = max(i for i, m in enumerate(rec.messages) if m.role == "assistant")
-    if not any(m.role == "user" for m in rec.messages[:last]):
-        raise FieldError(fmt, "no user turn before the reply the teacher would write")
-    return rec.messages[:last]
-
-
-def _with_reply_slot(data: dict[str, Any], fmt: str) -> dict[str, Any]:
-    """Messages that end with a user turn get an empty assistant slot (the reply the teacher writes)."""
-    key, role_key, content_key = (
-        ("messages", "role", "content") if fmt == "messages" else ("conversations", "from", "value")
-    )
-    msgs = data.get(key)
-    if not isinstance(msgs, list) or not msgs or not isinstance(msgs[-1], dict):
-        return data  # the format reports what is wrong
-    role = str(msgs[-1].get(role_key, ""))
-    if (SHAREGPT_ROLES.get(role.lower()) if fmt == "sharegpt" else role) == "assistant":
-        return data
-    return {**data, key: [*msgs, {role_key: "assistant", content_key: ""}]}
 
 
 def _chat(prompt: tuple[Message, ...]) -> list[dict[str, str]]:
@@ -144,7 +90,7 @@ def _chat(prompt: tuple[Message, ...]) -> list[dict[str, str]]:
 # --------------------------------------------------------------------------- teachers
 
 
-def complete_local(model: Any, tokenizer: Any, prompts: Sequence[Prompt], gen: TeacherGeneration) -> list[Reply]:
+def complete_local(model: Any, tokenizer: Any, prompts: Sequence[PromptSpec], gen: TeacherGeneration) -> list[Reply]:
     """Batched generation with the teacher's own chat template (tunelab.eval.generate)."""
     from tunelab.eval.generate import DecodingConfig, generate_ids
 
@@ -156,7 +102,7 @@ def complete_local(model: Any, tokenizer: Any, prompts: Sequence[Prompt], gen: T
     return [Reply(tokenizer.decode(r, skip_special_tokens=True), truncated=len(r) >= gen.max_new_tokens) for r in ids]
 
 
-def complete_endpoint(model: str, prompts: Sequence[Prompt], gen: TeacherGeneration) -> list[Reply]:
+def complete_endpoint(model: str, prompts: Sequence[PromptSpec], gen: TeacherGeneration) -> list[Reply]:
     """One request per prompt, `concurrency` at a time; a request that still fails after the client's
     retries becomes a Reply with its error (never an exception, never dropped)."""
     import openai
@@ -166,7 +112,7 @@ def complete_endpoint(model: str, prompts: Sequence[Prompt], gen: TeacherGenerat
     kwargs: dict[str, Any] = dict(model=model, max_tokens=gen.max_new_tokens, temperature=gen.temperature,
                                   top_p=gen.top_p, seed=gen.seed)  # fmt: skip
 
-    def one(prompt: Prompt) -> Reply:
+    def one(prompt: PromptSpec) -> Reply:
         try:
             if isinstance(prompt, str):
                 r = client.completions.create(prompt=prompt, **kwargs)
@@ -202,7 +148,7 @@ class Teacher:
             self.model, self.tokenizer = teacher_model(name, student or ModelConfig())
             self.model.to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
 
-    def answer(self, prompts: Sequence[Prompt]) -> list[Reply]:
+    def answer(self, prompts: Sequence[PromptSpec]) -> list[Reply]:
         if self.model is None:
             return complete_endpoint(self.name, prompts, self.gen)
         return complete_local(self.model, self.tokenizer, prompts, self.gen)
@@ -295,10 +241,12 @@ def prepare_teacher(cfg: RunConfig, tokenizer: Any, run_dir: Path, acc: Any) -> 
     m = cfg.method
     if m.name != "distill":
         return cfg
-    if m.teacher_mode == "logits":
+    if m.distill.mode == "logits":
         from tunelab.methods.distill import check_vocab, teacher_tokenizer
 
-        check_vocab(tokenizer, teacher_tokenizer(str(m.teacher)), cfg.model.name_or_path, str(m.teacher))
+        check_vocab(
+            tokenizer, teacher_tokenizer(str(m.distill.teacher)), cfg.model.name_or_path, str(m.distill.teacher)
+        )
         return cfg
     folder = run_dir / "teacher"
     if acc.is_main_process:
@@ -311,7 +259,7 @@ def prepare_teacher(cfg: RunConfig, tokenizer: Any, run_dir: Path, acc: Any) -> 
 
 
 def write_teacher_data(cfg: RunConfig, folder: Path, device: Any = None, log: Any = print) -> None:
-    m, gen = cfg.method, cfg.method.teacher_generation
+    d, gen = cfg.method.distill, cfg.method.distill.generation
     key = _key(cfg)
     report_path = folder / REPORT
     if report_path.is_file():
@@ -325,8 +273,8 @@ def write_teacher_data(cfg: RunConfig, folder: Path, device: Any = None, log: An
     if not cfg.data.train:
         raise DataError("no training data: add at least one dataset (the prompts) under data.train", where="config")
     where = gen.base_url or "a local model"
-    log(f"teacher: {m.teacher} ({where}) answers the prompts of {len(cfg.data.train)} dataset(s)")
-    teacher = Teacher(str(m.teacher), gen, cfg.model, device)
+    log(f"teacher: {d.teacher} ({where}) answers the prompts of {len(cfg.data.train)} dataset(s)")
+    teacher = Teacher(str(d.teacher), gen, cfg.model, device)
     try:
         reports = []
         for i, ds in enumerate(cfg.data.train):
@@ -335,16 +283,16 @@ def write_teacher_data(cfg: RunConfig, folder: Path, device: Any = None, log: An
             log("teacher: " + summary(reports[-1]))
     finally:
         teacher.close()
-    report_path.write_text(json.dumps({"key": key, "teacher": settings(str(m.teacher), gen), "datasets": reports},
+    report_path.write_text(json.dumps({"key": key, "teacher": settings(str(d.teacher), gen), "datasets": reports},
                                       indent=1) + "\n")  # fmt: skip
-    check_failures(reports, gen.max_failed, "raise method.teacher_generation.max_failed")
+    check_failures(reports, gen.max_failed, "raise method.distill.generation.max_failed")
 
 
 def _key(cfg: RunConfig) -> str:
     """What the generated data depends on: teacher, generation settings and the prompt files' contents."""
     from tunelab.data.pipeline import file_manifest
 
-    gen = cfg.method.teacher_generation.model_dump(exclude={"concurrency", "timeout", "max_retries", "max_failed"})
-    parts = {"teacher": cfg.method.teacher, "gen": gen,
+    gen = cfg.method.distill.generation.model_dump(exclude={"concurrency", "timeout", "max_retries", "max_failed"})
+    parts = {"teacher": cfg.method.distill.teacher, "gen": gen,
              "data": [ds.model_dump(mode="json") | {"sha256": file_manifest(ds.path)["sha256"]} for ds in cfg.data.train]}  # fmt: skip
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()

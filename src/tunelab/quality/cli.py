@@ -312,7 +312,12 @@ def augment(
 
 @data_app.command()
 def distill(
-    path: Annotated[str, typer.Argument(help="Prompts: any SFT-style file (existing replies are replaced).")],
+    path: Annotated[
+        str,
+        typer.Argument(
+            help="Prompts: prompt rows, or conversation, prompt/completion, preference data (replies are replaced)."
+        ),
+    ],
     teacher: Annotated[
         str,
         typer.Option(

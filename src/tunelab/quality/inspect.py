@@ -14,7 +14,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from tunelab.data.records import Conversation, Preference, PromptCompletion, Record, Text, UnpairedPreference
+from tunelab.data.records import (
+    Conversation,
+    Preference,
+    Prompt,
+    PromptCompletion,
+    Record,
+    Text,
+    UnpairedPreference,
+)
 from tunelab.quality.items import Dataset, Item
 
 
@@ -83,6 +91,8 @@ def _messages(record: Record | None) -> tuple[Any, ...]:
         return record.prompt + record.chosen
     if isinstance(record, UnpairedPreference):
         return record.prompt + record.completion
+    if isinstance(record, Prompt):
+        return record.messages
     return ()
 
 

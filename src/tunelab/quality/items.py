@@ -27,6 +27,7 @@ from tunelab.data.records import (
     Conversation,
     Message,
     Preference,
+    Prompt,
     PromptCompletion,
     Record,
     Text,
@@ -216,4 +217,6 @@ def record_texts(record: Record) -> tuple[str, str]:
         return _join(record.prompt), _join(record.chosen) + "\n" + _join(record.rejected)
     if isinstance(record, UnpairedPreference):
         return _join(record.prompt), _join(record.completion)
+    if isinstance(record, Prompt):
+        return _join(record.messages), ""
     raise TypeError(f"unknown record type {type(record).__name__}")

@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,7 @@ class Job:
     method: Method
     train_items: list[Any]
     eval_items: list[Any]
+    eval_tasks: list[str] = field(default_factory=list)  # task of each eval item (multi-task runs)
 
 
 class Trainer:
@@ -222,19 +223,39 @@ class Trainer:
 
     # ------------------------------------------------------------------ eval
     def evaluate(self) -> dict[str, float]:
-        acc, job = self.acc, self.job
-        lengths = [job.method.length(x) for x in job.eval_items]
-        units = sum(job.method.count(x) for x in job.eval_items)
-        total = torch.zeros((), device=acc.device)
+        """Eval loss and the method's own metrics (eval_rewards/accuracies, ...) over the eval items; with
+        several tasks also eval_loss/<task>. Each task is batched on its own, so no per-item losses are needed."""
+        job = self.job
+        groups: dict[str, list[int]] = {}
+        for i, task in enumerate(job.eval_tasks or [""] * len(job.eval_items)):
+            groups.setdefault(task, []).append(i)
+        sums: dict[str, float] = {}
+        out: dict[str, float] = {}
         self.module.eval()
         with torch.no_grad():
-            for idx, real in eval_batches(lengths, job.cfg.train.batch_size, acc.num_processes, acc.process_index):
-                out = self.module(self._batch([job.eval_items[j] for j in idx]))
-                if real:
-                    total += out["loss_sum"].float()
+            for task, idx in groups.items():
+                task_sums = self._eval_sums([job.eval_items[i] for i in idx])
+                if len(groups) > 1:
+                    out[f"eval_loss/{task}"] = task_sums["loss_sum"] / max(task_sums["units"], 1)
+                for k, v in task_sums.items():
+                    sums[k] = sums.get(k, 0.0) + v
         self.module.train()
-        loss = self._sum(total) / max(units, 1)
-        return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0))}
+        units = max(sums.pop("units"), 1)
+        loss = sums.pop("loss_sum") / units
+        metrics = {f"eval_{k}": v / units for k, v in sums.items()}  # summed per unit, like the train window
+        return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0)), **metrics, **out}
+
+    def _eval_sums(self, items: list[Any]) -> dict[str, float]:
+        """Summed loss and method metrics over `items` (all processes), plus their units."""
+        acc, m = self.acc, self.job.method
+        totals: dict[str, torch.Tensor] = {}
+        for idx, real in eval_batches([m.length(x) for x in items], self.job.cfg.train.batch_size,
+                                      acc.num_processes, acc.process_index):  # fmt: skip
+            out = self.module(self._batch([items[j] for j in idx]))
+            for k, v in out.items():  # a padding repeat counts 0; every process still reduces the same keys
+                totals[k] = totals.get(k, 0) + v.detach().float() * float(real)
+        sums = {k: self._sum(v) for k, v in totals.items()}
+        return {"loss_sum": 0.0, **sums, "units": float(sum(m.count(x) for x in items))}
 
     def _eval_and_track(self, log: MetricsLog | None) -> bool:
         """Evaluate, record, keep the best; True when early stopping's patience is used up."""

@@ -3,7 +3,15 @@
 import pytest
 
 from tunelab.data.formats import FORMATS, FieldError, detect_format, rename_columns
-from tunelab.data.records import Conversation, Message, Preference, PromptCompletion, Text, UnpairedPreference
+from tunelab.data.records import (
+    Conversation,
+    Message,
+    Preference,
+    Prompt,
+    PromptCompletion,
+    Text,
+    UnpairedPreference,
+)
 
 U, A, S = "user", "assistant", "system"
 
@@ -70,6 +78,12 @@ def test_kto_from_messages_and_prompt_completion():
     assert FORMATS["kto"]({"prompt": "p", "completion": "c", "label": True}).label is True
 
 
+def test_prompt_string_or_messages_other_fields_unread():
+    assert FORMATS["prompt"]({"prompt": "p", "answer": "ignored"}) == Prompt((Message(U, "p"),))
+    msgs = [{"role": "system", "content": "s"}, {"role": "user", "content": "q"}]
+    assert FORMATS["prompt"]({"prompt": msgs}) == Prompt((Message(S, "s"), Message(U, "q")))
+
+
 @pytest.mark.parametrize(
     ("fmt", "row", "field", "expected"),
     [
@@ -86,6 +100,9 @@ def test_kto_from_messages_and_prompt_completion():
         ),
         ("sharegpt", {"conversations": [{"from": "alien", "value": "x"}]}, "conversations[0].from", "unknown role"),
         ("kto", {"prompt": "p", "completion": "c", "label": "yes"}, "label", "expected true/false"),
+        ("prompt", {"question": "q"}, "prompt", "missing required field"),
+        ("prompt", {"prompt": 3}, "prompt", "expected a string or a list, got a number"),
+        ("prompt", {"prompt": [{"role": "assistant", "content": "a"}]}, "prompt", "ends where the model answers"),
     ],
 )
 def test_bad_rows_name_the_field(fmt, row, field, expected):
@@ -103,6 +120,8 @@ def test_detect_format():
     assert detect_format({"conversations"}) == "sharegpt"
     assert detect_format({"prompt", "completion"}) == "prompt_completion"
     assert detect_format({"text"}) == "text"
+    assert detect_format({"prompt"}) == "prompt"
+    assert detect_format({"prompt", "id"}) == "prompt"
     assert detect_format({"foo"}) is None
 
 

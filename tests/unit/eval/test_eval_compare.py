@@ -117,11 +117,11 @@ def test_load_examples_and_bad_options(tmp_path) -> None:
     rows = [{"instruction": "Say hi", "output": "hi"}, {"prompt": "x", "completion": "y"}]
     path.write_text(json.dumps(rows[0]) + "\n")
     exs = load_examples(DatasetConfig(path=str(path)))
-    assert exs == [EvalExample([{"role": "user", "content": "Say hi"}], "hi", f"{path}:1")]
+    assert exs == [EvalExample([{"role": "user", "content": "Say hi"}], "hi", f"{path}:1", "eval")]
     text = tmp_path / "text.jsonl"
     text.write_text('{"text": "just text"}\n')
     # Continued-pretraining text is scored by its loss as a whole: no prompt, the text is the reference.
-    assert load_examples(DatasetConfig(path=str(text))) == [EvalExample("", "just text", f"{text}:1")]
+    assert load_examples(DatasetConfig(path=str(text))) == [EvalExample("", "just text", f"{text}:1", "text")]
     model, tok = build_preset("tiny")
     bad = EvalConfig(metrics=[{"name": "exact_match", "options": {"normalise": "squad"}}])
     with pytest.raises(ConfigError, match="no option 'normalise'"):

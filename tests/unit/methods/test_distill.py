@@ -89,7 +89,7 @@ def examples(n: int = 5, seed: int = 0) -> list[Example]:
 
 
 def method(teacher: torch.nn.Module, **kw: object) -> distill.Method:
-    return distill.build(MethodConfig(name="distill", teacher="t", **kw), teacher)  # type: ignore[arg-type]
+    return distill.build(MethodConfig(name="distill", distill={"teacher": "t", **kw}), teacher)  # type: ignore[arg-type]
 
 
 def full_logits_reference(student: torch.nn.Module, teacher: torch.nn.Module, batch: dict, kd: KD) -> torch.Tensor:
@@ -115,7 +115,7 @@ def pair() -> tuple[torch.nn.Module, torch.nn.Module]:
 @pytest.mark.parametrize("kd", [KD("forward", 0.5, 1.0, 0.0), KD("reverse", 0.5, 2.0, 0.0), KD("mix", 0.7, 1.5, 0.3)])
 def test_loss_equals_full_logits_reference_at_labelled_positions(pair, kd: KD) -> None:
     student, teacher = pair
-    m = method(teacher, kd_loss=kd.kind, kd_mix=kd.mix, kd_temperature=kd.temperature, ce_weight=kd.ce_weight)
+    m = method(teacher, loss=kd.kind, mix=kd.mix, temperature=kd.temperature, ce_weight=kd.ce_weight)
     exs = examples()
     batch = m.collate(exs, 0)
     out = m.loss(student, batch)
@@ -140,7 +140,7 @@ def test_masked_positions_do_not_count(pair) -> None:
 
 def test_identical_teacher_gives_zero_kl(pair) -> None:
     student, _ = pair
-    m = method(distill.frozen(build_preset("tiny", seed=0)[0]), kd_loss="mix")
+    m = method(distill.frozen(build_preset("tiny", seed=0)[0]), loss="mix")
     out = m.loss(student, m.collate(examples(), 0))
     assert abs(out.loss_sum.item()) < 1e-5
     assert out.metrics["top1_agreement"].item() == sum(m.count(e) for e in examples())
@@ -149,7 +149,7 @@ def test_identical_teacher_gives_zero_kl(pair) -> None:
 def test_packed_batch_equals_sum_of_unpacked(pair) -> None:
     """The teacher sees the same packed rows (block-diagonal attention), so packing changes nothing."""
     student, teacher = pair
-    m = method(teacher, kd_loss="mix", kd_temperature=2.0, ce_weight=0.5)
+    m = method(teacher, loss="mix", temperature=2.0, ce_weight=0.5)
     exs = examples(6, seed=3)
     packed = pack(exs, max_length=80)
     assert len(packed) < len(exs)
@@ -162,7 +162,7 @@ def test_packed_batch_equals_sum_of_unpacked(pair) -> None:
 
 def test_chunked_equals_single_pass_with_gradients(pair, monkeypatch: pytest.MonkeyPatch) -> None:
     student, teacher = pair
-    m = method(teacher, kd_loss="reverse", ce_weight=0.3)
+    m = method(teacher, loss="reverse", ce_weight=0.3)
     batch = m.collate(examples(4), 0)
 
     def loss_and_grad() -> tuple[torch.Tensor, torch.Tensor]:
@@ -241,7 +241,7 @@ def test_overfitting_lowers_kl_to_a_trained_teacher() -> None:
     sft_train(teacher, items, steps=60, lr=1e-2)
     teacher = distill.frozen(teacher)
     student = build_preset("tiny", seed=0)[0]
-    m = method(teacher, kd_loss="forward", kd_temperature=1.0)
+    m = method(teacher, loss="forward", temperature=1.0)
     start = mean_metrics(student, m, items)
     units = sum(m.count(x) for x in items)
     opt = torch.optim.AdamW(student.parameters(), lr=1e-2)
@@ -266,7 +266,7 @@ def test_vocab_check_names_both_models_and_points_to_completions() -> None:
     with pytest.raises(TunelabError) as e:
         distill.check_vocab(byte, bpe, "tiny", "tiny-1m")
     msg = str(e.value)
-    assert "'tiny-1m'" in msg and "'tiny'" in msg and "teacher_mode: completions" in msg
+    assert "'tiny-1m'" in msg and "'tiny'" in msg and "method.distill.mode: completions" in msg
     assert f"{len(bpe)} tokens" in msg and f"{len(byte)} tokens" in msg
 
 
@@ -289,10 +289,10 @@ def test_vocab_check_compares_tokens_not_sizes() -> None:
 
 
 def test_config_requires_a_teacher() -> None:
-    with pytest.raises(ValueError, match="method distill needs method.teacher"):
+    with pytest.raises(ValueError, match="method distill needs method.distill.teacher"):
         MethodConfig(name="distill")
-    with pytest.raises(ValueError, match="teacher_mode: completions"):
-        MethodConfig(name="distill", teacher="m", teacher_generation={"base_url": "http://127.0.0.1:1/v1"})
+    with pytest.raises(ValueError, match="needs mode: completions"):
+        MethodConfig(name="distill", distill={"teacher": "m", "generation": {"base_url": "http://127.0.0.1:1/v1"}})
 
 
 def test_run_directory_teacher_has_its_adapter_merged_and_is_frozen(tmp_path) -> None:
@@ -303,7 +303,9 @@ def test_run_directory_teacher_has_its_adapter_merged_and_is_frozen(tmp_path) ->
     from tunelab.models.load import load_run
 
     run = make_run(tmp_path, "lora-teacher", lora_seed=1)
-    cfg = RunConfig(model=ModelConfig(name_or_path="tiny"), method=MethodConfig(name="distill", teacher=str(run)))
+    cfg = RunConfig(
+        model=ModelConfig(name_or_path="tiny"), method=MethodConfig(name="distill", distill={"teacher": str(run)})
+    )
     teacher = distill.load_teacher(cfg, preset_tokenizer("tiny"))
     assert not isinstance(teacher, PeftModel) and not teacher.training
     assert not any(p.requires_grad for p in teacher.parameters())

@@ -86,3 +86,27 @@ def test_full_tuning_uses_frozen_copy() -> None:
     loss0 = mean_rewards(model, method, items(tok, 4), tok.pad_token_id)[0]
     assert loss0 == pytest.approx(0.5, abs=1e-6)
     assert METHODS["kto"].count(items(tok, 1)[0]) == 1
+
+
+def _kl_worker(rank: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+
+    from tunelab.methods.kto import batch_kl
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    local = torch.tensor([1.0, 2.0]) if rank == 0 else torch.tensor([6.0, 7.0, 9.0])
+    torch.save(batch_kl(local), f"{out}.{rank}")
+    dist.destroy_process_group()
+
+
+def test_kl_estimate_pools_all_processes(tmp_path) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_kl_worker, args=(port, str(tmp_path / "z")), nprocs=2)
+    z = [torch.load(tmp_path / f"z.{r}") for r in (0, 1)]
+    assert z[0].item() == z[1].item() == pytest.approx(25 / 5)  # mean over both processes' 5 mismatched pairs

@@ -40,3 +40,48 @@ def test_bad_stage_fails_at_load_naming_it(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text(CFG.replace("beta: 0.2", "beta: 0.2, bta: 1"))
     with pytest.raises(ConfigError, match=r"(?s)stages\[1\] \(dpo\).*bta"):
         load_config(tmp_path / "c.yaml")
+
+
+def _run_dir(tmp_path: Path, *, regressed: bool, verdict: str) -> Path:
+    """A run directory's eval files as the loop, after_training and compare write them."""
+    import json
+
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    (run / "metrics.jsonl").write_text('{"step": 2, "eval_loss": 3.0}\n{"step": 4, "loss": 2.5}\n'
+                                       '{"step": 4, "eval_loss": 2.0, "eval_loss/a": 1.5}\n')  # fmt: skip
+    final = {"metrics": {"json": {"name": "json", "scores": {"field_accuracy": 0.7, "valid": 1.0}}}}
+    (run / "eval" / "final.json").write_text(json.dumps(final))
+    row = {"metric": "json", "key": "field_accuracy", "value_a": 0.1, "value_b": 0.7, "ci_low": 0.5,
+           "ci_high": 0.7, "verdict": verdict}  # fmt: skip
+    (run / "eval" / "comparison.json").write_text(json.dumps({"rows": [row]}))
+    fg = {"before": 10.0, "after": 13.0 if regressed else 10.5, "relative_change": 0.3 if regressed else 0.05,
+          "threshold": 0.1, "regressed": regressed}  # fmt: skip
+    (run / "eval" / "forgetting.json").write_text(json.dumps(fg))
+    return run
+
+
+def test_gate_reads_last_eval_and_final_scores(tmp_path: Path) -> None:
+    from tunelab.config import GateConfig
+    from tunelab.stages import check_gate
+
+    run = _run_dir(tmp_path, regressed=False, verdict="better")
+    assert check_gate(GateConfig(metric="eval_loss", max=2.5), run).passed  # the last eval record: 2.0
+    assert check_gate(GateConfig(metric="eval_loss/a", max=1.4), run).failures == ["eval_loss/a = 1.5 > max 1.4"]
+    ok = check_gate(GateConfig(metric="json.field_accuracy", min=0.6, improved=True), run)
+    assert ok.passed and ok.value == 0.7
+    with pytest.raises(Exception, match=r"'json.acc' was not measured.*json.field_accuracy"):
+        check_gate(GateConfig(metric="json.acc", min=0.5), run)
+    with pytest.raises(ValueError, match="needs min, max or improved"):
+        GateConfig(metric="eval_loss")
+
+
+def test_gate_fails_on_no_improvement_and_forgetting(tmp_path: Path) -> None:
+    from tunelab.config import GateConfig
+    from tunelab.stages import check_gate
+
+    run = _run_dir(tmp_path, regressed=True, verdict="no significant difference")
+    res = check_gate(GateConfig(metric="json.field_accuracy", min=0.5, improved=True), run)
+    assert not res.passed and len(res.failures) == 2
+    assert "no significant difference" in res.failures[0] and res.failures[1].startswith("forgetting: ")
+    assert check_gate(GateConfig(metric="json.field_accuracy", min=0.5, forgetting=False), run).passed

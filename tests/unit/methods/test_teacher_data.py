@@ -15,14 +15,7 @@ from tunelab.config import DatasetConfig, RunConfig, TeacherGeneration
 from tunelab.data.records import Message
 from tunelab.errors import DataError, TunelabError
 from tunelab.eval.generate import DecodingConfig, generate
-from tunelab.methods.teacher_data import (
-    Teacher,
-    check_failures,
-    distill_dataset,
-    prompt_of,
-    read_prompts,
-    write_teacher_data,
-)
+from tunelab.methods.teacher_data import Teacher, check_failures, distill_dataset, read_prompts, write_teacher_data
 from tunelab.models.load import load_run
 from tunelab.serve.config import ServeConfig
 from tunelab.serve.runtime import ServerThread, build_app, build_engine
@@ -40,35 +33,33 @@ def write(path: Path, records: list[dict]) -> Path:
 # --------------------------------------------------------------------------- prompts
 
 
-def test_prompt_of_every_format() -> None:
+def test_read_prompts_from_every_kind_of_record(tmp_path: Path) -> None:
     u, a = Message("user", "Q"), Message("assistant", "A")
-    assert prompt_of({"messages": [{"role": "user", "content": "Q"}]}, "messages") == (u,)
-    assert prompt_of({"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"},
-                                   {"role": "user", "content": "Q2"}, {"role": "assistant", "content": "old"}]},
-                     "messages") == (u, a, Message("user", "Q2"))  # fmt: skip
-    assert prompt_of({"conversations": [{"from": "human", "value": "Q"}]}, "sharegpt") == (u,)
-    assert prompt_of({"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]},
-                     "sharegpt") == (u,)  # fmt: skip
-    assert prompt_of({"instruction": "Do", "input": "this"}, "alpaca") == (Message("user", "Do\n\nthis"),)
-    assert prompt_of({"instruction": "Do", "output": "old"}, "alpaca") == (Message("user", "Do"),)
-    assert prompt_of({"prompt": "Once upon"}, "prompt_completion") == "Once upon"  # plain text, not a chat
-    assert prompt_of({"prompt": "Q", "chosen": "A", "rejected": "B"}, "preference") == (u,)
+    cases = {
+        "prompt": ([{"prompt": "Q"}, {"prompt": [{"role": "user", "content": "Q"}]}], [(u,), (u,)]),
+        "messages": ([{"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"},
+                                    {"role": "user", "content": "Q2"}, {"role": "assistant", "content": "old"}]}],
+                     [(u, a, Message("user", "Q2"))]),
+        "sharegpt": ([{"conversations": [{"from": "human", "value": "Q"}, {"from": "gpt", "value": "A"}]}], [(u,)]),
+        "alpaca": ([{"instruction": "Do", "input": "this", "output": "old"}], [(Message("user", "Do\n\nthis"),)]),
+        "prompt_completion": ([{"prompt": "Once upon", "completion": "old"}], ["Once upon"]),  # raw text, no chat
+        "preference": ([{"prompt": "Q", "chosen": "A", "rejected": "B"}], [(u,)]),
+    }  # fmt: skip
+    for fmt, (records, expected) in cases.items():
+        path = write(tmp_path / f"{fmt}.jsonl", records)
+        got = read_prompts(DatasetConfig(path=str(path)))
+        assert [p.prompt for p in got] == expected, fmt
+        assert [p.source for p in got] == [f"{path}:{i + 1}" for i in range(len(records))]
 
 
-def test_read_prompts_detects_prompt_only_rows_and_lists_bad_ones(tmp_path: Path) -> None:
-    ok = write(tmp_path / "ok.jsonl", [{"prompt": "a"}, {"prompt": "b", "completion": "old"}])
-    assert [p.prompt for p in read_prompts(DatasetConfig(path=str(ok)))] == ["a", "b"]
-    assert [p.source for p in read_prompts(DatasetConfig(path=str(ok)))] == [f"{ok}:1", f"{ok}:2"]
-    bad = write(tmp_path / "bad.jsonl", [{"messages": [{"role": "user", "content": "a"}]},
-                                          {"messages": [{"role": "assistant", "content": "no question"}]},
-                                          {"messages": "not a list"}])  # fmt: skip
+def test_records_without_a_prompt_are_listed_with_their_lines(tmp_path: Path) -> None:
+    text = write(tmp_path / "text.jsonl", [{"text": "just text"}, {"text": "more"}])
     with pytest.raises(DataError) as e:
-        read_prompts(DatasetConfig(path=str(bad)))
-    msg = str(e.value)
-    assert "2 record(s)" in msg and f"{bad}, line 2" in msg and f"{bad}, line 3" in msg and "no user turn" in msg
-    text = write(tmp_path / "text.jsonl", [{"text": "just text"}])
-    with pytest.raises(DataError, match="no prompt in fields"):
         read_prompts(DatasetConfig(path=str(text)))
+    assert "2 record(s) without a prompt" in str(e.value) and f"{text}, line 2" in str(e.value)
+    bad = write(tmp_path / "bad.jsonl", [{"prompt": "a"}, {"prompt": 3}])
+    with pytest.raises(DataError, match=r"line 2.*prompt"):
+        read_prompts(DatasetConfig(path=str(bad)))
 
 
 # --------------------------------------------------------------------------- teachers
@@ -92,7 +83,10 @@ def test_endpoint_and_local_teacher_write_the_same_replies(teacher_run: Path, tm
     """Greedy replies of the served teacher (chat and plain completions) equal the local teacher's, which equal
     tunelab.eval.generate on the model as load_run gives it; rows are marked with teacher and settings."""
     chat = DatasetConfig(path=str(TINY_SFT), format="alpaca", max_samples=6)
-    plain = write(tmp_path / "plain.jsonl", [{"prompt": "Reverse the word. house"}, {"prompt": "Add 2 and 3."}])
+    plain = write(
+        tmp_path / "plain.jsonl",
+        [{"prompt": "Reverse the word. house", "completion": ""}, {"prompt": "Add 2 and 3.", "completion": ""}],
+    )  # raw text: /completions
     gen = TeacherGeneration(max_new_tokens=16, api_key_env=None, max_retries=0)
     with serve(teacher_run) as srv:
         remote = Teacher("base", gen.model_copy(update={"base_url": srv.url + "/v1"}))
@@ -128,7 +122,7 @@ def test_failed_requests_are_counted_written_and_stop_the_run(teacher_run: Path,
         gen = TeacherGeneration(base_url=srv.url + "/v1", api_key_env=None, max_new_tokens=8, concurrency=3)
         report = distill_dataset(DatasetConfig(path=str(data)), Teacher("base", gen), tmp_path / "o.jsonl")
     assert (report["prompts"], report["written"], report["failed"]) == (4, 2, 2)
-    assert [r["prompt"] for r in rows(tmp_path / "o.jsonl")] == ["short", "tiny"]
+    assert [r["messages"][0]["content"] for r in rows(tmp_path / "o.jsonl")] == ["short", "tiny"]
     failed = rows(tmp_path / "o.failed.jsonl")
     assert [f["_source"] for f in failed] == [f"{data}:2", f"{data}:4"]
     assert all("BadRequestError" in f["error"] and "at most 30 allowed" in f["error"] for f in failed)
@@ -154,8 +148,8 @@ def test_unreachable_endpoint_fails_every_prompt_without_raising(tmp_path: Path)
 def test_run_prestep_writes_once_and_reuses(teacher_run: Path, tmp_path: Path) -> None:
     cfg = RunConfig.model_validate({
         "model": {"name_or_path": "tiny-1m"},  # another tokenizer than the teacher's: completions mode is for this
-        "method": {"name": "distill", "teacher": str(teacher_run), "teacher_mode": "completions",
-                   "teacher_generation": {"max_new_tokens": 8}},
+        "method": {"name": "distill", "distill": {"teacher": str(teacher_run), "mode": "completions",
+                                                  "generation": {"max_new_tokens": 8}}},
         "data": {"train": [{"path": str(TINY_SFT), "format": "alpaca", "max_samples": 4},
                            {"path": str(TINY_SFT), "format": "alpaca", "max_samples": 2, "weight": 2.0}]},
     })  # fmt: skip
@@ -168,8 +162,8 @@ def test_run_prestep_writes_once_and_reuses(teacher_run: Path, tmp_path: Path) -
     stamp = (folder / "completions-0.jsonl").stat().st_mtime_ns
     write_teacher_data(cfg, folder, log=logs.append)
     assert "reusing" in logs[-1] and (folder / "completions-0.jsonl").stat().st_mtime_ns == stamp
-    longer = cfg.model_copy(update={"method": cfg.method.model_copy(update={
-        "teacher_generation": TeacherGeneration(max_new_tokens=4)})})  # fmt: skip
+    d = cfg.method.distill.model_copy(update={"generation": TeacherGeneration(max_new_tokens=4)})
+    longer = cfg.model_copy(update={"method": cfg.method.model_copy(update={"distill": d})})
     write_teacher_data(longer, folder, log=logs.append)
     assert "reusing" not in logs[-1] and json.loads((folder / "report.json").read_text())["key"] != report["key"]
 
@@ -180,7 +174,7 @@ def test_run_prestep_stops_on_failures_and_asks_again_next_time(tmp_path: Path) 
     data = write(tmp_path / "p.jsonl", [{"prompt": "a"}, {"prompt": "b"}])
     gen = {"base_url": f"http://127.0.0.1:{free_port()}/v1", "api_key_env": None, "max_retries": 0, "timeout": 5}
     cfg = RunConfig.model_validate({
-        "method": {"name": "distill", "teacher": "m", "teacher_mode": "completions", "teacher_generation": gen},
+        "method": {"name": "distill", "distill": {"teacher": "m", "mode": "completions", "generation": gen}},
         "data": {"train": [{"path": str(data)}]},
     })  # fmt: skip
     logs: list[str] = []
