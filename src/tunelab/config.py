@@ -18,7 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tunelab.errors import ConfigError
 from tunelab.quality.options import CheckOptions
 
-FORMAT_NAMES = ("auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text", "preference", "kto")
+FORMAT_NAMES = (
+    "auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text", "preference", "kto", "labelled", "token_tags",
+)  # fmt: skip
+HEAD_METHODS = ("classify", "ner", "reward")  # train a new head (classes, tags, a scalar): no text generation
 
 
 class Section(BaseModel):
@@ -82,10 +85,11 @@ class TuningConfig(Section):
 
 
 class MethodConfig(Section):
-    name: Literal["sft", "dpo", "simpo", "orpo", "kto", "reward", "classify"] = Field(
+    name: Literal["sft", "dpo", "simpo", "orpo", "kto", "reward", "classify", "ner"] = Field(
         "sft",
         description="Training objective: sft (causal LM loss on labelled tokens), dpo (with loss_type), simpo, "
-        "orpo (preference pairs), kto (unpaired good/bad), reward (scalar-head reward model on pairs), classify (sequence-classification head).",
+        "orpo (preference pairs), kto (unpaired good/bad), reward (scalar-head reward model on pairs), classify "
+        "(sequence-classification head on text + label), ner (token-classification head on BIO-tagged tokens).",
     )
     beta: float | None = Field(
         None,
@@ -345,6 +349,13 @@ class RunConfig(Section):
     def _check(self) -> RunConfig:
         if self.tuning.mode == "qlora" and self.model.dtype == "float32":
             raise ValueError("tuning.mode qlora computes in bf16/fp16; set model.dtype to auto or bfloat16")
+        if self.method.name in HEAD_METHODS and self.tuning.mode == "qlora":
+            raise ValueError(f"tuning.mode qlora: not supported for method {self.method.name} (a task head); use lora")
+        if self.method.name in HEAD_METHODS:
+            other = [m.name for m in self.eval.metric_specs() if m.name != "loss"]
+            if other:
+                raise ValueError(f"eval.metrics: method {self.method.name} is scored by its head (see docs/methods.md);"
+                                 f" the generation metrics {other} do not apply: keep [loss] or []")  # fmt: skip
         for i, _ in enumerate(self.stages):
             stage_config(self, i)  # every stage must validate now, not hours into the run
         return self

@@ -16,6 +16,10 @@ TRAINED_OPEN, TRAINED_CLOSE = "\u27e6", "\u27e7"  # ⟦ trained ⟧
 
 def validate(cfg: RunConfig, tokenizer: Any) -> dict[str, Any]:
     """Build the whole data pipeline without training; a dict report of counts and problems."""
+    from tunelab.data.heads import FORMAT_OF, prepare_heads, resolve_formats
+
+    if cfg.method.name in FORMAT_OF:  # classify / ner: labelled or tagged rows, label set and alignment
+        return prepare_heads(resolve_formats(cfg), tokenizer).report() | {"kind": cfg.method.name}
     datasets = [*cfg.data.train, *cfg.data.eval]
     loaded = [load_records(ds) for ds in datasets]
     if all(isinstance(r, SFT_RECORDS) for _, recs in loaded for r, _ in recs[:1]):

@@ -3,7 +3,9 @@ tests (loss against a hand computation, trainable params change, overfits), a do
 
 Methods with settings (beta, ...) or a reference model are built per run by `build_method`; METHODS
 holds each with its defaults (reference = the adapters switched off), for tests and quick use.
-`DATA_KIND` says which records a method trains on: sft (conversations), pairs or unpaired preference.
+`DATA_KIND` says which records a method trains on: sft (conversations), pairs or unpaired preference,
+labelled texts or BIO-tagged tokens. Head methods (classify, ner, reward) train a model with a task head
+instead of the LM head (tunelab.models.heads).
 """
 
 from __future__ import annotations
@@ -14,8 +16,7 @@ from typing import Any
 from torch import nn
 
 from tunelab.config import MethodConfig, RunConfig
-from tunelab.errors import TunelabError
-from tunelab.methods import classify, dpo, kto, orpo, reward, simpo
+from tunelab.methods import classify, dpo, kto, ner, orpo, reward, simpo
 from tunelab.methods.base import Method, MethodModule, StepOutput
 from tunelab.methods.sft import SFT
 
@@ -26,10 +27,11 @@ BUILDERS: dict[str, Callable[[MethodConfig, nn.Module | None], Method]] = {
     "kto": kto.build,
     "reward": reward.build,
     "classify": classify.build,
+    "ner": ner.build,
 }
 METHODS: dict[str, Method] = {"sft": SFT} | {k: b(MethodConfig(name=k), None) for k, b in BUILDERS.items()}  # type: ignore[arg-type]
 DATA_KIND: dict[str, str] = {"sft": "sft", "dpo": "pairs", "simpo": "pairs", "orpo": "pairs", "reward": "pairs",
-                             "kto": "unpaired", "classify": "labelled"}  # fmt: skip
+                             "kto": "unpaired", "classify": "labelled", "ner": "tagged"}  # fmt: skip
 NEEDS_REFERENCE = {"dpo", "kto"}
 
 
@@ -53,14 +55,15 @@ def build_method(cfg: RunConfig, model: nn.Module, train_items: list[Any] | None
 
 
 def prepare_data(cfg: RunConfig, tokenizer: Any) -> Any:
-    """The data pipeline the method needs: SFT examples, or preference pairs / unpaired items."""
+    """The data pipeline the method needs: SFT examples, preference pairs / unpaired items, or head items
+    (a HeadPrepared, which also carries the label names)."""
+    from tunelab.data.heads import prepare_heads
     from tunelab.data.pipeline import prepare
     from tunelab.data.preference import prepare_preference
 
     kind = DATA_KIND[cfg.method.name]
-    if kind == "labelled":
-        raise TunelabError("method classify trains from Python for now (tunelab.methods.classify); the training "
-                           "loop does not yet load sequence-classification models")  # fmt: skip
+    if kind in ("labelled", "tagged"):
+        return prepare_heads(cfg, tokenizer)
     return prepare(cfg, tokenizer) if kind == "sft" else prepare_preference(cfg, tokenizer, kind)
 
 

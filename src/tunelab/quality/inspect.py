@@ -14,7 +14,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from tunelab.data.records import Conversation, Preference, PromptCompletion, Record, Text, UnpairedPreference
+from tunelab.data.records import (
+    Conversation,
+    Labelled,
+    Preference,
+    PromptCompletion,
+    Record,
+    Text,
+    TokenTags,
+    UnpairedPreference,
+)
 from tunelab.quality.items import Dataset, Item
 
 
@@ -105,6 +114,10 @@ def render(record: Record, tokenizer: Any = None) -> str:
         return "\n".join(m.content for m in msgs)
     if isinstance(record, PromptCompletion):
         return record.prompt + record.completion
+    if isinstance(record, Labelled):
+        return record.text
+    if isinstance(record, TokenTags):
+        return " ".join(record.tokens)
     assert isinstance(record, Text)
     return record.text
 
