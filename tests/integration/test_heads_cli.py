@@ -80,8 +80,8 @@ def test_ner_cli_moves_entity_f1(tmp_path: Path) -> None:
     assert json.loads((run / "final" / "head.json").read_text())["labels"][:3] == ["O", "B-LOC", "I-LOC"]
 
 
-def pref_rows(words: list[str]) -> list[dict]:
-    return [{"prompt": f"Name a thing ({i})", "chosen": w, "rejected": w.upper()} for i, w in enumerate(words)]
+def pref_rows(words: list[str], start: int) -> list[dict]:
+    return [{"prompt": f"Name a thing ({i})", "chosen": w, "rejected": w.upper()} for i, w in enumerate(words, start)]
 
 
 def test_reward_cli_lora_moves_pairwise_accuracy(tmp_path: Path) -> None:
@@ -89,8 +89,8 @@ def test_reward_cli_lora_moves_pairwise_accuracy(tmp_path: Path) -> None:
              "garden", "silver", "window", "dragon", "pepper", "orange", "bridge", "castle", "meadow", "planet",
              "rabbit", "saddle", "tunnel", "violet", "walnut", "yellow", "zipper", "anchor", "basket", "carpet",
              "dinner", "marble", "pencil", "copper", "feather"]  # fmt: skip
-    for name, part in (("train", words[:28] * 2), ("eval", words[28:])):  # eval words are never trained on
-        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pref_rows(part)))
+    for name, part, start in (("train", words[:28] * 2, 0), ("eval", words[28:], 100)):  # eval words: never trained
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pref_rows(part, start)))
     cfg = {"model": {"name_or_path": "tiny"}, "tuning": {"mode": "lora", "lora": {"r": 8, "alpha": 16}},
            "method": {"name": "reward"},
            "data": {"train": [{"path": "train.jsonl"}], "eval": [{"path": "eval.jsonl"}], "max_length": 64},
@@ -105,31 +105,24 @@ def test_reward_cli_lora_moves_pairwise_accuracy(tmp_path: Path) -> None:
     assert json.loads((run / "final" / "head.json").read_text())["method"] == "reward"
 
 
-@pytest.mark.parametrize(
-    ("method", "train", "evals", "expected"),
-    [
-        ("classify", [{"text": "hi", "category": "greet"}], [], r"t\.jsonl, line 1, field \"label\": missing required"),
-        ("classify", [{"text": "hi", "label": "greet"}], [{"text": "x", "label": "nope"}],
-         r"e\.jsonl, line 1, field \"label\": 'nope' is not among the 1 labels"),
-        ("ner", [{"tokens": ["Anna", "Berg"], "tags": ["O", "I-PER"]}], [],
-         r"t\.jsonl, line 1, field \"tags\": position 1: I-PER follows O"),
-    ],
-)  # fmt: skip
-def test_bad_data_is_refused_with_file_line_and_field(tmp_path: Path, method, train, evals, expected) -> None:
-    import re
-
-    (tmp_path / "t.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
-    (tmp_path / "e.jsonl").write_text("".join(json.dumps(r) + "\n" for r in evals))
-    data = {"train": [{"path": "t.jsonl"}], "eval": [{"path": "e.jsonl"}] if evals else []}
-    path = write_config(tmp_path / "c.yaml", {"model": {"name_or_path": "tiny"}, "method": {"name": method}, "data": data})
+def test_bad_bio_is_refused_with_file_line_field_and_position(tmp_path: Path) -> None:
+    """The CLI path of the data errors (all of them are unit-tested in tests/unit/data/test_heads_data.py)."""
+    (tmp_path / "t.jsonl").write_text(json.dumps({"tokens": ["Anna", "Berg"], "tags": ["O", "I-PER"]}) + "\n")
+    path = write_config(tmp_path / "c.yaml", {"method": {"name": "ner"}, "data": {"train": [{"path": "t.jsonl"}]}})
     proc = run_cli("validate", str(path), check=False)
-    assert proc.returncode == 2 and re.search(expected, proc.stderr), proc.stderr
+    assert proc.returncode == 2
+    assert 't.jsonl, line 1, field "tags": position 1: I-PER follows O; an entity starts with B-PER' in proc.stderr
 
 
 def test_generation_metrics_are_a_config_error_for_head_methods(tmp_path: Path) -> None:
+    from tunelab.config import load_config
+    from tunelab.errors import ConfigError
+
     path = write_config(tmp_path / "c.yaml", {"method": {"name": "classify"}, "eval": {"metrics": ["loss", "rouge"]}})
-    proc = run_cli("validate", str(path), check=False)
-    assert proc.returncode == 2 and "generation metrics ['rouge'] do not apply" in proc.stderr
+    with pytest.raises(ConfigError, match=r"generation metrics \['rouge'\] do not apply"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="qlora: not supported for method reward"):
+        load_config(path, ["method.name=reward", "eval.metrics=[loss]", "tuning.mode=qlora"])
 
 
 @pytest.mark.slow  # ~6 min on a loaded 2-core CPU: -m slow

@@ -79,7 +79,7 @@ def resolve_formats(cfg: RunConfig) -> RunConfig:
     fmt = FORMAT_OF.get(cfg.method.name)
     if fmt is None:
         return cfg
-    data = cfg.data.model_copy(update={k: [with_format(d, fmt) for d in getattr(cfg.data, k)] for k in ("train", "eval")})
+    data = cfg.data.model_copy(update={k: [with_format(d, fmt) for d in getattr(cfg.data, k)] for k in ("train", "eval")})  # fmt: skip
     evals = cfg.eval.model_copy(update={"data": [with_format(d, fmt) for d in cfg.eval.data]})
     return cfg.model_copy(update={"data": data, "eval": evals})
 
@@ -114,9 +114,9 @@ def encode_text(tokenizer: Any, text: str, max_length: int) -> tuple[list[int], 
 def align_words(tokenizer: Any, words: Sequence[str], max_length: int) -> tuple[list[int], list[int], bool]:
     """(token ids, each word's first token index or -1, truncated?) for the words joined by spaces."""
     spans, pos = [], 0
-    for w in words:
-        spans.append((pos, pos + len(w)))
-        pos += len(w) + 1
+    for word in words:
+        spans.append((pos, pos + len(word)))
+        pos += len(word) + 1
     text = " ".join(words)
     truncated = len(tokenizer(text)["input_ids"]) > max_length
     enc = tokenizer(text, truncation=truncated, max_length=max_length if truncated else None,
@@ -208,9 +208,8 @@ def prepare_heads(cfg: RunConfig, tokenizer: Any) -> HeadPrepared:
     stats = [HeadStats(ds.path, name, records=len(recs)) for ds, (name, recs) in zip(data.train, loaded)]
     labels = label_names([rec for _, recs in loaded for rec, _ in recs])
     label2id = {name: i for i, name in enumerate(labels)}
-    train_pairs, eval_pairs = split_and_mix(
-        [recs for _, recs in loaded], [ds.weight for ds in data.train], data.eval_ratio, data.seed  # type: ignore[misc]
-    )
+    per_dataset: list[Any] = [recs for _, recs in loaded]  # (record, row) pairs: rows name the line in errors
+    train_pairs, eval_pairs = split_and_mix(per_dataset, [ds.weight for ds in data.train], data.eval_ratio, data.seed)
     for ds in data.eval:
         name, recs = _load(ds, fmt, cfg.method.name)
         stats.append(HeadStats(ds.path, name, records=len(recs)))

@@ -162,7 +162,7 @@ def after_training(cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Path, lo
     from tunelab.eval.compare import compare_results
     from tunelab.eval.report import report_run
 
-    out, summary = run_dir / EVAL_DIR, {}
+    out, summary = run_dir / EVAL_DIR, dict[str, Any]()
     items, labels, majority = eval_items(cfg, tokenizer) if cfg.eval.metrics else ([], [], None)
     if items:
         log(f"final: evaluating the trained {cfg.method.name} head on {len(items)} eval examples")

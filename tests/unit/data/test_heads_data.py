@@ -106,7 +106,10 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
 
 
 def config(method: str, train: str, evals: list[str] = (), **data) -> RunConfig:
-    raw = {"method": {"name": method}, "data": {"train": [{"path": train}], "eval": [{"path": p} for p in evals], **data}}
+    raw = {
+        "method": {"name": method},
+        "data": {"train": [{"path": train}], "eval": [{"path": p} for p in evals], **data},
+    }
     return resolve_formats(RunConfig.model_validate(raw))
 
 
@@ -153,4 +156,5 @@ def test_ner_drop_policy_counts_over_long_sentences(tmp_path: Path):
     assert len(p.train) == 1 and stats["dropped_too_long"] == 1
     p = prepare_heads(config("ner", write_jsonl(tmp_path / "t.jsonl", rows), max_length=32), byte_tokenizer())
     stats = p.report()["datasets"][0]
-    assert len(p.train) == 2 and stats["truncated"] == 1 and stats["words_cut"] == 20 - 7  # BOS + 31 bytes: 7 words begin
+    # BOS + 31 bytes: 7 of the 20 words begin before the cut
+    assert len(p.train) == 2 and stats["truncated"] == 1 and stats["words_cut"] == 20 - 7

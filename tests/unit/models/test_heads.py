@@ -103,7 +103,9 @@ def test_lora_head_is_saved_with_the_adapter(kind: str, tmp_path) -> None:
         want = model.eval()(**batch()).logits
     model.save_pretrained(str(tmp_path))
     torch.manual_seed(123)  # a different random head in the fresh base: the saved one must replace it
-    base = load_head_model(ModelConfig(name_or_path="tiny", seed=3), {"seq": "classify", "token": "ner"}[kind], LABELS, 0)
+    base = load_head_model(
+        ModelConfig(name_or_path="tiny", seed=3), {"seq": "classify", "token": "ner"}[kind], LABELS, 0
+    )
     with torch.no_grad():
         got = PeftModel.from_pretrained(base, str(tmp_path)).eval()(**batch()).logits
     torch.testing.assert_close(got, want)
