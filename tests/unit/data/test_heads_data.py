@@ -158,3 +158,15 @@ def test_ner_drop_policy_counts_over_long_sentences(tmp_path: Path):
     stats = p.report()["datasets"][0]
     # BOS + 31 bytes: 7 of the 20 words begin before the cut
     assert len(p.train) == 2 and stats["truncated"] == 1 and stats["words_cut"] == 20 - 7
+
+
+def test_prepare_debug_shows_ner_tags_in_file_order(tmp_path: Path):
+    from tunelab.data.preview import debug_examples
+
+    rows = [{"tokens": ["w"] * (i % 3 + 1), "tags": ["O"] * (i % 3 + 1)} for i in range(12)]
+    rows[10] = {"tokens": ["Anna", "Berg"], "tags": ["B-PER", "I-PER"]}
+    cfg = config("ner", write_jsonl(tmp_path / "t.jsonl", rows), eval_ratio=0.5)
+    shown = debug_examples(cfg, byte_tokenizer(), 11)
+    assert [w for w, _, _ in shown] == [f"{tmp_path / 't.jsonl'}:{i}" for i in range(1, 12)]  # 10 after 9
+    where, view, ex = shown[10]
+    assert view == "tags (0=O, 1=B-PER, 2=I-PER)" and [x for x in ex.labels if x != IGNORE] == [1, 2]
