@@ -92,7 +92,8 @@ def _head_examples(cfg: RunConfig, tokenizer: Any, n: int) -> list[tuple[str, st
     from tunelab.data.heads import ClassItem, prepare_heads, resolve_formats
 
     prepared = prepare_heads(resolve_formats(cfg), tokenizer)
-    items = sorted(prepared.train + prepared.eval, key=lambda it: _file_order(it.where))[:n]  # type: ignore[attr-defined]
+    pool: list[Any] = [*prepared.train, *prepared.eval]  # ClassItem / TagItem
+    items = sorted(pool, key=lambda it: _file_order(it.where))[:n]
     out = []
     for it in items:
         if isinstance(it, ClassItem):
