@@ -115,7 +115,8 @@ class MethodConfig(Section):
 class DatasetConfig(Section):
     path: str = Field(description="A .jsonl/.json/.csv/.parquet file, a local datasets folder, or a hub dataset id.")
     format: Literal[FORMAT_NAMES] = Field(  # type: ignore[valid-type]
-        "auto", description="Record format; auto detects it from the first row's fields."
+        "auto",
+        description="Record format; auto detects it from the first row's fields (method classify/ner: labelled/token_tags).",
     )
     columns: dict[str, str] | None = Field(
         None,
