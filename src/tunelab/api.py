@@ -36,8 +36,10 @@ def train(
     from accelerate.utils import broadcast_object_list, set_seed
 
     from tunelab.data.collate import pack
+    from tunelab.data.heads import resolve_formats
     from tunelab.methods import build_method, prepare_data
     from tunelab.methods.teacher_data import prepare_teacher
+    from tunelab.models.heads import HEAD_TASK, load_head_model, write_head_info
     from tunelab.models.load import load_tokenizer
     from tunelab.models.tuning import PROMPT_LEARNING_MODES, apply_tuning, describe_trainable, load_for_tuning
     from tunelab.train import rundir
@@ -60,18 +62,23 @@ def train(
         raise TunelabError(f"data.packing: not supported with tuning.mode {cfg.tuning.mode} (virtual tokens)")
 
     set_seed(cfg.train.seed)
+    cfg = resolve_formats(cfg)  # classify/ner: format auto means labelled/token_tags, saved as such
     tokenizer = load_tokenizer(cfg.model)
     asked = cfg  # saved as config.yaml; distill from completions trains on the teacher's replies instead
     cfg = prepare_teacher(cfg, tokenizer, run_dir, acc)
     with acc.main_process_first():
-        prepared = prepare_data(cfg, tokenizer)  # sft examples, or preference pairs / unpaired items
+        prepared = prepare_data(cfg, tokenizer)  # sft examples, preference pairs / unpaired items, head items
     _attach_chat_template(tokenizer, cfg, [s.format for s in prepared.stats])
-    model = load_for_tuning(cfg.model, cfg.tuning, dtype=_load_dtype(cfg))
+    head, labels = HEAD_TASK.get(cfg.method.name), getattr(prepared, "labels", [])
+    if head:  # classify / ner / reward: a task head instead of the LM head
+        model = load_head_model(cfg.model, cfg.method.name, labels, tokenizer.pad_token_id, _load_dtype(cfg), acc.print)
+    else:
+        model = load_for_tuning(cfg.model, cfg.tuning, dtype=_load_dtype(cfg))
     if acc.is_main_process and not resume:
         _before_training(cfg, model, tokenizer, run_dir, acc.print)
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = apply_tuning(model, cfg.tuning)
+    model = apply_tuning(model, cfg.tuning, head)
     acc.print(f"{describe_trainable(model)}; {acc.num_processes} process(es), {threads} torch threads each")
 
     method = build_method(cfg, model, prepared.train + prepared.eval, tokenizer.pad_token_id, tokenizer)
@@ -87,7 +94,7 @@ def train(
         _write_run_files(run_dir, asked, prepared, resume)
     acc.wait_for_everyone()
 
-    job = Job(cfg, run_dir, acc, model, tokenizer, method, items, prepared.eval, prepared.eval_tasks)
+    job = Job(cfg, run_dir, acc, model, tokenizer, method, items, prepared.eval, getattr(prepared, "eval_tasks", []))
     trainer = Trainer(job, hooks)
     if cfg.train.trackers:
         acc.init_trackers(run_dir.name, config=_flat(cfg.model_dump(mode="json")))
@@ -99,6 +106,9 @@ def train(
     trainer.save_final()
     if acc.is_main_process:
         from tunelab.eval.lifecycle import after_training
+
+        if head:
+            write_head_info(run_dir / "final", cfg.method.name, labels)
 
         after_training(cfg, acc.unwrap_model(trainer.module).model, tokenizer, run_dir, acc.print)
     acc.wait_for_everyone()
@@ -130,7 +140,8 @@ def _attach_chat_template(tokenizer: Any, cfg: RunConfig, formats: list[str]) ->
     """final/ carries the template the data was rendered with, so chat/serving render prompts the same way."""
     from tunelab.data.tokenize import chat_template_for
 
-    if cfg.model.chat_template or (tokenizer.chat_template is None and any(f not in ("text",) for f in formats)):
+    plain = ("text", "labelled", "token_tags")  # raw text: no template involved
+    if cfg.model.chat_template or (tokenizer.chat_template is None and any(f not in plain for f in formats)):
         tokenizer.chat_template = chat_template_for(tokenizer, cfg.model.chat_template)
 
 
@@ -166,8 +177,10 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def load_generator(run_or_model: str | Path) -> tuple[Any, Any]:
     """(model, tokenizer) from a run directory, a preset name or a model folder; eval mode."""
+    from tunelab.models.heads import refuse_head
     from tunelab.models.load import is_run_dir, load_model, load_run, load_tokenizer
 
+    refuse_head(run_or_model, "generate")
     if is_run_dir(run_or_model):
         model, tok = load_run(run_or_model)
     else:

@@ -48,9 +48,12 @@ def validate(config: ConfigArg, overrides: Overrides = None, as_json: bool = typ
         typer.echo(f"- {d['path']} ({d['format']}): {d['records']} records")
         details = {k: v for k, v in d.items() if k not in ("path", "format", "records")}
         typer.echo("    " + ", ".join(f"{k}={v}" for k, v in details.items()))
-    if report["kind"] == "sft":
+    if report["kind"] != "preference":
         typer.echo(f"train examples: {report['train_examples']}, eval examples: {report['eval_examples']}"
                    + (" (from cache)" if report["cached"] else ""))  # fmt: skip
+    if "labels" in report:
+        names = report["label_names"]
+        typer.echo(f"labels: {report['labels']} ({', '.join(names[:10])}{', ...' if len(names) > 10 else ''})")
 
 
 @app.command()

@@ -18,7 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tunelab.errors import ConfigError
 from tunelab.quality.options import CheckOptions
 
-FORMAT_NAMES = ("auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text", "preference", "kto", "prompt")
+FORMAT_NAMES = (
+    "auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text", "preference", "kto", "prompt", "labelled",
+    "token_tags",
+)  # fmt: skip
+HEAD_METHODS = ("classify", "ner", "reward")  # train a new head (classes, tags, a scalar): no text generation
 
 
 class Section(BaseModel):
@@ -160,10 +164,11 @@ class DistillConfig(Section):
 
 
 class MethodConfig(Section):
-    name: Literal["sft", "dpo", "simpo", "orpo", "kto", "reward", "classify", "grpo", "distill"] = Field(
+    name: Literal["sft", "dpo", "simpo", "orpo", "kto", "reward", "classify", "ner", "grpo", "distill"] = Field(
         "sft",
         description="Training objective: sft (causal LM loss on labelled tokens), dpo (with loss_type), simpo, "
-        "orpo (preference pairs), kto (unpaired good/bad), reward (scalar-head reward model on pairs), classify (sequence-classification head), "
+        "orpo (preference pairs), kto (unpaired good/bad), reward (scalar-head reward model on pairs), classify "
+        "(sequence-classification head on text + label), ner (token-classification head on BIO-tagged tokens), "
         "grpo (online RL on prompts, see method.grpo), distill (learn from a teacher, see method.distill).",
     )
     beta: float | None = Field(
@@ -205,7 +210,8 @@ class MethodConfig(Section):
 class DatasetConfig(Section):
     path: str = Field(description="A .jsonl/.json/.csv/.parquet file, a local datasets folder, or a hub dataset id.")
     format: Literal[FORMAT_NAMES] = Field(  # type: ignore[valid-type]
-        "auto", description="Record format; auto detects it from the first row's fields."
+        "auto",
+        description="Record format; auto detects it from the first row's fields (method classify/ner: labelled/token_tags).",
     )
     columns: dict[str, str] | None = Field(
         None,
@@ -521,6 +527,13 @@ class RunConfig(Section):
     def _check(self) -> RunConfig:
         if self.tuning.mode == "qlora" and self.model.dtype == "float32":
             raise ValueError("tuning.mode qlora computes in bf16/fp16; set model.dtype to auto or bfloat16")
+        if self.method.name in HEAD_METHODS and self.tuning.mode == "qlora":
+            raise ValueError(f"tuning.mode qlora: not supported for method {self.method.name} (a task head); use lora")
+        if self.method.name in HEAD_METHODS:
+            other = [m.name for m in self.eval.metric_specs() if m.name != "loss"]
+            if other:
+                raise ValueError(f"eval.metrics: method {self.method.name} is scored by its head (see docs/methods.md);"
+                                 f" the generation metrics {other} do not apply: keep [loss] or []")  # fmt: skip
         for i, _ in enumerate(self.stages):
             stage_config(self, i)  # every stage must validate now, not hours into the run
         _check_task_names(self)

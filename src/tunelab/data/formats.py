@@ -15,6 +15,8 @@ custom field names need no code. `detect_format` picks a format from a row's key
 |                   | or OpenAI: input.messages, preferred_output, non_preferred_output       | Preference         |
 | kto               | messages + label, or prompt + completion + label                        | UnpairedPreference |
 | prompt            | prompt (a string or messages); other fields are not read                | Prompt             |
+| labelled          | text, label (a string, number or true/false; kept as its string)        | Labelled           |
+| token_tags        | tokens [str], tags [str] (or ner_tags): strict BIO, one tag per token    | TokenTags          |
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from typing import Any
 from tunelab.data.records import (
     ROLES,
     Conversation,
+    Labelled,
     Message,
     Preference,
     Prompt,
     PromptCompletion,
     Record,
     Text,
+    TokenTags,
     UnpairedPreference,
 )
 
@@ -222,6 +226,41 @@ def prompt(row: Mapping[str, Any]) -> Prompt:
     return Prompt(msgs)
 
 
+def labelled(row: Mapping[str, Any]) -> Labelled:
+    text_, label = _get(row, "text"), _get(row, "label", (str, int, float, bool))
+    if isinstance(label, float):  # 1.0 and 1 would be two classes
+        raise FieldError("label", f"expected a string or a whole number, got {label!r}")
+    if not text_.strip():
+        raise FieldError("text", "expected a non-empty text")
+    if isinstance(label, str) and not label.strip():
+        raise FieldError("label", "expected a non-empty label")
+    return Labelled(text_, str(label).lower() if isinstance(label, bool) else str(label))
+
+
+def token_tags(row: Mapping[str, Any]) -> TokenTags:
+    """Strict BIO (IOB2): an entity starts with B-TYPE; I-TYPE only continues a B-/I- of the same TYPE.
+    Invalid sequences are errors, not repaired: a silent repair would change what the model learns."""
+    field = "tags" if "tags" in row else "ner_tags" if "ner_tags" in row else "tags"
+    tokens, tags = _get(row, "tokens", list), _get(row, field, list)
+    if not tokens:
+        raise FieldError("tokens", "expected a non-empty list of tokens")
+    for name, values in (("tokens", tokens), (field, tags)):
+        bad = next((i for i, v in enumerate(values) if not isinstance(v, str) or not v.strip()), None)
+        if bad is not None:
+            raise FieldError(name, f"position {bad}: expected a non-empty string, got {values[bad]!r}"
+                             + (" (map tag ids to names first)" if name == field else ""))  # fmt: skip
+    if len(tags) != len(tokens):
+        raise FieldError(field, f"{len(tags)} tags for {len(tokens)} tokens; expected one tag per token")
+    for i, tag in enumerate(tags):
+        if tag != "O" and not (tag[:2] in ("B-", "I-") and len(tag) > 2):
+            raise FieldError(field, f"position {i}: tag {tag!r} is not BIO; expected O, B-TYPE or I-TYPE")
+        prev = tags[i - 1] if i else "O"
+        if tag.startswith("I-") and (prev == "O" or prev[2:] != tag[2:]):
+            after = f"follows {prev}" if i else "opens the sentence"
+            raise FieldError(field, f"position {i}: {tag} {after}; an entity starts with B-{tag[2:]} (strict BIO)")
+    return TokenTags(tuple(tokens), tuple(tags))
+
+
 FORMATS: dict[str, Callable[[Mapping[str, Any]], Record]] = {
     "alpaca": alpaca,
     "messages": messages,
@@ -231,6 +270,8 @@ FORMATS: dict[str, Callable[[Mapping[str, Any]], Record]] = {
     "preference": preference,
     "kto": kto,
     "prompt": prompt,
+    "labelled": labelled,
+    "token_tags": token_tags,
 }
 
 
@@ -240,6 +281,8 @@ def detect_format(keys: set[str]) -> str | None:
         return "preference"
     if "label" in keys and ("messages" in keys or {"prompt", "completion"} <= keys):
         return "kto"
+    if "tokens" in keys and ("tags" in keys or "ner_tags" in keys):
+        return "token_tags"
     for fmt, needed in (("messages", {"messages"}), ("sharegpt", {"conversations"}), ("alpaca", {"instruction", "output"}),
                         ("prompt_completion", {"prompt", "completion"}), ("text", {"text"}), ("prompt", {"prompt"})):  # fmt: skip
         if needed <= keys:

@@ -20,6 +20,10 @@ def validate(cfg: RunConfig, tokenizer: Any) -> dict[str, Any]:
         from tunelab.data.prompts import prepare_prompts
 
         return {**prepare_prompts(cfg, tokenizer).report(), "kind": "prompts"}
+    from tunelab.data.heads import FORMAT_OF, prepare_heads, resolve_formats
+
+    if cfg.method.name in FORMAT_OF:  # classify / ner: labelled or tagged rows, label set and alignment
+        return prepare_heads(resolve_formats(cfg), tokenizer).report() | {"kind": cfg.method.name}
     datasets = [*cfg.data.train, *cfg.data.eval]
     loaded = [load_records(ds) for ds in datasets]
     if all(isinstance(r, SFT_RECORDS) for _, recs in loaded for r, _ in recs[:1]):
@@ -45,6 +49,10 @@ def validate(cfg: RunConfig, tokenizer: Any) -> dict[str, Any]:
 
 def debug_examples(cfg: RunConfig, tokenizer: Any, n: int) -> list[tuple[str, str, Example]]:
     """The first n records of the first training dataset as (source, view, Example)."""
+    from tunelab.data.heads import FORMAT_OF
+
+    if cfg.method.name in FORMAT_OF:
+        return _head_examples(cfg, tokenizer, n)
     encoder = Encoder(tokenizer, chat_template_for(tokenizer, cfg.model.chat_template), cfg.data.train_on_inputs)
     _, recs = load_records(cfg.data.train[0].model_copy(update={"max_samples": n}))
     out = []
@@ -80,3 +88,32 @@ def token_table(tokenizer: Any, ex: Example) -> list[str]:
         piece = tokenizer.convert_ids_to_tokens(tid)
         lines.append(f"{i:5d} {tid:7d} {piece!r:24} {'-' if lab == IGNORE else lab}")
     return lines
+
+
+def _head_examples(cfg: RunConfig, tokenizer: Any, n: int) -> list[tuple[str, str, Example]]:
+    """classify: the tokens and the label (no token carries loss: the sequence does); ner: each word's first
+    token carries its tag id (the view lists the ids)."""
+    from tunelab.data.heads import ClassItem, prepare_heads, resolve_formats
+
+    prepared = prepare_heads(resolve_formats(cfg), tokenizer)
+    pool: list[Any] = [*prepared.train, *prepared.eval]  # ClassItem / TagItem
+    items = sorted(pool, key=lambda it: _file_order(it.where))[:n]
+    out = []
+    for it in items:
+        if isinstance(it, ClassItem):
+            out.append(
+                (it.where, f"label {prepared.labels[it.label]!r}", Example(it.input_ids, [IGNORE] * len(it.input_ids)))
+            )
+        else:
+            legend = ", ".join(f"{i}={name}" for i, name in enumerate(prepared.labels))
+            out.append((it.where, f"tags ({legend})", Example(it.input_ids, it.labels)))
+    return out
+
+
+def _file_order(where: str) -> tuple[str, int]:
+    """'file:12' / 'file#3' -> (file, 12): records in file order (the split shuffled them)."""
+    for sep in (":", "#"):
+        head, _, tail = where.rpartition(sep)
+        if head and tail.isdigit():
+            return head, int(tail)
+    return where, 0

@@ -2,7 +2,7 @@
 
 Records are plain frozen dataclasses, independent of any tokenizer. SFT consumes `Conversation`,
 `PromptCompletion` and `Text`; preference methods consume `Preference` (paired) and `UnpairedPreference`
-(KTO-style good/bad); online RL (grpo) consumes `Prompt`. `Message.weight` 0 excludes an assistant turn from the loss; None means the default
+(KTO-style good/bad); online RL (grpo) consumes `Prompt`; head methods consume `Labelled` (classify) and `TokenTags` (ner). `Message.weight` 0 excludes an assistant turn from the loss; None means the default
 for its role (assistant turns train, everything else does not unless `train_on_inputs`).
 """
 
@@ -65,5 +65,21 @@ class Prompt:
     messages: tuple[Message, ...]
 
 
-Record = Conversation | PromptCompletion | Text | Preference | UnpairedPreference | Prompt
+@dataclass(frozen=True)
+class Labelled:
+    """A text and its class, for a sequence-classification head."""
+
+    text: str
+    label: str
+
+
+@dataclass(frozen=True)
+class TokenTags:
+    """Words with one BIO tag each (O, B-TYPE, I-TYPE), for a token-classification head (NER)."""
+
+    tokens: tuple[str, ...]
+    tags: tuple[str, ...]
+
+
+Record = Conversation | PromptCompletion | Text | Preference | UnpairedPreference | Prompt | Labelled | TokenTags
 SFT_RECORDS = (Conversation, PromptCompletion, Text)

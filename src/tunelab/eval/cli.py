@@ -36,8 +36,10 @@ def resolve_config(target: str, config: str | None, overrides: list[str] | None)
 
 def load_target(target: str, cfg: RunConfig) -> tuple[Any, Any]:
     """(model, tokenizer) of a run directory, a model folder or a preset."""
+    from tunelab.models.heads import refuse_head
     from tunelab.models.load import is_run_dir, load_model, load_run, load_tokenizer
 
+    refuse_head(target, "eval")
     if is_run_dir(target):
         return load_run(target)
     mcfg = cfg.model.model_copy(update={"name_or_path": target})

@@ -4,6 +4,7 @@
 RUN/eval/baseline.json and the forgetting probe; `after_training` evaluates the trained model on the same
 examples with the same decoding, compares (paired bootstrap), runs the forgetting check and writes the
 report. Both run on the main process only. The eval examples are `eval.data`, else `data.eval`.
+Head methods (classify, ner, reward) are scored by their head instead: tunelab.eval.heads.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import MetricSpec, RunConfig, metric_specs
+from tunelab.config import HEAD_METHODS, MetricSpec, RunConfig, metric_specs
 from tunelab.errors import TunelabError
 from tunelab.eval.runner import EVAL_DIR, EvalExample, EvalResult, evaluate, forgetting_probe, load_examples
 
@@ -31,6 +32,10 @@ def task_metrics(cfg: RunConfig) -> dict[str, list[MetricSpec]]:
 
 
 def before_training(cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Path, log: Any = print) -> None:
+    if cfg.method.name in HEAD_METHODS:
+        from tunelab.eval import heads
+
+        return heads.before_training(cfg, model, tokenizer, run_dir, log)
     out = run_dir / EVAL_DIR
     if out.exists():  # a reused (output.overwrite) run directory: results of the earlier run are stale
         shutil.rmtree(out)
@@ -48,6 +53,10 @@ def before_training(cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Path, l
 
 def after_training(cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Path, log: Any = print) -> dict[str, Any]:
     """Evaluate, compare, check forgetting, write the report; returns a summary for the CLI."""
+    if cfg.method.name in HEAD_METHODS:
+        from tunelab.eval import heads
+
+        return heads.after_training(cfg, model, tokenizer, run_dir, log)
     from tunelab.eval.compare import compare_results
     from tunelab.eval.perplexity import LossResult, forgetting_check
     from tunelab.eval.report import report_run

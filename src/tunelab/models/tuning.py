@@ -7,6 +7,10 @@ wrapper. Non-obvious decisions:
 - `qlora` has to quantize at load time, so it is handled by `load_for_tuning`, which needs CUDA and
   bitsandbytes and otherwise fails with a message saying which mode to use instead.
 - LoRA `all-linear` is peft's own expansion (every linear layer but the output head).
+- A task-head model (`head` = seq | token, tunelab.models.heads) gets peft's SEQ_CLS / TOKEN_CLS task type,
+  so its new head trains in full and is saved with the adapter (modules_to_save); the head is excluded
+  from `all-linear` (peft excludes it for SEQ_CLS only; for TOKEN_CLS it would wrap it and then fail).
+  `freeze` always trains the new head (and an encoder's pooler): a random head cannot stay frozen.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from tunelab.errors import TunelabError
 from tunelab.models.load import load_model
 
 
-def _full(model: nn.Module, cfg: TuningConfig) -> nn.Module:
+def _full(model: nn.Module, cfg: TuningConfig, task: str) -> nn.Module:
     model.requires_grad_(True)
     return model
 
@@ -37,7 +41,7 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     raise TunelabError(f"tuning.mode freeze: cannot find the {n} decoder blocks of {type(model).__name__}")
 
 
-def _freeze(model: Any, cfg: TuningConfig) -> nn.Module:
+def _freeze(model: Any, cfg: TuningConfig, task: str) -> nn.Module:
     f = cfg.freeze
     layers = decoder_layers(model)
     if f.trainable_layers > len(layers):
@@ -55,17 +59,25 @@ def _freeze(model: Any, cfg: TuningConfig) -> nn.Module:
         model.get_input_embeddings().requires_grad_(True)
     if f.train_head and model.get_output_embeddings() is not None:
         model.get_output_embeddings().requires_grad_(True)
+    if task != "CAUSAL_LM":
+        from tunelab.models.heads import head_modules
+
+        for module in head_modules(model):
+            module.requires_grad_(True)
     if not any(p.requires_grad for p in model.parameters()):
         raise TunelabError("tuning.freeze: nothing would train (trainable_layers 0 and no embeddings or head)")
     return model
 
 
-def _lora_config(cfg: TuningConfig, dora: bool) -> Any:
+def _lora_config(cfg: TuningConfig, dora: bool, task: str) -> Any:
     from peft import LoraConfig
+
+    from tunelab.models.heads import HEAD_NAMES
 
     lo = cfg.lora
     return LoraConfig(
-        task_type="CAUSAL_LM",
+        task_type=task,
+        exclude_modules=list(HEAD_NAMES) if task != "CAUSAL_LM" else None,
         r=lo.r,
         lora_alpha=lo.alpha,
         lora_dropout=lo.dropout,
@@ -84,45 +96,45 @@ def _peft(model: nn.Module, peft_config: Any) -> nn.Module:
         raise TunelabError(f"tuning: peft could not adapt {type(model).__name__}: {e}") from None
 
 
-def _lora(model: nn.Module, cfg: TuningConfig) -> nn.Module:
-    return _peft(model, _lora_config(cfg, dora=False))
+def _lora(model: nn.Module, cfg: TuningConfig, task: str) -> nn.Module:
+    return _peft(model, _lora_config(cfg, dora=False, task=task))
 
 
-def _dora(model: nn.Module, cfg: TuningConfig) -> nn.Module:
-    return _peft(model, _lora_config(cfg, dora=True))
+def _dora(model: nn.Module, cfg: TuningConfig, task: str) -> nn.Module:
+    return _peft(model, _lora_config(cfg, dora=True, task=task))
 
 
-def _qlora(model: nn.Module, cfg: TuningConfig) -> nn.Module:
+def _qlora(model: nn.Module, cfg: TuningConfig, task: str) -> nn.Module:
     if not getattr(model, "is_loaded_in_4bit", False):
         raise TunelabError("tuning.mode qlora: the base must be loaded 4-bit; load it with load_for_tuning()")
     from peft import prepare_model_for_kbit_training
 
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    return _peft(model, _lora_config(cfg, dora=False))
+    return _peft(model, _lora_config(cfg, dora=False, task=task))
 
 
-def _prefix(model: nn.Module, cfg: TuningConfig) -> nn.Module:
+def _prefix(model: nn.Module, cfg: TuningConfig, task: str) -> nn.Module:
     from peft import PrefixTuningConfig
 
-    return _peft(model, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=cfg.num_virtual_tokens))
+    return _peft(model, PrefixTuningConfig(task_type=task, num_virtual_tokens=cfg.num_virtual_tokens))
 
 
-def _prompt(model: nn.Module, cfg: TuningConfig) -> nn.Module:
+def _prompt(model: nn.Module, cfg: TuningConfig, task: str) -> nn.Module:
     from peft import PromptTuningConfig
 
-    return _peft(model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=cfg.num_virtual_tokens))
+    return _peft(model, PromptTuningConfig(task_type=task, num_virtual_tokens=cfg.num_virtual_tokens))
 
 
-def _ia3(model: nn.Module, cfg: TuningConfig) -> nn.Module:
+def _ia3(model: nn.Module, cfg: TuningConfig, task: str) -> nn.Module:
     from peft import IA3Config
 
     targets = cfg.ia3_target_modules
     # peft needs the feed-forward subset explicitly when targets are given; the MLP output is the usual one.
     ff = [t for t in targets if "down" in t or "mlp" in t or "fc" in t] if targets else None
-    return _peft(model, IA3Config(task_type="CAUSAL_LM", target_modules=targets, feedforward_modules=ff))
+    return _peft(model, IA3Config(task_type=task, target_modules=targets, feedforward_modules=ff))
 
 
-TUNING_MODES: dict[str, Callable[[nn.Module, TuningConfig], nn.Module]] = {
+TUNING_MODES: dict[str, Callable[[nn.Module, TuningConfig, str], nn.Module]] = {
     "full": _full,
     "freeze": _freeze,
     "lora": _lora,
@@ -136,9 +148,12 @@ TUNING_MODES: dict[str, Callable[[nn.Module, TuningConfig], nn.Module]] = {
 PROMPT_LEARNING_MODES = ("prefix", "prompt")
 
 
-def apply_tuning(model: nn.Module, cfg: TuningConfig) -> nn.Module:
-    """Mark what trains for `cfg.mode`; returns the (possibly peft-wrapped) model."""
-    return TUNING_MODES[cfg.mode](model, cfg)
+def apply_tuning(model: nn.Module, cfg: TuningConfig, head: str | None = None) -> nn.Module:
+    """Mark what trains for `cfg.mode`; returns the (possibly peft-wrapped) model. `head`: seq | token for a
+    task-head model (tunelab.models.heads), None for a causal LM."""
+    from tunelab.models.heads import PEFT_TASK
+
+    return TUNING_MODES[cfg.mode](model, cfg, PEFT_TASK[head] if head else "CAUSAL_LM")
 
 
 def load_for_tuning(model_cfg: ModelConfig, tuning: TuningConfig, dtype: torch.dtype | None = None) -> Any:

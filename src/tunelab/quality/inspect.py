@@ -16,11 +16,13 @@ from typing import Any
 
 from tunelab.data.records import (
     Conversation,
+    Labelled,
     Preference,
     Prompt,
     PromptCompletion,
     Record,
     Text,
+    TokenTags,
     UnpairedPreference,
 )
 from tunelab.quality.items import Dataset, Item
@@ -115,6 +117,10 @@ def render(record: Record, tokenizer: Any = None) -> str:
         return "\n".join(m.content for m in msgs)
     if isinstance(record, PromptCompletion):
         return record.prompt + record.completion
+    if isinstance(record, Labelled):
+        return record.text
+    if isinstance(record, TokenTags):
+        return " ".join(record.tokens)
     assert isinstance(record, Text)
     return record.text
 

@@ -25,12 +25,14 @@ from typing import Any
 from tunelab.data.formats import FORMATS, FieldError, detect_format, rename_columns
 from tunelab.data.records import (
     Conversation,
+    Labelled,
     Message,
     Preference,
     Prompt,
     PromptCompletion,
     Record,
     Text,
+    TokenTags,
     UnpairedPreference,
 )
 from tunelab.data.sources import BadRow, Row, iter_csv, iter_jsonl, read_rows
@@ -219,4 +221,8 @@ def record_texts(record: Record) -> tuple[str, str]:
         return _join(record.prompt), _join(record.completion)
     if isinstance(record, Prompt):
         return _join(record.messages), ""
+    if isinstance(record, Labelled):
+        return record.text, record.label
+    if isinstance(record, TokenTags):
+        return " ".join(record.tokens), " ".join(record.tags)
     raise TypeError(f"unknown record type {type(record).__name__}")

@@ -36,8 +36,11 @@ def build_engine(target: str | Path, cfg: ServeConfig, adapters: dict[str, str] 
     import torch
     from transformers import AutoTokenizer
 
+    from tunelab.models.heads import refuse_head
     from tunelab.models.load import resolve_dtype
 
+    for path in [target, *cfg.adapters.values(), *(adapters or {}).values()]:
+        refuse_head(path, "serve")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     dtype = resolve_dtype(cfg.dtype)

@@ -1,0 +1,231 @@
+"""Data for the head methods: `Labelled` rows (classify) and `TokenTags` rows (ner) -> tokenized items.
+
+A classifier reads raw text, not a chat template: texts are tokenized by the model's own tokenizer with
+its special tokens ([CLS] ... [SEP] for BERT, BOS for Llama). NER words are joined with single spaces and
+that text is tokenized once; each word's first token (found by character offsets) carries the word's tag
+id, every other token -100. The model therefore sees what it sees on raw text at inference, and any fast
+tokenizer works (no `is_split_into_words`, which byte-level tokenizers handle badly).
+
+Label sets come from ALL training rows (before the eval_ratio split, so the set does not depend on the
+seed): classify uses the sorted label names; ner uses O plus B-/I- of every entity type seen. An eval
+label (or entity type) outside that set is an error naming the file, line and field: the head could
+never predict it. Over-long texts are truncated (or dropped with `data.truncation: drop`) and counted;
+NER words left without a token of their own are counted (`words_cut`) and scored as predicted O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tunelab.config import DataConfig, DatasetConfig, RunConfig
+from tunelab.data.pipeline import DatasetStats, Prepared, file_manifest, load_records, split_and_mix
+from tunelab.data.records import Labelled, TokenTags
+from tunelab.data.sources import Row
+from tunelab.data.tokenize import IGNORE
+from tunelab.errors import DataError
+
+FORMAT_OF = {"classify": "labelled", "ner": "token_tags"}  # the record format each head method reads
+RECORD_OF = {"labelled": Labelled, "token_tags": TokenTags}
+
+
+@dataclass
+class ClassItem:
+    input_ids: list[int]
+    label: int
+    text: str = ""  # the raw text and where it came from, for the eval report
+    where: str = ""
+
+
+@dataclass
+class TagItem:
+    input_ids: list[int]
+    labels: list[int]  # tag id at each word's first token, IGNORE elsewhere
+    first: tuple[int, ...]  # token index of each word's first token, -1 when the word has none (cut)
+    words: tuple[str, ...]
+    tags: tuple[str, ...]  # gold tags of every word, also the cut ones
+    where: str = ""
+
+    @property
+    def n_words(self) -> int:
+        return sum(1 for i in self.first if i >= 0)
+
+
+@dataclass
+class HeadPrepared(Prepared):
+    labels: list[str] = field(default_factory=list)  # id -> name: the head's outputs
+
+    def report(self) -> dict[str, Any]:
+        return super().report() | {"labels": len(self.labels), "label_names": self.labels}
+
+
+@dataclass
+class HeadStats(DatasetStats):
+    words_cut: int = 0  # ner: words that lost their token to truncation (scored as predicted O)
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def with_format(ds: DatasetConfig, fmt: str) -> DatasetConfig:
+    """`format: auto` means the method's format (a text + label row would otherwise be detected as text)."""
+    return ds.model_copy(update={"format": fmt}) if ds.format == "auto" else ds
+
+
+def resolve_formats(cfg: RunConfig) -> RunConfig:
+    """The config with the method's format in place of `auto` (classify, ner), so the data check, the
+    pipeline and the saved config.yaml all say what was read."""
+    fmt = FORMAT_OF.get(cfg.method.name)
+    if fmt is None:
+        return cfg
+    data = cfg.data.model_copy(update={k: [with_format(d, fmt) for d in getattr(cfg.data, k)] for k in ("train", "eval")})  # fmt: skip
+    evals = cfg.eval.model_copy(update={"data": [with_format(d, fmt) for d in cfg.eval.data]})
+    return cfg.model_copy(update={"data": data, "eval": evals})
+
+
+def label_names(records: Sequence[Labelled | TokenTags]) -> list[str]:
+    """classify: sorted label names; ner: O, then B-/I- of each entity type (both, so I- is predictable)."""
+    if records and isinstance(records[0], Labelled):
+        return sorted({r.label for r in records})  # type: ignore[union-attr]
+    types = sorted({t[2:] for r in records for t in r.tags if t != "O"})  # type: ignore[union-attr]
+    return ["O"] + [f"{p}-{t}" for t in types for p in ("B", "I")]
+
+
+def _unknown(rec: Labelled | TokenTags, label2id: dict[str, int]) -> tuple[str, str] | None:
+    """(value, where) of the first label the head does not have."""
+    if isinstance(rec, Labelled):
+        return None if rec.label in label2id else (rec.label, "")
+    bad = next((i for i, t in enumerate(rec.tags) if t not in label2id), None)
+    return None if bad is None else (rec.tags[bad], f"position {bad}: ")
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def encode_text(tokenizer: Any, text: str, max_length: int) -> tuple[list[int], bool]:
+    """(token ids with the tokenizer's special tokens, truncated?)."""
+    ids = tokenizer(text)["input_ids"]
+    if len(ids) <= max_length:
+        return ids, False
+    return tokenizer(text, truncation=True, max_length=max_length)["input_ids"], True
+
+
+def align_words(tokenizer: Any, words: Sequence[str], max_length: int) -> tuple[list[int], list[int], bool]:
+    """(token ids, each word's first token index or -1, truncated?) for the words joined by spaces."""
+    spans, pos = [], 0
+    for word in words:
+        spans.append((pos, pos + len(word)))
+        pos += len(word) + 1
+    text = " ".join(words)
+    truncated = len(tokenizer(text)["input_ids"]) > max_length
+    enc = tokenizer(text, truncation=truncated, max_length=max_length if truncated else None,
+                    return_offsets_mapping=True)  # fmt: skip
+    first, w = [-1] * len(words), 0
+    for i, (s, e) in enumerate(enc["offset_mapping"]):
+        if e <= s:  # special tokens have empty spans
+            continue
+        while w < len(spans) and spans[w][1] <= s:
+            w += 1
+        if w < len(spans) and first[w] < 0 and s < spans[w][1] and e > spans[w][0]:
+            first[w] = i
+    return enc["input_ids"], first, truncated
+
+
+def encode_record(tokenizer: Any, rec: Labelled | TokenTags, label2id: dict[str, int], max_length: int,
+                  where: str = "") -> tuple[ClassItem | TagItem, bool]:  # fmt: skip
+    """One record -> (item, truncated?)."""
+    if isinstance(rec, Labelled):
+        ids, cut = encode_text(tokenizer, rec.text, max_length)
+        return ClassItem(ids, label2id[rec.label], rec.text, where), cut
+    ids, first, cut = align_words(tokenizer, rec.tokens, max_length)
+    labels = [IGNORE] * len(ids)
+    for i, tag in zip(first, rec.tags):
+        if i >= 0:
+            labels[i] = label2id[tag]
+    return TagItem(ids, labels, tuple(first), rec.tokens, rec.tags, where), cut
+
+
+def _encode_all(tokenizer: Any, pairs: list[tuple[int, tuple[Any, Row]]], stats: list[HeadStats], data: DataConfig,
+                split: str, label2id: dict[str, int], max_length: int) -> list[Any]:  # fmt: skip
+    out = []
+    for d, (rec, row) in pairs:
+        s = stats[d]
+        if (bad := _unknown(rec, label2id)) is not None:
+            field_name = "label" if isinstance(rec, Labelled) else "tags"
+            raise row.error(f"{bad[1]}{bad[0]!r} is not among the {len(label2id)} labels of the training data "
+                            f"({', '.join(list(label2id)[:8])}{', ...' if len(label2id) > 8 else ''}): the head "
+                            "could never predict it", field_name)  # fmt: skip
+        item, cut = encode_record(tokenizer, rec, label2id, max_length, _where(row))
+        if cut and data.truncation == "drop":
+            s.dropped_too_long += 1
+            continue
+        s.truncated += cut
+        n_units = item.n_words if isinstance(item, TagItem) else 1
+        if n_units == 0:  # every word cut (a tiny max_length): nothing to learn or score
+            s.fully_masked += 1
+            continue
+        s.words_cut += len(item.first) - n_units if isinstance(item, TagItem) else 0
+        setattr(s, split, getattr(s, split) + 1)
+        s.tokens += len(item.input_ids)
+        s.trainable_tokens += n_units
+        s.lengths.append(len(item.input_ids))
+        out.append(item)
+    return out
+
+
+def _where(row: Row) -> str:
+    return f"{row.source}:{row.line}" if row.line else f"{row.source}#{row.index}"
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+def max_length_for(tokenizer: Any, data: DataConfig) -> int:
+    """data.max_length, capped at the tokenizer's own limit (BERT-likes have 512 positions)."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    return min(data.max_length, limit) if isinstance(limit, int) and limit < 1_000_000 else data.max_length
+
+
+def _load(ds: DatasetConfig, fmt: str, method: str) -> tuple[str, list[tuple[Any, Row]]]:
+    name, recs = load_records(with_format(ds, fmt))
+    want = RECORD_OF[fmt]
+    for rec, row in recs[:1]:
+        if not isinstance(rec, want):
+            raise row.error(f"method {method} needs {fmt} records ({'text, label' if fmt == 'labelled' else 'tokens, tags'}"
+                            f"), got {type(rec).__name__} (format {name}) in {ds.path}")  # fmt: skip
+    return name, recs
+
+
+def prepare_heads(cfg: RunConfig, tokenizer: Any) -> HeadPrepared:
+    """Read, split/mix, label, encode and count the data of a classify or ner run (not cached: tokenizing
+    short texts is fast)."""
+    data, fmt = cfg.data, FORMAT_OF[cfg.method.name]
+    if not data.train:
+        raise DataError("no training data: add at least one dataset under data.train", where="config")
+    manifest = [file_manifest(ds.path) for ds in (*data.train, *data.eval)]
+    loaded = [_load(ds, fmt, cfg.method.name) for ds in data.train]
+    stats = [HeadStats(ds.path, name, records=len(recs)) for ds, (name, recs) in zip(data.train, loaded)]
+    labels = label_names([rec for _, recs in loaded for rec, _ in recs])
+    label2id = {name: i for i, name in enumerate(labels)}
+    per_dataset: list[Any] = [recs for _, recs in loaded]  # (record, row) pairs: rows name the line in errors
+    train_pairs, eval_pairs = split_and_mix(per_dataset, [ds.weight for ds in data.train], data.eval_ratio, data.seed)
+    for ds in data.eval:
+        name, recs = _load(ds, fmt, cfg.method.name)
+        stats.append(HeadStats(ds.path, name, records=len(recs)))
+        eval_pairs += [(len(stats) - 1, r) for r in recs]  # type: ignore[misc]
+    max_length = max_length_for(tokenizer, data)
+    train = _encode_all(tokenizer, train_pairs, stats, data, "train", label2id, max_length)  # type: ignore[arg-type]
+    evals = _encode_all(tokenizer, eval_pairs, stats, data, "eval", label2id, max_length)  # type: ignore[arg-type]
+    return HeadPrepared(train, evals, stats, manifest, labels=labels)  # type: ignore[arg-type]
+
+
+def encode_datasets(cfg: RunConfig, tokenizer: Any, datasets: Sequence[DatasetConfig], labels: list[str]) -> list[Any]:
+    """Eval items of extra datasets (eval.data) with the run's label set."""
+    fmt, label2id = FORMAT_OF[cfg.method.name], {name: i for i, name in enumerate(labels)}
+    stats, pairs = [], []
+    for ds in datasets:
+        name, recs = _load(ds, fmt, cfg.method.name)
+        stats.append(HeadStats(ds.path, name, records=len(recs)))
+        pairs += [(len(stats) - 1, r) for r in recs]
+    return _encode_all(tokenizer, pairs, stats, cfg.data, "eval", label2id, max_length_for(tokenizer, cfg.data))

@@ -1,0 +1,129 @@
+"""Models with a task head instead of the LM head: sequence classification (classify: one logit per label;
+reward: one scalar) and token classification (ner), built from a preset, a folder or a packaged model.
+
+- The label names go into the model config (id2label/label2id), so a full final/ is self-describing;
+  final/head.json (`write_head_info`) records the method and labels for every head run, adapters too,
+  so a run can be loaded back (and refused by generate/chat/serve/export) without guessing.
+- A decoder (Llama) head scores the last non-pad token: config.pad_token_id is set to the tokenizer's.
+- A preset keeps the body weights of the causal preset of the same seed; its head is new. A folder
+  model gets a new head when its checkpoint has none (a BERT encoder, a causal LM); that is said once.
+- A reward model's new head starts at zero: every reward is 0 at step 0 and the loss starts at log 2.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tunelab.config import ModelConfig
+from tunelab.errors import TunelabError
+
+HEAD_TASK = {"classify": "seq", "reward": "seq", "ner": "token"}  # method -> head kind
+PEFT_TASK = {"seq": "SEQ_CLS", "token": "TOKEN_CLS"}
+HEAD_NAMES = ("score", "classifier")  # what transformers calls the head (decoders: score, encoders: classifier)
+HEAD_INFO = "head.json"
+
+
+def auto_class(kind: str) -> Any:
+    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    return AutoModelForSequenceClassification if kind == "seq" else AutoModelForTokenClassification
+
+
+def head_labels(method: str, labels: list[str]) -> dict[str, Any]:
+    names = ["reward"] if method == "reward" else labels
+    return {"num_labels": len(names), "id2label": dict(enumerate(names)),
+            "label2id": {n: i for i, n in enumerate(names)}}  # fmt: skip
+
+
+def head_modules(model: nn.Module) -> list[nn.Module]:
+    """The task head (and an encoder's pooler, which sits between the last block and the head)."""
+    found = [m for n in HEAD_NAMES if isinstance(m := getattr(model, n, None), nn.Module)]
+    pooler = getattr(getattr(model, "base_model", None), "pooler", None)
+    return found + ([pooler] if isinstance(pooler, nn.Module) else [])
+
+
+def head_model_from(causal_lm: Any, kind: str, labels: dict[str, Any], pad_token_id: int | None,
+                    zero_head: bool = False) -> nn.Module:  # fmt: skip
+    """A head model of `kind` sharing the causal LM's body weights (its head is new)."""
+    raw = {k: v for k, v in causal_lm.config.to_dict().items() if k not in ("id2label", "label2id", "num_labels")}
+    cfg = causal_lm.config.__class__.from_dict({**raw, **labels, "pad_token_id": pad_token_id})
+    model = auto_class(kind).from_config(cfg)
+    missing, _ = model.load_state_dict(causal_lm.state_dict(), strict=False)
+    body_missing = [k for k in missing if not k.startswith(HEAD_NAMES)]
+    if body_missing:
+        raise TunelabError(f"{type(model).__name__}: body weights not found in the causal LM: {body_missing[:5]}")
+    if zero_head:
+        _zero(model)
+    return model.to(next(causal_lm.parameters()).dtype)
+
+
+def _zero(model: nn.Module) -> None:
+    for head in head_modules(model)[:1]:
+        for p in head.parameters():
+            nn.init.zeros_(p)
+
+
+def load_head_model(cfg: ModelConfig, method: str, labels: list[str], pad_token_id: int | None,
+                    dtype: torch.dtype | None = None, log: Any = print) -> Any:  # fmt: skip
+    """The model `method` trains: a preset or folder with a sequence- or token-classification head."""
+    from tunelab.models.load import load_model, load_pretrained
+    from tunelab.models.presets import is_preset
+
+    kind, spec = HEAD_TASK[method], head_labels(method, labels)
+    if is_preset(cfg.name_or_path):
+        return head_model_from(load_model(cfg, dtype), kind, spec, pad_token_id, zero_head=method == "reward")
+    try:
+        model, info = load_pretrained(auto_class(kind), cfg, dtype, output_loading_info=True, pad_token_id=pad_token_id,
+                                      **spec)  # fmt: skip
+    except (ValueError, RuntimeError) as e:  # e.g. a head of another size in the checkpoint
+        raise TunelabError(f"model.name_or_path {cfg.name_or_path!r}: cannot load it with a {spec['num_labels']}-label "
+                           f"{kind} head: {str(e).splitlines()[0]}") from None  # fmt: skip
+    new = sorted({k.split(".")[0] for k in info.get("missing_keys", []) if k.startswith(HEAD_NAMES)})
+    if new:
+        log(f"new {kind}-classification head {', '.join(new)} ({spec['num_labels']} outputs) on {cfg.name_or_path}")
+        if method == "reward":
+            _zero(model)
+    return model
+
+
+# --------------------------------------------------------------------------- runs
+
+
+def write_head_info(folder: Path, method: str, labels: list[str]) -> None:
+    info = {"method": method, "task": HEAD_TASK[method], "labels": ["reward"] if method == "reward" else labels}
+    (folder / HEAD_INFO).write_text(json.dumps(info, indent=1, ensure_ascii=False) + "\n")
+
+
+def read_head_info(folder: str | Path) -> dict[str, Any] | None:
+    """The head a model folder (or run directory) carries, or None for a causal LM."""
+    p = Path(folder)
+    for cand in (p / HEAD_INFO, p / "final" / HEAD_INFO):
+        if cand.is_file():
+            return dict(json.loads(cand.read_text()))
+    config = p / "config.json"
+    if config.is_file():  # a head model saved by other tools: transformers names the task in architectures
+        archs = json.loads(config.read_text()).get("architectures") or []
+        kinds = [a for a in archs if a.endswith(("ForSequenceClassification", "ForTokenClassification"))]
+        if kinds:
+            return {"method": None, "task": "seq" if "Sequence" in kinds[0] else "token", "labels": None}
+    return None
+
+
+def refuse_head(path: str | Path, verb: str) -> None:
+    """generate/chat/serve/export work on language models; a classifier or reward model has no LM head."""
+    info = read_head_info(path)
+    if info is None:
+        return
+    what = {"seq": "a sequence-classification model", "token": "a token-classification model"}[info["task"]]
+    labels = info.get("labels") or []
+    if info.get("method") == "reward":
+        what, labels = "a reward model (one scalar per sequence)", []
+    named = f" (labels: {', '.join(labels[:6])}{', ...' if len(labels) > 6 else ''})" if labels else ""
+    results = f"{Path(path) / 'eval'}/" if (Path(path) / "final").is_dir() else "its run's eval/ folder"
+    raise TunelabError(f"{verb}: {path} is {what}{named}: it scores text and cannot generate it. Its eval results "
+                       f"are in {results}; in Python, tunelab.models.load.load_run(RUN) loads it.")  # fmt: skip
