@@ -41,6 +41,7 @@ def test_dpo_lora_on_demo_pairs(tmp_path: Path) -> None:
     assert train[0]["loss"] == pytest_approx(math.log(2))  # step 1: adapter B = 0, policy == reference
     evals = [r for r in recs if "eval_loss" in r]
     assert evals and all(0 <= r["eval_rewards/accuracy"] <= 1 and "eval_rewards/margins" in r for r in evals)
+    assert not any("eval_ppl" in r for r in evals)  # a DPO loss is not a token cross-entropy
     report = json.loads((run / "data_report.json").read_text())
     assert report["train_examples"] > 0 and report["datasets"][0]["format"] == "preference"
 

@@ -41,6 +41,7 @@ class Method:
     supports_packing: bool = False
     length: Callable[[Any], int] = lambda item: len(item.input_ids)  # for length-grouped batching
     evaluate: Callable[[nn.Module, Batch], StepOutput] | None = None  # eval-mode loss; default: `loss`
+    perplexity: bool = False  # loss is the mean token cross-entropy of the text, so exp(eval_loss) means something
 
 
 class MethodModule(nn.Module):

@@ -88,4 +88,4 @@ def loss(model: nn.Module, batch: Batch) -> StepOutput:
     return StepOutput(ce_sum(hidden[:, :-1][mask], head, targets[mask]))
 
 
-SFT = Method(name="sft", collate=collate, count=count, loss=loss, supports_packing=True)
+SFT = Method(name="sft", collate=collate, count=count, loss=loss, supports_packing=True, perplexity=True)

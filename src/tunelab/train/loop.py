@@ -6,10 +6,11 @@ back-propagated (no gradient sync until the last one), so accumulation of k micr
 equals one batch k*w times bigger. No host sync happens inside a step: the loss is accumulated on the
 device and read (`.item()`) only every `log_every` steps, and tokens/s are counted on the host.
 
-Evaluation (loss, perplexity) runs every `eval_every` steps and at the end; the best eval loss is
-tracked for early stopping and for the protected "best" checkpoint. Ctrl-C sets a flag that is honoured
-after the current step: a checkpoint is saved and `TrainingInterrupted` is raised (a second Ctrl-C
-aborts at once; the atomic checkpoint write keeps the last good one intact).
+Evaluation (loss, and perplexity where the loss is token cross-entropy) runs every `eval_every` steps and
+at the end; the best eval loss is tracked for early stopping and for the protected "best" checkpoint.
+Ctrl-C sets a flag that is honoured after the current step: a checkpoint is saved and
+`TrainingInterrupted` is raised (a second Ctrl-C aborts at once; the atomic checkpoint write keeps the
+last good one intact).
 """
 
 from __future__ import annotations
@@ -243,7 +244,9 @@ class Trainer:
         units = max(sums.pop("units"), 1)
         loss = sums.pop("loss_sum") / units
         metrics = {f"eval_{k}": v / units for k, v in sums.items()}  # summed per unit, like the train window
-        return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0)), **metrics, **out}
+        if self.job.method.perplexity:  # not for DPO margins, KD, GRPO's -reward or a head's label CE
+            metrics["eval_ppl"] = math.exp(min(loss, 50.0))
+        return {"eval_loss": loss, **metrics, **out}
 
     def _eval_sums(self, items: list[Any]) -> dict[str, float]:
         """Summed loss and method metrics over `items` (all processes), plus their units."""
