@@ -31,10 +31,17 @@ def count(item: TagItem) -> int:
     return item.n_words
 
 
-def loss(model: nn.Module, batch: Batch) -> StepOutput:
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+def token_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(batch, len, tags) logits of the input tokens. Prompt tuning prepends its virtual tokens to the
+    input, so the model returns that many extra positions first: they are dropped to line up with labels."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
     if logits.dim() != 3:
         raise TunelabError(f"method ner needs a token-classification model, got logits {tuple(logits.shape)}")
+    return logits[:, logits.shape[1] - input_ids.shape[1] :]
+
+
+def loss(model: nn.Module, batch: Batch) -> StepOutput:
+    logits = token_logits(model, batch["input_ids"], batch["attention_mask"])
     mask = batch["labels"] != IGNORE
     picked, targets = logits[mask].float(), batch["labels"][mask]
     correct = (picked.argmax(-1) == targets).float().sum()
@@ -49,8 +56,7 @@ def predict(model: nn.Module, items: Sequence[TagItem], pad_id: int, batch_size:
         for s in range(0, len(items), batch_size):
             chunk = items[s : s + batch_size]
             b = collate(chunk, pad_id)
-            logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits
-            best = logits.argmax(-1).tolist()
+            best = token_logits(model, b["input_ids"].to(device), b["attention_mask"].to(device)).argmax(-1).tolist()
             out += [[best[row][i] if i >= 0 else -1 for i in it.first] for row, it in enumerate(chunk)]
     return out
 

