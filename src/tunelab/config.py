@@ -30,7 +30,7 @@ class Section(BaseModel):
 
 
 METRIC_NAMES = (
-    "loss", "perplexity", "exact_match", "f1", "rouge", "bleu", "chrf", "json", "classification", "judge",
+    "loss", "perplexity", "exact_match", "f1", "rouge", "bleu", "chrf", "json", "classification", "judge", "reward",
 )  # fmt: skip
 
 
@@ -456,6 +456,11 @@ class EvalConfig(Section):
     bootstrap_resamples: int = Field(10000, ge=100, description="Paired bootstrap resamples for confidence intervals.")
     extract: ExtractConfig = Field(default_factory=ExtractConfig, description="Label extraction for classification.")
     judge: JudgeConfig = Field(default_factory=JudgeConfig, description="LLM-as-a-judge endpoint and prompts.")
+    rewards: list[RewardSource] = Field(
+        default_factory=list,
+        description="Sources the reward metric scores outputs with (as method.grpo.rewards); "
+        "a grpo run defaults to its method.grpo.rewards.",
+    )
     forgetting: ForgettingConfig = Field(default_factory=ForgettingConfig, description="The forgetting check.")
     fail_on_regression: bool = Field(False, description="Fail the run when the forgetting check regresses.")
 
@@ -534,10 +539,21 @@ class RunConfig(Section):
             if other:
                 raise ValueError(f"eval.metrics: method {self.method.name} is scored by its head (see docs/methods.md);"
                                  f" the generation metrics {other} do not apply: keep [loss] or []")  # fmt: skip
+        per_task = [m for ds in [*self.data.eval, *self.eval.data] for m in metric_specs(ds.metrics or [])]
+        if any(m.name == "reward" for m in [*self.eval.metric_specs(), *per_task]) and not eval_settings(self).rewards:
+            raise ValueError("eval.metrics reward: no reward sources; set eval.rewards, e.g. [{function: parity}] "
+                             "(a grpo run uses its method.grpo.rewards)")  # fmt: skip
         for i, _ in enumerate(self.stages):
             stage_config(self, i)  # every stage must validate now, not hours into the run
         _check_task_names(self)
         return self
+
+
+def eval_settings(cfg: RunConfig) -> EvalConfig:
+    """cfg.eval, where a grpo run's reward sources are the reward metric's default (eval.rewards unset)."""
+    if cfg.eval.rewards or cfg.method.name != "grpo":
+        return cfg.eval
+    return cfg.eval.model_copy(update={"rewards": cfg.method.grpo.rewards})
 
 
 def _check_task_names(cfg: RunConfig) -> None:
@@ -639,14 +655,17 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
     data = cfg.data.model_copy(
         update={"train": [fix(d) for d in cfg.data.train], "eval": [fix(d) for d in cfg.data.eval]}
     )
-    evals = cfg.eval.model_copy(update={"data": [fix(d) for d in cfg.eval.data]})
+    evals = cfg.eval.model_copy(
+        update={"data": [fix(d) for d in cfg.eval.data], "rewards": _resolve_rewards(cfg.eval.rewards, base)}
+    )
     stages = [_resolve_stage(st, base) for st in cfg.stages]
-    method = _resolve_rewards(cfg.method, base)
+    grpo = cfg.method.grpo.model_copy(update={"rewards": _resolve_rewards(cfg.method.grpo.rewards, base)})
+    method = cfg.method.model_copy(update={"grpo": grpo})
     return cfg.model_copy(update={"data": data, "eval": evals, "stages": stages, "method": method})
 
 
-def _resolve_rewards(method: MethodConfig, base: Path) -> MethodConfig:
-    """grpo reward files (.py) and reward-model folders are relative to the config file too."""
+def _resolve_rewards(sources: list[RewardSource], base: Path) -> list[RewardSource]:
+    """Reward files (.py) and reward-model folders are relative to the config file too."""
 
     def fix(src: RewardSource) -> RewardSource:
         for key in ("function", "model"):
@@ -655,8 +674,7 @@ def _resolve_rewards(method: MethodConfig, base: Path) -> MethodConfig:
                 return src.model_copy(update={key: str((base / value).resolve())})
         return src
 
-    rewards = [fix(r) for r in method.grpo.rewards]
-    return method.model_copy(update={"grpo": method.grpo.model_copy(update={"rewards": rewards})})
+    return [fix(r) for r in sources]
 
 
 def _resolve_stage(stage: StageConfig, base: Path) -> StageConfig:

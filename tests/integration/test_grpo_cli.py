@@ -1,5 +1,6 @@
 """GRPO through the real `tunelab train` CLI: a smoke run with two weighted reward sources (a function and
-a tiny saved reward model) under LoRA, an LLM-judge run against a real HTTP server on 127.0.0.1, resume
+a tiny saved reward model) under LoRA, an LLM-judge run against a real HTTP server on 127.0.0.1, the
+`reward` eval metric before and after training and in `tunelab eval`, resume
 after a SIGKILL equal to an uninterrupted run, clear errors, and (slow) the parity toy task raising the
 mean reward."""
 
@@ -20,6 +21,7 @@ from tests.unit.train.conftest import assert_same_weights, final_weights
 
 from tunelab.api import train
 from tunelab.config import dump_config, load_config
+from tunelab.methods.rewards import REWARDS
 from tunelab.train.checkpoint import checkpoints
 from tunelab.train.rundir import read_metrics
 
@@ -66,6 +68,27 @@ def test_judge_reward_through_the_cli(server, tmp_path: Path) -> None:  # noqa: 
     asked = [r["body"]["messages"][1]["content"] for r in server.requests]
     assert len(asked) >= 2 * 2 * 2 and all("[Question]\n" in a and " number\n" in a for a in asked)
     assert (tmp_path / "judge.sqlite").stat().st_size > 0
+
+
+def test_reward_metric_before_and_after_training_and_in_tunelab_eval(tmp_path: Path) -> None:
+    prompts = tmp_path / "held_out.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Give an {p} number"}) + "\n" for p in ["even", "odd"] * 3))
+    run_cli("train", str(EXAMPLE), f"data.eval=[{{path: {prompts}, format: prompt}}]", "data.eval_ratio=0",
+            "eval.metrics=[reward]", "eval.max_new_tokens=4", "method.grpo.group_size=4", "train.max_steps=2",
+            f"output.dir={tmp_path}", *QUICK)  # fmt: skip
+    run = tmp_path / "grpo-parity"
+    for name in ("baseline", "final"):  # scored by the run's own reward (method.grpo.rewards: parity)
+        result = json.loads((run / "eval" / f"{name}.json").read_text())
+        per = result["metrics"]["reward"]["per_example"]["reward"]
+        want = [REWARDS["parity"](f"Give an {p} number", out) for p, out in zip(["even", "odd"] * 3,
+                                                                                   result["predictions"])]  # fmt: skip
+        assert per == pytest.approx(want) and result["metrics"]["reward"]["details"]["missing"] == 0
+    rows = json.loads((run / "eval" / "comparison.json").read_text())["rows"]
+    assert [(r["metric"], r["key"], r["n"]) for r in rows] == [("reward", "reward", 6)]
+    assert "| reward | " in (run / "report.md").read_text()
+    out = run_cli("eval", str(run), "--data", str(prompts), "-s", "eval.metrics=[reward]",
+                  "-s", "eval.rewards=[{function: number}]", "-s", "eval.max_new_tokens=4")  # fmt: skip
+    assert "reward=" in out.stdout
 
 
 def test_resume_after_sigkill_equals_uninterrupted(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tunelab.config import DatasetConfig, RunConfig, load_config
+from tunelab.config import DatasetConfig, RunConfig, eval_settings, load_config
 from tunelab.errors import ConfigError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -60,7 +60,7 @@ def evaluate_target(target: str, cfg: RunConfig, data: list[str] | None, probe: 
 
     examples = [ex for ds in eval_datasets(cfg, data) for ex in load_examples(ds)]
     model, tok = load_target(target, cfg)
-    result = evaluate(model, tok, examples, cfg.eval, name=Path(target).name or target,
+    result = evaluate(model, tok, examples, eval_settings(cfg), name=Path(target).name or target,
                       chat_template=cfg.model.chat_template, max_length=cfg.data.max_length)  # fmt: skip
     return result, (forgetting_probe(model, tok, cfg.eval) if probe else None)
 

@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import HEAD_METHODS, MetricSpec, RunConfig, metric_specs
+from tunelab.config import HEAD_METHODS, MetricSpec, RunConfig, eval_settings, metric_specs
 from tunelab.errors import TunelabError
 from tunelab.eval.runner import EVAL_DIR, EvalExample, EvalResult, evaluate, forgetting_probe, load_examples
 
@@ -94,7 +94,7 @@ def _evaluate(cfg: RunConfig, model: Any, tokenizer: Any, examples: list[EvalExa
     was_training = model.training
     model.eval()
     try:
-        return evaluate(model, tokenizer, examples, cfg.eval, name=name, chat_template=cfg.model.chat_template,
+        return evaluate(model, tokenizer, examples, eval_settings(cfg), name=name, chat_template=cfg.model.chat_template,
                         max_length=cfg.data.max_length, task_metrics=task_metrics(cfg))  # fmt: skip
     finally:
         model.train(was_training)

@@ -278,8 +278,9 @@ def _gold_label(ref: str, classes: Sequence[str], case_sensitive: bool, index: i
 
 
 # --------------------------------------------------------------------------- registry
-# Metrics over (predictions, references). `loss`/`perplexity` need the model and `judge` an endpoint, so
-# they live in perplexity.py and judge.py and are dispatched by the evaluation runner, not listed here.
+# Metrics over (predictions, references). `loss`/`perplexity` need the model, `judge` an endpoint and `reward`
+# the reward sources, so they live in perplexity.py, judge.py and methods/rewards.py and are dispatched by the
+# evaluation runner, not listed here.
 
 METRICS: dict[str, Callable[..., MetricResult]] = {
     "exact_match": exact_match,

@@ -178,6 +178,17 @@ def _f(x: Any, digits: int = 4) -> str:
     return f"{x:.{digits}g}" if isinstance(x, float) else str(x)
 
 
+def shown(text: Any) -> str:
+    """Model output on one line: control characters (a tiny model emits NULs) and newlines as escapes."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in str(text))
+
+
+def _code(text: Any) -> str:
+    """An inline code span that survives backticks in the text."""
+    body = shown(text)
+    return f"`` {body} ``" if "`" in body else f"`{body}`"
+
+
 def _prompt_text(prompt: Any) -> str:
     if isinstance(prompt, str):
         return prompt
@@ -217,9 +228,9 @@ def render_markdown(d: ReportData) -> str:
         out += ["## Flipped examples", ""]
         for f in c["flipped"][:MAX_FLIPPED_SHOWN]:
             out += [f"### {f['direction']} on {f['key']}: example {f['index']} ({f['source']})", "",
-                    "Input:", "```", _prompt_text(f["prompt"]), "```", f"Reference: `{f['reference']}`", "",
-                    f"- {c['name_a']} ({_f(f['score_a'])}): `{f['output_a']}`",
-                    f"- {c['name_b']} ({_f(f['score_b'])}): `{f['output_b']}`", ""]  # fmt: skip
+                    "Input:", "```", _prompt_text(f["prompt"]), "```", f"Reference: {_code(f['reference'])}", "",
+                    f"- {c['name_a']} ({_f(f['score_a'])}): {_code(f['output_a'])}",
+                    f"- {c['name_b']} ({_f(f['score_b'])}): {_code(f['output_b'])}", ""]  # fmt: skip
     if d.notes:
         out += ["## Notes", "", *[f"- {n}" for n in d.notes], ""]
     if d.manifest is not None:

@@ -14,6 +14,7 @@ from tunelab.eval.report import (
     plot_forgetting,
     plot_losses,
     plot_metric_bars,
+    shown,
 )
 
 CSS = """
@@ -45,7 +46,7 @@ def _metrics_table(d: ReportData) -> str:
 def _output(text: Any) -> str:
     if text is None or not str(text).strip():  # show blank outputs, they are a finding in themselves
         return f"<em>(blank output: {escape(repr(text)[:40])})</em>"
-    return f"<code>{escape(str(text))}</code>"
+    return f"<code>{escape(shown(text))}</code>"
 
 
 def _comparison(c: dict[str, Any]) -> str:
@@ -73,7 +74,7 @@ def _flipped(c: dict[str, Any]) -> str:
         parts.append(
             f"<div class='flip {escape(f['direction'])}'><h3>{escape(f['direction'])} on {escape(f['key'])}: "
             f"example {f['index']} <small>{escape(str(f['source']))}</small></h3>"
-            f"<pre>{escape(_prompt_text(f['prompt']))}</pre><p>Reference: <code>{escape(str(f['reference']))}</code></p>"
+            f"<pre>{escape(_prompt_text(f['prompt']))}</pre><p>Reference: <code>{escape(shown(f['reference']))}</code></p>"
             f"<p>{a} ({_f(f['score_a'])}): {_output(f['output_a'])}</p>"
             f"<p>{b} ({_f(f['score_b'])}): {_output(f['output_b'])}</p></div>"
         )

@@ -85,7 +85,7 @@ def example_from_record(record: Record, where: str) -> EvalExample:
     if isinstance(record, Preference):
         prompt = [{"role": m.role, "content": m.content} for m in record.prompt]
         return EvalExample(prompt, record.chosen[-1].content, where)
-    if isinstance(record, PromptRecord):  # grpo prompts: no reference, so only reference-free metrics (judge) mean much
+    if isinstance(record, PromptRecord):  # grpo prompts: no reference, so only reference-free metrics (judge, reward)
         return EvalExample([{"role": m.role, "content": m.content} for m in record.messages], "", where)
     raise DataError(f"{type(record).__name__} records have no reference answer to evaluate against "
                     "(use messages, alpaca, sharegpt, prompt_completion or preference data)", where=where)  # fmt: skip
@@ -130,6 +130,14 @@ def metric_options(spec: MetricSpec, cfg: EvalConfig) -> dict[str, Any]:
     return options
 
 
+def check_reward_sources(cfg: EvalConfig) -> None:
+    from tunelab.methods.rewards import check_sources
+
+    if not cfg.rewards:
+        raise ConfigError("eval.metrics reward: no reward sources; set eval.rewards, e.g. [{function: parity}]")
+    check_sources(cfg.rewards)
+
+
 def question_text(prompt: Prompt) -> str:
     """What a judge is shown as the question: the raw prompt, or the conversation as 'role: content' lines."""
     if isinstance(prompt, str):
@@ -155,7 +163,9 @@ def evaluate(model: Any, tokenizer: Any, examples: Sequence[EvalExample], cfg: E
     specs = {t: (task_metrics or {}).get(t) or cfg.metric_specs() for t in groups}
     for t_specs in specs.values():
         for spec in t_specs:
-            metric_options(spec, cfg)  # fail on bad options before generating
+            metric_options(spec, cfg)  # fail on bad options or reward sources before generating
+            if spec.name == "reward":
+                check_reward_sources(cfg)
     decoding = decoding_from(cfg, chat_template)
     needs_outputs = [i for t, idx in groups.items() if any(s.name not in LOSS_METRICS for s in specs[t]) for i in idx]
     predictions = None
@@ -194,6 +204,12 @@ def _task_metrics(model: Any, tokenizer: Any, examples: list[EvalExample], predi
 
             assert predictions is not None
             results["judge"] = Judge(cfg.judge).score_all([question_text(p) for p in prompts], predictions, refs)
+        elif spec.name == "reward":
+            from tunelab.methods.rewards import reward_metric
+
+            assert predictions is not None
+            device = next(model.parameters()).device
+            results["reward"] = reward_metric(cfg.rewards, prompts, predictions, device)
         else:
             assert predictions is not None
             results[spec.name] = METRICS[spec.name](predictions, refs, **metric_options(spec, cfg))

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import re
 import runpy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ def parity_reward(prompt: str, completion: str) -> float:
     that parity (dense, so a tiny random model has signal)."""
     want = 0 if "even" in prompt.lower() else 1
     chars = [c for c in completion if not c.isspace()]
-    return sum(1 for c in chars if c.isdigit() and int(c) % 2 == want) / max(len(chars), 1)
+    return sum(1 for c in chars if c in "0123456789" and int(c) % 2 == want) / max(len(chars), 1)  # not "²"
 
 
 def number_reward(prompt: str, completion: str) -> float:
@@ -80,7 +80,11 @@ class FunctionSource:
     def __call__(self, prompts: Sequence[PromptSpec], completions: Sequence[str], device: torch.device) -> Scores:
         out = []
         for p, c in zip(prompts, completions):
-            value = self.fn(question_text(p), c)
+            try:
+                value = self.fn(question_text(p), c)
+            except Exception as e:  # the user's code: say which function and input, not a bare traceback
+                raise TunelabError(f"reward function {self.spec!r} raised {type(e).__name__}: {e} "
+                                   f"(prompt {question_text(p)!r}, completion {c!r})") from e  # fmt: skip
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise TunelabError(f"reward function {self.spec!r} returned {value!r} for completion {c!r}; "
                                    "expected a finite number")  # fmt: skip
@@ -205,6 +209,36 @@ class Rewards:
                 metrics[k] = metrics.get(k, torch.zeros(())) + float(v)
         metrics["reward"] = total.sum()
         return total.view(-1, group), metrics
+
+
+def reward_metric(specs: Sequence[RewardSource], prompts: Sequence[str | Sequence[Mapping[str, str]]],
+                  outputs: Sequence[str], device: torch.device) -> Any:  # fmt: skip
+    """The `reward` eval metric (reference-free): each output scored by every source and summed by weight,
+    as in training. An output a source could not score (a failed judge call) is NaN: left out of the
+    mean (so the paired comparison leaves it out too) and counted as `missing`."""
+    from tunelab.eval.metrics import MetricResult
+
+    asked: list[PromptSpec] = [p if isinstance(p, str) else tuple(Message(m["role"], m["content"]) for m in p)
+                               for p in prompts]  # fmt: skip
+    rewards = Rewards(specs)
+    total = torch.zeros(len(outputs), dtype=torch.float64)
+    per: dict[str, list[float]] = {}
+    details: dict[str, float] = {}
+    for name, source, weight in rewards.sources:
+        scores, counts = source(asked, list(outputs), device)
+        total += weight * torch.tensor(scores, dtype=torch.float64)  # NaN stays NaN
+        if len(rewards.sources) > 1:
+            per[f"reward/{name}"] = [float(x) for x in scores]
+        for k, v in counts.items():
+            details[k] = details.get(k, 0.0) + float(v)
+    per = {"reward": total.tolist(), **per}
+    means = {k: _nanmean(v) for k, v in per.items()}
+    return MetricResult("reward", means, per, {**details, "missing": int(total.isnan().sum())})
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    real = [v for v in values if not math.isnan(v)]
+    return sum(real) / len(real) if real else math.nan
 
 
 def fill_missing(scores: torch.Tensor) -> torch.Tensor:

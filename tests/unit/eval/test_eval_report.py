@@ -18,7 +18,7 @@ from PIL import Image
 from tunelab.eval.compare import compare_results
 from tunelab.eval.metrics import MetricResult
 from tunelab.eval.perplexity import ForgettingResult
-from tunelab.eval.report import ReportData, collect_run, render_markdown, report_run, write_report
+from tunelab.eval.report import ReportData, collect_run, render_markdown, report_run, shown, write_report
 from tunelab.eval.runner import EvalExample, EvalResult
 
 REPO = Path(__file__).resolve().parents[3]
@@ -89,6 +89,17 @@ def test_report_from_plain_data(tmp_path) -> None:
     data = ReportData("plain", comparison=compare_results(a, b, n_resamples=500).to_dict())
     md = render_markdown(data)
     assert "| loss | 2 | 1.1 | -0.9 |" in md and "better" in md
+
+
+def test_raw_model_output_is_shown_on_one_line_with_escapes(tmp_path) -> None:
+    assert shown("a\x00b\nc\u00e9\u00b2") == "a\\x00b\\nc\u00e9\u00b2"  # unicode text stays as it is
+    ex = [EvalExample("p", "r")] * 20
+    a = EvalResult("a", ex, ["x\x00`y`\n"] * 20, {"f1": MetricResult("f1", {"f1": 0.0}, {"f1": [0.0] * 20})})
+    b = EvalResult("b", ex, ["r"] * 20, {"f1": MetricResult("f1", {"f1": 1.0}, {"f1": [1.0] * 20})})
+    data = ReportData("raw", comparison=compare_results(a, b, n_resamples=200).to_dict())
+    md = render_markdown(data)
+    assert "- a (0): `` x\\x00`y`\\n ``" in md and "\x00" not in md
+    assert "\x00" not in write_report(data, tmp_path)[1].read_text()
 
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed (apt-get install -y chromium)")

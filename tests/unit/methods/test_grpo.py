@@ -1,7 +1,8 @@
 """GRPO's pieces: group advantages and the loss (value, gradient and KL) against hand computations,
 sampling, prompt data, and each reward source: functions (built-in or a file), a reward model on a tiny
 saved model scored against a hand rendering, an LLM judge on a real HTTP server, their weighted sum and
-how missing verdicts are filled. The CLI runs are in tests/integration/test_grpo_cli.py."""
+how missing verdicts are filled; the `reward` eval metric and its config. The CLI runs are in
+tests/integration/test_grpo_cli.py."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 from tests.unit.eval.test_eval_judge import server  # noqa: F401 (the scripted judge on 127.0.0.1, a fixture)
 
-from tunelab.config import JudgeConfig, RewardSource, load_config
+from tunelab.config import JudgeConfig, RewardSource, eval_settings, load_config
 from tunelab.data.collate import collate
 from tunelab.data.prompts import collate_prompts, prepare_prompts, question_text
 from tunelab.data.records import Message
@@ -23,7 +24,7 @@ from tunelab.errors import ConfigError, DataError, TunelabError
 from tunelab.methods.grpo import advantages, grpo_losses, sample
 from tunelab.methods.logps import frozen_copy
 from tunelab.methods.reward import reward_model_from
-from tunelab.methods.rewards import REWARDS, ModelSource, Rewards, fill_missing, load_reward
+from tunelab.methods.rewards import REWARDS, ModelSource, Rewards, fill_missing, load_reward, reward_metric
 from tunelab.models.presets import build_preset
 
 EXS = [Example([1, 5, 6, 7, 8], [-100, -100, 6, 7, 8]), Example([1, 9, 10], [-100, -100, 10])]
@@ -171,6 +172,7 @@ def test_reward_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:
 
 def test_reward_registry_and_file(tmp_path: Path) -> None:
     assert REWARDS["parity"]("give an even number", "24 7") == pytest.approx(2 / 3)
+    assert REWARDS["parity"]("give an even number", "2²") == pytest.approx(1 / 2)  # "²".isdigit() but no int
     f = tmp_path / "my_reward.py"
     f.write_text("def reward(prompt, completion):\n    return float(len(completion))\n")
     assert load_reward(str(f))("p", "abc") == 3.0
@@ -179,6 +181,10 @@ def test_reward_registry_and_file(tmp_path: Path) -> None:
         load_reward(str(tmp_path / "bad.py"))
     with pytest.raises(TunelabError, match="parity"):
         load_reward("my_module.reward")  # dotted names are never imported
+    (tmp_path / "div.py").write_text("def reward(prompt, completion):\n    return 1 / len(completion)\n")
+    with pytest.raises(TunelabError, match=r"'.*div.py' raised ZeroDivisionError: division by zero \(prompt 'p', "
+                                           r"completion ''\)"):  # fmt: skip
+        Rewards([RewardSource(function=str(tmp_path / "div.py"))])(["p"], [""], 1, torch.device("cpu"))
     (tmp_path / "nan.py").write_text("def reward(prompt, completion):\n    return float('nan')\n")
     with pytest.raises(TunelabError, match="returned nan.*expected a finite number"):
         Rewards([RewardSource(function=str(tmp_path / "nan.py"))])(["p"] * 2, ["a", "b"], 2, torch.device("cpu"))
@@ -252,3 +258,37 @@ def test_judge_source_maps_scores_and_counts_failures(server, tmp_path: Path, mo
     n = len(server.requests)
     Rewards([RewardSource(judge=judge)])(["q"] * 2, ["correct", "wrong"], 2, torch.device("cpu"))
     assert len(server.requests) == n  # both verdicts came from the SQLite cache
+
+
+# --------------------------------------------------------------------------- the reward eval metric
+
+
+def test_reward_metric_sums_sources_per_output_and_leaves_missing_out(server, tmp_path: Path) -> None:  # noqa: F811
+    judge = JudgeConfig(base_url=f"http://127.0.0.1:{server.server_port}/v1", api_key_env=None, max_retries=0,
+                        cache_path=str(tmp_path / "judge.sqlite"))  # fmt: skip
+    specs = [RewardSource(function="parity", weight=2.0), RewardSource(judge=judge, name="j")]
+    prompts = [[{"role": "user", "content": "Give an even number"}], "Give an odd number", "Give an odd number"]
+    r = reward_metric(specs, prompts, ["24 correct", "2", "MALFORMED"], torch.device("cpu"))  # scripted: 9, 2, none
+    parity = [2 / 9, 0.0, 0.0]  # share of non-space characters that are digits of the asked parity
+    judged = [(9 - 1) / 9, (2 - 1) / 9, math.nan]
+    assert r.per_example["reward/parity"] == pytest.approx(parity)
+    assert r.per_example["reward/j"][:2] == pytest.approx(judged[:2]) and math.isnan(r.per_example["reward/j"][2])
+    want = [2 * p + j for p, j in zip(parity[:2], judged[:2])]
+    assert r.per_example["reward"][:2] == pytest.approx(want) and math.isnan(r.per_example["reward"][2])
+    assert r.scores["reward"] == pytest.approx(sum(want) / 2)  # the unjudged output is left out of the mean
+    assert r.details["missing"] == 1 and r.details["judge/unparseable"] == 1
+    asked = [q["body"]["messages"][1]["content"] for q in server.requests]
+    assert any("[Question]\nGive an even number" in a for a in asked)  # a chat prompt is shown by its content
+
+
+def test_reward_metric_config(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"eval.metrics reward: no reward sources; set eval.rewards"):
+        load_config(None, ["eval.metrics=[reward]"])
+    with pytest.raises(ConfigError, match="no reward sources"):
+        load_config(None, ["data.eval=[{path: x.jsonl, metrics: [reward]}]"])
+    grpo = load_config(None, ["method.name=grpo", "method.grpo.rewards=[{function: parity}]", "eval.metrics=[reward]"])
+    assert [r.function for r in eval_settings(grpo).rewards] == ["parity"]  # a grpo run scores with its own
+    (tmp_path / "r.py").write_text("def reward(prompt, completion):\n    return 1.0\n")
+    (tmp_path / "c.yaml").write_text("eval: {metrics: [reward], rewards: [{function: r.py, weight: 2}]}\n")
+    own = load_config(tmp_path / "c.yaml")
+    assert [r.function for r in eval_settings(own).rewards] == [str(tmp_path / "r.py")]  # relative to the file
