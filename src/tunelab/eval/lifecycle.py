@@ -94,7 +94,8 @@ def _evaluate(cfg: RunConfig, model: Any, tokenizer: Any, examples: list[EvalExa
     was_training = model.training
     model.eval()
     try:
-        return evaluate(model, tokenizer, examples, eval_settings(cfg), name=name, chat_template=cfg.model.chat_template,
-                        max_length=cfg.data.max_length, task_metrics=task_metrics(cfg))  # fmt: skip
+        return evaluate(model, tokenizer, examples, eval_settings(cfg), name=name,
+                        chat_template=cfg.model.chat_template, max_length=cfg.data.max_length,
+                        task_metrics=task_metrics(cfg))  # fmt: skip
     finally:
         model.train(was_training)

@@ -26,7 +26,10 @@ def train_command(
     except TrainingInterrupted as e:
         typer.echo(f"{e}\nresume with: tunelab train {config} {' '.join(overrides or [])} --resume".rstrip(), err=True)
         raise typer.Exit(130) from None
-    typer.echo(f"run saved to {run_dir} (final model in {run_dir / 'final'})")
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # under `accelerate launch` every process returns here
+        typer.echo(f"run saved to {run_dir} (final model in {run_dir / 'final'})")
 
 
 def generate_command(
