@@ -103,6 +103,28 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def rss_mb() -> float:
+    """This process's current resident set size."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def malloc_mb() -> tuple[float, float, float] | None:
+    """glibc's view (mallinfo2): (heap obtained from the OS, heap in use, mmapped blocks) in MB; None elsewhere.
+    Heap minus in-use is memory freed by the program but kept by malloc: it still counts in RSS."""
+    import ctypes
+
+    class Info(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]  # fmt: skip
+
+    try:
+        fn = ctypes.CDLL("libc.so.6").mallinfo2
+    except (OSError, AttributeError):
+        return None
+    fn.restype = Info
+    m = fn()
+    return m.arena / 2**20, m.uordblks / 2**20, m.hblkhd / 2**20
+
+
 def machine() -> dict[str, Any]:
     cpu = next(
         (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
