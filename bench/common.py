@@ -114,7 +114,8 @@ def malloc_mb() -> tuple[float, float, float] | None:
     import ctypes
 
     class Info(ctypes.Structure):
-        _fields_ = [(n, ctypes.c_size_t) for n in "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]  # fmt: skip
+        names = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+        _fields_ = [(n, ctypes.c_size_t) for n in (*names, "keepcost")]
 
     try:
         fn = ctypes.CDLL("libc.so.6").mallinfo2
