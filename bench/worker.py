@@ -60,12 +60,13 @@ def run_tunelab(work: Path, model_dir: Path, threads: int, extra: list[str], see
     ]  # fmt: skip
     cfg = load_config(None, overrides)
     trace.mark(0)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     run_dir = train(cfg, hooks=Hooks(on_step_end=trace.mark))
     fit = time.perf_counter() - start
+    cpu = time.process_time() - cpu
     rss = common.peak_rss_mb()
     model, _ = load_run(run_dir)
-    return model, fit, rss, {}
+    return model, fit, rss, {"fit_cpu_s": cpu}
 
 
 def run_trl(work: Path, model_dir: Path, threads: int, examples: list[Any], seed: int, trace: Trace) -> Any:
@@ -99,13 +100,14 @@ def run_trl(work: Path, model_dir: Path, threads: int, examples: list[Any], seed
 
     torch.set_num_threads(threads)
     trace.mark(0)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok, peft_config=peft_cfg,
                          callbacks=[StepTrace()])  # fmt: skip
     out = trainer.train()
     fit = time.perf_counter() - start
+    cpu = time.process_time() - cpu
     rss = common.peak_rss_mb()
-    return trainer.model, fit, rss, {"trl_train_runtime_s": out.metrics.get("train_runtime")}
+    return trainer.model, fit, rss, {"fit_cpu_s": cpu, "trl_train_runtime_s": out.metrics.get("train_runtime")}
 
 
 def main() -> None:
