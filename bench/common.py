@@ -58,6 +58,18 @@ def encode_file(path: Path, tokenizer: Any) -> list[Any]:
     return [truncate(enc.encode(alpaca(r)), JOB["max_length"]) for r in json.loads(path.read_text())]
 
 
+def packed_batch(examples: list[Any], seed: int = JOB["seed"]) -> dict[str, int]:
+    """tunelab's packed rows for `examples` (shuffled and packed as tunelab.api does) and the rows per batch that
+    hold about JOB batch_size examples: the batch_size tunelab's packing note suggests, so that tunelab takes
+    the same optimizer steps per epoch as TRL's unpacked batches (packing 8 rows per step would take ~25% fewer)."""
+    from tunelab.data.collate import pack
+
+    order = list(examples)
+    random.Random(seed).shuffle(order)
+    rows = len(pack(order, JOB["max_length"]))
+    return {"rows": rows, "batch_rows": max(1, round(JOB["batch_size"] * rows / len(examples)))}
+
+
 def token_counts(examples: list[Any]) -> dict[str, int]:
     """Non-padding input tokens, loss-bearing tokens, and sum of squared lengths (for attention FLOPs)."""
     lengths = [len(e.input_ids) for e in examples]

@@ -31,12 +31,14 @@ import common  # noqa: E402
 import peak  # noqa: E402
 
 
-def run_worker(tool: str, work: Path, model_dir: Path, args: argparse.Namespace, seed: int, tag: str) -> dict[str, Any]:
+def run_worker(
+    tool: str, work: Path, model_dir: Path, args: argparse.Namespace, seed: int, tag: str, batch_rows: int
+) -> dict[str, Any]:
     out = work / f"{tag}.json"
     cmd = [sys.executable, str(HERE / "worker.py"), "--tool", tool, "--work", str(work), "--model", str(model_dir),
            "--out", str(out), "--threads", str(args.threads), "--seed", str(seed)]  # fmt: skip
-    if tool == "tunelab":
-        cmd += [f"--set={x}" for x in args.set]
+    if tool == "tunelab":  # its packed batch first, so that a --set can override it
+        cmd += [f"--set=train.batch_size={batch_rows}", *(f"--set={x}" for x in args.set)]
     if args.trace:
         cmd.append("--trace")
     env_note = time.strftime("%H:%M:%S")
@@ -60,13 +62,17 @@ def bench_size(size: str, args: argparse.Namespace, peak_gflops: float) -> dict[
     model_dir = work / "model"
     n_params = common.save_model(size, model_dir)
     tok = AutoTokenizer.from_pretrained(str(model_dir))
-    counts = common.token_counts(common.encode_file(work / "train.json", tok))
+    train_ex = common.encode_file(work / "train.json", tok)
+    counts = common.token_counts(train_ex)
+    packed = common.packed_batch(train_ex)
+    print(f"tunelab packs {len(train_ex)} examples into {packed['rows']} rows: batch of {packed['batch_rows']} rows")
     flops = common.train_flops(n_params, counts, common.model_dims(model_dir))
     runs: list[dict[str, Any]] = []
     rounds = [(r, seed) for r in range(args.repeats) for seed in args.seeds]
     for i, (r, seed) in enumerate(rounds):
         for tool in ("tunelab", "trl") if i % 2 == 0 else ("trl", "tunelab"):
-            runs.append(run_worker(tool, work, model_dir, args, seed, f"{tool}-{r}-s{seed}") | {"round": r})
+            tag = f"{tool}-{r}-s{seed}"
+            runs.append(run_worker(tool, work, model_dir, args, seed, tag, packed["batch_rows"]) | {"round": r})
     summary = {}
     for tool in ("tunelab", "trl"):
         mine = [x for x in runs if x["tool"] == tool]
@@ -82,7 +88,7 @@ def bench_size(size: str, args: argparse.Namespace, peak_gflops: float) -> dict[
         }
     ratio = summary["tunelab"]["tokens_per_s"] / summary["trl"]["tokens_per_s"]
     return {"size": size, "params": n_params, "split": split, "limit": args.limit, "seeds": args.seeds,
-            "tunelab_overrides": args.set, **counts,
+            "tunelab_overrides": args.set, "tunelab_packing": packed, **counts,
             "model_flops": flops, "summary": summary, "speedup": ratio, "runs": runs}  # fmt: skip
 
 
