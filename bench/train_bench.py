@@ -1,12 +1,16 @@
 """tunelab vs TRL SFTTrainer (+ peft LoRA) on the same CPU fine-tuning job; writes bench/results/.
 
-    python bench/train_bench.py [--sizes tiny-4m tiny-30m] [--repeats 1] [--limit N] [--quick] [--threads 2]
+    python bench/train_bench.py [--sizes tiny-4m tiny-30m] [--repeats 1] [--seeds 0] [--limit N] [--quick]
+                                [--threads 1] [--set KEY=VALUE ...] [--trace]
 
 For each model size: write the shared 90/10 split and the preset model folder, then run the tools
-alternately (tunelab, trl, tunelab, trl, ... for --repeats rounds), each in a fresh subprocess
-(bench/worker.py). Tokens/s, MFU and the table use the median fit time per tool and size; every single
-run is kept in the JSON. `--quick` = 64 records, one size (tiny-4m): for checking the harness, not for
-numbers. `--limit N` uses the first N records of the file (before the split) and is recorded in the output.
+alternately (tunelab, trl, tunelab, trl, ... for --repeats rounds, each round once per training seed of
+--seeds), each in a fresh subprocess (bench/worker.py). Tokens/s, MFU and the table use the median fit
+time per tool and size, the eval loss the mean over runs (with min-max when there are several seeds);
+every single run is kept in the JSON. `--quick` = 64 records, one size (tiny-4m): for checking the harness,
+not for numbers. `--limit N` uses the first N records of the file (before the split) and is recorded in the
+output. `--set` passes a tunelab config override to its runs (ablations; recorded). `--trace` records
+memory after every optimizer step of both tools (worker.Trace) into the JSON.
 """
 
 from __future__ import annotations
@@ -27,10 +31,16 @@ import common  # noqa: E402
 import peak  # noqa: E402
 
 
-def run_worker(tool: str, work: Path, model_dir: Path, threads: int, tag: str) -> dict[str, Any]:
+def run_worker(
+    tool: str, work: Path, model_dir: Path, args: argparse.Namespace, seed: int, tag: str, batch_rows: int
+) -> dict[str, Any]:
     out = work / f"{tag}.json"
     cmd = [sys.executable, str(HERE / "worker.py"), "--tool", tool, "--work", str(work), "--model", str(model_dir),
-           "--out", str(out), "--threads", str(threads)]  # fmt: skip
+           "--out", str(out), "--threads", str(args.threads), "--seed", str(seed)]  # fmt: skip
+    if tool == "tunelab":  # its packed batch first, so that a --set can override it
+        cmd += [f"--set=train.batch_size={batch_rows}", *(f"--set={x}" for x in args.set)]
+    if args.trace:
+        cmd.append("--trace")
     env_note = time.strftime("%H:%M:%S")
     print(f"[{env_note}] {tag}: {' '.join(cmd[1:])}", flush=True)
     # this checkout's src/ first: the installed editable tunelab may point at another checkout
@@ -52,12 +62,17 @@ def bench_size(size: str, args: argparse.Namespace, peak_gflops: float) -> dict[
     model_dir = work / "model"
     n_params = common.save_model(size, model_dir)
     tok = AutoTokenizer.from_pretrained(str(model_dir))
-    counts = common.token_counts(common.encode_file(work / "train.json", tok))
+    train_ex = common.encode_file(work / "train.json", tok)
+    counts = common.token_counts(train_ex)
+    packed = common.packed_batch(train_ex)
+    print(f"tunelab packs {len(train_ex)} examples into {packed['rows']} rows: batch of {packed['batch_rows']} rows")
     flops = common.train_flops(n_params, counts, common.model_dims(model_dir))
     runs: list[dict[str, Any]] = []
-    for r in range(args.repeats):
-        for tool in ("tunelab", "trl") if r % 2 == 0 else ("trl", "tunelab"):
-            runs.append(run_worker(tool, work, model_dir, args.threads, f"{tool}-{r}") | {"round": r})
+    rounds = [(r, seed) for r in range(args.repeats) for seed in args.seeds]
+    for i, (r, seed) in enumerate(rounds):
+        for tool in ("tunelab", "trl") if i % 2 == 0 else ("trl", "tunelab"):
+            tag = f"{tool}-{r}-s{seed}"
+            runs.append(run_worker(tool, work, model_dir, args, seed, tag, packed["batch_rows"]) | {"round": r})
     summary = {}
     for tool in ("tunelab", "trl"):
         mine = [x for x in runs if x["tool"] == tool]
@@ -67,11 +82,13 @@ def bench_size(size: str, args: argparse.Namespace, peak_gflops: float) -> dict[
             "tokens_per_s": counts["tokens"] / fit,
             "loss_tokens_per_s": counts["loss_tokens"] / fit,
             "peak_rss_mb": max(x["peak_rss_mb"] for x in mine),
-            "eval_loss": statistics.median(x["eval_loss"] for x in mine),
+            "eval_loss": statistics.mean(x["eval_loss"] for x in mine),
+            "eval_loss_range": [min(x["eval_loss"] for x in mine), max(x["eval_loss"] for x in mine)],
             "mfu": flops / fit / (peak_gflops * 1e9),
         }
     ratio = summary["tunelab"]["tokens_per_s"] / summary["trl"]["tokens_per_s"]
-    return {"size": size, "params": n_params, "split": split, "limit": args.limit, **counts,
+    return {"size": size, "params": n_params, "split": split, "limit": args.limit, "seeds": args.seeds,
+            "tunelab_overrides": args.set, "tunelab_packing": packed, **counts,
             "model_flops": flops, "summary": summary, "speedup": ratio, "runs": runs}  # fmt: skip
 
 
@@ -82,10 +99,12 @@ def table(results: list[dict[str, Any]]) -> str:
     ]
     for res in results:
         for tool, s in res["summary"].items():
+            lo, hi = s["eval_loss_range"]
+            spread = f" ({lo:.4f}-{hi:.4f})" if hi > lo else ""
             lines.append(
                 f"| {res['size']} ({res['params'] / 1e6:.1f}M) | {res['split']['train']}/{res['split']['eval']} "
                 f"| {tool} | {s['fit_s']:.1f} | {s['tokens_per_s']:,.0f} | {s['peak_rss_mb']:.0f} "
-                f"| {s['eval_loss']:.4f} | {s['mfu']:.1%} |"
+                f"| {s['eval_loss']:.4f}{spread} | {s['mfu']:.1%} |"
             )
     lines.append("")
     lines += [f"- {r['size']}: tunelab / TRL tokens/s = **{r['speedup']:.2f}x**" for r in results]
@@ -96,6 +115,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", nargs="+", default=list(common.SIZES), choices=common.SIZES)
     p.add_argument("--repeats", type=int, default=1, help="rounds of (tunelab, trl) runs, alternating order")
+    p.add_argument("--seeds", type=int, nargs="+", default=[common.JOB["seed"]], help="training seeds (each a round)")
+    p.add_argument("--set", action="append", default=[], help="tunelab config override KEY=VALUE (ablations)")
+    p.add_argument("--trace", action="store_true", help="record memory after every optimizer step (both tools)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N records of the data file")
     p.add_argument("--quick", action="store_true", help="64 records, tiny-4m only: a harness check")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (1: see bench/README.md)")

@@ -27,8 +27,21 @@ import common  # noqa: E402
 J = common.JOB
 
 
-def run_tunelab(work: Path, model_dir: Path, threads: int, extra: list[str]) -> Any:
-    from tunelab.api import train
+class Trace:
+    """Memory after each optimizer step (step 0: just before the fit), when enabled: [step, RSS, peak RSS,
+    malloc heap, heap in use, mmapped] in MB (common.malloc_mb; the last three absent off glibc)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled, self.rows = enabled, []
+
+    def mark(self, step: int) -> None:
+        if self.enabled:
+            heap = common.malloc_mb() or ()
+            self.rows.append([step, round(common.rss_mb()), round(common.peak_rss_mb()), *(round(x) for x in heap)])
+
+
+def run_tunelab(work: Path, model_dir: Path, threads: int, extra: list[str], seed: int, trace: Trace) -> Any:
+    from tunelab.api import Hooks, train
     from tunelab.config import load_config
     from tunelab.models.load import load_run
 
@@ -40,24 +53,26 @@ def run_tunelab(work: Path, model_dir: Path, threads: int, extra: list[str]) -> 
         "data.packing=true", "data.check=null", f"data.cache_dir={cache}",
         f"train.epochs={J['epochs']}", f"train.batch_size={J['batch_size']}", f"train.lr={J['lr']}",
         f"train.warmup_ratio={J['warmup_ratio']}", "train.schedule=cosine", f"train.threads={threads}",
-        "train.precision=fp32", "train.log_every=1000000", f"train.seed={J['seed']}",
+        "train.precision=fp32", "train.log_every=1000000", f"train.seed={seed}",
         "eval.baseline=false", "eval.forgetting.enabled=false", "eval.metrics=[]",
         f"output.dir={work / 'runs'}", "output.overwrite=true", "output.name=tunelab",
         *extra,
     ]  # fmt: skip
     cfg = load_config(None, overrides)
-    start = time.perf_counter()
-    run_dir = train(cfg)
+    trace.mark(0)
+    start, cpu = time.perf_counter(), time.process_time()
+    run_dir = train(cfg, hooks=Hooks(on_step_end=trace.mark))
     fit = time.perf_counter() - start
+    cpu = time.process_time() - cpu
     rss = common.peak_rss_mb()
     model, _ = load_run(run_dir)
-    return model, fit, rss, {}
+    return model, fit, rss, {"fit_cpu_s": cpu}
 
 
-def run_trl(work: Path, model_dir: Path, threads: int, examples: list[Any]) -> Any:
+def run_trl(work: Path, model_dir: Path, threads: int, examples: list[Any], seed: int, trace: Trace) -> Any:
     from datasets import Dataset
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     tok = AutoTokenizer.from_pretrained(str(model_dir))
@@ -72,20 +87,27 @@ def run_trl(work: Path, model_dir: Path, threads: int, examples: list[Any]) -> A
         warmup_steps=J["warmup_ratio"], weight_decay=0.0, max_grad_norm=1.0, max_length=J["max_length"],
         completion_only_loss=True, packing=False, gradient_checkpointing=False, bf16=False, fp16=False,
         use_cpu=True, report_to="none", save_strategy="no", eval_strategy="no", logging_steps=10,
-        seed=J["seed"], data_seed=J["seed"], dataloader_num_workers=0, disable_tqdm=True,
+        seed=seed, data_seed=seed, dataloader_num_workers=0, disable_tqdm=True,
     )  # fmt: skip
     peft_cfg = LoraConfig(
         r=J["r"], lora_alpha=J["alpha"], lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM"
     )
     import torch
 
+    class StepTrace(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            trace.mark(state.global_step)
+
     torch.set_num_threads(threads)
-    start = time.perf_counter()
-    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok, peft_config=peft_cfg)
+    trace.mark(0)
+    start, cpu = time.perf_counter(), time.process_time()
+    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok, peft_config=peft_cfg,
+                         callbacks=[StepTrace()])  # fmt: skip
     out = trainer.train()
     fit = time.perf_counter() - start
+    cpu = time.process_time() - cpu
     rss = common.peak_rss_mb()
-    return trainer.model, fit, rss, {"trl_train_runtime_s": out.metrics.get("train_runtime")}
+    return trainer.model, fit, rss, {"fit_cpu_s": cpu, "trl_train_runtime_s": out.metrics.get("train_runtime")}
 
 
 def main() -> None:
@@ -96,6 +118,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--set", action="append", default=[], help="extra tunelab config overrides (ablations)")
+    p.add_argument("--seed", type=int, default=J["seed"], help="training seed (adapter init, data order)")
+    p.add_argument("--trace", action="store_true", help="record memory after every optimizer step (Trace)")
     a = p.parse_args()
 
     import torch
@@ -106,10 +130,11 @@ def main() -> None:
     tok = AutoTokenizer.from_pretrained(str(a.model))
     train_ex = common.encode_file(a.work / "train.json", tok)
     eval_ex = common.encode_file(a.work / "eval.json", tok)
+    trace = Trace(a.trace)
     if a.tool == "tunelab":
-        model, fit, rss, extra = run_tunelab(a.work, a.model, a.threads, a.set)
+        model, fit, rss, extra = run_tunelab(a.work, a.model, a.threads, a.set, a.seed, trace)
     else:
-        model, fit, rss, extra = run_trl(a.work, a.model, a.threads, train_ex)
+        model, fit, rss, extra = run_trl(a.work, a.model, a.threads, train_ex, a.seed, trace)
     torch.set_num_threads(a.threads)
     start = time.perf_counter()
     loss = common.eval_loss(model, eval_ex, tok.pad_token_id)
@@ -121,7 +146,9 @@ def main() -> None:
         "eval_s": time.perf_counter() - start,
         "threads": torch.get_num_threads(),
         "overrides": a.set,
+        "seed": a.seed,
         **extra,
+        **({"rss_trace": trace.rows} if a.trace else {}),
     }
     a.out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result))

@@ -27,6 +27,10 @@ class Packed:
     def n_trainable(self) -> int:
         return sum(1 for x in self.labels if x != IGNORE)
 
+    @property
+    def n_examples(self) -> int:
+        return sum(1 for p in self.position_ids if p == 0)
+
 
 def collate(examples: list[Example], pad_id: int, pad_to_multiple_of: int | None = None) -> dict[str, torch.Tensor]:
     """Right-padded input_ids, attention_mask and labels for unpacked examples."""

@@ -34,7 +34,7 @@ from tunelab.errors import TunelabError
 from tunelab.methods import Method, MethodModule
 from tunelab.train import checkpoint as ckpt
 from tunelab.train.optim import build_optimizer, build_scheduler
-from tunelab.train.plan import Plan, eval_batches
+from tunelab.train.plan import Plan, eval_batches, packing_note
 from tunelab.train.rundir import MetricsLog
 
 
@@ -92,6 +92,9 @@ class Trainer:
             group_by_length=t.group_by_length and not job.cfg.data.packing,
         )
         self.total = self.plan.total_steps(t.epochs, t.max_steps)
+        if job.cfg.data.packing and hasattr(job.train_items[0], "n_examples"):
+            rows = [x.n_examples for x in job.train_items]
+            self.acc.print(packing_note(rows, t.batch_size, t.grad_accum * self.acc.num_processes))
         module = MethodModule(job.model, m)
         optimizer = build_optimizer(module, t)
         self.scheduler = build_scheduler(optimizer, t, self.total)

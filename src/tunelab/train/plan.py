@@ -81,6 +81,19 @@ class Plan:
         return step / self.steps_per_epoch
 
 
+def packing_note(examples_per_row: list[int], batch_size: int, accum_world: int) -> str:
+    """What packing does to the schedule: a row holds several examples, so a batch of `batch_size` rows trains
+    on more examples and an epoch takes fewer optimizer steps than unpacked (which, at the same lr, can leave
+    a short run less trained). Says which batch_size keeps about the unpacked number of steps."""
+    n, rows = sum(examples_per_row), len(examples_per_row)
+    packed, unpacked = (math.ceil(math.ceil(k / batch_size) / accum_world) for k in (rows, n))
+    same = max(1, round(batch_size * rows / n))
+    return (
+        f"packing: {n} examples in {rows} rows ({n / rows:.2f} per row); {packed} optimizer steps per epoch, "
+        f"{unpacked} unpacked at the same batch_size; train.batch_size {same} keeps about the unpacked steps"
+    )
+
+
 def eval_batches(lengths: list[int], batch_size: int, world: int, rank: int) -> list[tuple[list[int], bool]]:
     """This process's eval batches, sorted by length; (indices, real) with padding repeats marked unreal
     so every process runs the same number of forwards (DDP/FSDP collectives must line up)."""

@@ -39,6 +39,7 @@ def test_pack_masks_the_first_token_of_each_example_and_restarts_positions():
     assert row.position_ids == list(range(7)) + list(range(12))
     assert row.labels[0] == IGNORE and row.labels[7] == IGNORE
     assert row.labels[9:] == exs[1].labels[2:]
+    assert row.n_examples == 2 and pack(exs[:1], max_length=24)[0].n_examples == 1
 
 
 def test_collate_pads_right_and_masks_padding():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from tunelab.train.plan import Plan, eval_batches
+from tunelab.train.plan import Plan, eval_batches, packing_note
 
 
 def make(world: int = 1, accum: int = 1, bs: int = 4, group: bool = True, n: int = 37) -> Plan:
@@ -67,3 +67,11 @@ def test_eval_batches_pad_with_unreal_repeats() -> None:
     assert [len(b) for b in ranks] == [2, 2, 2]
     real = [i for r in ranks for b, ok in r if ok for i in b]
     assert sorted(real) == list(range(10))
+
+
+def test_packing_note_counts_steps_and_the_batch_size_that_keeps_them() -> None:
+    note = packing_note([2, 1, 1, 2] * 10, batch_size=4, accum_world=1)  # 60 examples in 40 rows
+    assert "60 examples in 40 rows (1.50 per row)" in note
+    assert "10 optimizer steps per epoch, 15 unpacked" in note
+    assert "train.batch_size 3 keeps" in note  # 3 rows hold ~4 examples
+    assert "4 optimizer steps per epoch, 5 unpacked" in packing_note([2, 1, 1, 2] * 10, 4, accum_world=3)
