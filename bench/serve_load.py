@@ -28,9 +28,7 @@ from tunelab.serve.config import ServeConfig  # noqa: E402
 from tunelab.serve.runtime import ServerThread, build_app, build_engine  # noqa: E402
 
 
-async def client_loop(
-    client: openai.AsyncOpenAI, jobs: list[int], lat: list[float], toks: list[int], n: int
-) -> None:
+async def client_loop(client: openai.AsyncOpenAI, jobs: list[int], lat: list[float], toks: list[int], n: int) -> None:
     for i in jobs:
         t = time.perf_counter()
         r = await client.chat.completions.create(
@@ -59,9 +57,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--requests", type=int, default=128)
     ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument(
-        "--threads", type=int, default=1, help="torch CPU threads (1 is fastest for the tiny model)"
-    )
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for the tiny model)")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp())
     run_dir = make_run(root, "lora", lora_seed=1)

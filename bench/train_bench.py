@@ -38,7 +38,8 @@ def run_worker(
     cmd = [sys.executable, str(HERE / "worker.py"), "--tool", tool, "--work", str(work), "--model", str(model_dir),
            "--out", str(out), "--threads", str(args.threads), "--seed", str(seed)]  # fmt: skip
     if tool == "tunelab":  # its packed batch first, so that a --set can override it
-        cmd += [f"--set=train.batch_size={batch_rows}", *(f"--set={x}" for x in args.set)]
+        cmd += [f"--set=train.batch_size={batch_rows}"] if args.match_steps else []
+        cmd += [f"--set={x}" for x in args.set]
     if args.trace:
         cmd.append("--trace")
     env_note = time.strftime("%H:%M:%S")
@@ -65,7 +66,10 @@ def bench_size(size: str, args: argparse.Namespace, peak_gflops: float) -> dict[
     train_ex = common.encode_file(work / "train.json", tok)
     counts = common.token_counts(train_ex)
     packed = common.packed_batch(train_ex)
-    print(f"tunelab packs {len(train_ex)} examples into {packed['rows']} rows: batch of {packed['batch_rows']} rows")
+    if args.match_steps:
+        print(
+            f"tunelab packs {len(train_ex)} examples into {packed['rows']} rows: batch of {packed['batch_rows']} rows"
+        )
     flops = common.train_flops(n_params, counts, common.model_dims(model_dir))
     runs: list[dict[str, Any]] = []
     rounds = [(r, seed) for r in range(args.repeats) for seed in args.seeds]
@@ -88,7 +92,7 @@ def bench_size(size: str, args: argparse.Namespace, peak_gflops: float) -> dict[
         }
     ratio = summary["tunelab"]["tokens_per_s"] / summary["trl"]["tokens_per_s"]
     return {"size": size, "params": n_params, "split": split, "limit": args.limit, "seeds": args.seeds,
-            "tunelab_overrides": args.set, "tunelab_packing": packed, **counts,
+            "tunelab_overrides": args.set, "tunelab_packing": packed | {"match_steps": args.match_steps}, **counts,
             "model_flops": flops, "summary": summary, "speedup": ratio, "runs": runs}  # fmt: skip
 
 
@@ -117,6 +121,11 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1, help="rounds of (tunelab, trl) runs, alternating order")
     p.add_argument("--seeds", type=int, nargs="+", default=[common.JOB["seed"]], help="training seeds (each a round)")
     p.add_argument("--set", action="append", default=[], help="tunelab config override KEY=VALUE (ablations)")
+    p.add_argument(
+        "--match-steps",
+        action="store_true",
+        help="tunelab's packed batch holds ~8 examples, so it takes TRL's optimizer steps (default: 8 rows)",
+    )
     p.add_argument("--trace", action="store_true", help="record memory after every optimizer step (both tools)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N records of the data file")
     p.add_argument("--quick", action="store_true", help="64 records, tiny-4m only: a harness check")
