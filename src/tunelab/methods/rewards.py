@@ -34,6 +34,7 @@ from tunelab.data.collate import collate
 from tunelab.data.prompts import PromptSpec, question_text
 from tunelab.data.records import Conversation, Message, PromptCompletion
 from tunelab.errors import TunelabError
+from tunelab.eval.metrics import MetricResult
 
 RewardFn = Callable[[str, str], float]
 
@@ -212,12 +213,10 @@ class Rewards:
 
 
 def reward_metric(specs: Sequence[RewardSource], prompts: Sequence[str | Sequence[Mapping[str, str]]],
-                  outputs: Sequence[str], device: torch.device) -> Any:  # fmt: skip
+                  outputs: Sequence[str], device: torch.device) -> MetricResult:  # fmt: skip
     """The `reward` eval metric (reference-free): each output scored by every source and summed by weight,
     as in training. An output a source could not score (a failed judge call) is NaN: left out of the
     mean (so the paired comparison leaves it out too) and counted as `missing`."""
-    from tunelab.eval.metrics import MetricResult
-
     asked: list[PromptSpec] = [p if isinstance(p, str) else tuple(Message(m["role"], m["content"]) for m in p)
                                for p in prompts]  # fmt: skip
     rewards = Rewards(specs)
