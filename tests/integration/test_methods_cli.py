@@ -42,8 +42,26 @@ def test_dpo_lora_on_demo_pairs(tmp_path: Path) -> None:
     evals = [r for r in recs if "eval_loss" in r]
     assert evals and all(0 <= r["eval_rewards/accuracy"] <= 1 and "eval_rewards/margins" in r for r in evals)
     assert not any("eval_ppl" in r for r in evals)  # a DPO loss is not a token cross-entropy
+    assert [r["trained_pairs"] for r in train] == [4, 8, 12]  # the loss is averaged over pairs, not tokens
     report = json.loads((run / "data_report.json").read_text())
     assert report["train_examples"] > 0 and report["datasets"][0]["format"] == "preference"
+
+
+def test_kto_lora_on_demo_completions(tmp_path: Path) -> None:
+    demo = shared_path("data", "preference_demo", "kto_en_demo.json")
+    train_cli(str(REPO / "examples" / "dpo-lora.yaml"), "method.name=kto", f"data.train=[{{path: {demo}, format: kto}}]",
+              "train.max_steps=3", "train.log_every=1", "train.lr=5e-3", "train.eval_every=100", "output.name=kto",
+              f"output.dir={tmp_path}", cwd=tmp_path)  # fmt: skip
+    recs = records(tmp_path / "kto" / "metrics.jsonl")
+    train = [r for r in recs if "loss" in r]
+    assert train[0]["loss"] == pytest_approx(0.5) and train[0]["kl"] == 0  # policy == reference: 1 - sigmoid(0)
+    assert train[-1]["loss"] < 0.5 and train[-1]["kl"] > 0  # it moved
+    assert [r["trained_completions"] for r in train] == [4, 8, 12]
+    assert all(r["n/desirable"] + r["n/undesirable"] == pytest_approx(1.0) for r in train)
+    evals = [r for r in recs if "eval_loss" in r]
+    assert evals and "eval_rewards/desirable" in evals[-1] and "eval_ppl" not in evals[-1]
+    report = json.loads((tmp_path / "kto" / "data_report.json").read_text())
+    assert report["datasets"][0]["format"] == "kto" and report["train_examples"] == 285  # 300 minus the 5% eval
 
 
 def pytest_approx(x: float):  # noqa: ANN201

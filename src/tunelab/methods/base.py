@@ -42,6 +42,7 @@ class Method:
     length: Callable[[Any], int] = lambda item: len(item.input_ids)  # for length-grouped batching
     evaluate: Callable[[nn.Module, Batch], StepOutput] | None = None  # eval-mode loss; default: `loss`
     perplexity: bool = False  # loss is the mean token cross-entropy of the text, so exp(eval_loss) means something
+    unit: str = "tokens"  # what `count` counts (the loss is averaged over these): logged as trained_<unit>
 
 
 class MethodModule(nn.Module):

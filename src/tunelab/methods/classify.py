@@ -51,5 +51,10 @@ def predict(model: nn.Module, items: Sequence[ClassItem], pad_id: int, batch_siz
 
 def build(cfg: MethodConfig, ref: nn.Module | None = None) -> Method:
     return Method(
-        name="classify", collate=collate, count=lambda item: 1, loss=loss, length=lambda it: len(it.input_ids)
+        name="classify",
+        collate=collate,
+        count=lambda item: 1,
+        loss=loss,
+        length=lambda it: len(it.input_ids),
+        unit="examples",
     )

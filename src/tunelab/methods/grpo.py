@@ -146,7 +146,7 @@ def build(cfg: MethodConfig, tok: Any, items: Sequence[PromptItem], ref: nn.Modu
     table = {it.index: it for it in items}
     g = GRPO(s, tok, Rewards(s.rewards), table, ref)
     return Method(name="grpo", collate=collate_prompts, count=partial(_units, s.group_size), loss=g.loss,
-                  length=_length, evaluate=g.evaluate)  # fmt: skip
+                  length=_length, evaluate=g.evaluate, unit="completions")  # fmt: skip
 
 
 def _units(group_size: int, item: PromptItem) -> int:

@@ -89,4 +89,4 @@ def build(cfg: MethodConfig, ref: nn.Module | None = None) -> Method:
     fn = partial(
         loss, beta=beta, desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight, ref=ref
     )
-    return Method(name="kto", collate=collate_unpaired, count=_count, loss=fn, length=_length)
+    return Method(name="kto", collate=collate_unpaired, count=_count, loss=fn, length=_length, unit="completions")

@@ -62,4 +62,5 @@ def predict(model: nn.Module, items: Sequence[TagItem], pad_id: int, batch_size:
 
 
 def build(cfg: MethodConfig, ref: nn.Module | None = None) -> Method:
-    return Method(name="ner", collate=collate, count=count, loss=loss, length=lambda it: len(it.input_ids))
+    return Method(name="ner", collate=collate, count=count, loss=loss, length=lambda it: len(it.input_ids),
+                  unit="words")  # fmt: skip

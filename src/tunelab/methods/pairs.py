@@ -41,4 +41,4 @@ def reward_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> dict[str, to
 
 
 def pair_method(name: str, loss: Any) -> Method:
-    return Method(name=name, collate=collate_pairs, count=count_pair, loss=loss, length=pair_length)
+    return Method(name=name, collate=collate_pairs, count=count_pair, loss=loss, length=pair_length, unit="pairs")

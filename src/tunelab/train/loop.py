@@ -189,8 +189,8 @@ class Trainer:
                         "lr": self.scheduler.get_last_lr()[0],
                         "grad_norm": float(grad_norm) if grad_norm is not None else None,
                         "tokens_per_s": win_tokens / secs,
-                        "trained_tokens_per_s": win_units / secs,
-                        "trained_tokens": self.state.trained_tokens,
+                        f"trained_{job.method.unit}_per_s": win_units / secs,  # what the loss is averaged over
+                        f"trained_{job.method.unit}": self.state.trained_tokens,
                     }
                     # Summed per unit by the method (see methods/base.py), so the window mean is sum / units.
                     rec |= {k: self._sum(v) / max(win_units, 1) for k, v in metric_acc.items()}
