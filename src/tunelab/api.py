@@ -41,7 +41,13 @@ def train(
     from tunelab.methods.teacher_data import prepare_teacher
     from tunelab.models.heads import HEAD_TASK, load_head_model, write_head_info
     from tunelab.models.load import load_tokenizer
-    from tunelab.models.tuning import PROMPT_LEARNING_MODES, apply_tuning, describe_trainable, load_for_tuning
+    from tunelab.models.tuning import (
+        PROMPT_LEARNING_MODES,
+        apply_tuning,
+        check_head_tuning,
+        describe_trainable,
+        load_for_tuning,
+    )
     from tunelab.train import rundir
     from tunelab.train.optim import configure_threads, resolve_precision
 
@@ -72,6 +78,7 @@ def train(
     head, labels = HEAD_TASK.get(cfg.method.name), getattr(prepared, "labels", [])
     if head:  # classify / ner / reward: a task head instead of the LM head
         model = load_head_model(cfg.model, cfg.method.name, labels, tokenizer.pad_token_id, _load_dtype(cfg), acc.print)
+        check_head_tuning(model, cfg.tuning.mode, head)  # before the baseline evaluation, not after it
     else:
         model = load_for_tuning(cfg.model, cfg.tuning, dtype=_load_dtype(cfg))
     if acc.is_main_process and not resume:

@@ -535,18 +535,36 @@ class RunConfig(Section):
         if self.method.name in HEAD_METHODS and self.tuning.mode == "qlora":
             raise ValueError(f"tuning.mode qlora: not supported for method {self.method.name} (a task head); use lora")
         if self.method.name in HEAD_METHODS:
-            other = [m.name for m in self.eval.metric_specs() if m.name != "loss"]
+            other = sorted({m.name for m in asked_metrics(self) if m.name != "loss"})
             if other:
                 raise ValueError(f"eval.metrics: method {self.method.name} is scored by its head (see docs/methods.md);"
                                  f" the generation metrics {other} do not apply: keep [loss] or []")  # fmt: skip
-        per_task = [m for ds in [*self.data.eval, *self.eval.data] for m in metric_specs(ds.metrics or [])]
-        if any(m.name == "reward" for m in [*self.eval.metric_specs(), *per_task]) and not eval_settings(self).rewards:
+        if asks_reward(self) and not eval_settings(self).rewards:
             raise ValueError("eval.metrics reward: no reward sources; set eval.rewards, e.g. [{function: parity}] "
                              "(a grpo run uses its method.grpo.rewards)")  # fmt: skip
-        for i, _ in enumerate(self.stages):
-            stage_config(self, i)  # every stage must validate now, not hours into the run
+        for i, stage in enumerate(self.stages):
+            sc = stage_config(self, i)  # every stage must validate now, not hours into the run
+            if stage.gate and stage.gate.metric == "eval_ppl" and not logs_perplexity(sc.method):
+                raise ValueError(f"stages[{i}] ({stage.name}).gate.metric: eval_ppl is logged only for sft "
+                                 f"(a {sc.method.name} loss is not a token cross-entropy); "
+                                 "gate on eval_loss or a metric")  # fmt: skip
         _check_task_names(self)
         return self
+
+
+def asked_metrics(cfg: RunConfig) -> list[MetricSpec]:
+    """Every metric the before/after evaluation may compute: eval.metrics and each eval dataset's own."""
+    per_task = [m for ds in [*cfg.data.eval, *cfg.eval.data] for m in metric_specs(ds.metrics or [])]
+    return [*cfg.eval.metric_specs(), *per_task]
+
+
+def asks_reward(cfg: RunConfig) -> bool:
+    return any(m.name == "reward" for m in asked_metrics(cfg))
+
+
+def logs_perplexity(method: MethodConfig) -> bool:
+    """Whether the training loop logs eval_ppl: only where the loss is token cross-entropy (Method.perplexity)."""
+    return method.name == "sft" or (method.name == "distill" and method.distill.mode == "completions")
 
 
 def eval_settings(cfg: RunConfig) -> EvalConfig:
@@ -664,21 +682,21 @@ def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:
     return cfg.model_copy(update={"data": data, "eval": evals, "stages": stages, "method": method})
 
 
+def _near(value: str, base: Path) -> str:
+    """`value` resolved against the config file's folder when it names something there, else as given
+    (a built-in reward name such as parity stays a name)."""
+    p = Path(value).expanduser()
+    return str((base / p).resolve()) if not p.is_absolute() and (base / p).exists() else value
+
+
 def _resolve_rewards(sources: list[RewardSource], base: Path) -> list[RewardSource]:
     """Reward files (.py) and reward-model folders are relative to the config file too."""
-
-    def fix(src: RewardSource) -> RewardSource:
-        for key in ("function", "model"):
-            value = getattr(src, key)
-            if value and not Path(value).expanduser().is_absolute() and (base / value).exists():
-                return src.model_copy(update={key: str((base / value).resolve())})
-        return src
-
-    return [fix(r) for r in sources]
+    return [r.model_copy(update={k: _near(v, base) for k in ("function", "model") if (v := getattr(r, k))})
+            for r in sources]  # fmt: skip
 
 
 def _resolve_stage(stage: StageConfig, base: Path) -> StageConfig:
-    """Dataset paths in a stage's data/eval overrides are relative to the config file too."""
+    """Dataset paths and reward files/folders in a stage's overrides are relative to the config file too."""
 
     def fix(d: Any) -> Any:
         if isinstance(d, dict) and isinstance(d.get("path"), str):
@@ -687,12 +705,23 @@ def _resolve_stage(stage: StageConfig, base: Path) -> StageConfig:
                 return {**d, "path": str((base / p).resolve())}
         return d
 
+    def fix_rewards(v: Any) -> Any:  # raw entries, validated later with the stage config
+        if not isinstance(v, list):
+            return v
+        return [{k: _near(x, base) if k in ("function", "model") and isinstance(x, str) else x for k, x in r.items()}
+                if isinstance(r, dict) else r for r in v]  # fmt: skip
+
     update: dict[str, Any] = {}
     for section, keys in (("data", ("train", "eval")), ("eval", ("data",))):
         over = getattr(stage, section)
         if over:
             update[section] = {k: [fix(d) for d in v] if k in keys and isinstance(v, list) else v
                                for k, v in over.items()}  # fmt: skip
+    if isinstance(update.get("eval", {}).get("rewards"), list):
+        update["eval"]["rewards"] = fix_rewards(update["eval"]["rewards"])
+    method = stage.method or {}
+    if isinstance(grpo := method.get("grpo"), dict) and "rewards" in grpo:
+        update["method"] = {**method, "grpo": {**grpo, "rewards": fix_rewards(grpo["rewards"])}}
     return stage.model_copy(update=update)
 
 

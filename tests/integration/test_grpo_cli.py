@@ -21,6 +21,7 @@ from tests.unit.train.conftest import assert_same_weights, final_weights
 
 from tunelab.api import train
 from tunelab.config import dump_config, load_config
+from tunelab.errors import TunelabError
 from tunelab.methods.rewards import REWARDS
 from tunelab.train.checkpoint import checkpoints
 from tunelab.train.rundir import read_metrics
@@ -86,9 +87,17 @@ def test_reward_metric_before_and_after_training_and_in_tunelab_eval(tmp_path: P
     rows = json.loads((run / "eval" / "comparison.json").read_text())["rows"]
     assert [(r["metric"], r["key"], r["n"]) for r in rows] == [("reward", "reward", 6)]
     assert "| reward | " in (run / "report.md").read_text()
-    out = run_cli("eval", str(run), "--data", str(prompts), "-s", "eval.metrics=[reward]",
-                  "-s", "eval.rewards=[{function: number}]", "-s", "eval.max_new_tokens=4")  # fmt: skip
-    assert "reward=" in out.stdout
+    out = run_cli("eval", str(run), "--data", str(prompts), "-s", "eval.metrics=[reward]", "-s",
+                  "eval.rewards=[{function: number}, {function: parity, weight: 0}]", "-s", "eval.max_new_tokens=4")  # fmt: skip
+    assert "reward/number=" in out.stdout and "reward/parity=" in out.stdout  # the given sources, not the run's
+
+
+def test_a_bad_eval_reward_source_stops_before_training(tmp_path: Path) -> None:
+    cfg = load_config(REPO / "examples" / "sft-lora.yaml", ["eval.metrics=[reward]", "eval.rewards=[{function: nope.py}]",
+                                                            "eval.baseline=false", f"output.dir={tmp_path}", *QUICK])  # fmt: skip
+    with pytest.raises(TunelabError, match="reward function 'nope.py': expected one of parity, number"):
+        train(cfg)
+    assert not any(tmp_path.iterdir())  # not after an hour of training, with a run directory left behind
 
 
 def test_resume_after_sigkill_equals_uninterrupted(tmp_path: Path) -> None:

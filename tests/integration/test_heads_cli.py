@@ -67,6 +67,20 @@ def test_classify_cli_moves_accuracy_and_saves_labels(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "is a sequence-classification model (labels: billing, food, travel)" in proc.stderr
 
 
+def test_prompt_tuning_a_decoder_classifier_stops_before_the_baseline(tmp_path: Path) -> None:
+    from tunelab.api import train
+    from tunelab.config import load_config
+    from tunelab.errors import TunelabError
+
+    (tmp_path / "topics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in topic_rows(40, seed=0)))
+    cfg = {"model": {"name_or_path": "tiny-1m"}, "tuning": {"mode": "prompt"}, "method": {"name": "classify"},
+           "data": {"train": [{"path": "topics.jsonl"}], "eval_ratio": 0.25}, "train": {"threads": 1},
+           "output": {"dir": str(tmp_path / "runs"), "name": "cls"}}  # fmt: skip
+    with pytest.raises(TunelabError, match="tuning.mode prompt: LlamaForSequenceClassification"):
+        train(load_config(write_config(tmp_path / "cls.yaml", cfg)))
+    assert not (tmp_path / "runs" / "cls" / "eval").exists()  # refused before the baseline evaluation
+
+
 def test_ner_cli_moves_entity_f1(tmp_path: Path) -> None:
     out = run_cli("validate", str(EXAMPLES / "ner-tiny.yaml")).stdout
     assert "train examples: 192, eval examples: 48" in out and "labels: 7 (O, B-LOC, I-LOC, B-ORG" in out

@@ -16,6 +16,8 @@ import base64
 import io
 import json
 import math
+import re
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,14 +181,17 @@ def _f(x: Any, digits: int = 4) -> str:
 
 
 def shown(text: Any) -> str:
-    """Model output on one line: control characters (a tiny model emits NULs) and newlines as escapes."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in str(text))
+    """Model output on one line: control characters (a tiny model emits NULs), newlines and line/paragraph
+    separators as escapes; every other character (spaces of any script, emoji, joiners) as it is."""
+    hidden = ("Cc", "Zl", "Zp")
+    return "".join(c.encode("unicode_escape").decode() if unicodedata.category(c) in hidden else c for c in str(text))
 
 
 def _code(text: Any) -> str:
-    """An inline code span that survives backticks in the text."""
+    """An inline code span that survives backticks in the text: its fence is longer than any run inside."""
     body = shown(text)
-    return f"`` {body} ``" if "`" in body else f"`{body}`"
+    fence = "`" * (max((len(r) for r in re.findall("`+", body)), default=0) + 1)
+    return f"{fence} {body} {fence}" if len(fence) > 1 else f"`{body}`"
 
 
 def _prompt_text(prompt: Any) -> str:

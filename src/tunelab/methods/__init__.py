@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import nn
 
-from tunelab.config import MethodConfig, RunConfig
+from tunelab.config import MethodConfig, RunConfig, asks_reward, eval_settings
 from tunelab.methods import classify, distill, dpo, grpo, kto, ner, orpo, reward, simpo
 from tunelab.methods.base import Method, MethodModule, StepOutput
 from tunelab.methods.sft import SFT
@@ -74,13 +74,14 @@ def prepare_data(cfg: RunConfig, tokenizer: Any) -> Any:
     from tunelab.data.pipeline import prepare
     from tunelab.data.preference import prepare_preference
     from tunelab.data.prompts import prepare_prompts
+    from tunelab.methods.rewards import check_sources
 
+    if asks_reward(cfg):  # the reward metric's sources: a bad one must not surface after training
+        check_sources(eval_settings(cfg).rewards)
     kind = DATA_KIND[cfg.method.name]
     if kind in ("labelled", "tagged"):
         return prepare_heads(cfg, tokenizer)
     if kind == "prompts":
-        from tunelab.methods.rewards import check_sources
-
         check_sources(cfg.method.grpo.rewards)  # before the model loads and the run directory is written
         return prepare_prompts(cfg, tokenizer)
     return prepare(cfg, tokenizer) if kind == "sft" else prepare_preference(cfg, tokenizer, kind)

@@ -192,7 +192,7 @@ class Rewards:
         built = [build_source(s) for s in specs]
         names = [n for n, _ in built]
         if dupes := sorted({n for n in names if names.count(n) > 1}):
-            raise TunelabError(f"method.grpo.rewards: two sources named {dupes[0]!r}; give each a distinct name:")
+            raise TunelabError(f"reward sources: two named {dupes[0]!r}; give each a distinct `name:`")
         self.sources = [(n, src, s.weight) for (n, src), s in zip(built, specs)]
 
     def __call__(self, prompts: Sequence[PromptSpec], completions: Sequence[str], group: int,

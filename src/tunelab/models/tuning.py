@@ -119,14 +119,20 @@ def _prefix(model: nn.Module, cfg: TuningConfig, task: str) -> nn.Module:
     return _peft(model, PrefixTuningConfig(task_type=task, num_virtual_tokens=cfg.num_virtual_tokens))
 
 
+def check_head_tuning(model: nn.Module, mode: str, head: str | None) -> None:
+    """Refuse a head/mode pair that would train on the wrong positions (called before any evaluation)."""
+    if mode == "prompt" and head == "seq" and isinstance(getattr(model, "score", None), nn.Module):
+        # A decoder head (`score`) reads the last non-pad token, but prompt tuning hands the model
+        # embeddings, not ids, so it reads the last position: padding, for every shorter row of a batch.
+        raise TunelabError(f"tuning.mode prompt: {type(model).__name__} scores the last non-pad token, which "
+                           "it cannot find under prompt tuning (padding would be scored); "
+                           "use prefix, lora or ia3")  # fmt: skip
+
+
 def _prompt(model: nn.Module, cfg: TuningConfig, task: str) -> nn.Module:
     from peft import PromptTuningConfig
 
-    if task == "SEQ_CLS" and isinstance(getattr(model, "score", None), nn.Module):
-        # A decoder head (`score`) reads the last non-pad token, but prompt tuning hands the model
-        # embeddings, not ids, so it reads the last position: padding, for every shorter row of a batch.
-        raise TunelabError(f"tuning.mode prompt: {type(model).__name__} scores the last non-pad token, which it "
-                           "cannot find under prompt tuning (padding would be scored); use prefix, lora or ia3")  # fmt: skip
+    check_head_tuning(model, "prompt", "seq" if task == "SEQ_CLS" else None)
 
     return _peft(model, PromptTuningConfig(task_type=task, num_virtual_tokens=cfg.num_virtual_tokens))
 

@@ -92,13 +92,16 @@ def test_report_from_plain_data(tmp_path) -> None:
 
 
 def test_raw_model_output_is_shown_on_one_line_with_escapes(tmp_path) -> None:
-    assert shown("a\x00b\nc\u00e9\u00b2") == "a\\x00b\\nc\u00e9\u00b2"  # unicode text stays as it is
+    assert shown("a\x00b\nc\u00e9\u00b2\u00a0\u200d\u3000") == "a\\x00b\\nc\u00e9\u00b2\u00a0\u200d\u3000"  # text stays
     ex = [EvalExample("p", "r")] * 20
     a = EvalResult("a", ex, ["x\x00`y`\n"] * 20, {"f1": MetricResult("f1", {"f1": 0.0}, {"f1": [0.0] * 20})})
     b = EvalResult("b", ex, ["r"] * 20, {"f1": MetricResult("f1", {"f1": 1.0}, {"f1": [1.0] * 20})})
     data = ReportData("raw", comparison=compare_results(a, b, n_resamples=200).to_dict())
     md = render_markdown(data)
     assert "- a (0): `` x\\x00`y`\\n ``" in md and "\x00" not in md
+    b2 = EvalResult("b", ex, ["a``b"] * 20, b.metrics)
+    md2 = render_markdown(ReportData("raw", comparison=compare_results(a, b2, n_resamples=200).to_dict()))
+    assert "- b (1): ``` a``b ```" in md2  # the fence outgrows the longest backtick run
     assert "\x00" not in write_report(data, tmp_path)[1].read_text()
 
 

@@ -152,7 +152,7 @@ def test_bad_reward_specs_are_config_errors(tmp_path: Path) -> None:
         Rewards([RewardSource(function="parityy")])
     with pytest.raises(TunelabError, match="expected a folder with config.json"):
         Rewards([RewardSource(model=str(tmp_path))])
-    with pytest.raises(TunelabError, match="two sources named 'parity'"):
+    with pytest.raises(TunelabError, match="reward sources: two named 'parity'"):
         Rewards([RewardSource(function="parity"), RewardSource(function="parity", weight=2)])
 
 

@@ -42,6 +42,22 @@ def test_bad_stage_fails_at_load_naming_it(tmp_path: Path) -> None:
         load_config(tmp_path / "c.yaml")
 
 
+def test_stage_reward_paths_resolve_and_an_eval_ppl_gate_needs_sft(tmp_path: Path) -> None:
+    (tmp_path / "r.py").write_text("def reward(prompt, completion):\n    return 1.0\n")
+    rl = "  - name: rl\n    method: {name: grpo, grpo: {rewards: [{function: r.py, weight: 2}, {function: parity}]}}\n"
+    (tmp_path / "c.yaml").write_text(CFG + "    eval: {metrics: [reward], rewards: [{function: r.py}]}\n" + rl)
+    cfg = load_config(tmp_path / "c.yaml")  # a stage's reward files are relative to the config file too
+    assert [r.function for r in stage_config(cfg, 1).eval.rewards] == [str(tmp_path / "r.py")]
+    rewards = stage_config(cfg, 2).method.grpo.rewards
+    assert [(r.function, r.weight) for r in rewards] == [(str(tmp_path / "r.py"), 2.0), ("parity", 1.0)]
+    gate = "\n    gate: {metric: eval_ppl, max: 9}"
+    (tmp_path / "g.yaml").write_text(CFG.replace("train: {lr: 5.0e-4}", "train: {lr: 5.0e-4}" + gate))
+    with pytest.raises(ConfigError, match=r"stages\[1\] \(dpo\).gate.metric: eval_ppl is logged only for sft"):
+        load_config(tmp_path / "g.yaml")  # at load time, not after the stage has trained
+    (tmp_path / "ok.yaml").write_text(CFG.replace("[{path: sft.jsonl}]}", "[{path: sft.jsonl}]}" + gate))
+    assert load_config(tmp_path / "ok.yaml").stages[0].gate.metric == "eval_ppl"
+
+
 def _run_dir(tmp_path: Path, *, regressed: bool, verdict: str) -> Path:
     """A run directory's eval files as the loop, after_training and compare write them."""
     import json

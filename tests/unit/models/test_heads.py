@@ -125,7 +125,7 @@ def test_adapter_modes_score_padded_batches_like_single_rows_and_reload(kind: st
         batched = method.loss(model, method.collate(items(kind), 0)).loss_sum
         alone = sum(method.loss(model, method.collate([it], 0)).loss_sum for it in items(kind))
         model.save_pretrained(str(tmp_path))
-        torch.manual_seed(123)  # a different random head in the fresh base
+        # head_model() reseeds, so the fresh base holds the untrained head: the saved (moved) one must replace it
         reloaded = PeftModel.from_pretrained(head_model(kind), str(tmp_path)).eval()
         again = method.loss(reloaded, method.collate(items(kind), 0)).loss_sum
     torch.testing.assert_close(batched, alone)
@@ -148,7 +148,7 @@ def test_lora_head_is_saved_with_the_adapter(kind: str, tmp_path) -> None:
                 p.add_(0.1)  # a trained-looking adapter and head
         want = model.eval()(**batch()).logits
     model.save_pretrained(str(tmp_path))
-    torch.manual_seed(123)  # a different random head in the fresh base: the saved one must replace it
+    # load_head_model builds the untrained head again (same seed): the saved, moved one must replace it
     base = load_head_model(
         ModelConfig(name_or_path="tiny", seed=3), {"seq": "classify", "token": "ner"}[kind], LABELS, 0
     )
