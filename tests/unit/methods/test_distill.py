@@ -5,10 +5,10 @@ and the vocabulary check."""
 from __future__ import annotations
 
 import math
-import random
 
 import pytest
 import torch
+from tests.unit.methods.test_sft import examples
 
 from tunelab.config import MethodConfig, TuningConfig
 from tunelab.data.collate import pack
@@ -76,16 +76,6 @@ def test_kd_gradient_matches_finite_difference() -> None:
 
 
 # --------------------------------------------------------------------------- through models
-
-
-def examples(n: int = 5, seed: int = 0) -> list[Example]:
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        ids = [1] + [rng.randrange(3, 250) for _ in range(rng.randrange(6, 30))]
-        prompt = rng.randrange(1, len(ids) - 2)
-        out.append(Example(ids, [-100] * prompt + ids[prompt:]))
-    return out
 
 
 def method(teacher: torch.nn.Module, **kw: object) -> distill.Method:
