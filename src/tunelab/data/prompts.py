@@ -16,7 +16,7 @@ batches are tensors, so a batch names its prompts by index and the method looks 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,6 +55,11 @@ def prompt_of(record: Record) -> PromptSpec | None:
         last = max((i for i, m in enumerate(record.messages) if m.role == "assistant"), default=0)
         return record.messages[:last] or None
     return None
+
+
+def prompt_spec(prompt: str | Sequence[Mapping[str, str]]) -> PromptSpec:
+    """An eval prompt (raw text, or messages as {role, content} dicts) as a PromptSpec."""
+    return prompt if isinstance(prompt, str) else tuple(Message(m["role"], m["content"]) for m in prompt)
 
 
 def question_text(prompt: PromptSpec) -> str:

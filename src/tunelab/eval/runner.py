@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.config import DatasetConfig, EvalConfig, MetricSpec
+from tunelab.data.prompts import prompt_spec
+from tunelab.data.prompts import question_text as spec_text
 from tunelab.data.records import Conversation, Preference, PromptCompletion, Record, Text
 from tunelab.data.records import Prompt as PromptRecord
 from tunelab.errors import ConfigError, DataError
@@ -139,12 +141,9 @@ def check_reward_sources(cfg: EvalConfig) -> None:
 
 
 def question_text(prompt: Prompt) -> str:
-    """What a judge is shown as the question: the raw prompt, or the conversation as 'role: content' lines."""
-    if isinstance(prompt, str):
-        return prompt
-    if len(prompt) == 1:
-        return prompt[0]["content"]
-    return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+    """What a judge is shown as the question: the raw prompt, or the conversation as 'role: content' lines
+    (the same text a reward source sees, tunelab.data.prompts.question_text)."""
+    return spec_text(prompt_spec(prompt))
 
 
 def evaluate(model: Any, tokenizer: Any, examples: Sequence[EvalExample], cfg: EvalConfig, *, name: str = "model",

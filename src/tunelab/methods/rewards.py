@@ -31,7 +31,7 @@ from torch import nn
 
 from tunelab.config import RewardSource
 from tunelab.data.collate import collate
-from tunelab.data.prompts import PromptSpec, question_text
+from tunelab.data.prompts import PromptSpec, prompt_spec, question_text
 from tunelab.data.records import Conversation, Message, PromptCompletion
 from tunelab.errors import TunelabError
 from tunelab.eval.metrics import MetricResult
@@ -217,8 +217,7 @@ def reward_metric(specs: Sequence[RewardSource], prompts: Sequence[str | Sequenc
     """The `reward` eval metric (reference-free): each output scored by every source and summed by weight,
     as in training. An output a source could not score (a failed judge call) is NaN: left out of the
     mean (so the paired comparison leaves it out too) and counted as `missing`."""
-    asked: list[PromptSpec] = [p if isinstance(p, str) else tuple(Message(m["role"], m["content"]) for m in p)
-                               for p in prompts]  # fmt: skip
+    asked = [prompt_spec(p) for p in prompts]
     rewards = Rewards(specs)
     total = torch.zeros(len(outputs), dtype=torch.float64)
     per: dict[str, list[float]] = {}
