@@ -3,14 +3,32 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup test test-all lint docs bench bench-quick bench-deps quickstart
+# Exact versions of every dependency come from requirements.lock (made by pip-tools from pyproject's ranges);
+# `make lock` refreshes it to the newest compatible releases. torch is left out of the lock on purpose: it is
+# installed first, pinned, so that the CPU wheel is used where there is no GPU (a plain `torch` pulls CUDA builds).
+TORCH ?= torch==2.13.0
+LOCK ?= requirements.lock
+PIP_VERSION ?= $(shell grep -m1 "^pip==" $(LOCK) 2>/dev/null || echo pip)
+
+
+.PHONY: setup lock test test-all lint docs bench bench-quick bench-deps quickstart
 
 setup:
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(PIP_VERSION)
 	# torch first, pinned: the CPU wheel here; an unpinned torch would pull a multi-GB CUDA build.
-	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q --no-deps -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps -e .
+	$(BIN)/python -m pip check
+
+# Re-resolve pyproject's ranges to today's releases and say what changed (then `make setup test`).
+lock:
+	cp $(LOCK) $(LOCK).old 2>/dev/null || touch $(LOCK).old
+	$(BIN)/pip-compile --quiet --upgrade --extra dev --strip-extras --no-emit-index-url --no-emit-find-links \
+		--unsafe-package torch --output-file $(LOCK) pyproject.toml
+	$(BIN)/python scripts/lock_diff.py $(LOCK).old $(LOCK)
+	rm -f $(LOCK).old
 
 test:
 	$(BIN)/python -m pytest -q
@@ -19,8 +37,8 @@ test-all:
 	$(BIN)/python -m pytest -q -m "not gpu"
 
 lint:
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests bench scripts
+	$(BIN)/ruff format --check src tests bench scripts
 	$(BIN)/mypy
 
 docs:
