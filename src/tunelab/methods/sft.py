@@ -40,7 +40,7 @@ def count(item: Any) -> int:
     return sum(1 for x in item.labels[1:] if x != IGNORE)
 
 
-def _fast_parts(model: Any) -> tuple[nn.Module, nn.Module] | None:
+def _fast_parts(model: Any) -> tuple[nn.Module, nn.Linear] | None:
     """(decoder, head) when hidden states -> head is exactly how the model makes logits, else None."""
     from peft import PeftModel
 
@@ -57,11 +57,11 @@ def _fast_parts(model: Any) -> tuple[nn.Module, nn.Module] | None:
     return model.get_decoder(), head
 
 
-def _project_ce(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor) -> torch.Tensor:
+def _project_ce(hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(head(hidden).float(), targets, reduction="sum")
 
 
-def ce_sum(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor) -> torch.Tensor:
+def ce_sum(hidden: torch.Tensor, head: nn.Linear, targets: torch.Tensor) -> torch.Tensor:
     """Summed cross-entropy of head(hidden) against targets, chunked when the logits would be large."""
     chunk = max(1, CHUNK_ELEMENTS // head.out_features)
     if hidden.shape[0] <= chunk:

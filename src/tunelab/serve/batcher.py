@@ -28,7 +28,7 @@ class Job:
 class Batcher:
     def __init__(
         self,
-        run_group: Callable[[Hashable, list[Any]], list[Any]],
+        run_group: Callable[[Any, list[Any]], list[Any]],  # (group key, its rows) -> the rows, decoded
         max_batch_size: int = 16,
         wait_ms: float = 5.0,
         on_batch: Callable[[int], None] | None = None,

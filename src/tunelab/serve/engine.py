@@ -113,8 +113,11 @@ class HFEngine:
         if model not in self.model_ids():
             raise TunelabError(f"unknown model {model!r}; served: {', '.join(self.model_ids())}")
         loop = asyncio.get_running_loop()
-        hop = None if on_delta is None else (lambda text: loop.call_soon_threadsafe(on_delta, text))
-        row = Row(list(prompt_ids), params, on_delta=hop, is_cancelled=is_cancelled)
+
+        def hop(text: str) -> None:  # on_delta runs on the event loop, not in the decoding thread
+            loop.call_soon_threadsafe(on_delta, text)  # type: ignore[arg-type]  # only set when on_delta is
+
+        row = Row(list(prompt_ids), params, on_delta=None if on_delta is None else hop, is_cancelled=is_cancelled)
         await self.batcher.submit(model, row)
         return GenResult(row.text, row.finish_reason or "length", len(row.prompt_ids), len(row.ids))
 

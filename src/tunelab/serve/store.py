@@ -160,7 +160,9 @@ class Store:
                     created_at=_now(),
                 )
             )
-            return int(result.inserted_primary_key[0])
+            key = result.inserted_primary_key
+            assert key is not None  # an INSERT of one row always has one
+            return int(key[0])
 
     def request(self, request_id: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:

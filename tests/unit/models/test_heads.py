@@ -15,7 +15,7 @@ from tunelab.errors import TunelabError
 from tunelab.methods import classify, ner
 from tunelab.models.heads import load_head_model, read_head_info, write_head_info
 from tunelab.models.presets import build_preset
-from tunelab.models.tuning import apply_tuning
+from tunelab.models.tuning import apply_tuning, takes_past_key_values
 
 LABELS = ["O", "B-PER", "I-PER"]
 
@@ -71,7 +71,10 @@ def test_packaged_encoder_gets_a_new_classifier() -> None:
 
 
 MODES = ["full", "freeze", "lora", "dora", "ia3", "prefix", "prompt"]  # qlora is refused for heads (config)
-KIND_MODES = [(k, m) for k in ("seq", "token") for m in MODES if (k, m) != ("seq", "prompt")]  # refused, below
+REFUSED = {("seq", "prompt")}  # tested below
+if not takes_past_key_values(head_model("seq")):  # peft's prefix needs it; transformers >= 5.24 calls it `cache`
+    REFUSED |= {("seq", "prefix"), ("token", "prefix")}
+KIND_MODES = [(k, m) for k in ("seq", "token") for m in MODES if (k, m) not in REFUSED]
 
 
 def tuned(kind: str, mode: str) -> torch.nn.Module:
@@ -133,8 +136,19 @@ def test_adapter_modes_score_padded_batches_like_single_rows_and_reload(kind: st
 
 
 def test_prompt_tuning_a_decoder_classifier_is_refused() -> None:
-    with pytest.raises(TunelabError, match="tuning.mode prompt: LlamaForSequenceClassification .* use prefix"):
+    with pytest.raises(TunelabError, match="tuning.mode prompt: LlamaForSequenceClassification .* use lora"):
         tuned("seq", "prompt")
+
+
+@pytest.mark.parametrize("kind", ["seq", "token"])
+def test_prefix_on_a_head_trains_or_is_refused_before_training(kind: str) -> None:
+    """Where peft cannot hand the head model its prefix, the refusal comes at apply_tuning (before the baseline
+    evaluation), with the modes to use instead, not as peft's ValueError at the first forward."""
+    if (kind, "prefix") not in REFUSED:
+        assert tuned(kind, "prefix")(**batch()).logits.shape[0] == 2
+        return
+    with pytest.raises(TunelabError, match=r"tuning.mode prefix: .*past_key_values.*use lora, dora or ia3"):
+        tuned(kind, "prefix")
 
 
 @pytest.mark.parametrize("kind", ["seq", "token"])
