@@ -43,7 +43,7 @@ class Trace:
 def run_tunelab(work: Path, model_dir: Path, threads: int, extra: list[str], seed: int, trace: Trace) -> Any:
     from tunelab.api import Hooks, train
     from tunelab.config import load_config
-    from tunelab.models.load import load_run
+    from tunelab.models.loader import load_run
 
     cache = tempfile.mkdtemp(prefix="tl-cache-", dir=work)  # fresh: tokenization is part of the timed fit
     overrides = [

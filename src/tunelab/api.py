@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from tunelab.config import ModelConfig, RunConfig, dump_config, load_config
+from tunelab.config import RunConfig, dump_config, load_config
 from tunelab.errors import TunelabError
 from tunelab.train.loop import Hooks, Job, Trainer, TrainingInterrupted
 
@@ -184,16 +184,9 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def load_generator(run_or_model: str | Path) -> tuple[Any, Any]:
     """(model, tokenizer) from a run directory, a preset name or a model folder; eval mode."""
-    from tunelab.models.heads import refuse_head
-    from tunelab.models.load import is_run_dir, load_model, load_run, load_tokenizer
+    from tunelab.models.loader import load
 
-    refuse_head(run_or_model, "generate")
-    if is_run_dir(run_or_model):
-        model, tok = load_run(run_or_model)
-    else:
-        mcfg = ModelConfig(name_or_path=str(run_or_model))
-        model, tok = load_model(mcfg), load_tokenizer(mcfg)
-    return model.eval(), tok
+    return load(run_or_model, purpose="generate")
 
 
 def _inputs(tok: Any, prompt: str | None, messages: list[dict[str, str]] | None, chat: bool | None) -> Any:

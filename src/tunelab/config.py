@@ -22,7 +22,6 @@ FORMAT_NAMES = (
     "auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text", "preference", "kto", "prompt", "labelled",
     "token_tags",
 )  # fmt: skip
-HEAD_METHODS = ("classify", "ner", "reward")  # train a new head (classes, tags, a scalar): no text generation
 
 
 class Section(BaseModel):
@@ -47,7 +46,7 @@ def metric_specs(metrics: list[str | MetricSpec]) -> list[MetricSpec]:
 
 
 class MetricSpec(Section):
-    name: Literal[METRIC_NAMES] = Field(description="Metric name (see tunelab.eval.metrics.METRICS).")  # type: ignore[valid-type]
+    name: Literal[METRIC_NAMES] = Field(description="Metric name (see tunelab.scoring.metrics.METRICS).")  # type: ignore[valid-type]
     options: dict[str, Any] = Field(
         default_factory=dict, description="Keyword options of the metric, e.g. {normalize: squad} for exact_match."
     )
@@ -163,45 +162,81 @@ class DistillConfig(Section):
         return self
 
 
-class MethodConfig(Section):
-    name: Literal["sft", "dpo", "simpo", "orpo", "kto", "reward", "classify", "ner", "grpo", "distill"] = Field(
-        "sft",
-        description="Training objective: sft (causal LM loss on labelled tokens), dpo (with loss_type), simpo, "
-        "orpo (preference pairs), kto (unpaired good/bad), reward (scalar-head reward model on pairs), classify "
-        "(sequence-classification head on text + label), ner (token-classification head on BIO-tagged tokens), "
-        "grpo (online RL on prompts, see method.grpo), distill (learn from a teacher, see method.distill).",
-    )
-    beta: float | None = Field(
-        None,
-        gt=0,
-        description="Preference strength; default per method: dpo/kto 0.1, simpo 2.0, orpo 0.1 (odds-ratio weight).",
-    )
-    loss_type: Literal["sigmoid", "ipo"] = Field(
-        "sigmoid", description="dpo only: sigmoid (DPO) or ipo (squared loss on length-averaged log-ratios)."
+class DPOSettings(Section):
+    beta: float = Field(0.1, gt=0, description="Strength of the KL constraint to the reference (DPO's beta).")
+    loss_type: Literal["sigmoid", "ipo", "robust", "apo_zero"] = Field(
+        "sigmoid",
+        description="sigmoid (DPO), ipo (squared loss on length-averaged log-ratios), robust (rDPO: unbiased under "
+        "label_smoothing flipped labels) or apo_zero (push chosen up and rejected down, each against the reference).",
     )
     label_smoothing: float = Field(
-        0.0, ge=0, lt=0.5, description="dpo sigmoid only: assumed fraction of flipped preference labels (cDPO)."
+        0.0, ge=0, lt=0.5, description="sigmoid and robust: assumed fraction of flipped preference labels."
     )
-    gamma: float = Field(0.5, ge=0, description="simpo only: target reward margin between chosen and rejected.")
-    desirable_weight: float = Field(1.0, gt=0, description="kto only: weight of the loss on desirable completions.")
-    undesirable_weight: float = Field(1.0, gt=0, description="kto only: weight of the loss on undesirable completions.")
     reference: Literal["auto", "precompute"] = Field(
         "auto",
-        description="dpo/kto reference model: auto (adapters disabled for adapter modes, a frozen copy for full "
-        "tuning) or precompute (dpo: reference log-probs computed once before training, no copy kept).",
+        description="auto (adapters disabled for adapter modes, a frozen copy for full tuning) or precompute "
+        "(reference log-probs computed once before training, no copy kept).",
     )
+
+
+class SimPOSettings(Section):
+    beta: float = Field(2.0, gt=0, description="Scale of the length-normalized log-probability reward.")
+    gamma: float = Field(0.5, ge=0, description="Target reward margin between chosen and rejected.")
+
+
+class ORPOSettings(Section):
+    beta: float = Field(0.1, gt=0, description="Weight of the odds-ratio term beside the SFT loss on chosen replies.")
+
+
+class KTOSettings(Section):
+    beta: float = Field(0.1, gt=0, description="Strength of the KL constraint to the reference.")
+    desirable_weight: float = Field(1.0, gt=0, description="Weight of the loss on desirable completions.")
+    undesirable_weight: float = Field(1.0, gt=0, description="Weight of the loss on undesirable completions.")
+
+
+METHOD_NAMES = ("sft", "dpo", "simpo", "orpo", "kto", "reward", "classify", "ner", "grpo", "distill")
+# Round-1 flat keys -> the section that holds them now (a clear error instead of "extra inputs not permitted").
+MOVED_METHOD_KEYS = {
+    "beta": ("dpo", "simpo", "orpo", "kto"),
+    "loss_type": ("dpo",),
+    "label_smoothing": ("dpo",),
+    "reference": ("dpo",),
+    "gamma": ("simpo",),
+    "desirable_weight": ("kto",),
+    "undesirable_weight": ("kto",),
+}
+
+
+class MethodConfig(Section):
+    name: Literal[METHOD_NAMES] = Field(  # type: ignore[valid-type]
+        "sft", description="Training objective; one of the methods in docs/methods.md (tunelab.methods.METHODS)."
+    )
+    dpo: DPOSettings = Field(default_factory=DPOSettings, description="Settings for dpo.")
+    simpo: SimPOSettings = Field(default_factory=SimPOSettings, description="Settings for simpo.")
+    orpo: ORPOSettings = Field(default_factory=ORPOSettings, description="Settings for orpo.")
+    kto: KTOSettings = Field(default_factory=KTOSettings, description="Settings for kto.")
     grpo: GRPOConfig = Field(default_factory=lambda: GRPOConfig(), description="Settings for grpo.")
     distill: DistillConfig = Field(default_factory=lambda: DistillConfig(), description="Settings for distill.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, raw: Any) -> Any:
+        if isinstance(raw, dict):
+            for key, owners in MOVED_METHOD_KEYS.items():
+                if key in raw:
+                    if key == "beta" and raw.get("name") == "grpo":
+                        raise ValueError("method.beta: grpo's KL weight is method.grpo.kl_beta")
+                    name = raw.get("name") if raw.get("name") in owners else owners[0]
+                    others = f" (or method.{'/'.join(o for o in owners if o != name)}.{key})" if len(owners) > 1 else ""
+                    raise ValueError(f"method.{key} moved: write method.{name}.{key}{others}; each method's settings "
+                                     "now sit in its own section")  # fmt: skip
+        return raw
 
     @model_validator(mode="after")
     def _check_settings(self) -> MethodConfig:
         if self.name == "grpo" and not self.grpo.rewards:
             raise ValueError("method grpo needs at least one reward source under method.grpo.rewards, "
                              "e.g. [{function: parity}]")  # fmt: skip
-        if self.name == "grpo" and self.beta is not None:
-            raise ValueError(
-                "method grpo: the KL weight is method.grpo.kl_beta (method.beta is for preference methods)"
-            )
         if self.name == "distill" and not self.distill.teacher:
             raise ValueError("method distill needs method.distill.teacher (a model, run directory or endpoint model)")
         return self
@@ -532,22 +567,11 @@ class RunConfig(Section):
     def _check(self) -> RunConfig:
         if self.tuning.mode == "qlora" and self.model.dtype == "float32":
             raise ValueError("tuning.mode qlora computes in bf16/fp16; set model.dtype to auto or bfloat16")
-        if self.method.name in HEAD_METHODS and self.tuning.mode == "qlora":
-            raise ValueError(f"tuning.mode qlora: not supported for method {self.method.name} (a task head); use lora")
-        if self.method.name in HEAD_METHODS:
-            other = sorted({m.name for m in asked_metrics(self) if m.name != "loss"})
-            if other:
-                raise ValueError(f"eval.metrics: method {self.method.name} is scored by its head (see docs/methods.md);"
-                                 f" the generation metrics {other} do not apply: keep [loss] or []")  # fmt: skip
         if asks_reward(self) and not eval_settings(self).rewards:
             raise ValueError("eval.metrics reward: no reward sources; set eval.rewards, e.g. [{function: parity}] "
                              "(a grpo run uses its method.grpo.rewards)")  # fmt: skip
-        for i, stage in enumerate(self.stages):
-            sc = stage_config(self, i)  # every stage must validate now, not hours into the run
-            if stage.gate and stage.gate.metric == "eval_ppl" and not logs_perplexity(sc.method):
-                raise ValueError(f"stages[{i}] ({stage.name}).gate.metric: eval_ppl is logged only for sft "
-                                 f"(a {sc.method.name} loss is not a token cross-entropy); "
-                                 "gate on eval_loss or a metric")  # fmt: skip
+        for i in range(len(self.stages)):
+            stage_config(self, i)  # every stage must validate now, not hours into the run
         _check_task_names(self)
         return self
 
@@ -560,11 +584,6 @@ def asked_metrics(cfg: RunConfig) -> list[MetricSpec]:
 
 def asks_reward(cfg: RunConfig) -> bool:
     return any(m.name == "reward" for m in asked_metrics(cfg))
-
-
-def logs_perplexity(method: MethodConfig) -> bool:
-    """Whether the training loop logs eval_ppl: only where the loss is token cross-entropy (Method.perplexity)."""
-    return method.name == "sft" or (method.name == "distill" and method.distill.mode == "completions")
 
 
 def eval_settings(cfg: RunConfig) -> EvalConfig:

@@ -1,6 +1,6 @@
 """`tunelab quickstart`: the whole lifecycle on an embedded task and model, offline, in minutes on a CPU.
 
-It writes the task's data (support messages -> JSON tickets, see quickstart_data.py) and a config the user
+It writes the task's data (support messages -> JSON tickets, see data/quickstart_task.py) and a config the user
 can read and edit, then runs what `tunelab validate` and `tunelab train` run: data checks, the base
 model's evaluation, training, the fine-tuned model's evaluation on the held-out test split, the paired
 comparison and the report. The default model is the `tiny-1m` preset (0.9M parameters, a BPE tokenizer built
@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tunelab.data.quickstart_task import write_splits
 from tunelab.errors import TunelabError
-from tunelab.quickstart_data import write_splits
 
 CONFIG_TEMPLATE = """\
 # The quickstart run: edit and re-run with `tunelab train {config}`.

@@ -47,7 +47,7 @@ def handoff(run_dir: Path) -> Path:
     merged = run_dir / "merged"
     if (merged / "config.json").is_file():  # merged by an earlier (resumed) sequence
         return merged
-    from tunelab.models.load import load_run
+    from tunelab.models.loader import load_run
 
     model, tok = load_run(run_dir)
     model.merge_and_unload().save_pretrained(str(merged), safe_serialization=True)

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 from tests.conftest import REPO, run_cli
-from tests.unit.eval.test_eval_judge import server  # noqa: F401 (the scripted judge fixture)
 from tests.unit.methods.test_grpo import _saved_reward_model
+from tests.unit.scoring.test_judge import server  # noqa: F401 (the scripted judge fixture)
 from tests.unit.train.conftest import assert_same_weights, final_weights
 
 from tunelab.api import train
 from tunelab.config import dump_config, load_config
 from tunelab.errors import TunelabError
-from tunelab.methods.rewards import REWARDS
+from tunelab.scoring.rewards import REWARDS
 from tunelab.train.checkpoint import checkpoints
 from tunelab.train.rundir import read_metrics
 

@@ -27,7 +27,7 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Config ov
 
 
 def resolve_config(target: str, config: str | None, overrides: list[str] | None) -> RunConfig:
-    from tunelab.models.load import is_run_dir
+    from tunelab.models.loader import is_run_dir
 
     if config is None and is_run_dir(target):
         config = str(Path(target) / "config.yaml")
@@ -36,14 +36,9 @@ def resolve_config(target: str, config: str | None, overrides: list[str] | None)
 
 def load_target(target: str, cfg: RunConfig) -> tuple[Any, Any]:
     """(model, tokenizer) of a run directory, a model folder or a preset."""
-    from tunelab.models.heads import refuse_head
-    from tunelab.models.load import is_run_dir, load_model, load_run, load_tokenizer
+    from tunelab.models.loader import load, run_of
 
-    refuse_head(target, "eval")
-    if is_run_dir(target):
-        return load_run(target)
-    mcfg = cfg.model.model_copy(update={"name_or_path": target})
-    return load_model(mcfg), load_tokenizer(mcfg)
+    return load(target, like=None if run_of(target) else cfg.model, purpose="eval")
 
 
 def eval_datasets(cfg: RunConfig, data: list[str] | None) -> list[DatasetConfig]:
@@ -86,7 +81,7 @@ def eval_cmd(
 
     Example: tunelab eval runs/my-run --data test.jsonl -s 'eval.metrics=[exact_match,f1,loss]'
     """
-    from tunelab.models.load import is_run_dir
+    from tunelab.models.loader import is_run_dir
 
     cfg = resolve_config(target, config, overrides)
     result, _ = evaluate_target(target, cfg, data)
@@ -159,8 +154,8 @@ def compare(
 
 def _pairwise(ra: Any, rb: Any, cfg: RunConfig) -> dict[str, Any]:
     from tunelab.eval.compare import pairwise_row
-    from tunelab.eval.judge import Judge
     from tunelab.eval.runner import question_text
+    from tunelab.scoring.judge import Judge
 
     res = Judge(cfg.eval.judge).compare_all(
         [question_text(e.prompt) for e in ra.examples], ra.predictions, rb.predictions

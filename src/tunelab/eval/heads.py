@@ -28,8 +28,8 @@ import torch
 
 from tunelab.config import RunConfig
 from tunelab.data.heads import ClassItem, TagItem, encode_datasets
-from tunelab.eval.metrics import MetricResult
 from tunelab.eval.runner import EVAL_DIR, EvalExample, EvalResult
+from tunelab.scoring.metrics import MetricResult
 
 
 def eval_items(cfg: RunConfig, tokenizer: Any) -> tuple[list[Any], list[str], str | None]:

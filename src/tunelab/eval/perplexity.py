@@ -30,7 +30,7 @@ from tunelab.data.records import Conversation, Message, PromptCompletion
 from tunelab.data.tokenize import IGNORE, Encoder, chat_template_for
 from tunelab.errors import DataError
 from tunelab.eval.generate import Prompt
-from tunelab.eval.metrics import MetricResult
+from tunelab.scoring.metrics import MetricResult
 
 
 @dataclass

@@ -26,8 +26,8 @@ from tunelab.data.records import Conversation, Preference, PromptCompletion, Rec
 from tunelab.data.records import Prompt as PromptRecord
 from tunelab.errors import ConfigError, DataError
 from tunelab.eval.generate import DecodingConfig, Prompt, generate
-from tunelab.eval.metrics import METRICS, MetricResult
 from tunelab.eval.perplexity import LossResult, answer_loss, load_probe_texts, text_loss
+from tunelab.scoring.metrics import METRICS, MetricResult
 
 EVAL_DIR = "eval"  # inside a run directory: baseline.json, final.json, comparison.json, forgetting.json
 LOSS_METRICS = ("loss", "perplexity")
@@ -133,7 +133,7 @@ def metric_options(spec: MetricSpec, cfg: EvalConfig) -> dict[str, Any]:
 
 
 def check_reward_sources(cfg: EvalConfig) -> None:
-    from tunelab.methods.rewards import check_sources
+    from tunelab.scoring.rewards import check_sources
 
     if not cfg.rewards:
         raise ConfigError("eval.metrics reward: no reward sources; set eval.rewards, e.g. [{function: parity}]")
@@ -199,12 +199,12 @@ def _task_metrics(model: Any, tokenizer: Any, examples: list[EvalExample], predi
                                              max_length=max_length, chat_template=chat_template,
                                              progress=progress).metric(spec.name)  # fmt: skip
         elif spec.name == "judge":
-            from tunelab.eval.judge import Judge
+            from tunelab.scoring.judge import Judge
 
             assert predictions is not None
             results["judge"] = Judge(cfg.judge).score_all([question_text(p) for p in prompts], predictions, refs)
         elif spec.name == "reward":
-            from tunelab.methods.rewards import reward_metric
+            from tunelab.scoring.rewards import reward_metric
 
             assert predictions is not None
             device = next(model.parameters()).device

@@ -21,20 +21,18 @@ import torch
 from tunelab.config import ModelConfig
 from tunelab.errors import TunelabError
 from tunelab.export.gguf import write_gguf
-from tunelab.models.load import is_run_dir, load_model, load_run, load_tokenizer
+from tunelab.models.load import load_model
+from tunelab.models.loader import is_run_dir, load, resolve
 
 EXPORT_FORMATS = ("hf", "merged", "gguf")
 
 
 def load_source(path: str | Path) -> tuple[Any, Any]:
-    """(model, tokenizer) of a run dir (adapter runs come back as peft models) or of a model folder."""
+    """(model, tokenizer) in fp32 of a run dir (adapter runs come back as peft models) or of a model folder."""
     p = Path(path)
-    if is_run_dir(p):
-        return load_run(p, dtype=torch.float32)
-    if not p.is_dir():
+    if not is_run_dir(p) and not p.is_dir():
         raise TunelabError(f"{p}: not a run directory or a model folder")
-    cfg = ModelConfig(name_or_path=str(p))
-    return load_model(cfg, dtype=torch.float32), load_tokenizer(cfg)
+    return load(p, like=ModelConfig(dtype="float32"), dtype=torch.float32)
 
 
 def merged_model(model: Any) -> Any:
@@ -109,8 +107,6 @@ def load_export(path: str | Path, against: str | Path) -> tuple[Any, Any]:
 
 def _base_of(run: Path) -> Any:
     """The base model an adapter run was trained on (not the run's own adapter)."""
-    from tunelab.config import load_config
-
-    if not (is_run_dir(run) and (run / "final" / "adapter_config.json").is_file()):
+    if not is_run_dir(run) or resolve(run).adapter is None:
         raise TunelabError(f"{run}: an adapter export is verified against its adapter run (config.yaml + final/)")
-    return load_model(load_config(run / "config.yaml").model, dtype=torch.float32)
+    return load_model(resolve(run).base, dtype=torch.float32)

@@ -1,90 +1,110 @@
-"""Training objectives. Add one: a module that builds a `Method`, one line here, an example config,
-tests (loss against a hand computation, trainable params change, overfits), a doc page.
+"""Training objectives: one registry, `METHODS = {name: MethodSpec}`, is all the code knows about a method.
 
-Methods with settings (beta, ...) or a reference model are built per run by `build_method`; METHODS
-holds each with its defaults (reference = the adapters switched off), for tests and quick use.
-`DATA_KIND` says which records a method trains on: sft (conversations), pairs or unpaired preference,
-labelled texts or BIO-tagged tokens, or prompts (grpo, which is built with the tokenizer and its prompt items,
-outside BUILDERS). distill trains on sft records and needs a teacher, so it too is built outside BUILDERS
-(`distill.build(cfg, teacher)` from Python). Head methods (classify, ner, reward) train a model with a task
-head instead of the LM head (tunelab.models.heads).
+A spec says what the method trains on (`data`: the records it reads), whether it keeps a reference model, which
+task head it trains (none: the LM head), whether exp(eval loss) is a perplexity, which section of `method:` holds
+its settings, and how to build it (`build(ctx) -> Method`). The config's method names, the head tables, the
+perplexity rule, the data preparation and the docs table (docs/methods.md) are read from here; a test checks
+that every method has an example config, a doc section, data it reads and a CLI run. The config layer sits
+below this one, so it keeps its own tuple of names and the settings sections (config.METHOD_NAMES, DPOSettings,
+...): the registry test holds the two together. Adding a method: see CONTRIBUTING.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from torch import nn
 
-from tunelab.config import MethodConfig, RunConfig, asks_reward, eval_settings
-from tunelab.methods import classify, distill, dpo, grpo, kto, ner, orpo, reward, simpo
-from tunelab.methods.base import Method, MethodModule, StepOutput
-from tunelab.methods.sft import SFT
+from tunelab.config import MethodConfig, RunConfig, asked_metrics, stage_config
+from tunelab.errors import ConfigError
+from tunelab.methods import classify, distill, dpo, grpo, kto, ner, orpo, reward, sft, simpo
+from tunelab.methods.base import BuildContext, Method, MethodModule, StepOutput
 
-BUILDERS: dict[str, Callable[[MethodConfig, nn.Module | None], Method]] = {
-    "dpo": dpo.build,
-    "simpo": simpo.build,
-    "orpo": orpo.build,
-    "kto": kto.build,
-    "reward": reward.build,
-    "classify": classify.build,
-    "ner": ner.build,
+DataKind = Literal["sft", "pairs", "unpaired", "labelled", "tagged", "prompts"]
+HeadKind = Literal["seq", "token", "scalar"]  # classes per sequence, classes per token, one zero-initialized score
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    build: Callable[[BuildContext], Method]
+    data: DataKind
+    summary: str  # one line for the docs table
+    settings: str | None = None  # its section under `method:` (method.dpo, ...), a field of config.MethodConfig
+    reference: bool = False  # keeps a reference model (adapters off, a frozen copy, or precomputed log-probs)
+    head: HeadKind | None = None  # trains a new task head instead of the LM head
+    perplexity: bool | Callable[[MethodConfig], bool] = False  # the loss is the token cross-entropy of the text
+
+
+METHODS: dict[str, MethodSpec] = {
+    "sft": MethodSpec(sft.build, "sft", "causal LM loss on the trained tokens", perplexity=True),
+    "dpo": MethodSpec(dpo.build, "pairs", "DPO / IPO / rDPO / APO-zero on preference pairs", "dpo", reference=True),
+    "simpo": MethodSpec(simpo.build, "pairs", "reference-free, length-normalized preference loss", "simpo"),
+    "orpo": MethodSpec(orpo.build, "pairs", "SFT on chosen plus an odds-ratio preference term", "orpo"),
+    "kto": MethodSpec(kto.build, "unpaired", "unpaired good/bad completions (prospect theory)", "kto", reference=True),
+    "reward": MethodSpec(reward.build, "pairs", "a scalar reward model on preference pairs", head="scalar"),
+    "classify": MethodSpec(classify.build, "labelled", "a sequence-classification head on text + label", head="seq"),
+    "ner": MethodSpec(ner.build, "tagged", "a token-classification head on BIO-tagged tokens", head="token"),
+    "grpo": MethodSpec(grpo.build, "prompts", "online RL from rewards on prompts", "grpo", reference=True),
+    "distill": MethodSpec(
+        distill.build, "sft", "learn from a teacher's logits or its written replies", "distill",
+        perplexity=lambda m: m.distill.mode == "completions",
+    ),  # fmt: skip
 }
-METHODS: dict[str, Method] = {"sft": SFT} | {k: b(MethodConfig(name=k), None) for k, b in BUILDERS.items()}  # type: ignore[arg-type]
-DATA_KIND: dict[str, str] = {"sft": "sft", "dpo": "pairs", "simpo": "pairs", "orpo": "pairs", "reward": "pairs",
-                             "kto": "unpaired", "classify": "labelled", "ner": "tagged", "grpo": "prompts",
-                             "distill": "sft"}  # fmt: skip
-NEEDS_REFERENCE = {"dpo", "kto", "grpo"}
 
 
-def build_method(cfg: RunConfig, model: nn.Module, train_items: list[Any] | None = None, pad_id: int = 0,
+def spec(name: str) -> MethodSpec:
+    return METHODS[name]
+
+
+def logs_perplexity(method: MethodConfig) -> bool:
+    """Whether the training loop logs eval_ppl: only where the loss is token cross-entropy."""
+    p = METHODS[method.name].perplexity
+    return p(method) if callable(p) else p
+
+
+def head_of(cfg: RunConfig) -> HeadKind | None:
+    return METHODS[cfg.method.name].head
+
+
+def build_method(cfg: RunConfig, model: nn.Module | None = None, items: Sequence[Any] = (), pad_id: int = 0,
                  tokenizer: Any = None) -> Method:  # fmt: skip
-    """The run's Method. Reference for dpo/kto/grpo: adapters off (peft model), else a frozen copy (full/freeze
-    tuning), or, with method.reference=precompute (dpo), log-probs written into the items right now;
-    none for grpo with kl_beta 0. distill (logits): the teacher, its vocabulary checked against `tokenizer`."""
-    from peft import PeftModel
-
-    from tunelab.methods.logps import frozen_copy, precompute_reference
-
-    m = cfg.method
-    if m.name == "sft":
-        return SFT
-    if m.name == "distill":
-        if m.distill.mode == "completions":
-            return distill.build(m, None)
-        from tunelab.models.load import load_tokenizer
-
-        return distill.build(m, distill.load_teacher(cfg, tokenizer or load_tokenizer(cfg.model)))
-    ref = None
-    if m.name in NEEDS_REFERENCE and not (m.name == "grpo" and m.grpo.kl_beta == 0):
-        if m.reference == "precompute" and m.name == "dpo":
-            precompute_reference(model, train_items or [], pad_id)
-        elif not isinstance(model, PeftModel):
-            ref = frozen_copy(model)
-    if m.name == "grpo":
-        return grpo.build(m, tokenizer, train_items or [], ref)
-    return BUILDERS[m.name](m, ref)
+    """The run's Method, built by its registry entry from one context (`items`: train + eval, for methods
+    that look items up or precompute over them)."""
+    return METHODS[cfg.method.name].build(BuildContext(cfg, model, tokenizer, items, pad_id))
 
 
-def prepare_data(cfg: RunConfig, tokenizer: Any) -> Any:
-    """The data pipeline the method needs: SFT examples, preference pairs / unpaired items, prompts, or head
-    items (a HeadPrepared, which also carries the label names)."""
-    from tunelab.data.heads import prepare_heads
-    from tunelab.data.pipeline import prepare
-    from tunelab.data.preference import prepare_preference
-    from tunelab.data.prompts import prepare_prompts
-    from tunelab.methods.rewards import check_sources
-
-    if asks_reward(cfg):  # the reward metric's sources: a bad one must not surface after training
-        check_sources(eval_settings(cfg).rewards)
-    kind = DATA_KIND[cfg.method.name]
-    if kind in ("labelled", "tagged"):
-        return prepare_heads(cfg, tokenizer)
-    if kind == "prompts":
-        check_sources(cfg.method.grpo.rewards)  # before the model loads and the run directory is written
-        return prepare_prompts(cfg, tokenizer)
-    return prepare(cfg, tokenizer) if kind == "sft" else prepare_preference(cfg, tokenizer, kind)
+def default_method(name: str) -> Method:
+    """A method with its default settings and no model (no reference: the adapters are switched off);
+    for tests and quick use."""
+    return build_method(RunConfig.model_validate({"method": _defaults(name)}))
 
 
-__all__ = ["BUILDERS", "DATA_KIND", "METHODS", "Method", "MethodModule", "StepOutput", "build_method", "prepare_data"]
+def _defaults(name: str) -> dict[str, Any]:
+    need = {"grpo": {"grpo": {"rewards": [{"function": "parity"}]}}, "distill": {"distill": {"teacher": "tiny"}}}
+    return {"name": name, **need.get(name, {})}
+
+
+def check_run(cfg: RunConfig) -> RunConfig:
+    """What the config layer cannot check alone because it depends on a method's facts; run at load time."""
+    head = head_of(cfg)
+    if head and cfg.tuning.mode == "qlora":
+        raise ConfigError(f"tuning.mode qlora: not supported for method {cfg.method.name} (a task head); use lora")
+    if head:
+        other = sorted({m.name for m in asked_metrics(cfg) if m.name != "loss"})
+        if other:
+            raise ConfigError(f"eval.metrics: method {cfg.method.name} is scored by its head (see docs/methods.md); "
+                              f"the generation metrics {other} do not apply: keep [loss] or []")  # fmt: skip
+    for i, stage in enumerate(cfg.stages):
+        sc = stage_config(cfg, i)
+        if stage.gate and stage.gate.metric == "eval_ppl" and not logs_perplexity(sc.method):
+            raise ConfigError(f"stages[{i}] ({stage.name}).gate.metric: eval_ppl is logged only for sft "
+                              f"(a {sc.method.name} loss is not a token cross-entropy); "
+                              "gate on eval_loss or a metric")  # fmt: skip
+        check_run(sc)
+    return cfg
+
+
+__all__ = ["METHODS", "BuildContext", "Method", "MethodModule", "MethodSpec", "StepOutput", "build_method",
+           "check_run", "default_method", "head_of", "logs_perplexity", "spec"]  # fmt: skip

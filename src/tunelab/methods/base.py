@@ -16,12 +16,15 @@ method whose training loss says little about quality, e.g. grpo's mean reward of
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+
+from tunelab.config import RunConfig
 
 Batch = dict[str, torch.Tensor]
 
@@ -43,6 +46,35 @@ class Method:
     evaluate: Callable[[nn.Module, Batch], StepOutput] | None = None  # eval-mode loss; default: `loss`
     perplexity: bool = False  # loss is the mean token cross-entropy of the text, so exp(eval_loss) means something
     unit: str = "tokens"  # what `count` counts (the loss is averaged over these): logged as trained_<unit>
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """What a method's builder may use: the run's config, the model being trained (None in tests that need no
+    reference), its tokenizer, and every item the run will batch (train + eval)."""
+
+    cfg: RunConfig
+    model: nn.Module | None = None
+    tokenizer: Any = None
+    items: Sequence[Any] = ()
+    pad_id: int = 0
+
+    def reference(self) -> nn.Module | None:
+        """A frozen copy of the model for full/freeze tuning; None for adapter modes, whose reference is the
+        same model with its adapters switched off (`model.disable_adapter()`), and when there is no model."""
+        from peft import PeftModel  # heavy: imported when a run builds its method, not at CLI start
+
+        if self.model is None or isinstance(self.model, PeftModel):
+            return None
+        return frozen_copy(self.model)
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """The reference for full tuning: a deep copy in eval mode with no gradients."""
+    ref = copy.deepcopy(model).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
 
 
 class MethodModule(nn.Module):

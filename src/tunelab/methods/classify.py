@@ -14,10 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunelab.config import MethodConfig
 from tunelab.data.heads import ClassItem
 from tunelab.errors import TunelabError
-from tunelab.methods.base import Batch, Method, StepOutput
+from tunelab.methods.base import Batch, BuildContext, Method, StepOutput
 
 
 def collate(items: Sequence[ClassItem], pad_id: int) -> Batch:
@@ -49,7 +48,7 @@ def predict(model: nn.Module, items: Sequence[ClassItem], pad_id: int, batch_siz
     return out
 
 
-def build(cfg: MethodConfig, ref: nn.Module | None = None) -> Method:
+def build(ctx: BuildContext) -> Method:
     return Method(
         name="classify",
         collate=collate,

@@ -29,7 +29,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,11 +36,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from tunelab.config import MethodConfig, ModelConfig, RunConfig
+from tunelab.config import DistillConfig, ModelConfig, RunConfig
 from tunelab.errors import TunelabError
 from tunelab.methods import sft
-from tunelab.methods.base import Batch, Method, StepOutput
+from tunelab.methods.base import Batch, BuildContext, Method, StepOutput
 from tunelab.methods.sft import IGNORE, _fast_parts
+from tunelab.models.load import load_tokenizer, resolve_dtype
+from tunelab.models.loader import load, resolve
 
 METRICS = ("kl", "ce", "top1_agreement")
 
@@ -132,19 +133,12 @@ def loss(model: nn.Module, batch: Batch, teacher: nn.Module, kd: KD) -> StepOutp
 def teacher_model(name: str, student: ModelConfig) -> tuple[Any, Any]:
     """(model, tokenizer) of a teacher: a tunelab run directory (adapters merged in), a preset, a folder or a
     hub id, loaded with the student's dtype and attention settings (remote code stays off)."""
-    from tunelab.models.load import is_run_dir, load_model, load_run, load_tokenizer, resolve_dtype
-
-    dtype = resolve_dtype(student.dtype)
-    if is_run_dir(name):
-        model, tok = load_run(name, dtype=dtype)
-        if hasattr(model, "merge_and_unload"):
-            model = model.merge_and_unload()
-        if tok.pad_token is None:
-            tok.pad_token = tok.eos_token
-        return model, tok
-    cfg = ModelConfig(name_or_path=name, dtype=student.dtype, attn_implementation=student.attn_implementation)
+    like = ModelConfig(dtype=student.dtype, attn_implementation=student.attn_implementation)
     with _as_teacher():
-        return load_model(cfg, dtype=dtype), load_tokenizer(cfg)
+        model, tok = load(name, like=like, dtype=resolve_dtype(student.dtype), merge=True)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return model, tok
 
 
 @contextmanager
@@ -158,14 +152,8 @@ def _as_teacher() -> Iterator[None]:
 
 def teacher_tokenizer(name: str) -> Any:
     """The teacher's tokenizer alone (cheap): to check the vocabulary before loading anything big."""
-    from tunelab.models.load import is_run_dir, load_tokenizer
-
-    if is_run_dir(name):
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(str(Path(name) / "final"))
     with _as_teacher():
-        return load_tokenizer(ModelConfig(name_or_path=name))
+        return load_tokenizer(resolve(name).tokenizer)
 
 
 def check_vocab(student_tok: Any, teacher_tok: Any, student: str, teacher: str) -> None:
@@ -203,14 +191,17 @@ def load_teacher(cfg: RunConfig, tokenizer: Any) -> nn.Module:
     return frozen(model)
 
 
-def build(cfg: MethodConfig, teacher: nn.Module | None) -> Method:
-    """Logits mode: the KD loss against `teacher`. Completions mode trains plain SFT on the teacher's replies
-    (the data was generated before training; see tunelab.methods.teacher_data)."""
-    d = cfg.distill
+def build(ctx: BuildContext) -> Method:
+    """Logits mode: the KD loss against the teacher, loaded now and its vocabulary checked against the
+    student's tokenizer. Completions mode trains plain SFT on the teacher's replies (written before training;
+    see tunelab.methods.teacher_data)."""
+    d = ctx.cfg.method.distill
     if d.mode == "completions":
         return sft.SFT
-    if teacher is None:
-        raise TunelabError("method distill (mode logits) needs a teacher model (method.distill.teacher)")
+    return kd_method(d, load_teacher(ctx.cfg, ctx.tokenizer or load_tokenizer(ctx.cfg.model)))
+
+
+def kd_method(d: DistillConfig, teacher: nn.Module) -> Method:
     kd = KD(d.loss, d.mix, d.temperature, d.ce_weight)
     fn = partial(loss, teacher=teacher, kd=kd)
     return Method("distill", collate=sft.collate, count=sft.count, loss=fn, supports_packing=True)

@@ -1,9 +1,15 @@
-"""DPO (Rafailov et al. 2023), its label-smoothed "conservative" variant, and IPO (Azar et al. 2023).
+"""DPO (Rafailov et al. 2023) with its label-smoothed "conservative" variant, IPO (Azar et al. 2023), robust DPO
+(Chowdhury et al. 2024) and APO-zero (D'Oosterlinck et al. 2024).
 
 logits = (log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l)), log-probs summed over the reply
- sigmoid: -(1 - eps) log sigma(beta logits) - eps log sigma(-beta logits)     (eps = label_smoothing)
- ipo:     (logits - 1 / (2 beta))^2 with log-probs averaged over reply tokens (as TRL does), so the
-          target margin 1/(2 beta) does not depend on reply length.
+ sigmoid:  -(1 - eps) log sigma(beta logits) - eps log sigma(-beta logits)     (eps = label_smoothing)
+ ipo:      (logits - 1 / (2 beta))^2 with log-probs averaged over reply tokens (as TRL does), so the
+           target margin 1/(2 beta) does not depend on reply length.
+ robust:   (-(1 - eps) log sigma(beta logits) + eps log sigma(-beta logits)) / (1 - 2 eps): an unbiased
+           estimate of the clean-label DPO loss when a fraction eps of the pairs is flipped.
+ apo_zero: (1 - sigma(beta r_w)) + sigma(beta r_l) with r the log-ratios of each reply: raises the chosen
+           reply's likelihood and lowers the rejected one's, each against the reference (for pairs whose
+           chosen reply is better than what the model writes now).
 Implicit rewards beta (log pi - log ref) are logged; for ipo they are on the averaged log-probs.
 The reference comes from methods.logps.reference_logps (precomputed / frozen copy / adapters off).
 """
@@ -16,9 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunelab.config import MethodConfig
-from tunelab.methods.base import Batch, Method, StepOutput
-from tunelab.methods.logps import reference_logps, sequence_logps
+from tunelab.methods.base import Batch, BuildContext, Method, StepOutput
+from tunelab.methods.logps import precompute_reference, reference_logps, sequence_logps
 from tunelab.methods.pairs import halves, pair_method, reward_metrics
 
 DEFAULT_BETA = 0.1
@@ -33,11 +38,16 @@ def dpo_losses(
 ) -> torch.Tensor:
     """Per-pair loss from policy-minus-reference log-ratios of chosen and rejected replies."""
     logits = logratio_chosen - logratio_rejected
+    eps = label_smoothing
+    if loss_type == "sigmoid":
+        return -F.logsigmoid(beta * logits) * (1 - eps) - F.logsigmoid(-beta * logits) * eps
     if loss_type == "ipo":
         return (logits - 1 / (2 * beta)) ** 2
-    if loss_type != "sigmoid":
-        raise ValueError(f"dpo loss_type: expected sigmoid or ipo, got {loss_type!r}")
-    return -F.logsigmoid(beta * logits) * (1 - label_smoothing) - F.logsigmoid(-beta * logits) * label_smoothing
+    if loss_type == "robust":
+        return (-F.logsigmoid(beta * logits) * (1 - eps) + F.logsigmoid(-beta * logits) * eps) / (1 - 2 * eps)
+    if loss_type == "apo_zero":
+        return (1 - torch.sigmoid(beta * logratio_chosen)) + torch.sigmoid(beta * logratio_rejected)
+    raise ValueError(f"dpo loss_type: expected sigmoid, ipo, robust or apo_zero, got {loss_type!r}")
 
 
 def loss(
@@ -61,8 +71,13 @@ def loss(
     return StepOutput(losses.sum(), metrics)
 
 
-def build(cfg: MethodConfig, ref: nn.Module | None = None) -> Method:
-    """`ref`: a frozen reference model for full tuning; None for adapter modes or precomputed log-probs."""
-    beta = cfg.beta if cfg.beta is not None else DEFAULT_BETA
-    fn = partial(loss, beta=beta, label_smoothing=cfg.label_smoothing, loss_type=cfg.loss_type, ref=ref)
+def build(ctx: BuildContext) -> Method:
+    """The reference: log-probs computed now into the items (precompute), else ctx.reference()."""
+    s = ctx.cfg.method.dpo
+    ref = None
+    if s.reference == "precompute" and ctx.model is not None:
+        precompute_reference(ctx.model, ctx.items, ctx.pad_id)
+    elif s.reference == "auto":
+        ref = ctx.reference()
+    fn = partial(loss, beta=s.beta, label_smoothing=s.label_smoothing, loss_type=s.loss_type, ref=ref)
     return pair_method("dpo", fn)

@@ -3,7 +3,7 @@
 A Method like the others, so the one training loop runs it (checkpoints, resume, logging, accelerate,
 final/ and the eval lifecycle unchanged). Items are prompts; `loss(model, batch)` does the whole
 rollout for its micro-batch: sample `group_size` completions per prompt from the current policy (eval
-mode, no grad; back to train mode after), score them (methods/rewards.py), advantage
+mode, no grad; back to train mode after), score them (scoring/rewards.py), advantage
 A = (r - mean of its group) / (std of its group + 1e-4), then the loss per completion
 
     mean over its tokens of [ -exp(logp - sg(logp)) * A + beta * KL_k3(pi || ref) ]
@@ -22,21 +22,19 @@ its loss, so eval_loss = -mean reward and the best checkpoint / early stopping f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
-from tunelab.config import GRPOConfig, MethodConfig
+from tunelab.config import GRPOConfig
 from tunelab.data.collate import collate
 from tunelab.data.prompts import PromptItem, collate_prompts
 from tunelab.data.tokenize import IGNORE, Example
-from tunelab.errors import TunelabError
-from tunelab.methods.base import Batch, Method, StepOutput
+from tunelab.methods.base import Batch, BuildContext, Method, StepOutput
 from tunelab.methods.logps import labelled_logps, reference_token_logps
-from tunelab.methods.rewards import Rewards
+from tunelab.scoring.rewards import Rewards
 
 
 def advantages(rewards: torch.Tensor) -> torch.Tensor:
@@ -138,13 +136,12 @@ class GRPO:
         return StepOutput(-metrics["reward"], metrics)
 
 
-def build(cfg: MethodConfig, tok: Any, items: Sequence[PromptItem], ref: nn.Module | None = None) -> Method:
-    """`items`: every prompt the run will batch (train and eval), looked up by index in the loss."""
-    s = cfg.grpo
-    if tok is None:
-        raise TunelabError("method grpo needs the tokenizer to sample and decode completions")
-    table = {it.index: it for it in items}
-    g = GRPO(s, tok, Rewards(s.rewards), table, ref)
+def build(ctx: BuildContext) -> Method:
+    """Items are every prompt the run will batch (train and eval), looked up by index in the loss; no
+    reference is kept when kl_beta is 0. Without a tokenizer (tests of defaults) sampling fails at the loss."""
+    s = ctx.cfg.method.grpo
+    table = {it.index: it for it in ctx.items}
+    g = GRPO(s, ctx.tokenizer, Rewards(s.rewards), table, ctx.reference() if s.kl_beta > 0 else None)
     return Method(name="grpo", collate=collate_prompts, count=partial(_units, s.group_size), loss=g.loss,
                   length=_length, evaluate=g.evaluate, unit="completions")  # fmt: skip
 

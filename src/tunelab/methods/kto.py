@@ -20,9 +20,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from tunelab.config import MethodConfig
 from tunelab.data.preference import UnpairedItem, collate_unpaired
-from tunelab.methods.base import Batch, Method, StepOutput
+from tunelab.methods.base import Batch, BuildContext, Method, StepOutput
 from tunelab.methods.logps import reference_logps, sequence_logps
 
 DEFAULT_BETA = 0.1
@@ -84,9 +83,8 @@ def _length(item: Any) -> int:
     return item.length
 
 
-def build(cfg: MethodConfig, ref: nn.Module | None = None) -> Method:
-    beta = cfg.beta if cfg.beta is not None else DEFAULT_BETA
-    fn = partial(
-        loss, beta=beta, desirable_weight=cfg.desirable_weight, undesirable_weight=cfg.undesirable_weight, ref=ref
-    )
+def build(ctx: BuildContext) -> Method:
+    s = ctx.cfg.method.kto
+    fn = partial(loss, beta=s.beta, desirable_weight=s.desirable_weight, undesirable_weight=s.undesirable_weight,
+                 ref=ctx.reference())  # fmt: skip
     return Method(name="kto", collate=collate_unpaired, count=_count, loss=fn, length=_length, unit="completions")

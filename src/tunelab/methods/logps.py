@@ -12,7 +12,6 @@ switched off (`disable_adapter()`: the base weights, no second copy in memory).
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from typing import cast
 
@@ -64,14 +63,6 @@ def sequence_logps(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.
     n = batch["labels"].shape[0]
     sums = torch.zeros(n, device=tok.device, dtype=tok.dtype).index_add(0, rows, tok)
     return sums, (batch["labels"][:, 1:] != IGNORE).sum(1)
-
-
-def frozen_copy(model: nn.Module) -> nn.Module:
-    """The reference for full tuning: a deep copy in eval mode with no gradients."""
-    ref = copy.deepcopy(model).eval()
-    for p in ref.parameters():
-        p.requires_grad_(False)
-    return ref
 
 
 def _reference(model: nn.Module, batch: Batch, ref: nn.Module | None, fn: Callable) -> torch.Tensor:

@@ -15,12 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunelab.config import MethodConfig
 from tunelab.data.collate import collate as pad_examples
 from tunelab.data.heads import TagItem
 from tunelab.data.tokenize import IGNORE
 from tunelab.errors import TunelabError
-from tunelab.methods.base import Batch, Method, StepOutput
+from tunelab.methods.base import Batch, BuildContext, Method, StepOutput
 
 
 def collate(items: Sequence[TagItem], pad_id: int) -> Batch:
@@ -61,6 +60,6 @@ def predict(model: nn.Module, items: Sequence[TagItem], pad_id: int, batch_size:
     return out
 
 
-def build(cfg: MethodConfig, ref: nn.Module | None = None) -> Method:
+def build(ctx: BuildContext) -> Method:
     return Method(name="ner", collate=collate, count=count, loss=loss, length=lambda it: len(it.input_ids),
                   unit="words")  # fmt: skip

@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunelab.config import MethodConfig
-from tunelab.methods.base import Batch, Method, StepOutput
+from tunelab.methods.base import Batch, BuildContext, Method, StepOutput
 from tunelab.methods.logps import sequence_logps
 from tunelab.methods.pairs import halves, pair_method, reward_metrics
 
@@ -43,5 +42,5 @@ def loss(model: nn.Module, batch: Batch, beta: float = DEFAULT_BETA) -> StepOutp
     return StepOutput(losses.sum(), metrics)
 
 
-def build(cfg: MethodConfig, ref: nn.Module | None = None) -> Method:
-    return pair_method("orpo", partial(loss, beta=cfg.beta if cfg.beta is not None else DEFAULT_BETA))
+def build(ctx: BuildContext) -> Method:
+    return pair_method("orpo", partial(loss, beta=ctx.cfg.method.orpo.beta))

@@ -13,9 +13,8 @@ from typing import Any
 import torch.nn.functional as F
 from torch import nn
 
-from tunelab.config import MethodConfig
 from tunelab.errors import TunelabError
-from tunelab.methods.base import Batch, Method, StepOutput
+from tunelab.methods.base import Batch, BuildContext, Method, StepOutput
 from tunelab.methods.pairs import halves, pair_method, reward_metrics
 
 
@@ -23,7 +22,7 @@ def reward_model_from(causal_lm: Any, pad_token_id: int) -> nn.Module:
     """A num_labels=1 sequence-classification model sharing the causal LM's body weights (zero head)."""
     from tunelab.models.heads import head_labels, head_model_from
 
-    return head_model_from(causal_lm, "seq", head_labels("reward", []), pad_token_id, zero_head=True)
+    return head_model_from(causal_lm, "seq", head_labels("scalar", []), pad_token_id, zero_head=True)
 
 
 def loss(model: nn.Module, batch: Batch, margin: float = 0.0) -> StepOutput:
@@ -37,5 +36,5 @@ def loss(model: nn.Module, batch: Batch, margin: float = 0.0) -> StepOutput:
     return StepOutput(losses.sum(), reward_metrics(chosen, rejected))
 
 
-def build(cfg: MethodConfig, ref: nn.Module | None = None) -> Method:
+def build(ctx: BuildContext) -> Method:
     return pair_method("reward", loss)

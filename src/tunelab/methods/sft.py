@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from tunelab.methods.base import Batch, Method, StepOutput
+from tunelab.methods.base import Batch, BuildContext, Method, StepOutput
 
 IGNORE = -100
 CHUNK_ELEMENTS = 1 << 24  # logits elements projected at once (64 MB in fp32) before chunking kicks in
@@ -89,3 +89,7 @@ def loss(model: nn.Module, batch: Batch) -> StepOutput:
 
 
 SFT = Method(name="sft", collate=collate, count=count, loss=loss, supports_packing=True, perplexity=True)
+
+
+def build(ctx: BuildContext) -> Method:
+    return SFT

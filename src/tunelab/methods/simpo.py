@@ -11,8 +11,7 @@ from functools import partial
 import torch.nn.functional as F
 from torch import nn
 
-from tunelab.config import MethodConfig
-from tunelab.methods.base import Batch, Method, StepOutput
+from tunelab.methods.base import Batch, BuildContext, Method, StepOutput
 from tunelab.methods.logps import sequence_logps
 from tunelab.methods.pairs import halves, pair_method, reward_metrics
 
@@ -26,5 +25,6 @@ def loss(model: nn.Module, batch: Batch, beta: float = DEFAULT_BETA, gamma: floa
     return StepOutput(losses.sum(), reward_metrics(chosen, rejected))
 
 
-def build(cfg: MethodConfig, ref: nn.Module | None = None) -> Method:
-    return pair_method("simpo", partial(loss, beta=cfg.beta if cfg.beta is not None else DEFAULT_BETA, gamma=cfg.gamma))
+def build(ctx: BuildContext) -> Method:
+    s = ctx.cfg.method.simpo
+    return pair_method("simpo", partial(loss, beta=s.beta, gamma=s.gamma))

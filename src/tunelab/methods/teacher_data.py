@@ -26,7 +26,6 @@ from __future__ import annotations
 import gc
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from tunelab.config import DatasetConfig, ModelConfig, RunConfig, TeacherGenerat
 from tunelab.data.pipeline import load_records
 from tunelab.data.prompts import PromptSpec, prompt_of
 from tunelab.data.records import Message
+from tunelab.endpoint import Endpoint, api_key, chat, complete
 from tunelab.errors import DataError, TunelabError
 
 REPORT = "report.json"
@@ -105,26 +105,21 @@ def complete_local(model: Any, tokenizer: Any, prompts: Sequence[PromptSpec], ge
 def complete_endpoint(model: str, prompts: Sequence[PromptSpec], gen: TeacherGeneration) -> list[Reply]:
     """One request per prompt, `concurrency` at a time; a request that still fails after the client's
     retries becomes a Reply with its error (never an exception, never dropped)."""
-    import openai
-
-    key = (os.environ.get(gen.api_key_env) if gen.api_key_env else None) or "none"  # local servers need no key
-    client = openai.OpenAI(base_url=gen.base_url, api_key=key, timeout=gen.timeout, max_retries=gen.max_retries)
-    kwargs: dict[str, Any] = dict(model=model, max_tokens=gen.max_new_tokens, temperature=gen.temperature,
-                                  top_p=gen.top_p, seed=gen.seed)  # fmt: skip
+    key = api_key(gen.api_key_env, "method.distill.generation")  # local servers need no key
+    client = Endpoint(gen.base_url, key, gen.timeout, gen.max_retries).client()
+    kwargs: dict[str, Any] = dict(max_tokens=gen.max_new_tokens, temperature=gen.temperature, top_p=gen.top_p,
+                                  seed=gen.seed)  # fmt: skip
 
     def one(prompt: PromptSpec) -> Reply:
-        try:
-            if isinstance(prompt, str):
-                r = client.completions.create(prompt=prompt, **kwargs)
-                text = r.choices[0].text if r.choices else None
-            else:
-                r = client.chat.completions.create(messages=_chat(prompt), **kwargs)  # type: ignore[arg-type]
-                text = r.choices[0].message.content if r.choices else None
-        except openai.OpenAIError as e:
-            return Reply(None, f"{type(e).__name__}: {e}")
-        if text is None:
+        if isinstance(prompt, str):
+            r = complete(client, model, prompt, **kwargs)
+        else:
+            r = chat(client, model, _chat(prompt), **kwargs)
+        if r.error is not None:
+            return Reply(None, r.error)
+        if r.text is None:
             return Reply(None, "the endpoint returned no text")
-        return Reply(text, truncated=r.choices[0].finish_reason == "length")
+        return Reply(r.text, truncated=r.finish_reason == "length")
 
     with ThreadPoolExecutor(gen.concurrency) as pool:
         return list(tqdm(pool.map(one, prompts), total=len(prompts), desc="teacher", unit="prompt"))

@@ -21,9 +21,14 @@ from torch import nn
 
 from tunelab.config import ModelConfig
 from tunelab.errors import TunelabError
+from tunelab.models.load import load_model, load_pretrained
+from tunelab.models.presets import is_preset
 
-HEAD_TASK = {"classify": "seq", "reward": "seq", "ner": "token"}  # method -> head kind
-PEFT_TASK = {"seq": "SEQ_CLS", "token": "TOKEN_CLS"}
+# Head kinds (a method's registry entry names one): classes per sequence, classes per token, or one score
+# per sequence that starts at zero (a reward model). `task` is the transformers/peft task each one is.
+HEAD_KINDS = ("seq", "token", "scalar")
+TASK_OF = {"seq": "seq", "token": "token", "scalar": "seq"}
+PEFT_TASK = {"seq": "SEQ_CLS", "token": "TOKEN_CLS", "scalar": "SEQ_CLS"}
 HEAD_NAMES = ("score", "classifier")  # what transformers calls the head (decoders: score, encoders: classifier)
 HEAD_INFO = "head.json"
 
@@ -34,8 +39,8 @@ def auto_class(kind: str) -> Any:
     return AutoModelForSequenceClassification if kind == "seq" else AutoModelForTokenClassification
 
 
-def head_labels(method: str, labels: list[str]) -> dict[str, Any]:
-    names = ["reward"] if method == "reward" else labels
+def head_labels(head: str, labels: list[str]) -> dict[str, Any]:
+    names = ["reward"] if head == "scalar" else labels
     return {"num_labels": len(names), "id2label": dict(enumerate(names)),
             "label2id": {n: i for i, n in enumerate(names)}}  # fmt: skip
 
@@ -68,25 +73,25 @@ def _zero(model: nn.Module) -> None:
             nn.init.zeros_(p)
 
 
-def load_head_model(cfg: ModelConfig, method: str, labels: list[str], pad_token_id: int | None,
+def load_head_model(cfg: ModelConfig, head: str, labels: list[str] | None, pad_token_id: int | None,
                     dtype: torch.dtype | None = None, log: Any = print) -> Any:  # fmt: skip
-    """The model `method` trains: a preset or folder with a sequence- or token-classification head."""
-    from tunelab.models.load import load_model, load_pretrained
-    from tunelab.models.presets import is_preset
-
-    kind, spec = HEAD_TASK[method], head_labels(method, labels)
+    """A preset or folder with a `head` (seq, token or scalar) for `labels` (a scalar head has one output);
+    labels None keeps the labels a saved head model carries."""
+    kind = TASK_OF[head]
+    spec = head_labels(head, labels) if labels is not None else {}
     if is_preset(cfg.name_or_path):
-        return head_model_from(load_model(cfg, dtype), kind, spec, pad_token_id, zero_head=method == "reward")
+        return head_model_from(load_model(cfg, dtype), kind, spec, pad_token_id, zero_head=head == "scalar")
     try:
         model, info = load_pretrained(auto_class(kind), cfg, dtype, output_loading_info=True, pad_token_id=pad_token_id,
                                       **spec)  # fmt: skip
     except (ValueError, RuntimeError) as e:  # e.g. a head of another size in the checkpoint
-        raise TunelabError(f"model.name_or_path {cfg.name_or_path!r}: cannot load it with a {spec['num_labels']}-label "
+        raise TunelabError(f"model.name_or_path {cfg.name_or_path!r}: cannot load it with a {len(labels or [])}-label "
                            f"{kind} head: {str(e).splitlines()[0]}") from None  # fmt: skip
     new = sorted({k.split(".")[0] for k in info.get("missing_keys", []) if k.startswith(HEAD_NAMES)})
     if new:
-        log(f"new {kind}-classification head {', '.join(new)} ({spec['num_labels']} outputs) on {cfg.name_or_path}")
-        if method == "reward":
+        outputs = model.config.num_labels
+        log(f"new {kind}-classification head {', '.join(new)} ({outputs} outputs) on {cfg.name_or_path}")
+        if head == "scalar":
             _zero(model)
     return model
 
@@ -94,8 +99,9 @@ def load_head_model(cfg: ModelConfig, method: str, labels: list[str], pad_token_
 # --------------------------------------------------------------------------- runs
 
 
-def write_head_info(folder: Path, method: str, labels: list[str]) -> None:
-    info = {"method": method, "task": HEAD_TASK[method], "labels": ["reward"] if method == "reward" else labels}
+def write_head_info(folder: Path, method: str, head: str, labels: list[str]) -> None:
+    info = {"method": method, "head": head, "task": TASK_OF[head], "labels": head_labels(head, labels)["id2label"]}
+    info["labels"] = list(info["labels"].values())
     (folder / HEAD_INFO).write_text(json.dumps(info, indent=1, ensure_ascii=False) + "\n")
 
 
@@ -114,6 +120,11 @@ def read_head_info(folder: str | Path) -> dict[str, Any] | None:
     return None
 
 
+def head_kind(info: dict[str, Any]) -> str:
+    """The head kind of a head.json; files written before `head` was recorded name the method instead."""
+    return str(info.get("head") or ("scalar" if info.get("method") == "reward" else info["task"]))
+
+
 def refuse_head(path: str | Path, verb: str) -> None:
     """generate/chat/serve/export work on language models; a classifier or reward model has no LM head."""
     info = read_head_info(path)
@@ -121,9 +132,9 @@ def refuse_head(path: str | Path, verb: str) -> None:
         return
     what = {"seq": "a sequence-classification model", "token": "a token-classification model"}[info["task"]]
     labels = info.get("labels") or []
-    if info.get("method") == "reward":
+    if head_kind(info) == "scalar":
         what, labels = "a reward model (one scalar per sequence)", []
     named = f" (labels: {', '.join(labels[:6])}{', ...' if len(labels) > 6 else ''})" if labels else ""
     results = f"{Path(path) / 'eval'}/" if (Path(path) / "final").is_dir() else "its run's eval/ folder"
     raise TunelabError(f"{verb}: {path} is {what}{named}: it scores text and cannot generate it. Its eval results "
-                       f"are in {results}; in Python, tunelab.models.load.load_run(RUN) loads it.")  # fmt: skip
+                       f"are in {results}; in Python, tunelab.models.loader.load(RUN) loads it.")  # fmt: skip

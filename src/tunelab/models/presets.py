@@ -7,11 +7,15 @@ carries a ChatML chat template whose end-of-turn token is also the EOS, so a mod
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from tunelab.data.quickstart_task import make_splits
 
 SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|im_end|>", "<|im_start|>"]
 CHATML_TEMPLATE = (
@@ -81,11 +85,6 @@ def bpe_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
 
 
 def _bpe_corpus() -> list[str]:
-    import json
-    from pathlib import Path
-
-    from tunelab.quickstart_data import make_splits
-
     probe = Path(__file__).resolve().parents[1] / "assets" / "general_text.jsonl"
     texts = [json.loads(line)["text"] for line in probe.read_text().splitlines() if line.strip()]
     for rows in make_splits(seed=12345).values():  # a different seed from the quickstart's own splits

@@ -25,6 +25,7 @@ from torch import nn
 
 from tunelab.config import ModelConfig, TuningConfig
 from tunelab.errors import TunelabError
+from tunelab.models.heads import HEAD_NAMES, PEFT_TASK, TASK_OF
 from tunelab.models.load import load_model
 
 
@@ -72,8 +73,6 @@ def _freeze(model: Any, cfg: TuningConfig, task: str) -> nn.Module:
 
 def _lora_config(cfg: TuningConfig, dora: bool, task: str) -> Any:
     from peft import LoraConfig
-
-    from tunelab.models.heads import HEAD_NAMES
 
     lo = cfg.lora
     return LoraConfig(
@@ -123,7 +122,7 @@ def _prefix(model: nn.Module, cfg: TuningConfig, task: str) -> nn.Module:
 
 def check_head_tuning(model: nn.Module, mode: str, head: str | None) -> None:
     """Refuse a head/mode pair that cannot train right (called before any evaluation)."""
-    if mode == "prompt" and head == "seq" and isinstance(getattr(model, "score", None), nn.Module):
+    if mode == "prompt" and head and TASK_OF[head] == "seq" and isinstance(getattr(model, "score", None), nn.Module):
         # A decoder head (`score`) reads the last non-pad token, but prompt tuning hands the model
         # embeddings, not ids, so it reads the last position: padding, for every shorter row of a batch.
         raise TunelabError(f"tuning.mode prompt: {type(model).__name__} scores the last non-pad token, which "
@@ -147,7 +146,7 @@ def takes_past_key_values(model: nn.Module) -> bool:
 def _prompt(model: nn.Module, cfg: TuningConfig, task: str) -> nn.Module:
     from peft import PromptTuningConfig
 
-    check_head_tuning(model, "prompt", "seq" if task == "SEQ_CLS" else None)
+    check_head_tuning(model, "prompt", {"SEQ_CLS": "seq", "TOKEN_CLS": "token"}.get(task))
 
     return _peft(model, PromptTuningConfig(task_type=task, num_virtual_tokens=cfg.num_virtual_tokens))
 
@@ -178,8 +177,6 @@ PROMPT_LEARNING_MODES = ("prefix", "prompt")
 def apply_tuning(model: nn.Module, cfg: TuningConfig, head: str | None = None) -> nn.Module:
     """Mark what trains for `cfg.mode`; returns the (possibly peft-wrapped) model. `head`: seq | token for a
     task-head model (tunelab.models.heads), None for a causal LM."""
-    from tunelab.models.heads import PEFT_TASK
-
     return TUNING_MODES[cfg.mode](model, cfg, PEFT_TASK[head] if head else "CAUSAL_LM")
 
 

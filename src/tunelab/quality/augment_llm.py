@@ -13,13 +13,13 @@ Replies are stripped of quotes and list numbering. A failed request is a user er
 
 from __future__ import annotations
 
-import os
 import random
 import re
 from typing import Any
 
 from datasketch import MinHash, MinHashLSH
 
+from tunelab.endpoint import Endpoint, api_key, chat
 from tunelab.errors import TunelabError
 from tunelab.quality.augment import AugmentOptions, EndpointOptions, get_input, output_field, variant
 from tunelab.quality.dedup import NUM_PERM, jaccard, shingles
@@ -42,27 +42,18 @@ class Chat:
     """One endpoint, one client; `ask` sends a single-turn chat and returns the reply text."""
 
     def __init__(self, ep: EndpointOptions) -> None:
-        from openai import OpenAI
-
         self.ep = ep
-        key = ep.api_key or os.environ.get("OPENAI_API_KEY") or "none"
-        self.client = OpenAI(base_url=ep.base_url, api_key=key, timeout=ep.timeout, max_retries=1)
+        key = api_key("OPENAI_API_KEY", "augment", explicit=ep.api_key)
+        self.client = Endpoint(ep.base_url, key, ep.timeout, max_retries=1).client()
         self.requests = 0
 
     def ask(self, prompt: str) -> str:
-        import openai
-
         self.requests += 1
-        try:
-            resp = self.client.chat.completions.create(
-                model=self.ep.model,
-                messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}],
-                temperature=self.ep.temperature,
-                max_tokens=self.ep.max_tokens,
-            )
-        except openai.OpenAIError as e:
-            raise TunelabError(f"augment: request to {self.ep.base_url} failed: {type(e).__name__}: {e}") from None
-        return tidy(resp.choices[0].message.content or "")
+        messages = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
+        r = chat(self.client, self.ep.model, messages, temperature=self.ep.temperature, max_tokens=self.ep.max_tokens)
+        if r.error is not None:
+            raise TunelabError(f"augment: request to {self.ep.base_url} failed: {r.error}")
+        return tidy(r.text or "")
 
 
 def tidy(reply: str) -> str:

@@ -19,9 +19,9 @@ from typing import Any
 
 import uvicorn
 
-from tunelab.config import ModelConfig, load_config
 from tunelab.errors import TunelabError
-from tunelab.models.load import is_run_dir, load_model, load_tokenizer
+from tunelab.models.load import load_model, load_tokenizer
+from tunelab.models.loader import is_run_dir, resolve
 from tunelab.serve.app import create_app
 from tunelab.serve.config import ServeConfig
 from tunelab.serve.engine import HFEngine
@@ -34,7 +34,6 @@ log = logging.getLogger("tunelab.serve")
 def build_engine(target: str | Path, cfg: ServeConfig, adapters: dict[str, str] | None = None) -> HFEngine:
     """Load what `target` names and the adapters (NAME -> folder or run dir) into one engine."""
     import torch
-    from transformers import AutoTokenizer
 
     from tunelab.models.heads import refuse_head
     from tunelab.models.load import resolve_dtype
@@ -44,18 +43,9 @@ def build_engine(target: str | Path, cfg: ServeConfig, adapters: dict[str, str] 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     dtype = resolve_dtype(cfg.dtype)
-    first: tuple[str, Path] | None = None
-    if is_run_dir(target):
-        run, final = Path(target), Path(target) / "final"
-        run_cfg = load_config(run / "config.yaml")
-        tokenizer = AutoTokenizer.from_pretrained(str(final))
-        if (final / "adapter_config.json").is_file():
-            model, first = load_model(run_cfg.model, dtype=dtype), (run.resolve().name, final)
-        else:
-            model = load_model(run_cfg.model.model_copy(update={"name_or_path": str(final)}), dtype=dtype)
-    else:
-        mcfg = ModelConfig(name_or_path=str(target))
-        model, tokenizer = load_model(mcfg, dtype=dtype), load_tokenizer(mcfg)
+    t = resolve(target)  # an adapter run is served as its base plus the adapter, named after the run
+    model, tokenizer = load_model(t.base, dtype=dtype), load_tokenizer(t.tokenizer)
+    first = None if t.adapter is None else ((t.run or t.adapter).resolve().name, t.adapter)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     engine = HFEngine(model, tokenizer, cfg.base_name or "base", cfg.batch.max_batch_size, cfg.batch.wait_ms)

@@ -13,9 +13,9 @@ from tunelab.data.records import Conversation, Message
 from tunelab.data.tokenize import IGNORE, Encoder, chat_template_for
 from tunelab.errors import ConfigError, DataError, TunelabError
 from tunelab.eval.compare import compare_results
-from tunelab.eval.metrics import MetricResult
 from tunelab.eval.runner import EvalExample, EvalResult, evaluate, load_examples
 from tunelab.models.presets import build_preset
+from tunelab.scoring.metrics import MetricResult
 
 ANIMALS = {"cat": "meow", "dog": "woof", "cow": "moo", "duck": "quack", "owl": "hoot", "sheep": "baa"}
 EXAMPLES = [EvalExample([{"role": "user", "content": f"What does a {k} say?"}], v, f"mem#{i}")

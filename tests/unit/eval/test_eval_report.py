@@ -16,10 +16,10 @@ import pytest
 from PIL import Image
 
 from tunelab.eval.compare import compare_results
-from tunelab.eval.metrics import MetricResult
 from tunelab.eval.perplexity import ForgettingResult
 from tunelab.eval.report import ReportData, collect_run, render_markdown, report_run, shown, write_report
 from tunelab.eval.runner import EvalExample, EvalResult
+from tunelab.scoring.metrics import MetricResult
 
 REPO = Path(__file__).resolve().parents[3]
 

@@ -13,7 +13,7 @@ import torch
 
 from tunelab.config import DataConfig, DatasetConfig, ModelConfig, RunConfig, TuningConfig, dump_config
 from tunelab.data.pipeline import prepare
-from tunelab.methods import METHODS
+from tunelab.methods import default_method
 from tunelab.models.presets import build_preset
 
 REPO = Path(__file__).resolve().parents[3]
@@ -29,7 +29,7 @@ def trained_teacher_run(root: Path, steps: int = 40, seed: int = 1) -> Path:
         data=DataConfig(train=[DatasetConfig(path=str(TINY_SFT), format="alpaca")], max_length=128, check=None),
     )
     items = prepare(cfg, tok, use_cache=False).train
-    sft = METHODS["sft"]
+    sft = default_method("sft")
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)
     model.train()

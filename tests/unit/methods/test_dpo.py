@@ -10,7 +10,7 @@ import torch
 from tests.unit.methods.prefkit import mean_metrics, run_steps, toy_pairs
 
 from tunelab.config import MethodConfig, RunConfig, TuningConfig
-from tunelab.methods import METHODS, build_method
+from tunelab.methods import build_method, default_method
 from tunelab.methods.dpo import dpo_losses
 from tunelab.methods.orpo import orpo_losses
 from tunelab.methods.simpo import loss as simpo_loss
@@ -44,6 +44,26 @@ def test_ipo_by_hand() -> None:
     got = dpo_losses(t(W) - t(RW), t(L) - t(RL), beta, loss_type="ipo")
     h = (-12 + 11) - (-10 + 10.5)
     assert float(got[0]) == pytest.approx((h - 1 / (2 * beta)) ** 2)
+
+
+def test_robust_dpo_by_hand_and_unbiased_under_flips() -> None:
+    beta, eps = 0.1, 0.2
+    got = dpo_losses(t(W) - t(RW), t(L) - t(RL), beta, eps, loss_type="robust")
+    h = (W[0] - RW[0]) - (L[0] - RL[0])
+    want = (-(1 - eps) * math.log(sig(beta * h)) + eps * math.log(sig(-beta * h))) / (1 - 2 * eps)
+    assert float(got[0]) == pytest.approx(want, rel=1e-12)
+    # Expected over a label flipped with probability eps, the robust loss is the clean sigmoid loss.
+    flipped = dpo_losses(t(L) - t(RL), t(W) - t(RW), beta, eps, loss_type="robust")
+    clean = dpo_losses(t(W) - t(RW), t(L) - t(RL), beta, 0.0)
+    torch.testing.assert_close((1 - eps) * got + eps * flipped, clean)
+
+
+def test_apo_zero_by_hand() -> None:
+    beta = 0.5
+    got = dpo_losses(t(W) - t(RW), t(L) - t(RL), beta, loss_type="apo_zero")
+    for i in range(2):
+        want = (1 - sig(beta * (W[i] - RW[i]))) + sig(beta * (L[i] - RL[i]))
+        assert float(got[i]) == pytest.approx(want, rel=1e-12)
 
 
 def test_orpo_by_hand() -> None:
@@ -85,14 +105,14 @@ def lora_model():
 def test_dpo_reference_is_base_with_adapters_off(lora_model) -> None:
     model, tok = lora_model
     items = toy_pairs(tok, 4)
-    m = mean_metrics(model, METHODS["dpo"], items, tok.pad_token_id)
+    m = mean_metrics(model, default_method("dpo"), items, tok.pad_token_id)
     assert m["loss"] == pytest.approx(math.log(2), abs=1e-6)  # LoRA B = 0: policy == reference
     assert m["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
     with torch.no_grad():  # now the adapter changes the policy but not the reference
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 p.normal_(0, 0.2)
-    assert abs(mean_metrics(model, METHODS["dpo"], items, tok.pad_token_id)["rewards/margins"]) > 1e-4
+    assert abs(mean_metrics(model, default_method("dpo"), items, tok.pad_token_id)["rewards/margins"]) > 1e-4
 
 
 def test_full_tuning_frozen_copy_and_precompute_agree() -> None:
@@ -101,7 +121,7 @@ def test_full_tuning_frozen_copy_and_precompute_agree() -> None:
     full = RunConfig(tuning=TuningConfig(mode="full"), method=MethodConfig(name="dpo"))
     method = build_method(full, model)
     pre = build_method(
-        full.model_copy(update={"method": MethodConfig(name="dpo", reference="precompute")}),
+        full.model_copy(update={"method": MethodConfig(name="dpo", dpo={"reference": "precompute"})}),
         model,
         items,
         tok.pad_token_id,
@@ -120,18 +140,24 @@ def test_trainable_params_change(lora_model, name: str) -> None:
     model, tok = lora_model
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
-    run_steps(model, METHODS[name], toy_pairs(tok, 4), tok.pad_token_id, steps=2, lr=1e-2)
+    run_steps(model, default_method(name), toy_pairs(tok, 4), tok.pad_token_id, steps=2, lr=1e-2)
     after = dict(model.named_parameters())
     assert any(not torch.equal(before[n], after[n]) for n in before if "lora_B" in n)
     assert all(torch.equal(frozen[n], after[n]) for n in frozen)
 
 
-@pytest.mark.parametrize(("name", "beta"), [("dpo", 0.1), ("ipo", 0.5), ("simpo", 2.0), ("orpo", 0.5)])
+@pytest.mark.parametrize(
+    ("name", "beta"), [("dpo", 0.1), ("ipo", 0.5), ("robust", 0.1), ("apo_zero", 0.5), ("simpo", 2.0), ("orpo", 0.5)]
+)
 def test_overfit_16_pairs_reward_accuracy(name: str, beta: float) -> None:
     model, tok = build_preset("tiny", seed=5)
     model = apply_tuning(model, TuningConfig(mode="lora", lora={"r": 16, "alpha": 32}))
-    cfg = MethodConfig(name="simpo" if name == "simpo" else "orpo" if name == "orpo" else "dpo", beta=beta,
-                       loss_type="ipo" if name == "ipo" else "sigmoid")  # fmt: skip
+    if name in ("simpo", "orpo"):
+        cfg = MethodConfig.model_validate({"name": name, name: {"beta": beta}})
+    else:
+        loss_type = "sigmoid" if name == "dpo" else name
+        smoothing = 0.1 if name == "robust" else 0.0
+        cfg = MethodConfig(name="dpo", dpo={"beta": beta, "loss_type": loss_type, "label_smoothing": smoothing})
     method = build_method(RunConfig(method=cfg), model)
     items = toy_pairs(tok, 16)
     start = mean_metrics(model, method, items, tok.pad_token_id)

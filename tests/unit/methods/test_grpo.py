@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.unit.eval.test_eval_judge import server  # noqa: F401 (the scripted judge on 127.0.0.1, a fixture)
+from tests.unit.scoring.test_judge import server  # noqa: F401 (the scripted judge on 127.0.0.1, a fixture)
 
 from tunelab.config import JudgeConfig, RewardSource, eval_settings, load_config
 from tunelab.data.collate import collate
@@ -21,11 +21,11 @@ from tunelab.data.prompts import collate_prompts, prepare_prompts, question_text
 from tunelab.data.records import Message
 from tunelab.data.tokenize import Example
 from tunelab.errors import ConfigError, DataError, TunelabError
+from tunelab.methods.base import frozen_copy
 from tunelab.methods.grpo import advantages, grpo_losses, sample
-from tunelab.methods.logps import frozen_copy
 from tunelab.methods.reward import reward_model_from
-from tunelab.methods.rewards import REWARDS, ModelSource, Rewards, fill_missing, load_reward, reward_metric
 from tunelab.models.presets import build_preset
+from tunelab.scoring.rewards import REWARDS, ModelSource, Rewards, fill_missing, load_reward, reward_metric
 
 EXS = [Example([1, 5, 6, 7, 8], [-100, -100, 6, 7, 8]), Example([1, 9, 10], [-100, -100, 10])]
 

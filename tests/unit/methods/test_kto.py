@@ -13,7 +13,7 @@ from tunelab.config import MethodConfig, RunConfig, TuningConfig
 from tunelab.data.preference import encode_unpaired
 from tunelab.data.records import Message, UnpairedPreference
 from tunelab.data.tokenize import Encoder
-from tunelab.methods import METHODS, build_method
+from tunelab.methods import build_method, default_method
 from tunelab.methods.kto import kto_losses
 from tunelab.models.presets import build_preset
 from tunelab.models.tuning import apply_tuning
@@ -70,7 +70,7 @@ def test_starts_at_half_and_training_separates_rewards() -> None:
     model, tok = build_preset("tiny", seed=6)
     model = apply_tuning(model, TuningConfig(mode="lora", lora={"r": 16, "alpha": 32}))
     its = items(tok)
-    method = build_method(RunConfig(method=MethodConfig(name="kto", beta=0.5)), model)
+    method = build_method(RunConfig(method=MethodConfig(name="kto", kto={"beta": 0.5})), model)
     loss0, g0, b0 = mean_rewards(model, method, its, tok.pad_token_id)
     assert (loss0, g0, b0) == pytest.approx((0.5, 0.0, 0.0), abs=1e-6)  # policy == reference: 1 - sigma(0)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
@@ -85,7 +85,7 @@ def test_full_tuning_uses_frozen_copy() -> None:
     method = build_method(RunConfig(tuning=TuningConfig(mode="full"), method=MethodConfig(name="kto")), model)
     loss0 = mean_rewards(model, method, items(tok, 4), tok.pad_token_id)[0]
     assert loss0 == pytest.approx(0.5, abs=1e-6)
-    assert METHODS["kto"].count(items(tok, 1)[0]) == 1
+    assert default_method("kto").count(items(tok, 1)[0]) == 1
 
 
 def _kl_worker(rank: int, port: int, out: str) -> None:

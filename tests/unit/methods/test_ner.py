@@ -14,12 +14,12 @@ from tunelab.config import ModelConfig
 from tunelab.data.formats import FORMATS
 from tunelab.data.heads import encode_record, label_names
 from tunelab.data.tokenize import IGNORE
-from tunelab.methods import METHODS
+from tunelab.methods import default_method
 from tunelab.models.heads import load_head_model
 from tunelab.models.presets import byte_tokenizer
 from tunelab.quickstart import EXAMPLES
 
-NER = METHODS["ner"]
+NER = default_method("ner")
 
 
 def sentences(n: int) -> list:
@@ -34,7 +34,7 @@ def setup():
     tok = byte_tokenizer()
     items = [encode_record(tok, r, {n: i for i, n in enumerate(labels)}, 128)[0] for r in recs]
     torch.manual_seed(0)
-    model = load_head_model(ModelConfig(name_or_path="tiny", seed=1), "ner", labels, tok.pad_token_id)
+    model = load_head_model(ModelConfig(name_or_path="tiny", seed=1), "token", labels, tok.pad_token_id)
     return model, tok, items, labels
 
 

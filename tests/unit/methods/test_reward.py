@@ -9,11 +9,11 @@ import pytest
 import torch
 from tests.unit.methods.prefkit import mean_metrics, run_steps, toy_pairs
 
-from tunelab.methods import METHODS
+from tunelab.methods import default_method
 from tunelab.methods.reward import reward_model_from
 from tunelab.models.presets import build_preset
 
-RM = METHODS["reward"]
+RM = default_method("reward")
 
 
 @pytest.fixture

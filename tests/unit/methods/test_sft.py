@@ -12,12 +12,12 @@ import torch.nn.functional as F
 from tunelab.config import TuningConfig
 from tunelab.data.collate import pack
 from tunelab.data.tokenize import Example
-from tunelab.methods import METHODS
+from tunelab.methods import default_method
 from tunelab.methods import sft as sft_mod
 from tunelab.models.presets import build_preset
 from tunelab.models.tuning import apply_tuning
 
-SFT = METHODS["sft"]
+SFT = default_method("sft")
 
 
 def examples(n: int = 5, seed: int = 0) -> list[Example]:

@@ -9,6 +9,7 @@ import pytest
 
 from tunelab.config import load_config, stage_config
 from tunelab.errors import ConfigError
+from tunelab.methods import check_run
 
 CFG = """
 model: {name_or_path: tiny}
@@ -18,7 +19,7 @@ stages:
   - name: sft
     data: {train: [{path: sft.jsonl}]}
   - name: dpo
-    method: {name: dpo, beta: 0.2}
+    method: {name: dpo, dpo: {beta: 0.2}}
     data: {train: [{path: pairs.jsonl, format: preference}]}
     train: {lr: 5.0e-4}
 """
@@ -32,12 +33,12 @@ def test_stage_configs_merge_and_resolve(tmp_path: Path) -> None:
     first, second = stage_config(cfg, 0), stage_config(cfg, 1, "/models/sft-merged")
     assert first.method.name == "sft" and first.output.name == "two/1-sft" and first.stages == []
     assert first.data.train[0].path == str(tmp_path / "sft.jsonl")
-    assert (second.method.name, second.method.beta, second.train.lr, second.train.batch_size) == ("dpo", 0.2, 5e-4, 4)
+    assert (second.method.name, second.method.dpo.beta, second.train.lr, second.train.batch_size) == ("dpo", 0.2, 5e-4, 4)
     assert second.model.name_or_path == "/models/sft-merged" and second.output.name == "two/2-dpo"
 
 
 def test_bad_stage_fails_at_load_naming_it(tmp_path: Path) -> None:
-    (tmp_path / "c.yaml").write_text(CFG.replace("beta: 0.2", "beta: 0.2, bta: 1"))
+    (tmp_path / "c.yaml").write_text(CFG.replace("beta: 0.2}", "beta: 0.2}, bta: 1"))
     with pytest.raises(ConfigError, match=r"(?s)stages\[1\] \(dpo\).*bta"):
         load_config(tmp_path / "c.yaml")
 
@@ -53,7 +54,7 @@ def test_stage_reward_paths_resolve_and_an_eval_ppl_gate_needs_sft(tmp_path: Pat
     gate = "\n    gate: {metric: eval_ppl, max: 9}"
     (tmp_path / "g.yaml").write_text(CFG.replace("train: {lr: 5.0e-4}", "train: {lr: 5.0e-4}" + gate))
     with pytest.raises(ConfigError, match=r"stages\[1\] \(dpo\).gate.metric: eval_ppl is logged only for sft"):
-        load_config(tmp_path / "g.yaml")  # at load time, not after the stage has trained
+        check_run(load_config(tmp_path / "g.yaml"))  # at load time, not after the stage has trained
     (tmp_path / "ok.yaml").write_text(CFG.replace("[{path: sft.jsonl}]}", "[{path: sft.jsonl}]}" + gate))
     assert load_config(tmp_path / "ok.yaml").stages[0].gate.metric == "eval_ppl"
 

@@ -16,7 +16,7 @@ from tunelab.data.records import Message
 from tunelab.errors import DataError, TunelabError
 from tunelab.eval.generate import DecodingConfig, generate
 from tunelab.methods.teacher_data import Teacher, check_failures, distill_dataset, read_prompts, write_teacher_data
-from tunelab.models.load import load_run
+from tunelab.models.loader import load_run
 from tunelab.serve.config import ServeConfig
 from tunelab.serve.runtime import ServerThread, build_app, build_engine
 

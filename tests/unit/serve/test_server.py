@@ -11,7 +11,7 @@ import openai
 import pytest
 import torch
 
-from tunelab.models.load import load_run
+from tunelab.models.loader import load_run
 from tunelab.serve.config import ServeConfig
 from tunelab.serve.runtime import ServerThread, build_app, build_engine
 from tunelab.serve.security import new_api_key

@@ -15,7 +15,7 @@ from tests.unit.train.conftest import assert_same_weights, final_weights
 
 from tunelab.api import train
 from tunelab.config import dump_config
-from tunelab.models.load import load_run
+from tunelab.models.loader import load_run
 from tunelab.train.checkpoint import checkpoints, latest
 from tunelab.train.rundir import read_metrics
 

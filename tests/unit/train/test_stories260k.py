@@ -19,8 +19,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from tunelab.api import generate, train
 from tunelab.config import load_config
 from tunelab.data.tokenize import Example
-from tunelab.methods import METHODS
-from tunelab.models.load import load_run
+from tunelab.methods import default_method
+from tunelab.models.loader import load_run
 
 NAMES = ["Zib", "Tork", "Pleep", "Vexa", "Quon", "Mizzo", "Brask", "Elto"]
 PARTS = ["antenna", "gear", "wheel", "bolt", "panel", "lamp"]
@@ -44,7 +44,7 @@ def write(path: Path, rng: random.Random, n: int) -> Path:
 
 
 def perplexity(model: torch.nn.Module, tok, texts: list[str]) -> float:  # noqa: ANN001
-    sft = METHODS["sft"]
+    sft = default_method("sft")
     exs = [Example(ids, list(ids)) for ids in (tok(t).input_ids for t in texts)]
     with torch.no_grad():
         total = sum(sft.loss(model, sft.collate([e], pad_id=0)).loss_sum.item() for e in exs)

@@ -21,7 +21,7 @@ import pytest
 
 from tunelab.config import JudgeConfig
 from tunelab.errors import ConfigError
-from tunelab.eval.judge import Judge, VerdictCache, parse_score, parse_winner
+from tunelab.scoring.judge import Judge, VerdictCache, parse_score, parse_winner
 
 
 def _judge_reply(prompt: str) -> str:

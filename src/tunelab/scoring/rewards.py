@@ -13,7 +13,7 @@ Failures are counted (`judge/failed`, `judge/unparseable`, logged as a share of 
   and its tokenizer, what `method: reward` trains. Prompt + completion are rendered and tokenized the way
   reward training saw them (the one `Encoder` path, the folder's own chat template) and the raw score
   (last non-pad token) is the reward.
-- judge: tunelab.eval.judge with its SQLite cache; the single-answer score s in [min, max] becomes
+- judge: tunelab.scoring.judge with its SQLite cache; the single-answer score s in [min, max] becomes
   (s - min) / (max - min) in [0, 1].
 """
 
@@ -27,14 +27,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from tunelab.config import RewardSource
 from tunelab.data.collate import collate
 from tunelab.data.prompts import PromptSpec, prompt_spec, question_text
 from tunelab.data.records import Conversation, Message, PromptCompletion
+from tunelab.data.tokenize import Encoder, Example, chat_template_for
 from tunelab.errors import TunelabError
-from tunelab.eval.metrics import MetricResult
+from tunelab.models.loader import load, run_of
+from tunelab.scoring.judge import Judge, api_key
+from tunelab.scoring.metrics import MetricResult
 
 RewardFn = Callable[[str, str], float]
 
@@ -95,18 +97,13 @@ class FunctionSource:
 
 class ModelSource:
     def __init__(self, path: str, batch_size: int = 16) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from tunelab.data.tokenize import Encoder, chat_template_for
-
         folder = _model_folder(path)
-        self.model: nn.Module = AutoModelForSequenceClassification.from_pretrained(str(folder), use_safetensors=True)
+        self.model, self.tok = load(folder, merge=True)  # a reward run's LoRA adapter is folded in
         if self.model.config.num_labels != 1:
             raise TunelabError(
                 f"{folder}: a reward model has num_labels=1, this one has {self.model.config.num_labels}"
             )
-        self.model.eval().requires_grad_(False)
-        self.tok = AutoTokenizer.from_pretrained(str(folder))
+        self.model.requires_grad_(False)
         self.pad_id = self.model.config.pad_token_id if self.model.config.pad_token_id is not None else 0
         self.encoder = Encoder(self.tok, chat_template_for(self.tok))
         self.batch_size = batch_size
@@ -117,8 +114,6 @@ class ModelSource:
         return self.encoder.encode(Conversation((*prompt, Message("assistant", completion)))).input_ids
 
     def __call__(self, prompts: Sequence[PromptSpec], completions: Sequence[str], device: torch.device) -> Scores:
-        from tunelab.data.tokenize import Example
-
         self.model.to(device)  # a no-op after the first call; the policy reaches its device only in prepare()
         exs = [Example(ids, ids) for ids in map(self.encode, prompts, completions)]
         out: list[float] = []
@@ -132,21 +127,16 @@ class ModelSource:
 
 
 def _model_folder(path: str) -> Path:
+    """A run directory of `method: reward` (full or LoRA), or a model folder with config.json."""
     p = Path(path).expanduser()
-    if (p / "final").is_dir() and (p / "config.yaml").is_file():
-        p = p / "final"  # a run directory of `method: reward`
-    if not (p / "config.json").is_file():
+    if run_of(p) is None and not (p / "config.json").is_file():
         raise TunelabError(f"reward model {path!r}: expected a folder with config.json and safetensors weights "
                            "(a sequence-classification model with num_labels=1, or a run directory)")  # fmt: skip
-    if (p / "adapter_config.json").is_file():
-        raise TunelabError(f"reward model {path!r}: an adapter folder; merge it into its base first")
     return p
 
 
 class JudgeSource:
     def __init__(self, cfg: Any) -> None:
-        from tunelab.eval.judge import Judge
-
         self.judge, self.lo, self.hi = Judge(cfg), cfg.min_score, cfg.max_score
         if self.hi <= self.lo:
             raise TunelabError(f"reward judge: max_score {self.hi} must be above min_score {self.lo}")
@@ -163,8 +153,6 @@ Source = FunctionSource | ModelSource | JudgeSource
 def check_sources(specs: Sequence[RewardSource]) -> None:
     """The cheap checks of every source (names, files, folders, the judge's key), so a bad spec stops the
     run before the model loads or a run directory is written; loading happens in `Rewards`."""
-    from tunelab.eval.judge import _api_key
-
     for spec in specs:
         if spec.function is not None and spec.function not in REWARDS:
             p = Path(spec.function)
@@ -173,7 +161,7 @@ def check_sources(specs: Sequence[RewardSource]) -> None:
         elif spec.model is not None:
             _model_folder(spec.model)
         elif spec.judge is not None:
-            _api_key(spec.judge)
+            api_key(spec.judge.api_key_env, "eval.judge", required=True)
 
 
 def build_source(spec: RewardSource) -> tuple[str, Source]:

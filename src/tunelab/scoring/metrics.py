@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunelab.errors import DataError
-from tunelab.eval.extract import UNPARSEABLE, extract_label, find_json
+from tunelab.scoring.extract import UNPARSEABLE, extract_label, find_json
 
 Reference = str | Sequence[str]
 _PUNCT = frozenset(string.punctuation)
@@ -279,8 +279,8 @@ def _gold_label(ref: str, classes: Sequence[str], case_sensitive: bool, index: i
 
 # --------------------------------------------------------------------------- registry
 # Metrics over (predictions, references). `loss`/`perplexity` need the model, `judge` an endpoint and `reward`
-# the reward sources, so they live in perplexity.py, judge.py and methods/rewards.py and are dispatched by the
-# evaluation runner, not listed here.
+# the reward sources, so they live in eval/perplexity.py, scoring/judge.py and scoring/rewards.py and are
+# dispatched by the evaluation runner, not listed here.
 
 METRICS: dict[str, Callable[..., MetricResult]] = {
     "exact_match": exact_match,

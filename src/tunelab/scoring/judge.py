@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import sqlite3
 import threading
@@ -28,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.config import JudgeConfig
+from tunelab.endpoint import Endpoint, api_key, chat
 from tunelab.errors import ConfigError
-from tunelab.eval.extract import find_json
-from tunelab.eval.metrics import MetricResult
+from tunelab.scoring.extract import find_json
+from tunelab.scoring.metrics import MetricResult
 
 OK, FAILED, UNPARSEABLE = "ok", "failed", "unparseable"
 
@@ -121,13 +121,10 @@ def parse_winner(text: str) -> str | None:
 
 class Judge:
     def __init__(self, cfg: JudgeConfig, cache: VerdictCache | None = None) -> None:
-        from openai import OpenAI
-
         self.cfg = cfg
         self.cache = cache or VerdictCache(cfg.cache_path or Path.home() / ".cache" / "tunelab" / "judge.sqlite")
-        self.client = OpenAI(
-            base_url=cfg.base_url, api_key=_api_key(cfg), timeout=cfg.timeout, max_retries=cfg.max_retries
-        )
+        key = api_key(cfg.api_key_env, "eval.judge", required=True)
+        self.client = Endpoint(cfg.base_url, key, cfg.timeout, cfg.max_retries).client()
 
     def _ask(self, prompt: str) -> tuple[str | None, str | None, bool]:
         """(reply, error, cached). Only replies are cached; errors are retried on the next run."""
@@ -139,16 +136,11 @@ class Judge:
         key = request_key(request)
         if (hit := self.cache.get(key)) is not None:
             return hit, None, True
-        from openai import OpenAIError
-
-        try:
-            resp = self.client.chat.completions.create(
-                model=self.cfg.model, messages=request["messages"], temperature=self.cfg.temperature,
-                max_tokens=self.cfg.max_tokens,
-            )  # fmt: skip
-        except OpenAIError as e:
-            return None, f"{type(e).__name__}: {e}", False
-        reply = (resp.choices[0].message.content if resp.choices else None) or ""
+        answer = chat(self.client, self.cfg.model, request["messages"], temperature=self.cfg.temperature,
+                      max_tokens=self.cfg.max_tokens)  # fmt: skip
+        if answer.error is not None:
+            return None, answer.error, False
+        reply = answer.text or ""
         self.cache.put(key, request, reply)
         return reply, None, False
 
@@ -220,16 +212,6 @@ def pairwise_result(verdicts: Sequence[PairVerdict]) -> MetricResult:
     return MetricResult(
         "judge_pairwise", {"win_rate_b": sum(ok) / len(ok) if ok else float("nan")}, {"win_rate_b": per}, details
     )
-
-
-def _api_key(cfg: JudgeConfig) -> str:
-    if cfg.api_key_env is None:
-        return "not-needed"  # the client insists on a non-empty key; keyless local servers ignore it
-    key = os.environ.get(cfg.api_key_env)
-    if not key:
-        raise ConfigError(f"eval.judge.api_key_env: environment variable {cfg.api_key_env} is not set "
-                          "(set it, or set api_key_env: null for a keyless local endpoint)")  # fmt: skip
-    return key
 
 
 def _fill(template: str, name: str, **fields: Any) -> str:

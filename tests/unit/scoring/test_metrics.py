@@ -9,8 +9,8 @@ import sacrebleu
 from sklearn.metrics import f1_score
 
 from tunelab.errors import DataError
-from tunelab.eval.extract import UNPARSEABLE, extract_label, find_json
-from tunelab.eval.metrics import METRICS, bleu, chrf, classification, exact_match, f1, json_fields, normalize, rouge
+from tunelab.scoring.extract import UNPARSEABLE, extract_label, find_json
+from tunelab.scoring.metrics import METRICS, bleu, chrf, classification, exact_match, f1, json_fields, normalize, rouge
 
 
 def test_normalize_is_squad_style() -> None:
