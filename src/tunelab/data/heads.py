@@ -19,7 +19,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from tunelab.config import DataConfig, DatasetConfig, RunConfig
+from tunelab.data.collate import collate
 from tunelab.data.pipeline import DatasetStats, Prepared, file_manifest, load_records, split_and_mix
 from tunelab.data.records import Labelled, TokenTags
 from tunelab.data.sources import Row
@@ -229,3 +232,22 @@ def encode_datasets(cfg: RunConfig, tokenizer: Any, datasets: Sequence[DatasetCo
         stats.append(HeadStats(ds.path, name, records=len(recs)))
         pairs += [(len(stats) - 1, r) for r in recs]
     return _encode_all(tokenizer, pairs, stats, cfg.data, "eval", label2id, max_length_for(tokenizer, cfg.data))
+
+
+# --------------------------------------------------------------------------- batches
+
+
+def collate_labelled(items: Sequence[ClassItem], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded ids and mask, one label per row."""
+    width = max(len(it.input_ids) for it in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for row, it in enumerate(items):
+        ids[row, : len(it.input_ids)] = torch.tensor(it.input_ids)
+        mask[row, : len(it.input_ids)] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([it.label for it in items])}
+
+
+def collate_tagged(items: Sequence[TagItem], pad_id: int) -> dict[str, torch.Tensor]:
+    """Like an Example batch: input_ids + labels (a tag id on each word's first token, IGNORE elsewhere)."""
+    return collate(list(items), pad_id)  # type: ignore[arg-type]

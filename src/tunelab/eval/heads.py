@@ -29,6 +29,7 @@ import torch
 from tunelab.config import RunConfig
 from tunelab.data.heads import ClassItem, TagItem, encode_datasets
 from tunelab.eval.runner import EVAL_DIR, EvalExample, EvalResult
+from tunelab.models.heads import predict_classes, predict_tags
 from tunelab.scoring.metrics import MetricResult
 
 
@@ -72,10 +73,8 @@ def _classify(model: Any, items: Sequence[ClassItem], labels: list[str], majorit
               bs: int, name: str) -> EvalResult:  # fmt: skip
     from sklearn.metrics import precision_recall_fscore_support
 
-    from tunelab.methods.classify import predict
-
     gold = [labels[it.label] for it in items]
-    pred = [labels[i] for i in predict(model, items, pad, bs)]
+    pred = [labels[i] for i in predict_classes(model, items, pad, bs)]
     classes = sorted(set(gold))
     correct = [float(p == g) for p, g in zip(pred, gold)]
     p, r, f, _ = precision_recall_fscore_support(gold, pred, labels=classes, average="macro", zero_division=0)
@@ -93,10 +92,8 @@ def _classify(model: Any, items: Sequence[ClassItem], labels: list[str], majorit
 def _ner(model: Any, items: Sequence[TagItem], labels: list[str], pad: int, bs: int, name: str) -> EvalResult:
     from seqeval.metrics import classification_report, f1_score, precision_score, recall_score
 
-    from tunelab.methods.ner import predict
-
     gold = [list(it.tags) for it in items]
-    pred = [[labels[i] if i >= 0 else "O" for i in ids] for ids in predict(model, items, pad, bs)]
+    pred = [[labels[i] if i >= 0 else "O" for i in ids] for ids in predict_tags(model, items, pad, bs)]
     words = sum(len(g) for g in gold)
     right = [sum(a == b for a, b in zip(g, p)) for g, p in zip(gold, pred)]
     scores = {"precision": float(precision_score(gold, pred, zero_division=0)),

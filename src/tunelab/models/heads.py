@@ -13,6 +13,7 @@ reward: one scalar) and token classification (ner), built from a preset, a folde
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from tunelab.config import ModelConfig
+from tunelab.data.heads import ClassItem, TagItem, collate_labelled, collate_tagged
 from tunelab.errors import TunelabError
 from tunelab.models.load import load_model, load_pretrained
 from tunelab.models.presets import is_preset
@@ -138,3 +140,39 @@ def refuse_head(path: str | Path, verb: str) -> None:
     results = f"{Path(path) / 'eval'}/" if (Path(path) / "final").is_dir() else "its run's eval/ folder"
     raise TunelabError(f"{verb}: {path} is {what}{named}: it scores text and cannot generate it. Its eval results "
                        f"are in {results}; in Python, tunelab.models.loader.load(RUN) loads it.")  # fmt: skip
+
+
+# --------------------------------------------------------------------------- inference
+
+
+def token_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """(batch, len, tags) logits of the input tokens. Prompt tuning prepends its virtual tokens to the
+    input, so the model returns that many extra positions first: they are dropped to line up with labels."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    if logits.dim() != 3:
+        raise TunelabError(f"method ner needs a token-classification model, got logits {tuple(logits.shape)}")
+    return logits[:, logits.shape[1] - input_ids.shape[1] :]
+
+
+def predict_classes(model: nn.Module, items: Sequence[ClassItem], pad_id: int, batch_size: int = 64) -> list[int]:
+    device = next(model.parameters()).device
+    out: list[int] = []
+    with torch.no_grad():
+        for s in range(0, len(items), batch_size):
+            b = collate_labelled(items[s : s + batch_size], pad_id)
+            logits = model(input_ids=b["input_ids"].to(device), attention_mask=b["attention_mask"].to(device)).logits
+            out += logits.argmax(-1).tolist()
+    return out
+
+
+def predict_tags(model: nn.Module, items: Sequence[TagItem], pad_id: int, batch_size: int = 64) -> list[list[int]]:
+    """Per item, a tag id for every word: the argmax at its first token, or -1 for a word cut by truncation."""
+    device = next(model.parameters()).device
+    out: list[list[int]] = []
+    with torch.no_grad():
+        for s in range(0, len(items), batch_size):
+            chunk = items[s : s + batch_size]
+            b = collate_tagged(chunk, pad_id)
+            best = token_logits(model, b["input_ids"].to(device), b["attention_mask"].to(device)).argmax(-1).tolist()
+            out += [[best[row][i] if i >= 0 else -1 for i in it.first] for row, it in enumerate(chunk)]
+    return out
