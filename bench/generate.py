@@ -1,10 +1,10 @@
-"""Batched generation speed on the ~30M preset: tunelab.eval.generate at batch 1, 8 and 32 against plain
+"""Batched generation speed on the ~30M preset: tunelab.models.generate at batch 1, 8 and 32 against plain
 `model.generate` called once per prompt. Writes bench/results/generate.{json,md}.
 
     python bench/generate.py [--size tiny-30m] [--prompts 32] [--max-new-tokens 64] [--threads 1]
 
 Prompts are the first N alpaca demo instructions in the ChatML template (the same token ids for both
-paths: tunelab.eval.generate.encode_prompt); decoding is greedy with the KV cache. Tokens counted = new
+paths: tunelab.models.generate.encode_prompt); decoding is greedy with the KV cache. Tokens counted = new
 tokens up to and including EOS (or max_new_tokens), from the returned ids, the same way for both. A
 batch keeps generating until its longest row ends, so work spent on rows already finished counts as
 time but not as tokens: that is the real cost of batching. The model is the untrained preset (speed
@@ -37,7 +37,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(a.threads)
-    from tunelab.eval.generate import DecodingConfig, encode_prompt, generate_ids
+    from tunelab.models.generate import DecodingConfig, encode_prompt, generate_ids
     from tunelab.models.presets import build_preset
 
     machine = common.machine()
@@ -70,7 +70,7 @@ def main() -> None:
         got = generate_ids(model, tok, prompts, dec, progress=False)
         secs = time.perf_counter() - start
         same = sum(g == q for g, q in zip(got, plain)) / len(plain)
-        results.append({"path": "tunelab.eval.generate", "batch": bs, "seconds": secs, "tokens": ntok(got),
+        results.append({"path": "tunelab.models.generate", "batch": bs, "seconds": secs, "tokens": ntok(got),
                         "tokens_per_s": ntok(got) / secs, "same_as_plain": same})  # fmt: skip
         print(results[-1], flush=True)
     machine["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]

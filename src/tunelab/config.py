@@ -16,7 +16,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tunelab.errors import ConfigError
-from tunelab.quality.options import CheckOptions
 
 FORMAT_NAMES = (
     "auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text", "preference", "kto", "prompt", "labelled",
@@ -50,6 +49,33 @@ class MetricSpec(Section):
     options: dict[str, Any] = Field(
         default_factory=dict, description="Keyword options of the metric, e.g. {normalize: squad} for exact_match."
     )
+
+
+PII_KINDS = ("email", "phone", "card", "iban", "ip", "secret")  # what tunelab.quality.pii finds
+
+
+class CheckOptions(Section):
+    """Settings for `tunelab data check` and the pre-flight check before training (data.check)."""
+
+    near_duplicates: bool = Field(True, description="Look for near-duplicates and near leakage (MinHash/LSH).")
+    near_threshold: float = Field(
+        0.85,
+        gt=0,
+        le=1,
+        description="Jaccard similarity of character 5-grams at which two records are near-duplicates.",
+    )
+    pii: bool = Field(True, description="Scan text fields for PII and secrets.")
+    pii_kinds: list[str] = Field(default_factory=lambda: list(PII_KINDS), description="PII kinds to scan for.")
+    tokenizer: str | None = Field(
+        None,
+        description="Tokenizer (preset name, local folder or hub id) for token lengths; none: characters.",
+    )
+    max_length: int | None = Field(None, ge=1, description="Report records longer than this (tokens or characters).")
+    label_column: str | None = Field(
+        None,
+        description="Classification label column; default: label, category, intent or class when present.",
+    )
+    strict: bool = Field(False, description="Treat warnings as errors (exit status and pre-flight).")
 
 
 class ModelConfig(Section):

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from tunelab.data.records import Conversation, Message, PromptCompletion
 from tunelab.data.tokenize import IGNORE, Encoder, chat_template_for
 from tunelab.errors import DataError
-from tunelab.eval.generate import Prompt
+from tunelab.models.generate import Prompt
 from tunelab.scoring.metrics import MetricResult
 
 

@@ -25,7 +25,7 @@ from tunelab.data.prompts import question_text as spec_text
 from tunelab.data.records import Conversation, Preference, PromptCompletion, Record, Text
 from tunelab.data.records import Prompt as PromptRecord
 from tunelab.errors import ConfigError, DataError
-from tunelab.eval.generate import DecodingConfig, Prompt, generate
+from tunelab.models.generate import DecodingConfig, Prompt, generate
 from tunelab.eval.perplexity import LossResult, answer_loss, load_probe_texts, text_loss
 from tunelab.scoring.metrics import METRICS, MetricResult
 

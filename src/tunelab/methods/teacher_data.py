@@ -2,7 +2,7 @@
 prompts, the student learns the answers with plain SFT. Works across tokenizers and with remote teachers.
 
 The teacher is a local model (a preset, folder, hub id or tunelab run directory; batched generation from
-tunelab.eval.generate, with its own chat template) or any OpenAI-compatible endpoint (the official
+tunelab.models.generate, with its own chat template) or any OpenAI-compatible endpoint (the official
 `openai` client: timeout, retries with backoff, `concurrency` requests in flight). Conversations go to
 /chat/completions; plain prompt/completion prompts (not chats) to /completions.
 
@@ -91,8 +91,8 @@ def _chat(prompt: tuple[Message, ...]) -> list[dict[str, str]]:
 
 
 def complete_local(model: Any, tokenizer: Any, prompts: Sequence[PromptSpec], gen: TeacherGeneration) -> list[Reply]:
-    """Batched generation with the teacher's own chat template (tunelab.eval.generate)."""
-    from tunelab.eval.generate import DecodingConfig, generate_ids
+    """Batched generation with the teacher's own chat template (tunelab.models.generate)."""
+    from tunelab.models.generate import DecodingConfig, generate_ids
 
     decoding = DecodingConfig(max_new_tokens=gen.max_new_tokens, temperature=gen.temperature, top_p=gen.top_p,
                               seed=gen.seed, batch_size=gen.batch_size)  # fmt: skip

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from tunelab.config import CheckOptions
 from tunelab.errors import DataError
 from tunelab.quality.check import DataInput, check
-from tunelab.quality.options import CheckOptions
 from tunelab.quality.report import CheckReport, describe
 
 log = logging.getLogger(__name__)

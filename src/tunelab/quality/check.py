@@ -15,12 +15,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import DatasetConfig, ModelConfig
+from tunelab.config import CheckOptions, DatasetConfig, ModelConfig
 from tunelab.quality.dedup import exact_groups, near_pairs
 from tunelab.quality.inspect import empty_fields, inspect_dataset, public
 from tunelab.quality.io import sha256_file
 from tunelab.quality.items import Dataset, Item, load_dataset, text_hash
-from tunelab.quality.options import CheckOptions
 from tunelab.quality.pii import find_pii
 from tunelab.quality.report import CheckReport, Problem
 

@@ -140,9 +140,9 @@ def check(
       tunelab data check train.csv --test test.csv --json > report.json
       tunelab data check train.jsonl --near-threshold 0.9 --strict --card data_card.md
     """
+    from tunelab.config import CheckOptions
     from tunelab.quality.card import write_data_card
     from tunelab.quality.check import check as run_check
-    from tunelab.quality.options import CheckOptions
 
     opts = CheckOptions(
         near_duplicates=near,

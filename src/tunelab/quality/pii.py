@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from tunelab.config import PII_KINDS
 from tunelab.errors import TunelabError
 
 
@@ -30,7 +31,6 @@ class PiiFinding:
     text: str
 
 
-PII_KINDS = ("email", "phone", "card", "iban", "ip", "secret")
 _PRIORITY = {"secret": 0, "email": 1, "iban": 2, "card": 3, "ip": 4, "phone": 5}
 
 # --------------------------------------------------------------------------- validators

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tunelab.errors import DataError
-from tunelab.eval.generate import encode_prompt
+from tunelab.models.generate import encode_prompt
 from tunelab.eval.perplexity import answer_loss, forgetting_check, load_probe_texts, text_loss
 from tunelab.models.presets import build_preset
 

@@ -14,7 +14,7 @@ from tests.unit.methods.distillkit import TINY_SFT, trained_teacher_run
 from tunelab.config import DatasetConfig, RunConfig, TeacherGeneration
 from tunelab.data.records import Message
 from tunelab.errors import DataError, TunelabError
-from tunelab.eval.generate import DecodingConfig, generate
+from tunelab.models.generate import DecodingConfig, generate
 from tunelab.methods.teacher_data import Teacher, check_failures, distill_dataset, read_prompts, write_teacher_data
 from tunelab.models.loader import load_run
 from tunelab.serve.config import ServeConfig
@@ -81,7 +81,7 @@ def serve(run: Path, **limits: int) -> ServerThread:
 
 def test_endpoint_and_local_teacher_write_the_same_replies(teacher_run: Path, tmp_path: Path) -> None:
     """Greedy replies of the served teacher (chat and plain completions) equal the local teacher's, which equal
-    tunelab.eval.generate on the model as load_run gives it; rows are marked with teacher and settings."""
+    tunelab.models.generate on the model as load_run gives it; rows are marked with teacher and settings."""
     chat = DatasetConfig(path=str(TINY_SFT), format="alpaca", max_samples=6)
     plain = write(
         tmp_path / "plain.jsonl",

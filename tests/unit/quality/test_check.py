@@ -9,12 +9,11 @@ from pathlib import Path
 from tests.conftest import shared_path
 from tests.unit.quality.planted import Planted
 
-from tunelab.config import DatasetConfig
+from tunelab.config import CheckOptions, DatasetConfig
 from tunelab.models.presets import byte_tokenizer
 from tunelab.quality.check import check
 from tunelab.quality.inspect import inspect_dataset, plot_lengths
 from tunelab.quality.items import load_dataset
-from tunelab.quality.options import CheckOptions
 
 
 def _lines(problems) -> list:

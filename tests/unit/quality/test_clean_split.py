@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from tests.unit.quality.planted import Planted
 
+from tunelab.config import CheckOptions
 from tunelab.errors import TunelabError
 from tunelab.quality.check import check
 from tunelab.quality.clean import CleanOptions, clean
 from tunelab.quality.items import load_dataset, normalize
-from tunelab.quality.options import CheckOptions
 from tunelab.quality.split import SplitOptions, split
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tunelab.eval.generate import DecodingConfig, encode_prompt, generate, generate_ids, render_prompt
+from tunelab.models.generate import DecodingConfig, encode_prompt, generate, generate_ids, render_prompt
 from tunelab.models.presets import build_preset
 
 PROMPTS = [
