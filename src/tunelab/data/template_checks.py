@@ -52,7 +52,7 @@ def check_rendered(msgs: Sequence[Message], text: str) -> None:
     for i, m in enumerate(msgs):
         for call in m.tool_calls:
             _require_call(call, i, text, "the conversation")
-        if m.role == "tool" and m.content.strip() not in text:
+        if m.role == "tool" and not _occurs(m.content.strip(), text):
             raise TemplateError(
                 f"the chat template drops the tool result of turn {i}: its content is not in the rendered "
                 f"text; {ADVICE}",

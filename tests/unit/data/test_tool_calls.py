@@ -221,3 +221,18 @@ def test_a_real_tool_template_trains_the_call_and_not_the_result():
         ex = Encoder(tok, chat_template_for(tok)).encode(FORMATS["messages"](openai_row()))
         trained = tok.decode([t for t, lab in zip(ex.input_ids, ex.labels) if lab != -100])
         assert "get_weather" in trained and "Paris" in trained and "temp_c" not in trained, path
+
+
+def test_a_template_that_json_encodes_tool_results_passes_and_one_that_drops_them_is_refused(tok):
+    calls = "{% for c in m['tool_calls'] or [] %}<call>{{ c['function'] | tojson }}</call>{% endfor %}"
+    quoted = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+        "{{ m['content'] | tojson if m['role'] == 'tool' else m['content'] }}" + calls + "<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    rec = FORMATS["messages"](openai_row(tools=None))
+    assert '"{\\"temp_c\\": 18}"' in tok.decode(Encoder(tok, quoted).encode(rec).input_ids)
+    drops = quoted.replace("{% for m in messages %}", "{% for m in messages if m['role'] != 'tool' %}")
+    with pytest.raises(TemplateError, match="drops the tool result of turn 2") as e:
+        Encoder(tok, drops).encode(rec)
+    assert e.value.field == "content"
