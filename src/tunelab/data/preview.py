@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from tunelab.config import RunConfig
-from tunelab.data.pipeline import load_records, prepare
+from tunelab.data.pipeline import at_row, load_records, prepare
 from tunelab.data.records import SFT_RECORDS
 from tunelab.data.tokenize import IGNORE, Encoder, Example, chat_template_for
 
@@ -35,8 +35,10 @@ def validate(cfg: RunConfig, tokenizer: Any) -> dict[str, Any]:
     out = []
     for ds, (fmt, recs) in zip(datasets, loaded):
         lengths, too_long, masked = [], 0, 0
-        for rec, _ in recs:
-            for _, ex in encoder.encode_views(rec):
+        for rec, row in recs:
+            with at_row(row):
+                views = encoder.encode_views(rec)
+            for _, ex in views:
                 lengths.append(len(ex.input_ids))
                 too_long += len(ex.input_ids) > cfg.data.max_length
                 masked += ex.n_trainable == 0
@@ -58,7 +60,8 @@ def debug_examples(cfg: RunConfig, tokenizer: Any, n: int) -> list[tuple[str, st
     out = []
     for rec, row in recs:
         where = f"{row.source}:{row.line}" if row.line else f"{row.source}[{row.index}]"
-        out += [(where, view, ex) for view, ex in encoder.encode_views(rec)]
+        with at_row(row):
+            out += [(where, view, ex) for view, ex in encoder.encode_views(rec)]
     return out
 
 

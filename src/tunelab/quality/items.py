@@ -34,6 +34,7 @@ from tunelab.data.records import (
     Text,
     TokenTags,
     UnpairedPreference,
+    message_text,
 )
 from tunelab.data.sources import BadRow, Row, iter_csv, iter_jsonl, read_rows
 from tunelab.errors import DataError, format_location
@@ -203,14 +204,14 @@ def set_leaf(row: dict[str, Any], path: str, new: str) -> None:
 
 
 def _join(messages: tuple[Message, ...]) -> str:
-    return "\n".join(f"{m.role}: {m.content}" for m in messages)
+    return "\n".join(f"{m.role}: {message_text(m)}" for m in messages)
 
 
 def record_texts(record: Record) -> tuple[str, str]:
     """(input, output): the side a model sees and the side it learns to write."""
     if isinstance(record, Conversation):
         last = max(i for i, m in enumerate(record.messages) if m.role == "assistant")
-        return _join(record.messages[:last]), record.messages[last].content
+        return _join(record.messages[:last]), message_text(record.messages[last])
     if isinstance(record, PromptCompletion):
         return record.prompt, record.completion
     if isinstance(record, Text):
