@@ -50,11 +50,12 @@ def train(
     )
     from tunelab.train import rundir
     from tunelab.train.optim import configure_threads, resolve_precision
+    from tunelab.train.tracking import check_installed, tracked
 
+    check_installed(cfg)
     threads = configure_threads(cfg.train.threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    acc = Accelerator(
+    acc = Accelerator(  # no log_with: trackers need the run directory, chosen below (see tunelab.train.tracking)
         mixed_precision=resolve_precision(cfg.train.precision),
-        log_with=cfg.train.trackers or None,
         cpu=not torch.cuda.is_available(),  # lets torchrun-started workers on a CPU machine join as MULTI_CPU (gloo)
     )
     if acc.distributed_type.value == "DEEPSPEED" and cfg.train.grad_accum > 1:
@@ -103,24 +104,21 @@ def train(
 
     job = Job(cfg, run_dir, acc, model, tokenizer, method, items, prepared.eval, getattr(prepared, "eval_tasks", []))
     trainer = Trainer(job, hooks)
-    if cfg.train.trackers:
-        acc.init_trackers(run_dir.name, config=_flat(cfg.model_dump(mode="json")))
-    if resume:
-        trainer.resume()
-    trainer.run()
-    if cfg.train.load_best_at_end:
-        trainer.load_best()
-    trainer.save_final()
-    if acc.is_main_process:
-        from tunelab.eval.lifecycle import after_training
+    with tracked(acc, cfg, run_dir, config_path, resume, lambda: trainer.state.step):
+        if resume:
+            trainer.resume()
+        trainer.run()
+        if cfg.train.load_best_at_end:
+            trainer.load_best()
+        trainer.save_final()
+        if acc.is_main_process:
+            from tunelab.eval.lifecycle import after_training
 
-        if head:
-            write_head_info(run_dir / "final", cfg.method.name, labels)
+            if head:
+                write_head_info(run_dir / "final", cfg.method.name, labels)
 
-        after_training(cfg, acc.unwrap_model(trainer.module).model, tokenizer, run_dir, acc.print)
+            after_training(cfg, acc.unwrap_model(trainer.module).model, tokenizer, run_dir, acc.print)
     acc.wait_for_everyone()
-    if cfg.train.trackers:
-        acc.end_training()
     return run_dir
 
 
@@ -166,17 +164,6 @@ def _write_run_files(run_dir: Path, cfg: RunConfig, prepared: Any, resume: bool)
     write_json(run_dir / "data_manifest.json", [{**m, **counts.get(m["path"], {})} for m in prepared.manifest])
     write_json(run_dir / "data_report.json", prepared.report())
     write_json(run_dir / ("environment.resumed.json" if resume else "environment.json"), environment())
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Trackers (TensorBoard hparams) want flat scalar values."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v if isinstance(v, int | float | str | bool) else str(v)
-    return out
 
 
 # ----------------------------------------------------------------------------------------- generation

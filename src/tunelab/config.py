@@ -271,6 +271,27 @@ class DataConfig(Section):
         return self
 
 
+class TrackingConfig(Section):
+    project: str | None = Field(
+        None,
+        min_length=1,
+        description="Project (wandb) / experiment (mlflow); default: the config file's stem, else tunelab.",
+    )
+    run_name: str | None = Field(
+        None,
+        min_length=1,
+        description="The run's name in the trackers; default: output.name, else the run folder's name.",
+    )
+    tags: dict[str, str] = Field(
+        default_factory=dict, description="Run tags: mlflow tags, wandb tags as key:value, a text entry in TensorBoard."
+    )
+    uri: str | None = Field(
+        None,
+        description="mlflow tracking URI: sqlite:///file.db, a folder (file store) or http(s)://server; default: "
+        "MLFLOW_TRACKING_URI, else sqlite:///<output.dir>/mlflow.db.",
+    )
+
+
 class TrainConfig(Section):
     epochs: float = Field(1.0, gt=0, description="Passes over the training data (ignored when max_steps is set).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
@@ -303,7 +324,10 @@ class TrainConfig(Section):
         False, description="Write final/ from the checkpoint with the best eval loss instead of the last step."
     )
     trackers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
-        default_factory=list, description="Experiment trackers to log to (none by default)."
+        default_factory=list, description="Experiment trackers to log to (none by default; see docs/training.md)."
+    )
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig, description="Project, run name, tags and store of the trackers."
     )
 
 
