@@ -26,7 +26,7 @@ __all__ = ["Hooks", "TrainingInterrupted", "generate", "load_generator", "stream
 def train(
     cfg: RunConfig, resume: bool = False, hooks: Hooks | None = None, config_path: str | Path | None = None
 ) -> Path:
-    """Train per `cfg`; returns the run directory (with final/). Raises TrainingInterrupted on Ctrl-C.
+    """Train per `cfg`; returns the run directory (with final/). Raises TrainingInterrupted on Ctrl-C or SIGTERM.
     With `stages:`, runs them in order (tunelab.stages) and returns the last stage's run directory."""
     if cfg.stages:
         from tunelab.stages import run_stages
