@@ -4,10 +4,10 @@ Independent axes: `model` x `tuning` x `method` x `data` x `train` x `eval` x `o
 one-line description (it becomes `tunelab config-schema` and docs/config-reference.md). Unknown keys are
 errors with a "did you mean" hint and the YAML line they are on. Overrides `a.b=c` are applied to the raw
 mapping before validation, so the resolved config that is saved with a run is exactly what ran.
-Every YAML the project reads goes through `safe_load`: a key given twice in one mapping is an error naming
-both lines (PyYAML would silently keep the last). Numbers must be finite (`.inf`, `.nan` and overflowing
-literals such as `1e400` are refused) and the ones whose absurd values crash or silently ruin a run (lr,
-epochs, steps, lengths, batch sizes) have upper bounds far beyond any real use.
+Every YAML the project reads goes through `yamlio.safe_load`: a key given twice in one mapping is an error
+naming both lines. Numbers must be finite (`.inf`, `.nan` and overflowing literals such as `1e400` are
+refused), and those whose absurd values crash or silently ruin a run (lr, epochs, steps, lengths, batch
+sizes) have upper bounds far beyond any real use.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from tunelab.errors import ConfigError, DataError
 from tunelab.quality.options import CheckOptions
 from tunelab.textio import MAX_RECORD_BYTES, read_text
+from tunelab.yamlio import DuplicateKeyError, safe_load
 
 FORMAT_NAMES = (
     "auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text", "preference", "kto", "prompt", "labelled",
@@ -692,36 +693,6 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         node[parts[-1]] = safe_load(value) if value.strip() else None
     except yaml.YAMLError as e:
         raise ConfigError(f"override {item!r}: not valid YAML: {e}") from None
-
-
-class DuplicateKeyError(yaml.YAMLError):
-    """A mapping names a key twice; `line` is the second one (1-based)."""
-
-    def __init__(self, key: Any, first: int, line: int) -> None:
-        self.key, self.first, self.line = key, first, line
-        super().__init__(f"duplicate key {key!r} (first at line {first}, again at line {line}); give it once")
-
-
-class UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one silently).
-    Merge keys (`<<: *base`) may still be overridden: only the mapping's own keys are compared."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
-                continue
-            key = self.construct_object(key_node)
-            line = key_node.start_mark.line + 1
-            if key in seen:
-                raise DuplicateKeyError(key, seen[key], line)
-            seen[key] = line
-        return super().construct_mapping(node, deep=deep)
-
-
-def safe_load(text: str) -> Any:
-    """yaml.safe_load, but a duplicate key is an error (DuplicateKeyError, with both lines)."""
-    return yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader subclass: no arbitrary objects
 
 
 def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from tunelab.config import load_config, safe_load
+from tunelab.config import load_config
 from tunelab.errors import ConfigError
 from tunelab.serve.config import load_serve_config
+from tunelab.yamlio import safe_load
 
 
 def write(tmp_path: Path, text: str, name: str = "run.yaml") -> Path:
