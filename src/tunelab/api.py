@@ -26,7 +26,7 @@ __all__ = ["Hooks", "TrainingInterrupted", "generate", "load_generator", "stream
 def train(
     cfg: RunConfig, resume: bool = False, hooks: Hooks | None = None, config_path: str | Path | None = None
 ) -> Path:
-    """Train per `cfg`; returns the run directory (with final/). Raises TrainingInterrupted on Ctrl-C.
+    """Train per `cfg`; returns the run directory (with final/). Raises TrainingInterrupted on Ctrl-C or SIGTERM.
     With `stages:`, runs them in order (tunelab.stages) and returns the last stage's run directory."""
     if cfg.stages:
         from tunelab.stages import run_stages
@@ -64,6 +64,8 @@ def train(
         )
     holder = [rundir.choose_run_dir(cfg, config_path, resume) if acc.is_main_process else None]
     run_dir = Path(broadcast_object_list(holder)[0] if acc.num_processes > 1 else holder[0])
+    if acc.is_main_process and not resume and rundir.mark_starting(run_dir):
+        acc.print(f"{run_dir}: an earlier attempt stopped before training began; starting it again there")
     acc.project_configuration.set_directories(str(run_dir))
     if cfg.data.packing and cfg.tuning.mode in PROMPT_LEARNING_MODES:
         raise TunelabError(f"data.packing: not supported with tuning.mode {cfg.tuning.mode} (virtual tokens)")
@@ -107,6 +109,8 @@ def train(
     with tracked(acc, cfg, run_dir, config_path, resume, lambda: trainer.state.step):
         if resume:
             trainer.resume()
+        if acc.is_main_process:
+            rundir.mark_started(run_dir)
         trainer.run()
         if cfg.train.load_best_at_end:
             trainer.load_best()
@@ -130,7 +134,7 @@ def _before_training(cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Path, 
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.data.check is not None:
         report = preflight(cfg.data.train, [*cfg.data.eval, *cfg.eval.data], options=cfg.data.check,
-                           tokenizer=tokenizer, run_dir=run_dir)  # fmt: skip
+                           tokenizer=tokenizer, run_dir=run_dir, max_record_bytes=cfg.data.max_record_bytes)  # fmt: skip
         log(f"data check: {len(report.by_severity('warning'))} warning(s); card in {run_dir / 'data_card.md'}")
     before_training(cfg, model, tokenizer, run_dir, log)
 

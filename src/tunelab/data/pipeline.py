@@ -29,7 +29,7 @@ from tunelab import __version__
 from tunelab.config import DataConfig, DatasetConfig, RunConfig
 from tunelab.data.formats import FORMATS, FieldError, detect_format, rename_columns
 from tunelab.data.records import SFT_RECORDS, Record
-from tunelab.data.sources import Row, read_rows
+from tunelab.data.sources import MAX_RECORD_BYTES, Row, read_rows
 from tunelab.data.tokenize import Encoder, Example, TemplateError, chat_template_for, truncate
 from tunelab.errors import DataError
 
@@ -89,9 +89,10 @@ class Prepared:
 # --------------------------------------------------------------------------- records
 
 
-def load_records(ds: DatasetConfig) -> tuple[str, list[tuple[Record, Row]]]:
-    """All records of one dataset with their rows; every invalid row is reported at once."""
-    rows = read_rows(ds.path, ds.split)
+def load_records(ds: DatasetConfig, max_record_bytes: int = MAX_RECORD_BYTES) -> tuple[str, list[tuple[Record, Row]]]:
+    """All records of one dataset with their rows; every invalid row is reported at once (a record over
+    `max_record_bytes`, data.max_record_bytes, stops the reading before it is parsed)."""
+    rows = read_rows(ds.path, ds.split, max_record_bytes)
     fmt = ds.format
     out: list[tuple[Record, Row]] = []
     errors: list[str] = []
@@ -159,14 +160,14 @@ def prepare(cfg: RunConfig, tokenizer: Any, use_cache: bool = True) -> Prepared:
         return _load_cache(cache, manifest)
 
     encoder = Encoder(tokenizer, template, data.train_on_inputs)
-    loaded = [load_records(ds) for ds in data.train]
+    loaded = [load_records(ds, data.max_record_bytes) for ds in data.train]
     stats = [DatasetStats(ds.path, fmt, records=len(recs)) for ds, (fmt, recs) in zip(data.train, loaded)]
     for ds, (_, recs) in zip(data.train, loaded):
         _require_sft(ds, recs)
     per_dataset = [recs for _, recs in loaded]  # (record, row) pairs: rows name the line in errors
     train_pairs, eval_pairs = split_and_mix(per_dataset, [ds.weight for ds in data.train], data.eval_ratio, data.seed)
     for ds in data.eval:
-        fmt, recs = load_records(ds)
+        fmt, recs = load_records(ds, data.max_record_bytes)
         _require_sft(ds, recs)
         stats.append(DatasetStats(ds.path, fmt, records=len(recs)))
         eval_pairs += [(len(stats) - 1, r) for r in recs]

@@ -128,14 +128,14 @@ def prepare_preference(cfg: RunConfig, tokenizer: Any, kind: str) -> Prepared:
         raise DataError("no training data: add at least one dataset under data.train", where="config")
     encoder = Encoder(tokenizer, chat_template_for(tokenizer, cfg.model.chat_template), train_on_inputs=False)
     manifest = [file_manifest(ds.path) for ds in (*data.train, *data.eval)]
-    loaded = [load_records(ds) for ds in data.train]
+    loaded = [load_records(ds, data.max_record_bytes) for ds in data.train]
     stats = [DatasetStats(ds.path, fmt, records=len(recs)) for ds, (fmt, recs) in zip(data.train, loaded)]
     for ds, (_, recs) in zip(data.train, loaded):
         _require(kind, ds.path, recs, cfg.method.name)
     per_dataset = [recs for _, recs in loaded]  # (record, row) pairs: rows name the line in errors
     train_pairs, eval_pairs = split_and_mix(per_dataset, [ds.weight for ds in data.train], data.eval_ratio, data.seed)
     for ds in data.eval:
-        fmt, recs = load_records(ds)
+        fmt, recs = load_records(ds, data.max_record_bytes)
         _require(kind, ds.path, recs, cfg.method.name)
         stats.append(DatasetStats(ds.path, fmt, records=len(recs)))
         eval_pairs += [(len(stats) - 1, r) for r in recs]

@@ -25,7 +25,7 @@ def validate(cfg: RunConfig, tokenizer: Any) -> dict[str, Any]:
     if cfg.method.name in FORMAT_OF:  # classify / ner: labelled or tagged rows, label set and alignment
         return prepare_heads(resolve_formats(cfg), tokenizer).report() | {"kind": cfg.method.name}
     datasets = [*cfg.data.train, *cfg.data.eval]
-    loaded = [load_records(ds) for ds in datasets]
+    loaded = [load_records(ds, cfg.data.max_record_bytes) for ds in datasets]
     if all(isinstance(r, SFT_RECORDS) for _, recs in loaded for r, _ in recs[:1]):
         report = prepare(cfg, tokenizer).report()
         report["kind"] = "sft"
@@ -56,7 +56,7 @@ def debug_examples(cfg: RunConfig, tokenizer: Any, n: int) -> list[tuple[str, st
     if cfg.method.name in FORMAT_OF:
         return _head_examples(cfg, tokenizer, n)
     encoder = Encoder(tokenizer, chat_template_for(tokenizer, cfg.model.chat_template), cfg.data.train_on_inputs)
-    _, recs = load_records(cfg.data.train[0].model_copy(update={"max_samples": n}))
+    _, recs = load_records(cfg.data.train[0].model_copy(update={"max_samples": n}), cfg.data.max_record_bytes)
     out = []
     for rec, row in recs:
         where = f"{row.source}:{row.line}" if row.line else f"{row.source}[{row.index}]"

@@ -38,6 +38,7 @@ from tunelab.data.records import (
     tool_schemas,
 )
 from tunelab.data.template_checks import TemplateError
+from tunelab.textio import read_text
 
 IGNORE = -100
 
@@ -82,7 +83,7 @@ def chat_template_for(tokenizer: Any, override: str | None = None) -> str:
         return FALLBACK_TEMPLATE
     if override:
         p = Path(override)
-        return p.read_text() if p.suffix == ".jinja" and p.is_file() else override
+        return read_text(p, "chat template") if p.suffix == ".jinja" and p.is_file() else override
     return tokenizer.chat_template or FALLBACK_TEMPLATE
 
 

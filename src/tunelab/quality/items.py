@@ -36,7 +36,7 @@ from tunelab.data.records import (
     UnpairedPreference,
     message_text,
 )
-from tunelab.data.sources import BadRow, Row, iter_csv, iter_jsonl, read_rows
+from tunelab.data.sources import MAX_RECORD_BYTES, BadRow, Row, iter_csv, iter_jsonl, read_rows
 from tunelab.errors import DataError, format_location
 
 LABEL_COLUMNS = ("label", "category", "intent", "class", "labels")
@@ -98,12 +98,14 @@ def load_dataset(
     label_column: str | None = None,
     split: str = "train",
     max_samples: int | None = None,
+    max_record_bytes: int = MAX_RECORD_BYTES,
 ) -> Dataset:
-    """Read and parse every row of `path`, keeping bad rows as items with an error."""
+    """Read and parse every row of `path`, keeping bad rows (and records over `max_record_bytes`) as items
+    with an error."""
     items: list[Item] = []
     file_error = None
     try:
-        for entry in _rows(path, split):
+        for entry in _rows(path, split, max_record_bytes):
             if max_samples is not None and len(items) >= max_samples:
                 break
             items.append(entry if isinstance(entry, Item) else Item(entry.source, entry.index, entry.line, entry.data))
@@ -123,14 +125,14 @@ def load_dataset(
     return Dataset(path, role, name, label, items, file_error)
 
 
-def _rows(path: str, split: str) -> Iterator[Row | Item]:
+def _rows(path: str, split: str, limit: int) -> Iterator[Row | Item]:
     """Line-oriented files keep every bad line as an item with its error; other sources stop at the first."""
     p = Path(path)
     tolerant = {".jsonl": iter_jsonl, ".ndjson": iter_jsonl, ".csv": iter_csv}.get(p.suffix.lower())
     if tolerant is None or not p.is_file():
-        yield from read_rows(path, split)
+        yield from read_rows(path, split, limit)
         return
-    for row in tolerant(p):
+    for row in tolerant(p, limit):
         if isinstance(row, BadRow):
             yield Item(row.source, row.index, row.line, {}, error=format_location(row.source, row.line) + row.problem)
         else:

@@ -12,7 +12,7 @@ from tunelab.quality.pii import PII_KINDS
 
 
 class CheckOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     near_duplicates: bool = Field(True, description="Look for near-duplicates and near leakage (MinHash/LSH).")
     near_threshold: float = Field(

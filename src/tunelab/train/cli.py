@@ -1,6 +1,7 @@
 """`tunelab train | generate | chat`: thin Typer verbs over tunelab.api.
 
-tunelab.cli mounts them as top-level verbs. Ctrl-C during training saves a checkpoint and exits with status 130.
+tunelab.cli mounts them as top-level verbs. Ctrl-C (SIGINT) or SIGTERM during training saves a checkpoint and exits
+with status 128 + the signal number (130, 143), as a shell reports a process ended by that signal.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def train_command(
         run_dir = train_from_file(config, overrides or [], resume=resume)
     except TrainingInterrupted as e:
         typer.echo(f"{e}\nresume with: tunelab train {config} {' '.join(overrides or [])} --resume".rstrip(), err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(128 + e.signum) from None
     from accelerate import PartialState
 
     if PartialState().is_main_process:  # under `accelerate launch` every process returns here
