@@ -26,7 +26,7 @@ __all__ = ["Hooks", "TrainingInterrupted", "generate", "load_generator", "stream
 def train(
     cfg: RunConfig, resume: bool = False, hooks: Hooks | None = None, config_path: str | Path | None = None
 ) -> Path:
-    """Train per `cfg`; returns the run directory (with final/). Raises TrainingInterrupted on Ctrl-C.
+    """Train per `cfg`; returns the run directory (with final/). Raises TrainingInterrupted on Ctrl-C or SIGTERM.
     With `stages:`, runs them in order (tunelab.stages) and returns the last stage's run directory."""
     if cfg.stages:
         from tunelab.stages import run_stages
@@ -50,11 +50,12 @@ def train(
     )
     from tunelab.train import rundir
     from tunelab.train.optim import configure_threads, resolve_precision
+    from tunelab.train.tracking import check_installed, tracked
 
+    check_installed(cfg)
     threads = configure_threads(cfg.train.threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    acc = Accelerator(
+    acc = Accelerator(  # no log_with: trackers need the run directory, chosen below (see tunelab.train.tracking)
         mixed_precision=resolve_precision(cfg.train.precision),
-        log_with=cfg.train.trackers or None,
         cpu=not torch.cuda.is_available(),  # lets torchrun-started workers on a CPU machine join as MULTI_CPU (gloo)
     )
     if acc.distributed_type.value == "DEEPSPEED" and cfg.train.grad_accum > 1:
@@ -63,6 +64,8 @@ def train(
         )
     holder = [rundir.choose_run_dir(cfg, config_path, resume) if acc.is_main_process else None]
     run_dir = Path(broadcast_object_list(holder)[0] if acc.num_processes > 1 else holder[0])
+    if acc.is_main_process and not resume and rundir.mark_starting(run_dir):
+        acc.print(f"{run_dir}: an earlier attempt stopped before training began; starting it again there")
     acc.project_configuration.set_directories(str(run_dir))
     if cfg.data.packing and cfg.tuning.mode in PROMPT_LEARNING_MODES:
         raise TunelabError(f"data.packing: not supported with tuning.mode {cfg.tuning.mode} (virtual tokens)")
@@ -103,24 +106,23 @@ def train(
 
     job = Job(cfg, run_dir, acc, model, tokenizer, method, items, prepared.eval, getattr(prepared, "eval_tasks", []))
     trainer = Trainer(job, hooks)
-    if cfg.train.trackers:
-        acc.init_trackers(run_dir.name, config=_flat(cfg.model_dump(mode="json")))
-    if resume:
-        trainer.resume()
-    trainer.run()
-    if cfg.train.load_best_at_end:
-        trainer.load_best()
-    trainer.save_final()
-    if acc.is_main_process:
-        from tunelab.eval.lifecycle import after_training
+    with tracked(acc, cfg, run_dir, config_path, resume, lambda: trainer.state.step):
+        if resume:
+            trainer.resume()
+        if acc.is_main_process:
+            rundir.mark_started(run_dir)
+        trainer.run()
+        if cfg.train.load_best_at_end:
+            trainer.load_best()
+        trainer.save_final()
+        if acc.is_main_process:
+            from tunelab.eval.lifecycle import after_training
 
-        if head:
-            write_head_info(run_dir / "final", cfg.method.name, labels)
+            if head:
+                write_head_info(run_dir / "final", cfg.method.name, labels)
 
-        after_training(cfg, acc.unwrap_model(trainer.module).model, tokenizer, run_dir, acc.print)
+            after_training(cfg, acc.unwrap_model(trainer.module).model, tokenizer, run_dir, acc.print)
     acc.wait_for_everyone()
-    if cfg.train.trackers:
-        acc.end_training()
     return run_dir
 
 
@@ -132,7 +134,7 @@ def _before_training(cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Path, 
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.data.check is not None:
         report = preflight(cfg.data.train, [*cfg.data.eval, *cfg.eval.data], options=cfg.data.check,
-                           tokenizer=tokenizer, run_dir=run_dir)  # fmt: skip
+                           tokenizer=tokenizer, run_dir=run_dir, max_record_bytes=cfg.data.max_record_bytes)  # fmt: skip
         log(f"data check: {len(report.by_severity('warning'))} warning(s); card in {run_dir / 'data_card.md'}")
     before_training(cfg, model, tokenizer, run_dir, log)
 
@@ -166,17 +168,6 @@ def _write_run_files(run_dir: Path, cfg: RunConfig, prepared: Any, resume: bool)
     write_json(run_dir / "data_manifest.json", [{**m, **counts.get(m["path"], {})} for m in prepared.manifest])
     write_json(run_dir / "data_report.json", prepared.report())
     write_json(run_dir / ("environment.resumed.json" if resume else "environment.json"), environment())
-
-
-def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Trackers (TensorBoard hparams) want flat scalar values."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v if isinstance(v, int | float | str | bool) else str(v)
-    return out
 
 
 # ----------------------------------------------------------------------------------------- generation

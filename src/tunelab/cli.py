@@ -31,7 +31,11 @@ def _load(config: str, overrides: list[str] | None):  # type: ignore[no-untyped-
 
 
 @app.command()
-def validate(config: ConfigArg, overrides: Overrides = None, as_json: bool = typer.Option(False, "--json")) -> None:
+def validate(
+    config: ConfigArg,
+    overrides: Overrides = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
     """Load CONFIG and build the whole data pipeline without training; report counts and problems.
 
     Example: tunelab validate examples/sft-lora.yaml data.max_length=512
@@ -60,8 +64,10 @@ def validate(config: ConfigArg, overrides: Overrides = None, as_json: bool = typ
 def prepare(
     config: ConfigArg,
     overrides: Overrides = None,
-    debug: int = typer.Option(0, "--debug", help="Show the first N examples token by token with their loss mask."),
-    tokens: bool = typer.Option(True, help="With --debug, also print the per-token table."),
+    debug: Annotated[
+        int, typer.Option("--debug", help="Show the first N examples token by token with their loss mask.")
+    ] = 0,
+    tokens: Annotated[bool, typer.Option(help="With --debug, also print the per-token table.")] = True,
 ) -> None:
     """Tokenize the data (and cache it); with --debug N show what carries loss, ⟦like this⟧.
 
@@ -99,9 +105,9 @@ def docs_config() -> None:
 
 @app.command()
 def quickstart(
-    model: str = typer.Option("tiny-1m", help="A preset, a local model folder or a hub id."),
-    out: Path = typer.Option(Path("quickstart"), help="Folder for the data, the config and the run."),
-    epochs: float = typer.Option(5.0, help="Training epochs (fewer is faster and less accurate)."),
+    model: Annotated[str, typer.Option(help="A preset, a local model folder or a hub id.")] = "tiny-1m",
+    out: Annotated[Path, typer.Option(help="Folder for the data, the config and the run.")] = Path("quickstart"),
+    epochs: Annotated[float, typer.Option(help="Training epochs (fewer is faster and less accurate).")] = 5.0,
 ) -> None:
     """The whole lifecycle offline in minutes: data -> checks -> baseline -> fine-tune -> eval -> report.
 
@@ -114,8 +120,8 @@ def quickstart(
 
 @app.command()
 def init(
-    folder: Path = typer.Argument(Path("."), help="Where to copy the example configs."),
-    force: bool = typer.Option(False, help="Overwrite files that exist."),
+    folder: Annotated[Path, typer.Argument(help="Where to copy the example configs.")] = Path("."),
+    force: Annotated[bool, typer.Option(help="Overwrite files that exist.")] = False,
 ) -> None:
     """Copy the example configs (LoRA SFT, full fine-tune, quickstart, accelerate launchers) into FOLDER."""
     from tunelab.quickstart import init_examples
@@ -145,9 +151,10 @@ def _register() -> None:
 _register()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The console script; `argv` (default: sys.argv[1:]) lets tests run the real CLI in-process."""
     try:
-        app()
+        app(args=argv, prog_name="tunelab")
     except TunelabError as e:
         typer.secho(f"error: {e}", fg="red", err=True)
         sys.exit(2)

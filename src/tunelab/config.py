@@ -4,6 +4,10 @@ Independent axes: `model` x `tuning` x `method` x `data` x `train` x `eval` x `o
 one-line description (it becomes `tunelab config-schema` and docs/config-reference.md). Unknown keys are
 errors with a "did you mean" hint and the YAML line they are on. Overrides `a.b=c` are applied to the raw
 mapping before validation, so the resolved config that is saved with a run is exactly what ran.
+Every YAML the project reads goes through `yamlio.safe_load`: a key given twice in one mapping is an error
+naming both lines. Numbers must be finite (`.inf`, `.nan` and overflowing literals such as `1e400` are
+refused), and those whose absurd values crash or silently ruin a run (lr, epochs, steps, lengths, batch
+sizes) have upper bounds far beyond any real use.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tunelab.errors import ConfigError
+from tunelab.errors import ConfigError, DataError
+from tunelab.textio import MAX_RECORD_BYTES, read_text
+from tunelab.yamlio import DuplicateKeyError, safe_load
 
 FORMAT_NAMES = (
     "auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text", "preference", "kto", "prompt", "labelled",
@@ -23,8 +29,12 @@ FORMAT_NAMES = (
 )  # fmt: skip
 
 
+MAX_TOKENS = 1 << 22  # 4M tokens: past any model's context
+MAX_STEPS = 10**9
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=False, allow_inf_nan=False)
 
 
 METRIC_NAMES = (
@@ -102,7 +112,7 @@ class ModelConfig(Section):
 
 
 class LoraSettings(Section):
-    r: int = Field(16, ge=1, description="LoRA rank.")
+    r: int = Field(16, ge=1, le=65536, description="LoRA rank.")
     alpha: float = Field(
         32, gt=0, description="LoRA scaling numerator (scale = alpha / r, or alpha / sqrt(r) with rslora)."
     )
@@ -127,7 +137,7 @@ class TuningConfig(Section):
     )
     lora: LoraSettings = Field(default_factory=LoraSettings, description="Settings for lora, dora and qlora.")
     freeze: FreezeSettings = Field(default_factory=FreezeSettings, description="Settings for freeze.")
-    num_virtual_tokens: int = Field(16, ge=1, description="Virtual tokens for prefix and prompt tuning.")
+    num_virtual_tokens: int = Field(16, ge=1, le=65536, description="Virtual tokens for prefix and prompt tuning.")
     ia3_target_modules: list[str] | None = Field(
         None, description="Modules IA3 rescales; default: peft's choice for the architecture (k, v and down proj)."
     )
@@ -143,7 +153,7 @@ class TeacherGeneration(Section):
     api_key_env: str | None = Field(
         "OPENAI_API_KEY", description="Environment variable holding the endpoint's API key; null for keyless servers."
     )
-    max_new_tokens: int = Field(256, ge=1, description="Longest teacher reply.")
+    max_new_tokens: int = Field(256, ge=1, le=MAX_TOKENS, description="Longest teacher reply.")
     temperature: float = Field(0.0, ge=0, description="Teacher sampling temperature; 0 is greedy.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass when temperature > 0.")
     seed: int = Field(0, description="Sampling seed (local teacher; sent to the endpoint too).")
@@ -306,7 +316,9 @@ class DataConfig(Section):
         0.0, ge=0, lt=1, description="Fraction of the training data split off for eval (by seed)."
     )
     seed: int = Field(0, description="Seed for mixing and the eval split.")
-    max_length: int = Field(1024, ge=8, description="Maximum tokens per example (and per packed sequence).")
+    max_length: int = Field(
+        1024, ge=8, le=MAX_TOKENS, description="Maximum tokens per example (and per packed sequence)."
+    )
     truncation: Literal["truncate", "drop"] = Field(
         "truncate",
         description="What to do with longer examples: truncate the end, or drop them (both are counted).",
@@ -317,6 +329,12 @@ class DataConfig(Section):
     packing: bool = Field(False, description="Pack several examples into one sequence (no attention across examples).")
     max_fully_masked: float = Field(
         0.5, ge=0, le=1, description="Fail if more than this fraction of examples has no trainable token."
+    )
+    max_record_bytes: int = Field(
+        MAX_RECORD_BYTES,
+        ge=1024,
+        description="Largest record accepted, in bytes of its line or values (4 MiB); a bigger one is an error naming "
+        "file, line and size, measured before it is parsed or tokenized.",
     )
     cache_dir: str | None = Field(None, description="Tokenized-data cache; default ~/.cache/tunelab/tokenized.")
     check: CheckOptions | None = Field(
@@ -332,12 +350,37 @@ class DataConfig(Section):
         return self
 
 
+class TrackingConfig(Section):
+    project: str | None = Field(
+        None,
+        min_length=1,
+        description="Project (wandb) / experiment (mlflow); default: the config file's stem, else tunelab.",
+    )
+    run_name: str | None = Field(
+        None,
+        min_length=1,
+        description="The run's name in the trackers; default: output.name, else the run folder's name.",
+    )
+    tags: dict[str, str] = Field(
+        default_factory=dict, description="Run tags: mlflow tags, wandb tags as key:value, a text entry in TensorBoard."
+    )
+    uri: str | None = Field(
+        None,
+        description="mlflow tracking URI: sqlite:///file.db, a folder (file store) or http(s)://server; default: "
+        "MLFLOW_TRACKING_URI, else sqlite:///<output.dir>/mlflow.db.",
+    )
+
+
 class TrainConfig(Section):
-    epochs: float = Field(1.0, gt=0, description="Passes over the training data (ignored when max_steps is set).")
-    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
-    batch_size: int = Field(8, ge=1, description="Sequences per micro-batch per process.")
-    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    epochs: float = Field(
+        1.0, gt=0, le=100_000, description="Passes over the training data (ignored when max_steps is set)."
+    )
+    max_steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="Stop after this many optimizer steps.")
+    batch_size: int = Field(8, ge=1, le=65536, description="Sequences per micro-batch per process.")
+    grad_accum: int = Field(1, ge=1, le=65536, description="Micro-batches per optimizer step.")
+    lr: float = Field(
+        2e-4, gt=0, le=1, description="Peak learning rate (AdamW; above 1 every step wrecks the weights)."
+    )
     schedule: Literal["cosine", "linear", "constant"] = Field(
         "cosine", description="Learning-rate schedule after warmup."
     )
@@ -350,9 +393,11 @@ class TrainConfig(Section):
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
     threads: int | None = Field(None, ge=1, description="CPU threads for torch; default: the physical cores.")
-    log_every: int = Field(10, ge=1, description="Log metrics every N optimizer steps.")
-    eval_every: int | None = Field(None, ge=1, description="Evaluate every N optimizer steps (and always at the end).")
-    save_every: int | None = Field(None, ge=1, description="Checkpoint every N optimizer steps.")
+    log_every: int = Field(10, ge=1, le=MAX_STEPS, description="Log metrics every N optimizer steps.")
+    eval_every: int | None = Field(
+        None, ge=1, le=MAX_STEPS, description="Evaluate every N optimizer steps (and always at the end)."
+    )
+    save_every: int | None = Field(None, ge=1, le=MAX_STEPS, description="Checkpoint every N optimizer steps.")
     save_total_limit: int = Field(2, ge=1, description="Keep at most this many checkpoints (plus the best).")
     early_stopping_patience: int | None = Field(
         None, ge=1, description="Stop after this many evaluations without a better eval loss."
@@ -364,7 +409,10 @@ class TrainConfig(Section):
         False, description="Write final/ from the checkpoint with the best eval loss instead of the last step."
     )
     trackers: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
-        default_factory=list, description="Experiment trackers to log to (none by default)."
+        default_factory=list, description="Experiment trackers to log to (none by default; see docs/training.md)."
+    )
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig, description="Project, run name, tags and store of the trackers."
     )
 
 
@@ -469,7 +517,7 @@ class GRPOConfig(Section):
     group_size: int = Field(
         8, ge=2, description="Completions sampled per prompt; advantages are normalized in the group."
     )
-    max_new_tokens: int = Field(64, ge=1, description="Longest sampled completion, in tokens.")
+    max_new_tokens: int = Field(64, ge=1, le=MAX_TOKENS, description="Longest sampled completion, in tokens.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature of the training completions.")
     kl_beta: float = Field(
         0.04,
@@ -496,7 +544,7 @@ class ForgettingConfig(Section):
     threshold: float = Field(
         0.10, gt=0, description="Flag a regression when perplexity rises by more than this fraction (0.10 = +10%)."
     )
-    max_length: int = Field(512, ge=8, description="Truncate each probe text to this many tokens.")
+    max_length: int = Field(512, ge=8, le=MAX_TOKENS, description="Truncate each probe text to this many tokens.")
 
 
 class EvalConfig(Section):
@@ -509,12 +557,14 @@ class EvalConfig(Section):
         default_factory=lambda: list[str | MetricSpec](["loss"]),
         description="Metrics to compute: names, or {name, options} entries.",
     )
-    max_new_tokens: int = Field(128, ge=1, description="Generation length for generation-based metrics.")
+    max_new_tokens: int = Field(128, ge=1, le=MAX_TOKENS, description="Generation length for generation-based metrics.")
     batch_size: int = Field(16, ge=1, description="Prompts per generation batch.")
     temperature: float = Field(0.0, ge=0, description="0 is greedy decoding; above 0 samples with eval.seed.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass when temperature > 0.")
     seed: int = Field(0, description="Seed for sampled decoding and the bootstrap.")
-    bootstrap_resamples: int = Field(10000, ge=100, description="Paired bootstrap resamples for confidence intervals.")
+    bootstrap_resamples: int = Field(
+        10000, ge=100, le=10_000_000, description="Paired bootstrap resamples for confidence intervals."
+    )
     extract: ExtractConfig = Field(default_factory=ExtractConfig, description="Label extraction for classification.")
     judge: JudgeConfig = Field(default_factory=JudgeConfig, description="LLM-as-a-judge endpoint and prompts.")
     rewards: list[RewardSource] = Field(
@@ -677,9 +727,14 @@ def load_yaml_model(model: type[M], path: str | Path | None, overrides: list[str
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found")
-        text = path.read_text()
         try:
-            raw = yaml.safe_load(text) or {}
+            text = read_text(path, "config file")
+        except DataError as e:  # not UTF-8 text: the file, line and byte offset
+            raise ConfigError(str(e)) from None
+        try:
+            raw = safe_load(text) or {}
+        except DuplicateKeyError as e:
+            raise ConfigError(f"{path}:{e.line}: {e}") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
         if not isinstance(raw, dict):
@@ -703,7 +758,10 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {item!r}: {part} is not a section")
-    node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+    try:
+        node[parts[-1]] = safe_load(value) if value.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: not valid YAML: {e}") from None
 
 
 def _resolve_paths(cfg: RunConfig, base: Path) -> RunConfig:

@@ -9,6 +9,7 @@ from text that ships with tunelab) trained from scratch, so the baseline is zero
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -61,19 +62,38 @@ EXAMPLES = Path(__file__).parent / "examples"
 
 
 def init_examples(folder: Path, force: bool = False) -> list[Path]:
-    """Copy the packaged example configs (and their small data) into `folder`; never overwrite unless asked."""
-    import shutil
+    """Copy the packaged example configs (and their small data) into `folder`; never overwrite unless asked.
 
+    The comments of the packaged configs name files as seen from the repository root (`examples/full.yaml`);
+    the copies name them as seen from where `init` runs (`full.yaml`, or `FOLDER/full.yaml`), so the commands
+    in them work as written from there.
+    """
     written = []
     for src in sorted(p for p in EXAMPLES.rglob("*") if p.is_file()):
         dest = folder / src.relative_to(EXAMPLES)
         if dest.exists() and not force:
             raise TunelabError(f"{dest} exists; pass --force to overwrite")
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dest)
+        if src.suffix == ".yaml":
+            dest.write_text(relocate_comments(src.read_text(), folder))
+        else:
+            dest.write_bytes(src.read_bytes())
         written.append(dest)
     written.append(write_project(folder, "tiny-1m", 5.0, preset=True))
     return written
+
+
+EXAMPLES_PREFIX = re.compile(r"(?<![\w./-])examples/")
+
+
+def relocate_comments(text: str, folder: Path) -> str:
+    """`examples/` in the comments of `text` replaced by `folder` (dropped for the current folder)."""
+    prefix = "" if folder == Path(".") else f"{folder}/"
+    lines = []
+    for line in text.splitlines(keepends=True):
+        code, hash_, comment = line.partition("#")
+        lines.append(code + hash_ + EXAMPLES_PREFIX.sub(prefix, comment))
+    return "".join(lines)
 
 
 def run(

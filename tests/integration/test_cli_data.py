@@ -56,3 +56,19 @@ def test_user_errors_are_one_message_without_traceback(tmp_path):
 def test_config_schema_is_json_schema():
     schema = json.loads(run_cli("config-schema").stdout)
     assert set(schema["properties"]) == {"model", "tuning", "method", "data", "train", "eval", "output", "stages"}
+
+
+def test_prepare_debug_shows_the_tool_call_trained_and_a_template_without_tools_is_refused(tmp_path):
+    from tests.unit.data.test_tool_calls import OLD_CHATML
+    from tests.unit.data.test_tool_rows import openai_row
+
+    data = tmp_path / "tools.jsonl"
+    data.write_text(json.dumps(openai_row()) + "\n")
+    out = run_cli("prepare", str(config(tmp_path, [data])), "--debug", "1", "--no-tokens").stdout
+    assert '⟦<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>⟧' in out
+    assert '\n<tool_response>\n{"temp_c": 18}\n</tool_response>' in out  # shown, outside ⟦ ⟧
+    (tmp_path / "plain.jinja").write_text(OLD_CHATML)
+    cfg = config(tmp_path, [data], f"model:\n  chat_template: {tmp_path / 'plain.jinja'}")
+    proc = run_cli("validate", str(cfg), check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f'{data}, line 1, field "tools": the chat template ignores `tools`' in proc.stderr

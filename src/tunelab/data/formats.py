@@ -7,16 +7,19 @@ custom field names need no code. `detect_format` picks a format from a row's key
 | format            | fields                                                                  | record             |
 |-------------------|-------------------------------------------------------------------------|--------------------|
 | alpaca            | instruction, input?, output, system?, history? [[user, assistant], ...] | Conversation       |
-| messages          | messages [{role, content, weight?}]                                     | Conversation       |
-| sharegpt          | conversations [{from, value}], system?                                  | Conversation       |
+| messages          | messages [{role, content, weight?, tool_calls?, tool_call_id?}], tools? | Conversation       |
+| sharegpt          | conversations [{from, value}], system?, tools?                          | Conversation       |
 | prompt_completion | prompt, completion (strings, or message lists)                          | PromptCompletion / Conversation |
 | text              | text                                                                    | Text               |
 | preference        | prompt?, chosen, rejected (strings, messages, or sharegpt {from, value});
 |                   | or OpenAI: input.messages, preferred_output, non_preferred_output       | Preference         |
 | kto               | messages + label, or prompt + completion + label                        | UnpairedPreference |
-| prompt            | prompt (a string or messages); other fields are not read                | Prompt             |
+| prompt            | prompt (a string or messages); other fields are not read; tools refused | Prompt             |
 | labelled          | text, label (a string, number or true/false; kept as its string)        | Labelled           |
 | token_tags        | tokens [str], tags [str] (or ner_tags): strict BIO, one tag per token    | TokenTags          |
+
+Tool use (tool_calls, tool results, tools) is parsed by `tool_rows`; formats that cannot carry it refuse a
+`tools` field instead of ignoring it.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from tunelab.data import tool_rows
+from tunelab.data.fields import FieldError, json_name
 from tunelab.data.records import (
     ROLES,
     Conversation,
@@ -35,15 +40,9 @@ from tunelab.data.records import (
     Record,
     Text,
     TokenTags,
+    ToolCall,
     UnpairedPreference,
 )
-
-
-class FieldError(ValueError):
-    def __init__(self, field: str, message: str) -> None:
-        self.field = field
-        super().__init__(message)
-
 
 SHAREGPT_ROLES = {
     "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
@@ -62,14 +61,9 @@ def _get(row: Mapping[str, Any], field: str, kind: type | tuple[type, ...] = str
         return None
     value = row[field]
     if not isinstance(value, kind):
-        names = " or ".join(_json_name(k.__name__) for k in ((kind,) if isinstance(kind, type) else kind))
-        raise FieldError(field, f"expected {names}, got {_json_name(type(value).__name__)}")
+        names = " or ".join(json_name(k.__name__) for k in ((kind,) if isinstance(kind, type) else kind))
+        raise FieldError(field, f"expected {names}, got {json_name(type(value).__name__)}")
     return value
-
-
-def _json_name(py: str) -> str:
-    return {"str": "a string", "list": "a list", "dict": "an object", "int": "a number", "bool": "true/false",
-            "NoneType": "null", "float": "a number"}.get(py, py)  # fmt: skip
 
 
 def _content(value: Any, field: str) -> str:
@@ -78,14 +72,14 @@ def _content(value: Any, field: str) -> str:
         return value
     if isinstance(value, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in value):
         return "".join(str(p.get("text", "")) for p in value)
-    raise FieldError(field, f"expected a string (or a list of text parts), got {_json_name(type(value).__name__)}")
+    raise FieldError(field, f"expected a string (or a list of text parts), got {json_name(type(value).__name__)}")
 
 
 def _message(item: Any, field: str, role_key: str = "role", content_key: str = "content") -> Message:
     if not isinstance(item, dict):
         raise FieldError(
             field,
-            f"expected an object with {role_key!r} and {content_key!r}, got {_json_name(type(item).__name__)}",
+            f"expected an object with {role_key!r} and {content_key!r}, got {json_name(type(item).__name__)}",
         )
     raw_role = item.get(role_key)
     if role_key == "from":
@@ -96,11 +90,40 @@ def _message(item: Any, field: str, role_key: str = "role", content_key: str = "
         allowed = ", ".join(ROLES)
     if role is None:
         raise FieldError(f"{field}.{role_key}", f"unknown role {raw_role!r}; expected one of: {allowed}")
+    if role_key == "from" and str(raw_role).lower() == "function_call":  # sharegpt: the value is the call
+        calls = tool_rows.sharegpt_calls(item.get(content_key), f"{field}.{content_key}")
+        return Message(role, "", _weight(item, field), tool_calls=calls)
+    calls = _calls(item, role, field)
     if content_key not in item or item[content_key] is None:
-        if role == "assistant" and item.get("tool_calls"):
-            return Message(role, "", _weight(item, field))
-        raise FieldError(f"{field}.{content_key}", "missing message content")
-    return Message(role, _content(item[content_key], f"{field}.{content_key}"), _weight(item, field))
+        if not calls:
+            need = " (an assistant message needs content or tool_calls)" if role == "assistant" else ""
+            raise FieldError(f"{field}.{content_key}", "missing message content" + need)
+        return Message(role, "", _weight(item, field), tool_calls=calls)
+    text_ = _content(item[content_key], f"{field}.{content_key}")
+    return Message(role, text_, _weight(item, field), calls, *_result_of(item, role, field))
+
+
+def _calls(item: dict[str, Any], role: str, field: str) -> tuple[ToolCall, ...]:
+    if item.get("function_call") is not None:
+        raise FieldError(f"{field}.function_call", "the legacy OpenAI function_call is not read; write it as "
+                         f"tool_calls: [{tool_rows.CALL_SHAPE}]")  # fmt: skip
+    if item.get("tool_calls") is None:
+        return ()
+    if role != "assistant":
+        raise FieldError(f"{field}.tool_calls", f"only assistant messages make tool calls; this one is {role!r}")
+    return tool_rows.tool_calls(item["tool_calls"], f"{field}.tool_calls")
+
+
+def _result_of(item: dict[str, Any], role: str, field: str) -> tuple[str | None, str | None]:
+    """(tool_call_id, name) of a tool result."""
+    if role != "tool":
+        if item.get("tool_call_id") is not None:
+            raise FieldError(f"{field}.tool_call_id", f"only tool messages answer a call; this one is {role!r}")
+        return None, None
+    for key in ("tool_call_id", "name"):
+        if item.get(key) is not None and not isinstance(item[key], str):
+            raise FieldError(f"{field}.{key}", f"expected a string, got {json_name(type(item[key]).__name__)}")
+    return item.get("tool_call_id"), item.get("name")
 
 
 def _weight(item: dict[str, Any], field: str) -> float | None:
@@ -114,22 +137,43 @@ def _weight(item: dict[str, Any], field: str) -> float | None:
     return float(w)
 
 
-def _messages(value: Any, field: str, role_key: str = "role", content_key: str = "content") -> tuple[Message, ...]:
+def _messages(
+    value: Any,
+    field: str,
+    role_key: str = "role",
+    content_key: str = "content",
+    context: tuple[Message, ...] = (),
+    tools: tuple[str, ...] = (),
+) -> tuple[Message, ...]:
+    """A message list; `context` is what comes before it in the conversation (a prompt before its reply)."""
     if not isinstance(value, list) or not value:
         raise FieldError(field, "expected a non-empty list of messages")
-    return tuple(_message(m, f"{field}[{i}]", role_key, content_key) for i, m in enumerate(value))
+    msgs = tuple(_message(m, f"{field}[{i}]", role_key, content_key) for i, m in enumerate(value))
+    tool_rows.check_sequence(context + msgs, field, tools, offset=len(context))
+    return msgs
 
 
-def _require_assistant(messages: tuple[Message, ...], field: str) -> Conversation:
+def _require_assistant(messages: tuple[Message, ...], field: str, tools: tuple[str, ...] = ()) -> Conversation:
     if not any(m.role == "assistant" for m in messages):
         raise FieldError(field, "conversation has no assistant turn, so nothing would be trained")
-    return Conversation(messages)
+    return Conversation(messages, tools)
+
+
+def _tools(row: Mapping[str, Any], field: str = "tools") -> tuple[str, ...]:
+    return tool_rows.tools(row.get(field), field)
+
+
+def _no_tools(row: Mapping[str, Any], why: str) -> None:
+    """Formats that cannot carry tools refuse them rather than drop them."""
+    if row.get("tools") is not None:
+        raise FieldError("tools", f"tools are not read here: {why}")
 
 
 # --------------------------------------------------------------------------- formats
 
 
 def alpaca(row: Mapping[str, Any]) -> Conversation:
+    _no_tools(row, "write tool-use conversations in the messages format")
     instruction = _get(row, "instruction")
     extra = _get(row, "input", required=False) or ""
     output = _get(row, "output")
@@ -145,81 +189,95 @@ def alpaca(row: Mapping[str, Any]) -> Conversation:
 
 
 def messages(row: Mapping[str, Any]) -> Conversation:
-    return _require_assistant(_messages(_get(row, "messages", list), "messages"), "messages")
+    tools = _tools(row)
+    return _require_assistant(_messages(_get(row, "messages", list), "messages", tools=tools), "messages", tools)
 
 
 def sharegpt(row: Mapping[str, Any]) -> Conversation:
-    msgs = _messages(_get(row, "conversations", list), "conversations", "from", "value")
+    tools = _tools(row)
+    msgs = _messages(_get(row, "conversations", list), "conversations", "from", "value", tools=tools)
     if (system := _get(row, "system", required=False)) and msgs[0].role != "system":
         msgs = (Message("system", system), *msgs)
-    return _require_assistant(msgs, "conversations")
+    return _require_assistant(msgs, "conversations", tools)
 
 
 def prompt_completion(row: Mapping[str, Any]) -> PromptCompletion | Conversation:
     prompt, completion = _get(row, "prompt", (str, list)), _get(row, "completion", (str, list))
     if isinstance(prompt, str) and isinstance(completion, str):
+        _no_tools(row, "tool use needs a conversation; give prompt and completion as message lists")
         return PromptCompletion(prompt, completion)
     # Conversational prompt/completion (TRL style): message lists on both sides.
-    p = _messages(prompt, "prompt") if isinstance(prompt, list) else (Message("user", prompt),)
-    c = _messages(completion, "completion") if isinstance(completion, list) else (Message("assistant", completion),)
-    return _require_assistant(p + c, "completion")
+    tools = _tools(row)
+    p = _messages(prompt, "prompt", tools=tools) if isinstance(prompt, list) else (Message("user", prompt),)
+    c = (_messages(completion, "completion", context=p, tools=tools) if isinstance(completion, list)
+         else (Message("assistant", completion),))  # fmt: skip
+    return _require_assistant(p + c, "completion", tools)
 
 
 def text(row: Mapping[str, Any]) -> Text:
     return Text(_get(row, "text"))
 
 
-def _reply(value: Any, field: str) -> tuple[Message, ...]:
-    """A preference side: a string, a message list, or a sharegpt {from, value} object."""
+def _reply(
+    value: Any, field: str, context: tuple[Message, ...] = (), tools: tuple[str, ...] = ()
+) -> tuple[Message, ...]:
+    """A preference side: a string, a message list, or a sharegpt {from, value} object, after `context`."""
     if isinstance(value, str):
         return (Message("assistant", value),)
     if isinstance(value, dict):
-        return (_message(value, field, "from", "value") if "from" in value else _message(value, field),)
+        msgs = (_message(value, field, "from", "value") if "from" in value else _message(value, field),)
+        tool_rows.check_sequence(context + msgs, field, tools, offset=len(context))
+        return msgs
     if isinstance(value, list):
-        return _messages(value, field)
+        return _messages(value, field, context=context, tools=tools)
     raise FieldError(
-        field, f"expected a string, a message or a list of messages, got {_json_name(type(value).__name__)}"
+        field, f"expected a string, a message or a list of messages, got {json_name(type(value).__name__)}"
     )
 
 
-def _prompt(value: Any, field: str) -> tuple[Message, ...]:
+def _prompt(value: Any, field: str, tools: tuple[str, ...] = ()) -> tuple[Message, ...]:
     if isinstance(value, str):
         return (Message("user", value),)
     if isinstance(value, list) and value and isinstance(value[0], dict) and "from" in value[0]:
-        return _messages(value, field, "from", "value")
-    return _messages(value, field)
+        return _messages(value, field, "from", "value", tools=tools)
+    return _messages(value, field, tools=tools)
 
 
 def preference(row: Mapping[str, Any]) -> Preference:
     if "preferred_output" in row:  # OpenAI preference fine-tuning JSONL
         inp = _get(row, "input", dict)
-        prompt = _messages(inp.get("messages"), "input.messages")
-        chosen = _reply(_get(row, "preferred_output", list), "preferred_output")
-        rejected = _reply(_get(row, "non_preferred_output", list), "non_preferred_output")
-        return Preference(prompt, chosen, rejected)
+        tools = tool_rows.tools(inp.get("tools"), "input.tools")
+        prompt = _messages(inp.get("messages"), "input.messages", tools=tools)
+        chosen = _reply(_get(row, "preferred_output", list), "preferred_output", prompt, tools)
+        rejected = _reply(_get(row, "non_preferred_output", list), "non_preferred_output", prompt, tools)
+        return Preference(prompt, chosen, rejected, tools)
+    tools = _tools(row)
     if "conversations" in row:  # sharegpt style
-        prompt = _messages(_get(row, "conversations", list), "conversations", "from", "value")
+        prompt = _messages(_get(row, "conversations", list), "conversations", "from", "value", tools=tools)
     else:
-        prompt = _prompt(_get(row, "prompt", (str, list)), "prompt")
-    return Preference(prompt, _reply(_get(row, "chosen", (str, list, dict)), "chosen"),
-                      _reply(_get(row, "rejected", (str, list, dict)), "rejected"))  # fmt: skip
+        prompt = _prompt(_get(row, "prompt", (str, list)), "prompt", tools)
+    return Preference(prompt, _reply(_get(row, "chosen", (str, list, dict)), "chosen", prompt, tools),
+                      _reply(_get(row, "rejected", (str, list, dict)), "rejected", prompt, tools), tools)  # fmt: skip
 
 
 def kto(row: Mapping[str, Any]) -> UnpairedPreference:
     label = _get(row, "label", (bool, int, str))
     if isinstance(label, str) or label not in (True, False, 0, 1):
         raise FieldError("label", f"expected true/false, got {label!r}")
+    tools = _tools(row)
     if "messages" in row:
-        msgs = _messages(_get(row, "messages", list), "messages")
+        msgs = _messages(_get(row, "messages", list), "messages", tools=tools)
         if msgs[-1].role != "assistant":
             raise FieldError("messages", "the last message must be the assistant completion being labelled")
-        return UnpairedPreference(msgs[:-1], msgs[-1:], bool(label))
-    prompt = _prompt(_get(row, "prompt", (str, list)), "prompt")
-    return UnpairedPreference(prompt, _reply(_get(row, "completion", (str, list, dict)), "completion"), bool(label))
+        return UnpairedPreference(msgs[:-1], msgs[-1:], bool(label), tools)
+    prompt = _prompt(_get(row, "prompt", (str, list)), "prompt", tools)
+    completion = _reply(_get(row, "completion", (str, list, dict)), "completion", prompt, tools)
+    return UnpairedPreference(prompt, completion, bool(label), tools)
 
 
 def prompt(row: Mapping[str, Any]) -> Prompt:
     """Prompt-only data for online RL: the model writes (and is scored on) its own answers."""
+    _no_tools(row, "online RL (grpo) prompts with tools are not supported yet")
     msgs = _prompt(_get(row, "prompt", (str, list)), "prompt")
     if msgs[-1].role == "assistant":
         raise FieldError("prompt", "the last message is an assistant turn; a prompt ends where the model answers")

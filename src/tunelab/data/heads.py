@@ -190,8 +190,8 @@ def max_length_for(tokenizer: Any, data: DataConfig) -> int:
     return min(data.max_length, limit) if isinstance(limit, int) and limit < 1_000_000 else data.max_length
 
 
-def _load(ds: DatasetConfig, fmt: str, method: str) -> tuple[str, list[tuple[Any, Row]]]:
-    name, recs = load_records(with_format(ds, fmt))
+def _load(ds: DatasetConfig, fmt: str, method: str, limit: int) -> tuple[str, list[tuple[Any, Row]]]:
+    name, recs = load_records(with_format(ds, fmt), limit)
     want = RECORD_OF[fmt]
     for rec, row in recs[:1]:
         if not isinstance(rec, want):
@@ -207,14 +207,14 @@ def prepare_heads(cfg: RunConfig, tokenizer: Any) -> HeadPrepared:
     if not data.train:
         raise DataError("no training data: add at least one dataset under data.train", where="config")
     manifest = [file_manifest(ds.path) for ds in (*data.train, *data.eval)]
-    loaded = [_load(ds, fmt, cfg.method.name) for ds in data.train]
+    loaded = [_load(ds, fmt, cfg.method.name, cfg.data.max_record_bytes) for ds in data.train]
     stats = [HeadStats(ds.path, name, records=len(recs)) for ds, (name, recs) in zip(data.train, loaded)]
     labels = label_names([rec for _, recs in loaded for rec, _ in recs])
     label2id = {name: i for i, name in enumerate(labels)}
     per_dataset: list[Any] = [recs for _, recs in loaded]  # (record, row) pairs: rows name the line in errors
     train_pairs, eval_pairs = split_and_mix(per_dataset, [ds.weight for ds in data.train], data.eval_ratio, data.seed)
     for ds in data.eval:
-        name, recs = _load(ds, fmt, cfg.method.name)
+        name, recs = _load(ds, fmt, cfg.method.name, cfg.data.max_record_bytes)
         stats.append(HeadStats(ds.path, name, records=len(recs)))
         eval_pairs += [(len(stats) - 1, r) for r in recs]  # type: ignore[misc]
     max_length = max_length_for(tokenizer, data)
@@ -228,7 +228,7 @@ def encode_datasets(cfg: RunConfig, tokenizer: Any, datasets: Sequence[DatasetCo
     fmt, label2id = FORMAT_OF[cfg.method.name], {name: i for i, name in enumerate(labels)}
     stats, pairs = [], []
     for ds in datasets:
-        name, recs = _load(ds, fmt, cfg.method.name)
+        name, recs = _load(ds, fmt, cfg.method.name, cfg.data.max_record_bytes)
         stats.append(HeadStats(ds.path, name, records=len(recs)))
         pairs += [(len(stats) - 1, r) for r in recs]
     return _encode_all(tokenizer, pairs, stats, cfg.data, "eval", label2id, max_length_for(tokenizer, cfg.data))

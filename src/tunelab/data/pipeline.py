@@ -18,9 +18,10 @@ import json
 import os
 import random
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -28,12 +29,13 @@ from tunelab import __version__
 from tunelab.config import DataConfig, DatasetConfig, RunConfig
 from tunelab.data.formats import FORMATS, FieldError, detect_format, rename_columns
 from tunelab.data.records import SFT_RECORDS, Record
-from tunelab.data.sources import Row, read_rows
-from tunelab.data.tokenize import Encoder, Example, chat_template_for, truncate
+from tunelab.data.sources import MAX_RECORD_BYTES, Row, read_rows
+from tunelab.data.tokenize import Encoder, Example, TemplateError, chat_template_for, truncate
 from tunelab.errors import DataError
 
 MAX_LISTED_ERRORS = 20
-ENCODING_VERSION = "2"  # bump when tokenization changes, to invalidate caches
+T = TypeVar("T")
+ENCODING_VERSION = "3"  # bump when tokenization changes, to invalidate caches (3: tool calls and tools)
 
 
 @dataclass
@@ -87,9 +89,10 @@ class Prepared:
 # --------------------------------------------------------------------------- records
 
 
-def load_records(ds: DatasetConfig) -> tuple[str, list[tuple[Record, Row]]]:
-    """All records of one dataset with their rows; every invalid row is reported at once."""
-    rows = read_rows(ds.path, ds.split)
+def load_records(ds: DatasetConfig, max_record_bytes: int = MAX_RECORD_BYTES) -> tuple[str, list[tuple[Record, Row]]]:
+    """All records of one dataset with their rows; every invalid row is reported at once (a record over
+    `max_record_bytes`, data.max_record_bytes, stops the reading before it is parsed)."""
+    rows = read_rows(ds.path, ds.split, max_record_bytes)
     fmt = ds.format
     out: list[tuple[Record, Row]] = []
     errors: list[str] = []
@@ -122,9 +125,10 @@ def _limit(rows: Iterator[Row], n: int | None) -> Iterator[Row]:
 
 
 def split_and_mix(
-    per_dataset: list[list[Record]], weights: list[float], eval_ratio: float, seed: int
-) -> tuple[list[tuple[int, Record]], list[tuple[int, Record]]]:
-    """(dataset index, record) pairs for train (weighted) and eval (split off first)."""
+    per_dataset: list[list[T]], weights: list[float], eval_ratio: float, seed: int
+) -> tuple[list[tuple[int, T]], list[tuple[int, T]]]:
+    """(dataset index, item) pairs for train (weighted) and eval (split off first); an item is a record,
+    often with its row."""
     rng = random.Random(seed)
     train, evals = [], []
     for d, (records, w) in enumerate(zip(per_dataset, weights)):
@@ -156,21 +160,17 @@ def prepare(cfg: RunConfig, tokenizer: Any, use_cache: bool = True) -> Prepared:
         return _load_cache(cache, manifest)
 
     encoder = Encoder(tokenizer, template, data.train_on_inputs)
-    loaded = [load_records(ds) for ds in data.train]
+    loaded = [load_records(ds, data.max_record_bytes) for ds in data.train]
     stats = [DatasetStats(ds.path, fmt, records=len(recs)) for ds, (fmt, recs) in zip(data.train, loaded)]
     for ds, (_, recs) in zip(data.train, loaded):
         _require_sft(ds, recs)
-    train_pairs, eval_pairs = split_and_mix(
-        [[r for r, _ in recs] for _, recs in loaded],
-        [ds.weight for ds in data.train],
-        data.eval_ratio,
-        data.seed,
-    )
+    per_dataset = [recs for _, recs in loaded]  # (record, row) pairs: rows name the line in errors
+    train_pairs, eval_pairs = split_and_mix(per_dataset, [ds.weight for ds in data.train], data.eval_ratio, data.seed)
     for ds in data.eval:
-        fmt, recs = load_records(ds)
+        fmt, recs = load_records(ds, data.max_record_bytes)
         _require_sft(ds, recs)
         stats.append(DatasetStats(ds.path, fmt, records=len(recs)))
-        eval_pairs += [(len(stats) - 1, r) for r, _ in recs]
+        eval_pairs += [(len(stats) - 1, r) for r in recs]
     train, _ = _encode_all(encoder, train_pairs, stats, data, "train")
     evals, sources = _encode_all(encoder, eval_pairs, stats, data, "eval")
     _check_masking(stats, data)
@@ -194,14 +194,28 @@ def task_names(data: DataConfig, sources: list[int]) -> list[str]:
     return [names[d] for d in sources]
 
 
+@contextmanager
+def at_row(row: Row) -> Iterator[None]:
+    """A chat template that cannot render a record (tools it ignores, a turn it changes) names the record."""
+    try:
+        yield
+    except TemplateError as e:
+        raise row.error(str(e), e.field) from None
+
+
 def _encode_all(
-    encoder: Encoder, pairs: list[tuple[int, Record]], stats: list[DatasetStats], data: DataConfig, split: str
+    encoder: Encoder,
+    pairs: list[tuple[int, tuple[Record, Row]]],
+    stats: list[DatasetStats],
+    data: DataConfig,
+    split: str,
 ) -> tuple[list[Example], list[int]]:
     """Encoded examples that survive truncation and masking, and the dataset index of each."""
     out, sources = [], []
-    for d, rec in pairs:
+    for d, (rec, row) in pairs:
         s = stats[d]
-        ex = encoder.encode(rec)
+        with at_row(row):
+            ex = encoder.encode(rec)
         if len(ex.input_ids) > data.max_length:
             if data.truncation == "drop":
                 s.dropped_too_long += 1

@@ -26,8 +26,17 @@ import torch
 
 from tunelab.config import DataConfig, RunConfig
 from tunelab.data.collate import collate
-from tunelab.data.pipeline import DatasetStats, Prepared, file_manifest, load_records, split_and_mix, task_names
+from tunelab.data.pipeline import (
+    DatasetStats,
+    Prepared,
+    at_row,
+    file_manifest,
+    load_records,
+    split_and_mix,
+    task_names,
+)
 from tunelab.data.records import Conversation, Message, Preference, Record, UnpairedPreference
+from tunelab.data.sources import Row
 from tunelab.data.tokenize import IGNORE, Encoder, Example, chat_template_for, truncate
 from tunelab.errors import DataError
 
@@ -62,16 +71,17 @@ def _context(prompt: tuple[Message, ...]) -> tuple[Message, ...]:
     return tuple(replace(m, weight=0) if m.role == "assistant" else m for m in prompt)
 
 
-def _conv(prompt: tuple[Message, ...], reply: tuple[Message, ...]) -> Conversation:
-    return Conversation(_context(prompt) + reply)
+def _conv(prompt: tuple[Message, ...], reply: tuple[Message, ...], tools: tuple[str, ...]) -> Conversation:
+    return Conversation(_context(prompt) + reply, tools)
 
 
 def encode_pair(encoder: Encoder, rec: Preference) -> PairItem:
-    return PairItem(encoder.encode(_conv(rec.prompt, rec.chosen)), encoder.encode(_conv(rec.prompt, rec.rejected)))
+    chosen, rejected = _conv(rec.prompt, rec.chosen, rec.tools), _conv(rec.prompt, rec.rejected, rec.tools)
+    return PairItem(encoder.encode(chosen), encoder.encode(rejected))
 
 
 def encode_unpaired(encoder: Encoder, rec: UnpairedPreference) -> UnpairedItem:
-    return UnpairedItem(encoder.encode(_conv(rec.prompt, rec.completion)), rec.label)
+    return UnpairedItem(encoder.encode(_conv(rec.prompt, rec.completion, rec.tools)), rec.label)
 
 
 # --------------------------------------------------------------------------- batches
@@ -118,18 +128,17 @@ def prepare_preference(cfg: RunConfig, tokenizer: Any, kind: str) -> Prepared:
         raise DataError("no training data: add at least one dataset under data.train", where="config")
     encoder = Encoder(tokenizer, chat_template_for(tokenizer, cfg.model.chat_template), train_on_inputs=False)
     manifest = [file_manifest(ds.path) for ds in (*data.train, *data.eval)]
-    loaded = [load_records(ds) for ds in data.train]
+    loaded = [load_records(ds, data.max_record_bytes) for ds in data.train]
     stats = [DatasetStats(ds.path, fmt, records=len(recs)) for ds, (fmt, recs) in zip(data.train, loaded)]
     for ds, (_, recs) in zip(data.train, loaded):
         _require(kind, ds.path, recs, cfg.method.name)
-    train_pairs, eval_pairs = split_and_mix(
-        [[r for r, _ in recs] for _, recs in loaded], [ds.weight for ds in data.train], data.eval_ratio, data.seed
-    )
+    per_dataset = [recs for _, recs in loaded]  # (record, row) pairs: rows name the line in errors
+    train_pairs, eval_pairs = split_and_mix(per_dataset, [ds.weight for ds in data.train], data.eval_ratio, data.seed)
     for ds in data.eval:
-        fmt, recs = load_records(ds)
+        fmt, recs = load_records(ds, data.max_record_bytes)
         _require(kind, ds.path, recs, cfg.method.name)
         stats.append(DatasetStats(ds.path, fmt, records=len(recs)))
-        eval_pairs += [(len(stats) - 1, r) for r, _ in recs]
+        eval_pairs += [(len(stats) - 1, r) for r in recs]
     train = [x for d, r in train_pairs if (x := _encode(encoder, r, stats[d], data, "train")) is not None]
     kept = [(d, x) for d, r in eval_pairs if (x := _encode(encoder, r, stats[d], data, "eval")) is not None]
     evals, sources = [x for _, x in kept], [d for d, _ in kept]
@@ -161,15 +170,17 @@ def clip(ex: Example, max_length: int, bos: int | None) -> Example:
     return truncate(Example(ids, labels), max_length)
 
 
-def _encode(encoder: Encoder, rec: Record, s: DatasetStats, data: DataConfig, split: str) -> Any:
+def _encode(encoder: Encoder, source: tuple[Record, Row], s: DatasetStats, data: DataConfig, split: str) -> Any:
     """One record -> item, or None when dropped (too long with truncation: drop, or a reply truncated away)."""
-    if isinstance(rec, Preference):
-        pair = encode_pair(encoder, rec)
-        exs = [pair.chosen, pair.rejected]
-    else:
-        assert isinstance(rec, UnpairedPreference)
-        single = encode_unpaired(encoder, rec)
-        exs = [single.example]
+    rec, row = source
+    with at_row(row):
+        if isinstance(rec, Preference):
+            pair = encode_pair(encoder, rec)
+            exs = [pair.chosen, pair.rejected]
+        else:
+            assert isinstance(rec, UnpairedPreference)
+            single = encode_unpaired(encoder, rec)
+            exs = [single.example]
     if any(len(e.input_ids) > data.max_length for e in exs):
         if data.truncation == "drop":
             s.dropped_too_long += 1

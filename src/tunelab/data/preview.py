@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from tunelab.config import RunConfig
-from tunelab.data.pipeline import load_records, prepare
+from tunelab.data.pipeline import at_row, load_records, prepare
 from tunelab.data.records import SFT_RECORDS
 from tunelab.data.tokenize import IGNORE, Encoder, Example, chat_template_for
 
@@ -25,7 +25,7 @@ def validate(cfg: RunConfig, tokenizer: Any) -> dict[str, Any]:
     if cfg.method.name in FORMAT_OF:  # classify / ner: labelled or tagged rows, label set and alignment
         return prepare_heads(resolve_formats(cfg), tokenizer).report() | {"kind": cfg.method.name}
     datasets = [*cfg.data.train, *cfg.data.eval]
-    loaded = [load_records(ds) for ds in datasets]
+    loaded = [load_records(ds, cfg.data.max_record_bytes) for ds in datasets]
     if all(isinstance(r, SFT_RECORDS) for _, recs in loaded for r, _ in recs[:1]):
         report = prepare(cfg, tokenizer).report()
         report["kind"] = "sft"
@@ -35,8 +35,10 @@ def validate(cfg: RunConfig, tokenizer: Any) -> dict[str, Any]:
     out = []
     for ds, (fmt, recs) in zip(datasets, loaded):
         lengths, too_long, masked = [], 0, 0
-        for rec, _ in recs:
-            for _, ex in encoder.encode_views(rec):
+        for rec, row in recs:
+            with at_row(row):
+                views = encoder.encode_views(rec)
+            for _, ex in views:
                 lengths.append(len(ex.input_ids))
                 too_long += len(ex.input_ids) > cfg.data.max_length
                 masked += ex.n_trainable == 0
@@ -54,11 +56,12 @@ def debug_examples(cfg: RunConfig, tokenizer: Any, n: int) -> list[tuple[str, st
     if cfg.method.name in FORMAT_OF:
         return _head_examples(cfg, tokenizer, n)
     encoder = Encoder(tokenizer, chat_template_for(tokenizer, cfg.model.chat_template), cfg.data.train_on_inputs)
-    _, recs = load_records(cfg.data.train[0].model_copy(update={"max_samples": n}))
+    _, recs = load_records(cfg.data.train[0].model_copy(update={"max_samples": n}), cfg.data.max_record_bytes)
     out = []
     for rec, row in recs:
         where = f"{row.source}:{row.line}" if row.line else f"{row.source}[{row.index}]"
-        out += [(where, view, ex) for view, ex in encoder.encode_views(rec)]
+        with at_row(row):
+            out += [(where, view, ex) for view, ex in encoder.encode_views(rec)]
     return out
 
 

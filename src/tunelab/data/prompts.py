@@ -97,12 +97,12 @@ def prepare_prompts(cfg: RunConfig, tokenizer: Any) -> Prepared:
     stats: list[DatasetStats] = []
     per_dataset: list[list[PromptSpec]] = []
     for ds in data.train:
-        fmt, recs = load_records(ds)
+        fmt, recs = load_records(ds, data.max_record_bytes)
         stats.append(DatasetStats(ds.path, fmt, records=len(recs)))
         per_dataset.append([_prompt(rec, row) for rec, row in recs])
     train_pairs, eval_pairs = split_and_mix(per_dataset, [ds.weight for ds in data.train], data.eval_ratio, data.seed)  # type: ignore[arg-type]
     for ds in data.eval:
-        fmt, recs = load_records(ds)
+        fmt, recs = load_records(ds, data.max_record_bytes)
         stats.append(DatasetStats(ds.path, fmt, records=len(recs)))
         eval_pairs += [(len(stats) - 1, _prompt(rec, row)) for rec, row in recs]  # type: ignore[misc]
     encode = _Encoder(tokenizer, template, budget, data.truncation)

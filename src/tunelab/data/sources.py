@@ -11,9 +11,11 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from tunelab import textio
 from tunelab.errors import DataError
+from tunelab.textio import MAX_RECORD_BYTES, size_text
 
 SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -31,15 +33,16 @@ class Row:
         )
 
 
-def read_rows(path: str, split: str = "train") -> Iterator[Row]:
-    """Yield rows of a file, a saved `datasets` folder, or a hub dataset id."""
+def read_rows(path: str, split: str = "train", max_record_bytes: int = MAX_RECORD_BYTES) -> Iterator[Row]:
+    """Yield rows of a file, a saved `datasets` folder, or a hub dataset id; a record over `max_record_bytes`
+    (data.max_record_bytes) is an error, found before it is parsed where the format has lines."""
     p = Path(path).expanduser()
     if p.is_dir():
-        yield from _read_datasets_folder(p, split)
+        yield from _bounded(_read_datasets_folder(p, split), max_record_bytes)
         return
     if not p.exists():
         if _looks_like_hub_id(path):
-            yield from _read_hub(path, split)
+            yield from _bounded(_read_hub(path, split), max_record_bytes)
             return
         raise DataError(
             "file not found (expected a .jsonl/.json/.csv/.parquet file, a datasets folder or a hub id)",
@@ -50,7 +53,7 @@ def read_rows(path: str, split: str = "train") -> Iterator[Row]:
         raise DataError(f"unsupported file type {p.suffix!r}; expected one of {', '.join(SUFFIXES)}", where=path)
     if p.stat().st_size == 0:
         raise DataError("file is empty", where=path)
-    yield from READERS[kind](p)
+    yield from READERS[kind](p, max_record_bytes)
 
 
 @dataclass(frozen=True)
@@ -63,38 +66,90 @@ class BadRow:
     problem: str
 
 
-def iter_jsonl(p: Path) -> Iterator[Row | BadRow]:
-    """Every non-blank line as a Row or a BadRow: the data toolkit reports all bad lines, training stops at one."""
+def too_big(size: int, limit: int) -> str:
+    return (f"record is {size_text(size)}, over the limit of {size_text(limit)} (data.max_record_bytes; raise it "
+            "if records this big are intended)")  # fmt: skip
+
+
+def iter_jsonl(p: Path, max_record_bytes: int = MAX_RECORD_BYTES) -> Iterator[Row | BadRow]:
+    """Every non-blank line as a Row or a BadRow: the data toolkit reports all bad lines, training stops at one.
+    A line's size is checked before it is read whole or parsed; binary data stops the file at once."""
     index = 0
-    with p.open(encoding="utf-8") as f:
-        for lineno, text in enumerate(f, 1):
-            if not text.strip():
+    with p.open("rb") as f:
+        for ln in textio.lines(f, max_record_bytes):
+            if ln.raw is not None and not ln.raw.strip():
                 continue
-            try:
-                data = json.loads(text)
-                problem = None if isinstance(data, dict) else f"expected a JSON object, got {type(data).__name__}"
-            except json.JSONDecodeError as e:
-                problem = f"invalid JSON ({e.msg} at column {e.colno})"
-            yield BadRow(str(p), index, lineno, problem) if problem else Row(data, str(p), index, lineno)
+            data, problem = _json_line(ln, p, max_record_bytes)
+            yield BadRow(str(p), index, ln.number, problem) if problem else Row(data, str(p), index, ln.number)
             index += 1
 
 
-def iter_csv(p: Path) -> Iterator[Row | BadRow]:
-    """Every CSV row (after the header) as a Row or, with too many or too few fields, a BadRow."""
-    with p.open(encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f, restkey="\0extra")
-        if not reader.fieldnames:
-            raise DataError("CSV has no header row", where=str(p))
-        width = len(reader.fieldnames)
-        index, start = 0, reader.line_num + 1
-        for data in reader:
-            if "\0extra" in data:
-                yield BadRow(str(p), index, start, f"row has more fields than the header ({width})")
-            elif any(v is None for v in data.values()):
-                yield BadRow(str(p), index, start, f"row has fewer fields than the header ({width})")
-            else:
-                yield Row(dict(data), str(p), index, start)
-            index, start = index + 1, reader.line_num + 1
+def _json_line(ln: textio.Line, p: Path, limit: int) -> tuple[Any, str | None]:
+    """(the parsed object, None) or (None, why the line is not a record); binary data raises at once."""
+    if ln.raw is None:
+        return None, too_big(ln.size, limit)
+    got = textio.text(ln.raw, ln.offset)
+    if isinstance(got, textio.NotText):
+        if got.binary:  # a binary file would be thousands of "bad lines"
+            raise DataError(got.message, where=str(p), line=ln.number)
+        return None, got.message
+    try:
+        data = json.loads(got)
+    except json.JSONDecodeError as e:
+        return None, f"invalid JSON ({e.msg} at column {e.colno})"
+    return (data, None) if isinstance(data, dict) else (None, f"expected a JSON object, got {type(data).__name__}")
+
+
+def decode_line(ln: textio.Line, where: str) -> str:
+    assert ln.raw is not None
+    return textio.decode(ln.raw, where, offset=ln.offset, line=ln.number)
+
+
+class _CsvLines:
+    """Decoded lines for the csv module, refusing binary data and lines over the limit, and counting the bytes
+    each record took (a quoted field may span lines)."""
+
+    def __init__(self, f: BinaryIO, where: str, limit: int) -> None:
+        self.lines, self.where, self.limit, self.used = textio.lines(f, limit), where, limit, 0
+
+    def __iter__(self) -> Iterator[str]:
+        for ln in self.lines:
+            if ln.raw is None:
+                raise DataError(too_big(ln.size, self.limit), where=self.where, line=ln.number)
+            self.used += ln.size + len(ln.end)
+            yield decode_line(ln, self.where) + ln.end.decode()  # quoted cells keep their own line breaks
+
+
+def iter_csv(p: Path, max_record_bytes: int = MAX_RECORD_BYTES) -> Iterator[Row | BadRow]:
+    """Every CSV row (after the header) as a Row or, with too many or too few fields or over the size limit, a
+    BadRow. Binary data, a line over the limit or broken quoting stop the file (the rows after it cannot be
+    told apart)."""
+    csv.field_size_limit(max(csv.field_size_limit(), max_record_bytes))  # ours is the limit that counts
+    with p.open("rb") as f:
+        lines = _CsvLines(f, str(p), max_record_bytes)
+        reader = csv.DictReader(lines, restkey="\0extra")
+        try:
+            if not reader.fieldnames:
+                raise DataError("CSV has no header row", where=str(p))
+            width = len(reader.fieldnames)
+            index, start, lines.used = 0, reader.line_num + 1, 0
+            for data in reader:
+                yield _csv_row(data, str(p), index, start, width, lines.used, max_record_bytes)
+                index, start, lines.used = index + 1, reader.line_num + 1, 0
+        except csv.Error as e:
+            raise DataError(f"not valid CSV ({e})", where=str(p), line=reader.line_num) from None
+
+
+def _csv_row(
+    data: dict[str, Any], where: str, index: int, line: int, width: int, size: int, limit: int
+) -> Row | BadRow:
+    if size > limit:
+        return BadRow(where, index, line, too_big(size, limit))
+    if "\0extra" in data:
+        return BadRow(where, index, line, f"row has more fields than the header ({width})")
+    if any(v is None for v in data.values()):
+        return BadRow(where, index, line, f"row has fewer fields than the header ({width})")
+    return Row(dict(data), where, index, line)
 
 
 def _strict(rows: Iterator[Row | BadRow], p: Path, empty: str) -> Iterator[Row]:
@@ -109,17 +164,18 @@ def _strict(rows: Iterator[Row | BadRow], p: Path, empty: str) -> Iterator[Row]:
         raise DataError(empty, where=str(p))
 
 
-def _read_jsonl(p: Path) -> Iterator[Row]:
-    return _strict(iter_jsonl(p), p, "file has no records (only blank lines)")
+def _read_jsonl(p: Path, limit: int) -> Iterator[Row]:
+    return _strict(iter_jsonl(p, limit), p, "file has no records (only blank lines)")
 
 
-def _read_csv(p: Path) -> Iterator[Row]:
-    return _strict(iter_csv(p), p, "CSV has a header but no rows")
+def _read_csv(p: Path, limit: int) -> Iterator[Row]:
+    return _strict(iter_csv(p, limit), p, "CSV has a header but no rows")
 
 
-def _read_json(p: Path) -> Iterator[Row]:
+def _read_json(p: Path, limit: int) -> Iterator[Row]:
+    text = textio.read_text(p, "JSON file")
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(f"invalid JSON ({e.msg} at column {e.colno})", where=str(p), line=e.lineno) from None
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
@@ -131,10 +187,10 @@ def _read_json(p: Path) -> Iterator[Row]:
     for i, item in enumerate(data):
         if not isinstance(item, dict):
             raise DataError(f"expected a JSON object, got {type(item).__name__}", where=str(p), record=i)
-        yield Row(item, str(p), i)
+    yield from _bounded((Row(item, str(p), i) for i, item in enumerate(data)), limit)
 
 
-def _read_parquet(p: Path) -> Iterator[Row]:
+def _read_parquet(p: Path, limit: int) -> Iterator[Row]:
     import pyarrow.parquet as pq
 
     try:
@@ -143,8 +199,30 @@ def _read_parquet(p: Path) -> Iterator[Row]:
         raise DataError(f"cannot read Parquet: {e}", where=str(p)) from None
     if table.num_rows == 0:
         raise DataError("Parquet file has no rows", where=str(p))
-    for i, data in enumerate(table.to_pylist()):
-        yield Row(data, str(p), i)
+    yield from _bounded((Row(data, str(p), i) for i, data in enumerate(table.to_pylist())), limit)
+
+
+def _bounded(rows: Iterator[Row], limit: int) -> Iterator[Row]:
+    """Rows of formats without lines (JSON arrays, Parquet, datasets): each record's size is measured from its
+    values, before anything downstream (formats, tokenizer, data checks) touches it."""
+    for row in rows:
+        size = value_bytes(row.data)
+        if size > limit:
+            raise row.error(too_big(size, limit))
+        yield row
+
+
+def value_bytes(value: Any) -> int:
+    """About the size of a value as UTF-8 JSON: the bytes of its strings, 8 per number."""
+    if isinstance(value, str):
+        return len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
+    if isinstance(value, bytes):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(value_bytes(k) + value_bytes(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return sum(value_bytes(v) for v in value)
+    return 8
 
 
 def _read_datasets_folder(p: Path, split: str) -> Iterator[Row]:

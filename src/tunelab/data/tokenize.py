@@ -11,6 +11,11 @@ prefixes of each other; a template that breaks that is reported with the turn wh
 
 BOS appears exactly once: templates that write `bos_token` themselves are tokenized without special
 tokens; for the others, BOS is prepended when the tokenizer adds one by default.
+
+Tool use: a conversation's `tools` go to the template as `tools=`, tool calls and results as OpenAI-shaped
+messages. An assistant turn's calls are part of its span, so they train like its text; tool results are
+input. Templates differ in whether they can show tools at all, and one that cannot usually ignores them
+without a word, so `template_checks` verifies each rendering and refuses the record otherwise.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tunelab.data import template_checks
 from tunelab.data.records import (
     Conversation,
     Message,
@@ -28,24 +34,37 @@ from tunelab.data.records import (
     Record,
     Text,
     UnpairedPreference,
+    message_dict,
+    tool_schemas,
 )
-from tunelab.errors import TunelabError
+from tunelab.data.template_checks import TemplateError
+from tunelab.textio import read_text
 
 IGNORE = -100
 
-# Used when a tokenizer has no chat template (e.g. base models). Documented in docs/data.md.
+# An assistant message's tool calls, after its content, each as <tool_call>{"name", "arguments"}</tool_call>
+# (the Hermes/Qwen convention most ChatML models use). Shared by the fallback and the presets' ChatML template.
+# transformers renders with trim_blocks (a newline right after a {% tag %} is dropped), hence {{ '\\n' }}.
+TOOL_CALLS_JINJA = (
+    "{% if m['tool_calls'] is defined %}{% for c in m['tool_calls'] %}"
+    "{% set f = c['function'] if c['function'] is defined else c %}"
+    "{% if m['content'] or not loop.first %}{{ '\\n' }}{% endif %}"
+    '<tool_call>\n{"name": {{ f[\'name\'] | tojson }}, "arguments": '
+    "{% if f['arguments'] is string %}{{ f['arguments'] }}{% else %}{{ f['arguments'] | tojson }}{% endif %}"
+    "}\n</tool_call>{% endfor %}{% endif %}"
+)
+
+# Used when a tokenizer has no chat template (e.g. base models). Documented in docs/data.md. Without tools,
+# tool calls and tool results the text is what it always was.
 FALLBACK_TEMPLATE = (
     "{% if bos_token %}{{ bos_token }}{% endif %}"
+    "{% if tools %}### Tools:{% for t in tools %}{{ '\\n' }}{{ t | tojson }}{% endfor %}{{ '\\n\\n' }}{% endif %}"
     "{% for m in messages %}"
-    "{% if m['role'] == 'assistant' %}### Assistant:\n{{ m['content'] }}{{ eos_token }}\n\n"
+    "{% if m['role'] == 'assistant' %}### Assistant:\n{{ m['content'] }}" + TOOL_CALLS_JINJA + "{{ eos_token }}\n\n"
     "{% else %}### {{ m['role'] | capitalize }}:\n{{ m['content'] }}\n\n{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}### Assistant:\n{% endif %}"
 )
-
-
-class TemplateError(TunelabError):
-    """The chat template cannot be used to find which tokens carry loss."""
 
 
 @dataclass
@@ -64,29 +83,36 @@ def chat_template_for(tokenizer: Any, override: str | None = None) -> str:
         return FALLBACK_TEMPLATE
     if override:
         p = Path(override)
-        return p.read_text() if p.suffix == ".jinja" and p.is_file() else override
+        return read_text(p, "chat template") if p.suffix == ".jinja" and p.is_file() else override
     return tokenizer.chat_template or FALLBACK_TEMPLATE
 
 
 def render(
     tokenizer: Any,
-    messages: tuple[Message, ...] | list[dict[str, str]],
+    messages: tuple[Message, ...] | list[dict[str, Any]],
     template: str,
     generation_prompt: bool = False,
+    tools: list[dict[str, Any]] | None = None,
 ) -> str:
-    msgs = [{"role": m.role, "content": m.content} if isinstance(m, Message) else m for m in messages]
+    msgs = [message_dict(m) if isinstance(m, Message) else m for m in messages]
+    extra = {"tools": tools} if tools else {}  # no `tools` key at all without tools: renders as it always did
     try:
         return tokenizer.apply_chat_template(
-            msgs, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
+            msgs, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt, **extra
         )
     except Exception as e:  # jinja raises TemplateError / exceptions the template itself raises
-        roles = ", ".join(m["role"] for m in msgs)
+        roles = ", ".join(m["role"] for m in msgs) + (" and tools" if tools else "")
         raise TemplateError(f"chat template failed on a conversation with roles [{roles}]: {e}") from None
 
 
-def prompt_text(tokenizer: Any, messages: tuple[Message, ...] | list[dict[str, str]], template: str) -> str:
+def prompt_text(
+    tokenizer: Any,
+    messages: tuple[Message, ...] | list[dict[str, Any]],
+    template: str,
+    tools: list[dict[str, Any]] | None = None,
+) -> str:
     """What a model sees before it answers: the conversation plus the assistant generation prompt."""
-    return render(tokenizer, messages, template, generation_prompt=True)
+    return render(tokenizer, messages, template, generation_prompt=True, tools=tools)
 
 
 class Encoder:
@@ -122,30 +148,43 @@ class Encoder:
         pairs, the labelled completion for unpaired preference, the prompt of a prompt record (used by
         validate/prepare --debug)."""
         if isinstance(record, Preference):
-            return [("chosen", self.encode(Conversation(record.prompt + record.chosen))),
-                    ("rejected", self.encode(Conversation(record.prompt + record.rejected)))]  # fmt: skip
+            return [("chosen", self.encode(Conversation(record.prompt + record.chosen, record.tools))),
+                    ("rejected", self.encode(Conversation(record.prompt + record.rejected, record.tools)))]  # fmt: skip
         if isinstance(record, UnpairedPreference):
             tag = "completion (good)" if record.label else "completion (bad)"
-            return [(tag, self.encode(Conversation(record.prompt + record.completion)))]
+            return [(tag, self.encode(Conversation(record.prompt + record.completion, record.tools)))]
         if isinstance(record, Prompt):  # grpo: nothing trains here, the model writes its own answers
-            return [("prompt", self._tokenize(prompt_text(self.tok, record.messages, self.template), []))]
+            text = prompt_text(self.tok, record.messages, self.template)
+            template_checks.check_rendered(record.messages, text)
+            return [("prompt", self._tokenize(text, []))]
         return [("", self.encode(record))]
 
+    def _render(self, msgs: tuple[Message, ...], tools: Any, generation_prompt: bool = False) -> str:
+        return render(self.tok, msgs, self.template, generation_prompt, tools)
+
     def _conversation(self, conv: Conversation) -> tuple[str, list[tuple[int, int]]]:
-        msgs = conv.messages
-        full = render(self.tok, msgs, self.template)
+        msgs, tools = conv.messages, tool_schemas(conv.tools)
+        full = self._render(msgs, tools)
+        if tools:
+            template_checks.check_tools_shown(full, self._render(msgs, None), conv.tools)
+        template_checks.check_rendered(msgs, full)
         spans = []
         for i, m in enumerate(msgs):
-            if m.role != "assistant" or m.weight == 0:
+            trains = m.role == "assistant" and m.weight != 0
+            if not (trains or m.tool_calls):
                 continue
-            before = render(self.tok, msgs[:i], self.template, generation_prompt=True)
-            upto = render(self.tok, msgs[: i + 1], self.template)
+            before = self._render(msgs[:i], tools, generation_prompt=True)
+            upto = self._render(msgs[: i + 1], tools)
             if not (upto.startswith(before) and full.startswith(upto)):
+                if not trains:  # context only: its calls were found in the whole text above
+                    continue
                 raise TemplateError(
                     f"the chat template renders turn {i} differently depending on what follows, so the loss mask "
                     "cannot be found; set model.chat_template: fallback (or a template without that behaviour)"
                 )
-            spans.append((len(before), len(upto.rstrip())))
+            template_checks.check_calls_in_turn(m, i, upto[len(before) :])
+            if trains:
+                spans.append((len(before), len(upto.rstrip())))
         return full, spans
 
     def _tokenize(self, text: str, spans: list[tuple[int, int]]) -> Example:

@@ -53,7 +53,7 @@ def evaluate_target(target: str, cfg: RunConfig, data: list[str] | None, probe: 
     """(EvalResult, forgetting-probe LossResult or None) of one model, loaded once."""
     from tunelab.eval.runner import evaluate, forgetting_probe, load_examples
 
-    examples = [ex for ds in eval_datasets(cfg, data) for ex in load_examples(ds)]
+    examples = [ex for ds in eval_datasets(cfg, data) for ex in load_examples(ds, cfg.data.max_record_bytes)]
     model, tok = load_target(target, cfg)
     result = evaluate(model, tok, examples, eval_settings(cfg), name=Path(target).name or target,
                       chat_template=cfg.model.chat_template, max_length=cfg.data.max_length)  # fmt: skip

@@ -23,7 +23,7 @@ PROBE_BEFORE = "forgetting_before.json"
 
 
 def eval_examples(cfg: RunConfig) -> list[EvalExample]:
-    return [ex for ds in (cfg.eval.data or cfg.data.eval) for ex in load_examples(ds)]
+    return [ex for ds in (cfg.eval.data or cfg.data.eval) for ex in load_examples(ds, cfg.data.max_record_bytes)]
 
 
 def task_metrics(cfg: RunConfig) -> dict[str, list[MetricSpec]]:

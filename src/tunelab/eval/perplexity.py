@@ -31,6 +31,7 @@ from tunelab.data.tokenize import IGNORE, Encoder, chat_template_for
 from tunelab.errors import DataError
 from tunelab.models.generate import Prompt
 from tunelab.scoring.metrics import MetricResult
+from tunelab.textio import read_text
 
 
 @dataclass
@@ -134,10 +135,7 @@ def load_probe_texts(path: str | Path | None = None) -> list[str]:
         lines = resources.files("tunelab").joinpath("assets/general_text.jsonl").read_text(encoding="utf-8")
     else:
         source = str(path)
-        try:
-            lines = Path(path).expanduser().read_text(encoding="utf-8")
-        except OSError as e:
-            raise DataError(f"cannot read probe texts: {e.strerror}", where=source) from None
+        lines = read_text(path, "probe texts")  # not UTF-8: the line and byte offset
     texts = []
     for lineno, line in enumerate(lines.splitlines(), 1):
         if not line.strip():

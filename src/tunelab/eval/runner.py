@@ -24,9 +24,10 @@ from tunelab.data.prompts import prompt_spec
 from tunelab.data.prompts import question_text as spec_text
 from tunelab.data.records import Conversation, Preference, PromptCompletion, Record, Text
 from tunelab.data.records import Prompt as PromptRecord
+from tunelab.data.sources import MAX_RECORD_BYTES
 from tunelab.errors import ConfigError, DataError
-from tunelab.models.generate import DecodingConfig, Prompt, generate
 from tunelab.eval.perplexity import LossResult, answer_loss, load_probe_texts, text_loss
+from tunelab.models.generate import DecodingConfig, Prompt, generate
 from tunelab.scoring.metrics import METRICS, MetricResult
 
 EVAL_DIR = "eval"  # inside a run directory: baseline.json, final.json, comparison.json, forgetting.json
@@ -66,7 +67,7 @@ class EvalResult:
                 metrics={k: MetricResult(**v) for k, v in raw["metrics"].items()},
                 decoding=raw.get("decoding", {}),
             )
-        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
             raise DataError(f"not a tunelab eval result ({type(e).__name__}: {e})", where=str(path)) from None
 
 
@@ -93,11 +94,12 @@ def example_from_record(record: Record, where: str) -> EvalExample:
                     "(use messages, alpaca, sharegpt, prompt_completion or preference data)", where=where)  # fmt: skip
 
 
-def load_examples(ds: DatasetConfig) -> list[EvalExample]:
-    """Eval examples of one dataset (read with the same sources and formats as training), tagged with its task."""
+def load_examples(ds: DatasetConfig, max_record_bytes: int = MAX_RECORD_BYTES) -> list[EvalExample]:
+    """Eval examples of one dataset (read with the same sources and formats as training, and the same
+    data.max_record_bytes), tagged with its task."""
     from tunelab.data.pipeline import load_records
 
-    _, recs = load_records(ds)
+    _, recs = load_records(ds, max_record_bytes)
     out = []
     for record, row in recs:
         where = f"{row.source}:{row.line}" if row.line else f"{row.source}#{row.index}"

@@ -39,6 +39,7 @@ from tunelab.config import DatasetConfig, ModelConfig, RunConfig, TeacherGenerat
 from tunelab.data.pipeline import load_records
 from tunelab.data.prompts import PromptSpec, prompt_of
 from tunelab.data.records import Message
+from tunelab.data.sources import MAX_RECORD_BYTES
 from tunelab.endpoint import Endpoint, api_key, chat, complete
 from tunelab.errors import DataError, TunelabError
 
@@ -62,10 +63,10 @@ class Reply:
 # --------------------------------------------------------------------------- prompts
 
 
-def read_prompts(ds: DatasetConfig) -> list[TeacherPrompt]:
+def read_prompts(ds: DatasetConfig, max_record_bytes: int = MAX_RECORD_BYTES) -> list[TeacherPrompt]:
     """The prompt of every record (tunelab.data.prompts.prompt_of); records without one are listed with their
     file and line, as invalid records are by the pipeline."""
-    _, records = load_records(ds)
+    _, records = load_records(ds, max_record_bytes)
     out: list[TeacherPrompt] = []
     errors: list[str] = []
     for rec, row in records:
@@ -158,13 +159,15 @@ class Teacher:
 # --------------------------------------------------------------------------- files
 
 
-def distill_dataset(ds: DatasetConfig, teacher: Teacher, out: str | Path) -> dict[str, Any]:
+def distill_dataset(
+    ds: DatasetConfig, teacher: Teacher, out: str | Path, max_record_bytes: int = MAX_RECORD_BYTES
+) -> dict[str, Any]:
     """Answer every prompt of `ds`; write the rows to `out` (JSONL) and failures to `<out>.failed.jsonl`.
     Returns the counts (prompts, written, failed, empty, truncated) and the files."""
     out = Path(out)
     if out.suffix.lower() not in (".jsonl", ".ndjson"):
         raise TunelabError(f"{out}: teacher completions are written as JSON lines; use a .jsonl file name")
-    prompts = read_prompts(ds)
+    prompts = read_prompts(ds, max_record_bytes)
     replies = teacher.answer([p.prompt for p in prompts])
     meta = settings(teacher.name, teacher.gen)
     rows = [_row(p, r, meta) for p, r in zip(prompts, replies) if r.text is not None]
@@ -274,7 +277,7 @@ def write_teacher_data(cfg: RunConfig, folder: Path, device: Any = None, log: An
         reports = []
         for i, ds in enumerate(cfg.data.train):
             name = "completions.jsonl" if len(cfg.data.train) == 1 else f"completions-{i}.jsonl"
-            reports.append(distill_dataset(ds, teacher, folder / name))
+            reports.append(distill_dataset(ds, teacher, folder / name, cfg.data.max_record_bytes))
             log("teacher: " + summary(reports[-1]))
     finally:
         teacher.close()

@@ -2,7 +2,8 @@
 
 Presets make tests and the offline quickstart possible: the same seed gives the same weights. The
 tokenizer maps each UTF-8 byte to one token (so it can encode anything) plus a few special tokens, and
-carries a ChatML chat template whose end-of-turn token is also the EOS, so a model trained on it stops.
+carries a ChatML chat template whose end-of-turn token is also the EOS, so a model trained on it stops;
+the template can also show tools, tool calls and tool results (see CHATML_TEMPLATE).
 """
 
 from __future__ import annotations
@@ -16,11 +17,27 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from tunelab.data.quickstart_task import make_splits
+from tunelab.data.tokenize import TOOL_CALLS_JINJA
 
 SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|im_end|>", "<|im_start|>"]
+# With tools, the Hermes/Qwen convention: the functions are listed in the system turn inside <tools></tools>,
+# an assistant's calls follow its content as <tool_call>{json}</tool_call>, and a result is a `tool` turn
+# inside <tool_response></tool_response>. A conversation without tools renders exactly as plain ChatML.
+TOOLS_SYSTEM = (
+    "# Tools\n\nYou may call one or more functions. Their signatures are within <tools></tools>:\n<tools>"
+    "{% for t in tools %}{{ '\\n' }}{{ t | tojson }}{% endfor %}{{ '\\n' }}</tools>\n\nFor each call, write a JSON object with the "
+    "function name and arguments within <tool_call></tool_call> tags:\n<tool_call>\n"
+    '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
+)
 CHATML_TEMPLATE = (
     "{% if bos_token %}{{ bos_token }}{% endif %}"
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if tools %}<|im_start|>system\n{% if messages and messages[0]['role'] == 'system' %}"
+    "{{ messages[0]['content'] }}\n\n{% endif %}" + TOOLS_SYSTEM + "<|im_end|>\n{% endif %}"
+    "{% for m in messages %}"
+    "{% if tools and loop.first and m['role'] == 'system' %}"  # already written with the tools
+    "{% elif m['role'] == 'tool' %}<|im_start|>tool\n<tool_response>\n{{ m['content'] }}\n</tool_response><|im_end|>\n"
+    "{% else %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}" + TOOL_CALLS_JINJA + "<|im_end|>\n{% endif %}"
+    "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 

@@ -29,7 +29,7 @@ MODEL_METHODS = ("paraphrase", "backtranslate", "synthesize", "self_instruct")
 
 
 class EndpointOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     base_url: str = Field(description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1.")
     model: str = Field(description="Model name sent with each request.")
@@ -40,7 +40,7 @@ class EndpointOptions(BaseModel):
 
 
 class AugmentOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     methods: list[str] = Field(default_factory=lambda: ["delete", "swap"], description="Augmentations to apply.")
     per_record: int = Field(1, ge=1, description="Variants per source record and method (simple and paraphrase).")

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.config import CheckOptions
+from tunelab.data.sources import MAX_RECORD_BYTES
 from tunelab.errors import DataError
 from tunelab.quality.check import DataInput, check
 from tunelab.quality.report import CheckReport, describe
@@ -39,9 +40,10 @@ def preflight(
     options: CheckOptions | None = None,
     tokenizer: Any = None,
     run_dir: str | Path | None = None,
+    max_record_bytes: int = MAX_RECORD_BYTES,
 ) -> CheckReport:
     """Check the data a run will train on; raise on errors, log and return warnings."""
-    report = check(train, eval, test, options, tokenizer)
+    report = check(train, eval, test, options, tokenizer, max_record_bytes)
     if run_dir is not None:
         out = Path(run_dir)
         out.mkdir(parents=True, exist_ok=True)

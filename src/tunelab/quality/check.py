@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.config import CheckOptions, DatasetConfig, ModelConfig
+from tunelab.data.sources import MAX_RECORD_BYTES
 from tunelab.quality.dedup import exact_groups, near_pairs
 from tunelab.quality.inspect import empty_fields, inspect_dataset, public
 from tunelab.quality.io import sha256_file
@@ -39,11 +40,13 @@ def check(
     test: Sequence[DataInput] = (),
     options: CheckOptions | None = None,
     tokenizer: Any = None,
+    max_record_bytes: int = MAX_RECORD_BYTES,
 ) -> CheckReport:
-    """Load the files and check them together; `tokenizer` overrides `options.tokenizer`."""
+    """Load the files and check them together; `tokenizer` overrides `options.tokenizer`; records over
+    `max_record_bytes` are schema errors, never parsed."""
     options = options or CheckOptions()
     given = {"train": train, "eval": eval, "test": test}
-    datasets = [load(d, role, options) for role in ROLES for d in given[role]]
+    datasets = [load(d, role, options, max_record_bytes) for role in ROLES for d in given[role]]
     if tokenizer is None and options.tokenizer:
         from tunelab.models.load import load_tokenizer
 
@@ -51,10 +54,11 @@ def check(
     return check_datasets(datasets, options, tokenizer)
 
 
-def load(d: DataInput, role: str, options: CheckOptions) -> Dataset:
+def load(d: DataInput, role: str, options: CheckOptions, max_record_bytes: int = MAX_RECORD_BYTES) -> Dataset:
     if isinstance(d, str):
-        return load_dataset(d, role, label_column=options.label_column)
-    return load_dataset(d.path, role, d.format, d.columns, options.label_column, d.split, d.max_samples)
+        return load_dataset(d, role, label_column=options.label_column, max_record_bytes=max_record_bytes)
+    return load_dataset(d.path, role, d.format, d.columns, options.label_column, d.split, d.max_samples,
+                        max_record_bytes)  # fmt: skip
 
 
 def check_datasets(datasets: list[Dataset], options: CheckOptions, tokenizer: Any = None) -> CheckReport:

@@ -26,7 +26,7 @@ from tunelab.quality.pii import PII_KINDS, find_pii, redact_pii
 
 
 class CleanOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     trim: bool = Field(True, description="Strip leading and trailing whitespace from every text field.")
     drop_invalid: bool = Field(True, description="Drop rows that fail the format (always for unreadable lines).")

@@ -24,6 +24,9 @@ from tunelab.data.records import (
     Text,
     TokenTags,
     UnpairedPreference,
+    message_dict,
+    message_text,
+    tool_schemas,
 )
 from tunelab.quality.items import Dataset, Item
 
@@ -109,12 +112,14 @@ def measure(items: list[Item], tokenizer: Any = None) -> list[int]:
 def render(record: Record, tokenizer: Any = None) -> str:
     msgs = _messages(record)
     if isinstance(record, Preference):  # the longer side is what has to fit
-        longer = max((record.chosen, record.rejected), key=lambda s: sum(len(m.content) for m in s))
+        longer = max((record.chosen, record.rejected), key=lambda s: sum(len(message_text(m)) for m in s))
         msgs = record.prompt + longer
     if msgs:
         if tokenizer is not None and getattr(tokenizer, "chat_template", None):
-            return tokenizer.apply_chat_template([{"role": m.role, "content": m.content} for m in msgs], tokenize=False)
-        return "\n".join(m.content for m in msgs)
+            tools = tool_schemas(getattr(record, "tools", ()))  # tool calls and tools count, as in training
+            extra = {"tools": tools} if tools else {}
+            return tokenizer.apply_chat_template([message_dict(m) for m in msgs], tokenize=False, **extra)
+        return "\n".join(message_text(m) for m in msgs)
     if isinstance(record, PromptCompletion):
         return record.prompt + record.completion
     if isinstance(record, Labelled):

@@ -34,8 +34,9 @@ from tunelab.data.records import (
     Text,
     TokenTags,
     UnpairedPreference,
+    message_text,
 )
-from tunelab.data.sources import BadRow, Row, iter_csv, iter_jsonl, read_rows
+from tunelab.data.sources import MAX_RECORD_BYTES, BadRow, Row, iter_csv, iter_jsonl, read_rows
 from tunelab.errors import DataError, format_location
 
 LABEL_COLUMNS = ("label", "category", "intent", "class", "labels")
@@ -97,12 +98,14 @@ def load_dataset(
     label_column: str | None = None,
     split: str = "train",
     max_samples: int | None = None,
+    max_record_bytes: int = MAX_RECORD_BYTES,
 ) -> Dataset:
-    """Read and parse every row of `path`, keeping bad rows as items with an error."""
+    """Read and parse every row of `path`, keeping bad rows (and records over `max_record_bytes`) as items
+    with an error."""
     items: list[Item] = []
     file_error = None
     try:
-        for entry in _rows(path, split):
+        for entry in _rows(path, split, max_record_bytes):
             if max_samples is not None and len(items) >= max_samples:
                 break
             items.append(entry if isinstance(entry, Item) else Item(entry.source, entry.index, entry.line, entry.data))
@@ -122,14 +125,14 @@ def load_dataset(
     return Dataset(path, role, name, label, items, file_error)
 
 
-def _rows(path: str, split: str) -> Iterator[Row | Item]:
+def _rows(path: str, split: str, limit: int) -> Iterator[Row | Item]:
     """Line-oriented files keep every bad line as an item with its error; other sources stop at the first."""
     p = Path(path)
     tolerant = {".jsonl": iter_jsonl, ".ndjson": iter_jsonl, ".csv": iter_csv}.get(p.suffix.lower())
     if tolerant is None or not p.is_file():
-        yield from read_rows(path, split)
+        yield from read_rows(path, split, limit)
         return
-    for row in tolerant(p):
+    for row in tolerant(p, limit):
         if isinstance(row, BadRow):
             yield Item(row.source, row.index, row.line, {}, error=format_location(row.source, row.line) + row.problem)
         else:
@@ -203,14 +206,14 @@ def set_leaf(row: dict[str, Any], path: str, new: str) -> None:
 
 
 def _join(messages: tuple[Message, ...]) -> str:
-    return "\n".join(f"{m.role}: {m.content}" for m in messages)
+    return "\n".join(f"{m.role}: {message_text(m)}" for m in messages)
 
 
 def record_texts(record: Record) -> tuple[str, str]:
     """(input, output): the side a model sees and the side it learns to write."""
     if isinstance(record, Conversation):
         last = max(i for i, m in enumerate(record.messages) if m.role == "assistant")
-        return _join(record.messages[:last]), record.messages[last].content
+        return _join(record.messages[:last]), message_text(record.messages[last])
     if isinstance(record, PromptCompletion):
         return record.prompt, record.completion
     if isinstance(record, Text):

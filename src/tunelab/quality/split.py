@@ -28,7 +28,7 @@ SPLITS = ("train", "validation", "test")
 
 
 class SplitOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     ratios: tuple[float, float, float] = Field((0.7, 0.15, 0.15), description="Train, validation, test shares.")
     seed: int = Field(0, description="Seed for the assignment of groups to splits.")

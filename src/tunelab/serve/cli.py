@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -26,11 +27,15 @@ def _adapters(items: list[str]) -> dict[str, str]:
 
 
 def serve_cmd(
-    target: str = typer.Argument(..., help="A run directory, a model folder, or a preset name (tiny)."),
-    adapter: list[str] = typer.Option([], "--adapter", "-a", help="Also serve a LoRA adapter: NAME=PATH (repeatable)."),
-    config: Path | None = typer.Option(None, "--config", "-c", help="serve.yaml (keys, limits, guard, logging)."),
-    host: str | None = typer.Option(None, help="Address to bind (overrides the config)."),
-    port: int | None = typer.Option(None, help="Port to bind (overrides the config)."),
+    target: Annotated[str, typer.Argument(help="A run directory, a model folder, or a preset name (tiny).")],
+    adapter: Annotated[
+        list[str] | None, typer.Option("--adapter", "-a", help="Also serve a LoRA adapter: NAME=PATH (repeatable).")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="serve.yaml (keys, limits, guard, logging).")
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Address to bind (overrides the config).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port to bind (overrides the config).")] = None,
 ) -> None:
     """Serve a model and its LoRA adapters with an OpenAI-compatible API.
 
@@ -42,11 +47,11 @@ def serve_cmd(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = load_serve_config(config)
     update = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
-    serve(target, cfg.model_copy(update=update), _adapters(adapter))
+    serve(target, cfg.model_copy(update=update), _adapters(adapter or []))
 
 
 def serve_key_cmd(
-    key_id: str = typer.Argument(..., help="A name for the key (shown in logs and the store)."),
+    key_id: Annotated[str, typer.Argument(help="A name for the key (shown in logs and the store).")],
 ) -> None:
     """Create an API key: prints the key once (give it to the client) and the line for the keys file."""
     from tunelab.serve.security import new_api_key

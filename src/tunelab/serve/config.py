@@ -19,7 +19,7 @@ GuardAction = Literal["off", "flag", "block", "redact"]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class AuthConfig(_Section):

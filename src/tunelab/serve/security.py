@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tunelab.errors import ConfigError, TunelabError
+from tunelab.errors import ConfigError, DataError, TunelabError
 from tunelab.serve.config import AuthConfig
+from tunelab.textio import read_text
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -44,7 +45,11 @@ def load_key_hashes(cfg: AuthConfig) -> dict[str, str]:
         path = Path(cfg.keys_file).expanduser()
         if not path.is_file():
             raise ConfigError(f"auth.keys_file: {path} not found")
-        for n, line in enumerate(path.read_text().splitlines(), 1):
+        try:
+            text = read_text(path, "keys file")
+        except DataError as e:  # not UTF-8 text
+            raise ConfigError(f"auth.keys_file: {e}") from None
+        for n, line in enumerate(text.splitlines(), 1):
             line = line.split("#", 1)[0].strip()
             if line:
                 _add(found, line.split(), f"{path}, line {n}")

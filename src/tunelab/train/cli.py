@@ -1,22 +1,28 @@
 """`tunelab train | generate | chat`: thin Typer verbs over tunelab.api.
 
-tunelab.cli mounts them as top-level verbs. Ctrl-C during training saves a checkpoint and exits with status 130.
+tunelab.cli mounts them as top-level verbs. Ctrl-C (SIGINT) or SIGTERM during training saves a checkpoint and exits
+with status 128 + the signal number (130, 143), as a shell reports a process ended by that signal.
 """
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from tunelab.errors import TunelabError
 
+RunArg = Annotated[str, typer.Argument(help="A run directory, a preset name or a model folder.")]
+
 
 def train_command(
-    config: Path = typer.Argument(..., help="Run config YAML (see examples/sft-lora.yaml)."),
-    overrides: list[str] = typer.Argument(None, help="KEY=VALUE overrides, e.g. train.lr=1e-4 tuning.mode=full."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the run's last complete checkpoint."),
+    config: Annotated[Path, typer.Argument(help="Run config YAML (see examples/sft-lora.yaml).")],
+    overrides: Annotated[
+        list[str] | None, typer.Argument(help="KEY=VALUE overrides, e.g. train.lr=1e-4 tuning.mode=full.")
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's last complete checkpoint.")] = False,
 ) -> None:
     """Fine-tune a model: `tunelab train examples/sft-lora.yaml train.max_steps=50`."""
     from tunelab.api import TrainingInterrupted, train_from_file
@@ -25,7 +31,7 @@ def train_command(
         run_dir = train_from_file(config, overrides or [], resume=resume)
     except TrainingInterrupted as e:
         typer.echo(f"{e}\nresume with: tunelab train {config} {' '.join(overrides or [])} --resume".rstrip(), err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(128 + e.signum) from None
     from accelerate import PartialState
 
     if PartialState().is_main_process:  # under `accelerate launch` every process returns here
@@ -33,14 +39,16 @@ def train_command(
 
 
 def generate_command(
-    run: str = typer.Argument(..., help="A run directory, a preset name or a model folder."),
-    prompt: str = typer.Option(
-        ..., "--prompt", "-p", help="The prompt (a user turn when the model has a chat template)."
-    ),
-    max_new_tokens: int = typer.Option(128, help="Most tokens to generate."),
-    temperature: float = typer.Option(0.0, help="0 is greedy; above 0 samples."),
-    seed: int = typer.Option(0, help="Seed for sampling."),
-    raw: bool = typer.Option(False, "--raw", help="Do not apply the chat template; continue the text as is."),
+    run: RunArg,
+    prompt: Annotated[
+        str, typer.Option("--prompt", "-p", help="The prompt (a user turn when the model has a chat template).")
+    ],
+    max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 128,
+    temperature: Annotated[float, typer.Option(help="0 is greedy; above 0 samples.")] = 0.0,
+    seed: Annotated[int, typer.Option(help="Seed for sampling.")] = 0,
+    raw: Annotated[
+        bool, typer.Option("--raw", help="Do not apply the chat template; continue the text as is.")
+    ] = False,
 ) -> None:
     """Generate a completion: `tunelab generate runs/sft-lora --prompt "Reverse the word. kite"`."""
     from tunelab.api import generate
@@ -49,34 +57,57 @@ def generate_command(
                         chat=False if raw else None))  # fmt: skip
 
 
+CHAT_HELP = """commands (not sent to the model):
+  /reset          start a new conversation (the system message stays)
+  /help           this list
+  /exit, exit, quit, /quit, or Ctrl-D   end the chat"""
+CHAT_COMMANDS = {"/reset": "reset", "/help": "help", "/exit": "exit", "/quit": "exit", "exit": "exit", "quit": "exit"}
+
+
 def chat_command(
-    run: str = typer.Argument(..., help="A run directory, a preset name or a model folder."),
-    system: str | None = typer.Option(None, help="Optional system message."),
-    max_new_tokens: int = typer.Option(256, help="Most tokens per reply."),
-    temperature: float = typer.Option(0.0, help="0 is greedy; above 0 samples."),
+    run: RunArg,
+    system: Annotated[str | None, typer.Option(help="Optional system message.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Most tokens per reply.")] = 256,
+    temperature: Annotated[float, typer.Option(help="0 is greedy; above 0 samples.")] = 0.0,
 ) -> None:
-    """Chat interactively with the chat template, streaming tokens; empty line or Ctrl-D ends."""
+    """Chat interactively with the chat template, streaming tokens. /reset, /help; /exit, exit, quit or Ctrl-D end."""
     from tunelab.api import load_generator, stream
 
     model, tok = load_generator(run)
     if tok.chat_template is None:
         raise TunelabError(f"{run}: the tokenizer has no chat template; use `tunelab generate --raw`")
-    messages = [{"role": "system", "content": system}] if system else []
-    while True:
-        try:
-            line = input("> ")
-        except EOFError:
+    start = [{"role": "system", "content": system}] if system else []
+    messages = list(start)
+    typer.echo("/help lists the commands; /exit or Ctrl-D ends")
+    while (line := _read_turn()) is not None:
+        command = CHAT_COMMANDS.get(line.lower())
+        if command == "exit":
             break
-        if not line.strip():
-            break
-        messages.append({"role": "user", "content": line})
-        reply = []
-        for piece in stream(model, tok, messages, max_new_tokens, temperature):
-            sys.stdout.write(piece)
-            sys.stdout.flush()
-            reply.append(piece)
+        if command == "reset":
+            messages = list(start)
+            typer.echo("(new conversation)")
+        elif command == "help":
+            typer.echo(CHAT_HELP)
+        elif line.startswith("/"):
+            typer.echo(f"unknown command {line.split()[0]}; /help lists the commands")
+        elif line:  # an empty line sends nothing
+            messages.append({"role": "user", "content": line})
+            reply = []
+            for piece in stream(model, tok, messages, max_new_tokens, temperature):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+                reply.append(piece)
+            sys.stdout.write("\n")
+            messages.append({"role": "assistant", "content": "".join(reply)})
+
+
+def _read_turn() -> str | None:
+    """The next line the user typed, stripped; None at end of input (Ctrl-D or the end of piped stdin)."""
+    try:
+        return input("> ").strip()
+    except EOFError:
         sys.stdout.write("\n")
-        messages.append({"role": "assistant", "content": "".join(reply)})
+        return None
 
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help="Train and use models.")

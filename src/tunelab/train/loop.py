@@ -8,9 +8,12 @@ device and read (`.item()`) only every `log_every` steps, and tokens/s are count
 
 Evaluation (loss, and perplexity where the loss is token cross-entropy) runs every `eval_every` steps and
 at the end; the best eval loss is tracked for early stopping and for the protected "best" checkpoint.
-Ctrl-C sets a flag that is honoured after the current step: a checkpoint is saved and
-`TrainingInterrupted` is raised (a second Ctrl-C aborts at once; the atomic checkpoint write keeps the
-last good one intact).
+Ctrl-C or SIGTERM (what schedulers and `kill` send) sets a flag that is honoured after the current step: a
+checkpoint is saved and `TrainingInterrupted` is raised (a second signal aborts at once; the atomic checkpoint
+write keeps the last good one intact). A non-finite loss, seen where the loss is read anyway (log steps,
+and the last step is always one), stops the run with an error instead of training on and saving NaN weights;
+final/ is also refused when the trained weights are not finite (one check, at the end). `--resume` takes the
+newest checkpoint that verifies and loads, and says which newer ones it skipped and why.
 """
 
 from __future__ import annotations
@@ -48,9 +51,10 @@ class Hooks:
 
 
 class TrainingInterrupted(Exception):
-    def __init__(self, run_dir: Path, step: int, checkpoint: Path) -> None:
-        self.run_dir, self.step, self.checkpoint = run_dir, step, checkpoint
-        super().__init__(f"interrupted at step {step}; checkpoint saved to {checkpoint}")
+    def __init__(self, run_dir: Path, step: int, checkpoint: Path, signum: int = signal.SIGINT) -> None:
+        self.run_dir, self.step, self.checkpoint, self.signum = run_dir, step, checkpoint, signum
+        name = signal.Signals(signum).name
+        super().__init__(f"interrupted ({name}) at step {step}; checkpoint saved to {checkpoint}")
 
 
 @dataclass
@@ -107,19 +111,35 @@ class Trainer:
         self.state = LoopState()
         self.resumed = False
         self._interrupt = False
+        self._signal = int(signal.SIGINT)
         self._last_eval = self._last_save = -1
 
     # ------------------------------------------------------------------ state
     def resume(self) -> Path:
-        last = ckpt.latest(self.root)
-        if last is None:
-            raise TunelabError(f"--resume: no complete checkpoint in {self.root}")
-        self.acc.load_state(str(last))
+        skipped = []
+        for last in ckpt.newest_first(self.root):
+            problem = ckpt.verify(last) or self._load(last)
+            if problem is None:
+                break
+            skipped.append(f"{last.name}: {problem}")
+            self.acc.print(f"--resume: skipping {last} ({problem})")
+        else:
+            why = "".join(f"\n  {s}" for s in skipped)
+            raise TunelabError(f"--resume: no complete checkpoint in {self.root}{why}")
         saved = ckpt.read_state(last)
         self.state = LoopState(**{f.name: saved[f.name] for f in fields(LoopState) if f.name in saved})
         self.resumed = True
         self.acc.print(f"resumed from {last} (step {self.state.step} of {self.total})")
         return last
+
+    def _load(self, path: Path) -> str | None:
+        """None when the checkpoint loaded; else why not (a later, older one is tried: each load replaces all
+        of model, optimizer, scheduler and RNG state)."""
+        try:
+            self.acc.load_state(str(path))
+        except Exception as e:  # safetensors, torch zip and our own mismatch errors: all mean "not this one"
+            return f"cannot be loaded: {type(e).__name__}: {str(e)[:300]}"
+        return None
 
     def save(self) -> Path:
         step = self.state.step
@@ -195,6 +215,7 @@ class Trainer:
                     # Summed per unit by the method (see methods/base.py), so the window mean is sum / units.
                     rec |= {k: self._sum(v) / max(win_units, 1) for k, v in metric_acc.items()}
                     self._record(log, rec)
+                    self._check_finite(rec)
                     bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{rec['tokens_per_s']:,.0f}", refresh=False)
                     loss_acc.zero_()
                     metric_acc.clear()
@@ -209,7 +230,7 @@ class Trainer:
                     self.hooks.on_step_end(done)
                 if self._interrupted(at_log):
                     path = self.root / f"step-{done}" if self._last_save == done else self.save()
-                    raise TrainingInterrupted(job.run_dir, done, path)
+                    raise TrainingInterrupted(job.run_dir, done, path, self._signal)
                 if stop:
                     self.state.stopped_early = True
                     acc.print(
@@ -288,19 +309,35 @@ class Trainer:
         if self.job.cfg.train.trackers:
             self.acc.log({k: v for k, v in rec.items() if k != "step"}, step=rec["step"])
 
-    # ------------------------------------------------------------------ Ctrl-C
+    def _check_finite(self, rec: dict[str, Any]) -> None:
+        if not math.isfinite(rec["loss"]):
+            last = ckpt.latest(self.root)
+            again = f"; {last} is from before it (--resume with a lower lr)" if last else ""
+            raise TunelabError(
+                f"train: the loss is {rec['loss']} at step {rec['step']} (lr {rec['lr']:.3g}): training diverged, "
+                f"so no model is saved{again}. Lower train.lr, keep train.max_grad_norm set, or look for broken "
+                f"records; metrics.jsonl has every logged step."
+            )
+
+    # ------------------------------------------------------------------ Ctrl-C, SIGTERM
     def _install_sigint(self) -> Callable[[], None]:
         if threading.current_thread() is not threading.main_thread():
             return lambda: None
 
         def handler(signum: int, frame: Any) -> None:
-            if self._interrupt:  # second Ctrl-C: stop now
+            if self._interrupt:  # second signal: stop now
                 raise KeyboardInterrupt
-            self._interrupt = True
-            print("\ninterrupt: finishing this step, then saving a checkpoint (Ctrl-C again to abort)", flush=True)
+            self._interrupt, self._signal = True, signum
+            name = "interrupt" if signum == signal.SIGINT else signal.Signals(signum).name
+            print(f"\n{name}: finishing this step, then saving a checkpoint (Ctrl-C again to abort)", flush=True)
 
-        previous = signal.signal(signal.SIGINT, handler)
-        return lambda: signal.signal(signal.SIGINT, previous)
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+        def restore() -> None:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+        return restore
 
     def _interrupted(self, at_log: bool) -> bool:
         """All processes must agree before saving; with several processes agree only at log steps
@@ -321,6 +358,16 @@ class Trainer:
             self.state = state
             self.acc.print(f"final/ takes the best checkpoint (step {best}, eval loss {state.best_eval_loss:.4f})")
 
+    def _check_weights(self) -> None:
+        """The trained weights are finite (a last update can diverge after the last loss was read)."""
+        bad = torch.zeros((), device=self.acc.device)
+        for p in self.params:
+            bad += (~torch.isfinite(p.detach())).sum()
+        n = int(self._sum(bad))
+        if n:
+            raise TunelabError(f"train: {n:,} trained weights are NaN or infinite at step "
+                               f"{self.state.step}: training diverged, final/ is not written. Lower train.lr.")  # fmt: skip
+
     def save_final(self) -> Path:
         """final/: standard HF format (peft adapter folder or full model) with the tokenizer, atomically."""
         acc, job = self.acc, self.job
@@ -331,13 +378,15 @@ class Trainer:
             full = acc.get_state_dict(self.module)
             kwargs["state_dict"] = {k.removeprefix("model."): v for k, v in full.items()}
         final = job.run_dir / "final"
+        self._check_weights()
         if acc.is_main_process:
             tmp = job.run_dir / ".final.tmp"
             if tmp.exists():
                 shutil.rmtree(tmp)
-            model.save_pretrained(str(tmp), safe_serialization=True, **kwargs)
-            job.tokenizer.save_pretrained(str(tmp))
-            ckpt._fsync_tree(tmp)
+            with ckpt.written(tmp, "final model", self.root):
+                model.save_pretrained(str(tmp), safe_serialization=True, **kwargs)
+                job.tokenizer.save_pretrained(str(tmp))
+                ckpt._fsync_tree(tmp)
             if final.exists():
                 shutil.rmtree(final)
             tmp.rename(final)

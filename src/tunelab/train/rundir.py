@@ -3,6 +3,11 @@
 config.yaml (the resolved config: what ran), data_manifest.json (input files, sha256, record counts),
 data_report.json, environment.json (library versions, hardware), metrics.jsonl (one JSON object per
 log/eval line), checkpoints/, and final/ (a Hugging Face model or peft adapter folder plus tokenizer).
+
+A new run folder holds `.starting` (the pid and host) until the training loop begins. A start that fails
+before then (bad data, a crash, a kill) leaves what it wrote for inspection (data_check.json, the baseline
+eval), and the next attempt at the same run reuses that folder instead of refusing it as an existing run;
+the teacher's completions (teacher/) are kept for it, the rest is cleared.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
+import socket
 import sys
 import time
 from datetime import datetime
@@ -44,12 +51,55 @@ def choose_run_dir(cfg: RunConfig, config_path: str | Path | None, resume: bool)
         run = root / f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     if resume and not (run / "checkpoints").is_dir():
         raise TunelabError(f"--resume: {run} has no checkpoints/ (set save_every to write checkpoints)")
-    if not resume and run.exists() and any(run.iterdir()) and not cfg.output.overwrite:
+    if not resume and run.exists() and any(run.iterdir()) and not cfg.output.overwrite and not failed_start(run):
         raise TunelabError(
             f"{run} already exists: pass --resume to continue it, set output.overwrite=true to reuse it, "
             "or choose another output.name"
         )
     return run
+
+
+STARTING = ".starting"
+KEPT_ON_RESTART = ("teacher",)  # expensive to redo, and reused only when teacher, settings and inputs match
+
+
+def failed_start(run: Path) -> bool:
+    """Whether `run` is the leftover of a start that never reached training (its starter is gone)."""
+    marker = run / STARTING
+    if not marker.is_file():
+        return False
+    try:
+        info = json.loads(marker.read_text())
+        pid, host = int(info["pid"]), str(info["host"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return True  # cut short while it was written
+    if host != socket.gethostname():
+        return False  # no way to tell whether it is still starting there
+    if pid != os.getpid() and psutil.pid_exists(pid):
+        raise TunelabError(f"{run} is being started by process {pid}; wait for it, or choose another output.name")
+    return True
+
+
+def mark_starting(run: Path) -> bool:
+    """Create the run folder with its `.starting` marker; a failed earlier start's leftovers are cleared first.
+    Returns whether such leftovers were there."""
+    leftover = failed_start(run) if run.exists() else False
+    if leftover:
+        for p in run.iterdir():
+            if p.name in KEPT_ON_RESTART:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+    run.mkdir(parents=True, exist_ok=True)
+    (run / STARTING).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    return leftover
+
+
+def mark_started(run: Path) -> None:
+    """Training has begun: from now on the folder is a run (checkpoints, metrics), never cleared."""
+    (run / STARTING).unlink(missing_ok=True)
 
 
 def environment() -> dict[str, Any]:

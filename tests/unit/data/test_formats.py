@@ -10,6 +10,7 @@ from tunelab.data.records import (
     Prompt,
     PromptCompletion,
     Text,
+    ToolCall,
     UnpairedPreference,
 )
 
@@ -28,14 +29,16 @@ def test_alpaca_empty_input_is_just_the_instruction():
 
 
 def test_messages_with_tool_role_weight_and_text_parts():
+    call = {"type": "function", "function": {"name": "f", "arguments": "{}"}}
     row = {"messages": [
         {"role": "system", "content": "s"}, {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
-        {"role": "assistant", "content": "x", "weight": 0}, {"role": "tool", "content": "t"}, {"role": "assistant", "content": "y"}]}  # fmt: skip
+        {"role": "assistant", "content": "x", "weight": 0, "tool_calls": [call]}, {"role": "tool", "content": "t"},
+        {"role": "assistant", "content": "y"}]}  # fmt: skip
     rec = FORMATS["messages"](row)
     assert rec.messages == (
         Message(S, "s"),
         Message(U, "ab"),
-        Message(A, "x", 0.0),
+        Message(A, "x", 0.0, (ToolCall("f", "{}"),)),
         Message("tool", "t"),
         Message(A, "y"),
     )

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from tunelab.errors import DataError
-from tunelab.models.generate import encode_prompt
 from tunelab.eval.perplexity import answer_loss, forgetting_check, load_probe_texts, text_loss
+from tunelab.models.generate import encode_prompt
 from tunelab.models.presets import build_preset
 
 PROMPTS = [[{"role": "user", "content": "Name a colour."}], [{"role": "user", "content": "2+2?"}], "Continue: once"]

@@ -56,3 +56,11 @@ def test_adapter_option_parsing() -> None:
     assert _adapters(["a=/x", "b=runs/y"]) == {"a": "/x", "b": "runs/y"}
     with pytest.raises(TunelabError, match="expected NAME=PATH"):
         _adapters(["nopath"])
+
+
+def test_export_verifies_by_default(tmp_path: Path) -> None:
+    """The default `--check` runs verify in the same command (it once crashed on a typer OptionInfo default)."""
+    run = make_run(tmp_path, "run", lora_seed=3)
+    r = CliRunner().invoke(app, ["export", str(run), "--format", "merged", "-o", str(tmp_path / "exported")])
+    assert r.exit_code == 0, r.output
+    assert "export matches its run" in r.output and '"passed": true' in r.output

@@ -14,8 +14,8 @@ from tests.unit.methods.distillkit import TINY_SFT, trained_teacher_run
 from tunelab.config import DatasetConfig, RunConfig, TeacherGeneration
 from tunelab.data.records import Message
 from tunelab.errors import DataError, TunelabError
-from tunelab.models.generate import DecodingConfig, generate
 from tunelab.methods.teacher_data import Teacher, check_failures, distill_dataset, read_prompts, write_teacher_data
+from tunelab.models.generate import DecodingConfig, generate
 from tunelab.models.loader import load_run
 from tunelab.serve.config import ServeConfig
 from tunelab.serve.runtime import ServerThread, build_app, build_engine

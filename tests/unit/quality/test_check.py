@@ -124,3 +124,23 @@ def test_banking77_train_vs_test() -> None:
     assert leak.count == 7
     assert sum(p.count - 1 for p in report.find("duplicate")) == 4
     assert report.find("leak_near") and report.exit_code == 1
+
+
+def test_tool_call_rows_differ_by_their_calls_and_count_them(tmp_path: Path) -> None:
+    from tests.unit.data.test_tool_rows import openai_row
+
+    from tunelab.data.formats import FORMATS
+    from tunelab.data.tokenize import Encoder, chat_template_for
+
+    rows = []
+    for city in ("Paris", "Rome"):
+        row = openai_row()
+        row["messages"][1]["tool_calls"][0]["function"]["arguments"] = json.dumps({"city": city})
+        rows.append(row)
+    path = tmp_path / "tools.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert check([str(path)], options=CheckOptions(pii=False)).find("duplicate") == []  # the calls differ
+    tok = byte_tokenizer()
+    stats = inspect_dataset(load_dataset(str(path)), tokenizer=tok)
+    trained = Encoder(tok, chat_template_for(tok)).encode(FORMATS["messages"](rows[0]))
+    assert stats["length"]["max"] == len(trained.input_ids)  # measured as training renders it: tools and call
