@@ -8,19 +8,29 @@ autocasts the matmuls); adapter modes keep the base in the configured dtype (pef
 
 from __future__ import annotations
 
-import os
-import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from tunelab.config import RunConfig, dump_config, load_config
+from tunelab import config
+from tunelab.config import RunConfig
+from tunelab.data import preview
 from tunelab.errors import TunelabError
-from tunelab.train.loop import Hooks, Job, Trainer, TrainingInterrupted
+from tunelab.methods import METHODS, check_run
+from tunelab.models.load import load_tokenizer
+from tunelab.stages import run_stages
+from tunelab.train.loop import Hooks, TrainingInterrupted
+from tunelab.train.run import train_one
 
-__all__ = ["Hooks", "TrainingInterrupted", "generate", "load_generator", "stream", "train"]
+__all__ = ["Hooks", "TrainingInterrupted", "debug_examples", "generate", "load_config", "load_generator", "stream", "train",
+           "validate"]  # fmt: skip
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """The run config from YAML plus `a.b=c` overrides, with the checks that depend on a method's facts."""
+    return check_run(config.load_config(path, overrides))
 
 
 def train(
@@ -29,145 +39,18 @@ def train(
     """Train per `cfg`; returns the run directory (with final/). Raises TrainingInterrupted on Ctrl-C or SIGTERM.
     With `stages:`, runs them in order (tunelab.stages) and returns the last stage's run directory."""
     if cfg.stages:
-        from tunelab.stages import run_stages
-
         return run_stages(cfg, config_path, resume)[-1]
-    from accelerate import Accelerator
-    from accelerate.utils import broadcast_object_list, set_seed
-
-    from tunelab.data.collate import pack
-    from tunelab.data.heads import resolve_formats
-    from tunelab.methods import build_method, prepare_data
-    from tunelab.methods.teacher_data import prepare_teacher
-    from tunelab.models.heads import HEAD_TASK, load_head_model, write_head_info
-    from tunelab.models.load import load_tokenizer
-    from tunelab.models.tuning import (
-        PROMPT_LEARNING_MODES,
-        apply_tuning,
-        check_head_tuning,
-        describe_trainable,
-        load_for_tuning,
-    )
-    from tunelab.train import rundir
-    from tunelab.train.optim import configure_threads, resolve_precision
-    from tunelab.train.tracking import check_installed, tracked
-
-    check_installed(cfg)
-    threads = configure_threads(cfg.train.threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    acc = Accelerator(  # no log_with: trackers need the run directory, chosen below (see tunelab.train.tracking)
-        mixed_precision=resolve_precision(cfg.train.precision),
-        cpu=not torch.cuda.is_available(),  # lets torchrun-started workers on a CPU machine join as MULTI_CPU (gloo)
-    )
-    if acc.distributed_type.value == "DEEPSPEED" and cfg.train.grad_accum > 1:
-        raise TunelabError(
-            "train.grad_accum: DeepSpeed steps on every backward here; set grad_accum: 1 (raise batch_size instead)"
-        )
-    holder = [rundir.choose_run_dir(cfg, config_path, resume) if acc.is_main_process else None]
-    run_dir = Path(broadcast_object_list(holder)[0] if acc.num_processes > 1 else holder[0])
-    if acc.is_main_process and not resume and rundir.mark_starting(run_dir):
-        acc.print(f"{run_dir}: an earlier attempt stopped before training began; starting it again there")
-    acc.project_configuration.set_directories(str(run_dir))
-    if cfg.data.packing and cfg.tuning.mode in PROMPT_LEARNING_MODES:
-        raise TunelabError(f"data.packing: not supported with tuning.mode {cfg.tuning.mode} (virtual tokens)")
-
-    set_seed(cfg.train.seed)
-    cfg = resolve_formats(cfg)  # classify/ner: format auto means labelled/token_tags, saved as such
-    tokenizer = load_tokenizer(cfg.model)
-    asked = cfg  # saved as config.yaml; distill from completions trains on the teacher's replies instead
-    cfg = prepare_teacher(cfg, tokenizer, run_dir, acc)
-    with acc.main_process_first():
-        prepared = prepare_data(cfg, tokenizer)  # sft examples, preference pairs / unpaired items, head items
-    _attach_chat_template(tokenizer, cfg, [s.format for s in prepared.stats])
-    head, labels = HEAD_TASK.get(cfg.method.name), getattr(prepared, "labels", [])
-    if head:  # classify / ner / reward: a task head instead of the LM head
-        model = load_head_model(cfg.model, cfg.method.name, labels, tokenizer.pad_token_id, _load_dtype(cfg), acc.print)
-        check_head_tuning(model, cfg.tuning.mode, head)  # before the baseline evaluation, not after it
-    else:
-        model = load_for_tuning(cfg.model, cfg.tuning, dtype=_load_dtype(cfg))
-    if acc.is_main_process and not resume:
-        _before_training(cfg, model, tokenizer, run_dir, acc.print)
-    if cfg.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = apply_tuning(model, cfg.tuning, head)
-    acc.print(f"{describe_trainable(model)}; {acc.num_processes} process(es), {threads} torch threads each")
-
-    method = build_method(cfg, model, prepared.train + prepared.eval, tokenizer.pad_token_id, tokenizer)
-    items: list[Any] = prepared.train
-    if cfg.data.packing:
-        if not method.supports_packing:
-            raise TunelabError(f"data.packing: method {cfg.method.name} does not support packing")
-        shuffled = list(items)
-        random.Random(cfg.train.seed).shuffle(shuffled)  # first-fit packs in order: mix lengths first
-        items = pack(shuffled, cfg.data.max_length)
-    if acc.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _write_run_files(run_dir, asked, prepared, resume)
-    acc.wait_for_everyone()
-
-    job = Job(cfg, run_dir, acc, model, tokenizer, method, items, prepared.eval, getattr(prepared, "eval_tasks", []))
-    trainer = Trainer(job, hooks)
-    with tracked(acc, cfg, run_dir, config_path, resume, lambda: trainer.state.step):
-        if resume:
-            trainer.resume()
-        if acc.is_main_process:
-            rundir.mark_started(run_dir)
-        trainer.run()
-        if cfg.train.load_best_at_end:
-            trainer.load_best()
-        trainer.save_final()
-        if acc.is_main_process:
-            from tunelab.eval.lifecycle import after_training
-
-            if head:
-                write_head_info(run_dir / "final", cfg.method.name, labels)
-
-            after_training(cfg, acc.unwrap_model(trainer.module).model, tokenizer, run_dir, acc.print)
-    acc.wait_for_everyone()
-    return run_dir
+    return train_one(cfg, resume, hooks, config_path)
 
 
-def _before_training(cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Path, log: Any) -> None:
-    """Data pre-flight check, then the base model's evaluation (before any adapter exists)."""
-    from tunelab.eval.lifecycle import before_training
-    from tunelab.quality.card import preflight
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.data.check is not None:
-        report = preflight(cfg.data.train, [*cfg.data.eval, *cfg.eval.data], options=cfg.data.check,
-                           tokenizer=tokenizer, run_dir=run_dir, max_record_bytes=cfg.data.max_record_bytes)  # fmt: skip
-        log(f"data check: {len(report.by_severity('warning'))} warning(s); card in {run_dir / 'data_card.md'}")
-    before_training(cfg, model, tokenizer, run_dir, log)
+def validate(cfg: RunConfig, tokenizer: Any = None) -> dict[str, Any]:
+    """Build the whole data pipeline of `cfg` without training: counts and problems (`tunelab validate`)."""
+    return preview.validate(cfg, tokenizer or load_tokenizer(cfg.model), METHODS[cfg.method.name].data)
 
 
-def _load_dtype(cfg: RunConfig) -> torch.dtype | None:
-    if cfg.tuning.mode in ("full", "freeze") and cfg.model.dtype == "auto":
-        return torch.float32
-    return None
-
-
-def _attach_chat_template(tokenizer: Any, cfg: RunConfig, formats: list[str]) -> None:
-    """final/ carries the template the data was rendered with, so chat/serving render prompts the same way."""
-    from tunelab.data.tokenize import chat_template_for
-
-    plain = ("text", "labelled", "token_tags")  # raw text: no template involved
-    if cfg.model.chat_template or (tokenizer.chat_template is None and any(f not in plain for f in formats)):
-        tokenizer.chat_template = chat_template_for(tokenizer, cfg.model.chat_template)
-
-
-def _write_run_files(run_dir: Path, cfg: RunConfig, prepared: Any, resume: bool) -> None:
-    from tunelab.train.rundir import environment, write_json
-
-    text = dump_config(cfg)
-    saved = run_dir / "config.yaml"
-    if resume and saved.is_file() and saved.read_text() != text:
-        print(f"warning: the config differs from the one {run_dir} started with; continuing with the new one")
-        (run_dir / "config.resumed.yaml").write_text(text)
-    else:
-        saved.write_text(text)
-    counts = {st.path: {"records": st.records, "train": st.train, "eval": st.eval} for st in prepared.stats}
-    write_json(run_dir / "data_manifest.json", [{**m, **counts.get(m["path"], {})} for m in prepared.manifest])
-    write_json(run_dir / "data_report.json", prepared.report())
-    write_json(run_dir / ("environment.resumed.json" if resume else "environment.json"), environment())
+def debug_examples(cfg: RunConfig, n: int, tokenizer: Any = None) -> list[tuple[str, str, Any]]:
+    """The first n training records token by token (`tunelab prepare --debug N`)."""
+    return preview.debug_examples(cfg, tokenizer or load_tokenizer(cfg.model), n, METHODS[cfg.method.name].data)
 
 
 # ----------------------------------------------------------------------------------------- generation
@@ -245,5 +128,5 @@ def stream(
     worker.join()
 
 
-def train_from_file(config: str | Path, overrides: list[str] | tuple[str, ...] = (), resume: bool = False) -> Path:
-    return train(load_config(config, overrides), resume=resume, config_path=config)
+def train_from_file(path: str | Path, overrides: list[str] | tuple[str, ...] = (), resume: bool = False) -> Path:
+    return train(load_config(path, overrides), resume=resume, config_path=path)

@@ -23,7 +23,7 @@ Overrides = Annotated[list[str] | None, typer.Argument(help="Overrides like trai
 
 
 def _load(config: str, overrides: list[str] | None):  # type: ignore[no-untyped-def]
-    from tunelab.config import load_config
+    from tunelab.api import load_config
     from tunelab.models.load import load_tokenizer
 
     cfg = load_config(config, overrides or [])
@@ -40,7 +40,7 @@ def validate(
 
     Example: tunelab validate examples/sft-lora.yaml data.max_length=512
     """
-    from tunelab.data.preview import validate as run_validate
+    from tunelab.api import validate as run_validate
 
     cfg, tok = _load(config, overrides)
     report = run_validate(cfg, tok)
@@ -73,11 +73,12 @@ def prepare(
 
     Example: tunelab prepare examples/sft-lora.yaml --debug 2
     """
-    from tunelab.data.preview import debug_examples, render_masked, token_table
-    from tunelab.data.preview import validate as run_validate
+    from tunelab.api import debug_examples
+    from tunelab.api import validate as run_validate
+    from tunelab.data.preview import render_masked, token_table
 
     cfg, tok = _load(config, overrides)
-    for where, view, ex in debug_examples(cfg, tok, debug) if debug else []:
+    for where, view, ex in debug_examples(cfg, debug, tok) if debug else []:
         typer.secho(f"=== {where} {view} — {len(ex.input_ids)} tokens, {ex.n_trainable} carry loss", bold=True)
         typer.echo(render_masked(tok, ex))
         if tokens:

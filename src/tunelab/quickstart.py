@@ -100,10 +100,7 @@ def run(
     model: str = "tiny-1m", out: Path = Path("quickstart"), epochs: float = 5.0, log: Any = print
 ) -> dict[str, Any]:
     """Write, validate, train (with baseline and final evaluation), report; returns the summary."""
-    from tunelab.api import train
-    from tunelab.config import load_config
-    from tunelab.data.preview import validate
-    from tunelab.models.load import load_tokenizer
+    from tunelab.api import load_config, train, validate
     from tunelab.models.presets import is_preset
 
     start = time.perf_counter()
@@ -111,7 +108,7 @@ def run(
     config = write_project(out, model, epochs, is_preset(model))
     cfg = load_config(config, [f"output.dir={out / 'runs'}"])
     log(f"1/4 data: wrote {out / 'data'} (train/eval/test) and {config}")
-    report = validate(cfg, load_tokenizer(cfg.model))
+    report = validate(cfg)
     log(f"    {report['train_examples']} training and {report['eval_examples']} eval examples")
     log("2/4 baseline, 3/4 training, 4/4 evaluation (see the progress below)")
     run_dir = train(cfg, config_path=config)

@@ -23,6 +23,8 @@ from typing import Any
 
 from tunelab.config import GateConfig, RunConfig, stage_config
 from tunelab.errors import TunelabError
+from tunelab.models.loader import load_run
+from tunelab.train.run import train_one
 
 STAGE_FILE = "stage.json"
 
@@ -47,8 +49,6 @@ def handoff(run_dir: Path) -> Path:
     merged = run_dir / "merged"
     if (merged / "config.json").is_file():  # merged by an earlier (resumed) sequence
         return merged
-    from tunelab.models.loader import load_run
-
     model, tok = load_run(run_dir)
     model.merge_and_unload().save_pretrained(str(merged), safe_serialization=True)
     tok.save_pretrained(str(merged))
@@ -123,8 +123,6 @@ def _forgetting_failures(run_dir: Path) -> list[str]:
 
 def run_stages(cfg: RunConfig, config_path: str | Path | None = None, resume: bool = False) -> list[Path]:
     """Train every stage in order; returns their run directories. Raises GateFailed at a failed gate."""
-    from tunelab.api import train
-
     runs: list[Path] = []
     summary: list[dict[str, Any]] = []
     model_path: str | None = None
@@ -135,7 +133,7 @@ def run_stages(cfg: RunConfig, config_path: str | Path | None = None, resume: bo
         head = f"=== stage {i + 1}/{len(cfg.stages)}: {stage.name} (method {scfg.method.name}, model {scfg.model.name_or_path})"
         print(head + (": finished earlier, not trained again" if done else ""))
         if not done:
-            run = train(scfg, resume=resume and (run / "checkpoints").is_dir(), config_path=config_path)
+            run = train_one(scfg, resume=resume and (run / "checkpoints").is_dir(), config_path=config_path)
         runs.append(run)
         gate = check_gate(stage.gate, run) if stage.gate else None
         record = {"index": i + 1, "stage": stage.name, "method": scfg.method.name, "run": str(run),

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 from tests.conftest import run_cli
 
+from tunelab.api import validate
 from tunelab.config import load_config
-from tunelab.data.preview import validate
 from tunelab.models.load import load_tokenizer
 from tunelab.quickstart import EXAMPLES, init_examples
 
@@ -22,7 +22,7 @@ def test_there_are_examples_for_lora_full_and_preference():
 def test_example_config_validates(path: Path, tmp_path: Path):
     cfg = load_config(path, [f"data.cache_dir={tmp_path}"])
     if cfg.data.train and all(Path(d.path).exists() for d in cfg.data.train):
-        report = validate(cfg, load_tokenizer(cfg.model))
+        report = validate(cfg)
         assert report["datasets"] and all(d["records"] > 0 for d in report["datasets"])
 
 

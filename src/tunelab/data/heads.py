@@ -29,7 +29,7 @@ from tunelab.data.sources import Row
 from tunelab.data.tokenize import IGNORE
 from tunelab.errors import DataError
 
-FORMAT_OF = {"classify": "labelled", "ner": "token_tags"}  # the record format each head method reads
+FORMAT_OF = {"labelled": "labelled", "tagged": "token_tags"}  # data kind (tunelab.methods) -> the record format
 RECORD_OF = {"labelled": Labelled, "token_tags": TokenTags}
 
 
@@ -76,10 +76,10 @@ def with_format(ds: DatasetConfig, fmt: str) -> DatasetConfig:
     return ds.model_copy(update={"format": fmt}) if ds.format == "auto" else ds
 
 
-def resolve_formats(cfg: RunConfig) -> RunConfig:
-    """The config with the method's format in place of `auto` (classify, ner), so the data check, the
+def resolve_formats(cfg: RunConfig, kind: str) -> RunConfig:
+    """The config with the data kind's format in place of `auto` (labelled, tagged), so the data check, the
     pipeline and the saved config.yaml all say what was read."""
-    fmt = FORMAT_OF.get(cfg.method.name)
+    fmt = FORMAT_OF.get(kind)
     if fmt is None:
         return cfg
     data = cfg.data.model_copy(update={k: [with_format(d, fmt) for d in getattr(cfg.data, k)] for k in ("train", "eval")})  # fmt: skip
@@ -200,10 +200,10 @@ def _load(ds: DatasetConfig, fmt: str, method: str, limit: int) -> tuple[str, li
     return name, recs
 
 
-def prepare_heads(cfg: RunConfig, tokenizer: Any) -> HeadPrepared:
-    """Read, split/mix, label, encode and count the data of a classify or ner run (not cached: tokenizing
-    short texts is fast)."""
-    data, fmt = cfg.data, FORMAT_OF[cfg.method.name]
+def prepare_heads(cfg: RunConfig, tokenizer: Any, kind: str) -> HeadPrepared:
+    """Read, split/mix, label, encode and count labelled or tagged data (not cached: tokenizing short texts is
+    fast)."""
+    data, fmt = cfg.data, FORMAT_OF[kind]
     if not data.train:
         raise DataError("no training data: add at least one dataset under data.train", where="config")
     manifest = [file_manifest(ds.path) for ds in (*data.train, *data.eval)]
@@ -223,9 +223,10 @@ def prepare_heads(cfg: RunConfig, tokenizer: Any) -> HeadPrepared:
     return HeadPrepared(train, evals, stats, manifest, labels=labels)  # type: ignore[arg-type]
 
 
-def encode_datasets(cfg: RunConfig, tokenizer: Any, datasets: Sequence[DatasetConfig], labels: list[str]) -> list[Any]:
+def encode_datasets(cfg: RunConfig, tokenizer: Any, datasets: Sequence[DatasetConfig], labels: list[str],
+                    kind: str) -> list[Any]:  # fmt: skip
     """Eval items of extra datasets (eval.data) with the run's label set."""
-    fmt, label2id = FORMAT_OF[cfg.method.name], {name: i for i, name in enumerate(labels)}
+    fmt, label2id = FORMAT_OF[kind], {name: i for i, name in enumerate(labels)}
     stats, pairs = [], []
     for ds in datasets:
         name, recs = _load(ds, fmt, cfg.method.name, cfg.data.max_record_bytes)

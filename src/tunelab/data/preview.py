@@ -7,23 +7,22 @@ from typing import Any
 import numpy as np
 
 from tunelab.config import RunConfig
+from tunelab.data.heads import FORMAT_OF, ClassItem, prepare_heads, resolve_formats
 from tunelab.data.pipeline import at_row, load_records, prepare
+from tunelab.data.prompts import prepare_prompts
 from tunelab.data.records import SFT_RECORDS
 from tunelab.data.tokenize import IGNORE, Encoder, Example, chat_template_for
 
 TRAINED_OPEN, TRAINED_CLOSE = "\u27e6", "\u27e7"  # ⟦ trained ⟧
 
 
-def validate(cfg: RunConfig, tokenizer: Any) -> dict[str, Any]:
-    """Build the whole data pipeline without training; a dict report of counts and problems."""
-    if cfg.method.name == "grpo":  # prompts: tokenized as the model sees them before it answers
-        from tunelab.data.prompts import prepare_prompts
-
+def validate(cfg: RunConfig, tokenizer: Any, kind: str) -> dict[str, Any]:
+    """Build the whole data pipeline of data `kind` (tunelab.methods: the method's) without training; a dict
+    report of counts and problems."""
+    if kind == "prompts":  # tokenized as the model sees them before it answers
         return {**prepare_prompts(cfg, tokenizer).report(), "kind": "prompts"}
-    from tunelab.data.heads import FORMAT_OF, prepare_heads, resolve_formats
-
-    if cfg.method.name in FORMAT_OF:  # classify / ner: labelled or tagged rows, label set and alignment
-        return prepare_heads(resolve_formats(cfg), tokenizer).report() | {"kind": cfg.method.name}
+    if kind in FORMAT_OF:  # labelled or tagged rows: label set and alignment
+        return prepare_heads(resolve_formats(cfg, kind), tokenizer, kind).report() | {"kind": cfg.method.name}
     datasets = [*cfg.data.train, *cfg.data.eval]
     loaded = [load_records(ds, cfg.data.max_record_bytes) for ds in datasets]
     if all(isinstance(r, SFT_RECORDS) for _, recs in loaded for r, _ in recs[:1]):
@@ -49,12 +48,10 @@ def validate(cfg: RunConfig, tokenizer: Any) -> dict[str, Any]:
     return {"kind": "preference", "datasets": out}
 
 
-def debug_examples(cfg: RunConfig, tokenizer: Any, n: int) -> list[tuple[str, str, Example]]:
+def debug_examples(cfg: RunConfig, tokenizer: Any, n: int, kind: str) -> list[tuple[str, str, Example]]:
     """The first n records of the first training dataset as (source, view, Example)."""
-    from tunelab.data.heads import FORMAT_OF
-
-    if cfg.method.name in FORMAT_OF:
-        return _head_examples(cfg, tokenizer, n)
+    if kind in FORMAT_OF:
+        return _head_examples(cfg, tokenizer, n, kind)
     encoder = Encoder(tokenizer, chat_template_for(tokenizer, cfg.model.chat_template), cfg.data.train_on_inputs)
     _, recs = load_records(cfg.data.train[0].model_copy(update={"max_samples": n}), cfg.data.max_record_bytes)
     out = []
@@ -93,12 +90,10 @@ def token_table(tokenizer: Any, ex: Example) -> list[str]:
     return lines
 
 
-def _head_examples(cfg: RunConfig, tokenizer: Any, n: int) -> list[tuple[str, str, Example]]:
-    """classify: the tokens and the label (no token carries loss: the sequence does); ner: each word's first
+def _head_examples(cfg: RunConfig, tokenizer: Any, n: int, kind: str) -> list[tuple[str, str, Example]]:
+    """labelled: the tokens and the label (no token carries loss: the sequence does); tagged: each word's first
     token carries its tag id (the view lists the ids)."""
-    from tunelab.data.heads import ClassItem, prepare_heads, resolve_formats
-
-    prepared = prepare_heads(resolve_formats(cfg), tokenizer)
+    prepared = prepare_heads(resolve_formats(cfg, kind), tokenizer, kind)
     pool: list[Any] = [*prepared.train, *prepared.eval]  # ClassItem / TagItem
     items = sorted(pool, key=lambda it: _file_order(it.where))[:n]
     out = []

@@ -15,7 +15,8 @@ from typing import Annotated, Any
 
 import typer
 
-from tunelab.config import DatasetConfig, RunConfig, eval_settings, load_config
+from tunelab.api import load_config
+from tunelab.config import DatasetConfig, RunConfig, eval_settings
 from tunelab.errors import ConfigError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,

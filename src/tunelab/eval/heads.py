@@ -27,42 +27,45 @@ from typing import Any
 import torch
 
 from tunelab.config import RunConfig
-from tunelab.data.heads import ClassItem, TagItem, encode_datasets
+from tunelab.data.heads import ClassItem, TagItem, encode_datasets, prepare_heads, resolve_formats
+from tunelab.data.preference import collate_pairs, prepare_preference
+from tunelab.data.tokenize import IGNORE
+from tunelab.eval.compare import compare_results
+from tunelab.eval.report import report_run
 from tunelab.eval.runner import EVAL_DIR, EvalExample, EvalResult
 from tunelab.models.heads import predict_classes, predict_tags
 from tunelab.scoring.metrics import MetricResult
 
+KIND_OF = {"seq": "labelled", "token": "tagged"}  # the data a class or tag head reads (a scalar head: pairs)
 
-def eval_items(cfg: RunConfig, tokenizer: Any) -> tuple[list[Any], list[str], str | None]:
+
+def eval_items(cfg: RunConfig, tokenizer: Any, head: str) -> tuple[list[Any], list[str], str | None]:
     """(eval items, label names, majority training label) the same way before and after training."""
-    from tunelab.data.heads import resolve_formats
-    from tunelab.data.preference import prepare_preference
-    from tunelab.methods import prepare_data
-
-    cfg = resolve_formats(cfg)
-    if cfg.method.name == "reward":
+    if head == "scalar":
         if cfg.eval.data:  # the eval datasets through the training pipeline, unsplit
             data = cfg.data.model_copy(update={"train": list(cfg.eval.data), "eval": [], "eval_ratio": 0.0})
             cfg = cfg.model_copy(update={"data": data})
         prepared = prepare_preference(cfg, tokenizer, "pairs")
         return (prepared.train if cfg.eval.data else prepared.eval), [], None
-    prepared = prepare_data(cfg, tokenizer)
-    items = encode_datasets(cfg, tokenizer, cfg.eval.data, prepared.labels) if cfg.eval.data else prepared.eval
+    kind = KIND_OF[head]
+    cfg = resolve_formats(cfg, kind)
+    prepared = prepare_heads(cfg, tokenizer, kind)
+    items = encode_datasets(cfg, tokenizer, cfg.eval.data, prepared.labels, kind) if cfg.eval.data else prepared.eval
     majority = None
-    if cfg.method.name == "classify" and prepared.train:
+    if head == "seq" and prepared.train:
         majority = prepared.labels[Counter(it.label for it in prepared.train).most_common(1)[0][0]]
     return items, prepared.labels, majority
 
 
 def evaluate_head(cfg: RunConfig, model: Any, tokenizer: Any, items: Sequence[Any], labels: list[str],
-                  majority: str | None, name: str) -> EvalResult:  # fmt: skip
+                  majority: str | None, name: str, head: str) -> EvalResult:  # fmt: skip
     was_training = model.training
     model.eval()
     try:
         pad, bs = tokenizer.pad_token_id, cfg.eval.batch_size
-        if cfg.method.name == "classify":
+        if head == "seq":
             return _classify(model, items, labels, majority, pad, bs, name)
-        if cfg.method.name == "ner":
+        if head == "token":
             return _ner(model, items, labels, pad, bs, name)
         return _reward(model, tokenizer, items, pad, bs, name)
     finally:
@@ -110,8 +113,6 @@ def _ner(model: Any, items: Sequence[TagItem], labels: list[str], pad: int, bs: 
 
 
 def _reward(model: Any, tokenizer: Any, items: Sequence[Any], pad: int, bs: int, name: str) -> EvalResult:
-    from tunelab.data.preference import collate_pairs
-    from tunelab.data.tokenize import IGNORE
 
     device = next(model.parameters()).device
     chosen: list[float] = []
@@ -141,29 +142,28 @@ def _reward(model: Any, tokenizer: Any, items: Sequence[Any], pad: int, bs: int,
 # --------------------------------------------------------------------------- around training
 
 
-def before_training(cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Path, log: Any = print) -> None:
+def before_training(cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Path, head: str, log: Any = print) -> None:
     """eval/baseline.json: the head metrics of the untrained head on the base model."""
     out = run_dir / EVAL_DIR
     if out.exists():  # a reused (output.overwrite) run directory: results of the earlier run are stale
         shutil.rmtree(out)
     if not cfg.eval.baseline or not cfg.eval.metrics:
         return
-    items, labels, majority = eval_items(cfg, tokenizer)
+    items, labels, majority = eval_items(cfg, tokenizer, head)
     if items:
         log(f"baseline: evaluating the untrained {cfg.method.name} head on {len(items)} eval examples")
-        evaluate_head(cfg, model, tokenizer, items, labels, majority, "base").save(out / "baseline.json")
+        evaluate_head(cfg, model, tokenizer, items, labels, majority, "base", head).save(out / "baseline.json")
 
 
-def after_training(cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Path, log: Any = print) -> dict[str, Any]:
+def after_training(cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Path, head: str,
+                   log: Any = print) -> dict[str, Any]:  # fmt: skip
     """eval/final.json, comparison.json against the baseline, and the report; returns a summary."""
-    from tunelab.eval.compare import compare_results
-    from tunelab.eval.report import report_run
 
     out, summary = run_dir / EVAL_DIR, dict[str, Any]()
-    items, labels, majority = eval_items(cfg, tokenizer) if cfg.eval.metrics else ([], [], None)
+    items, labels, majority = eval_items(cfg, tokenizer, head) if cfg.eval.metrics else ([], [], None)
     if items:
         log(f"final: evaluating the trained {cfg.method.name} head on {len(items)} eval examples")
-        final = evaluate_head(cfg, model, tokenizer, items, labels, majority, "fine-tuned")
+        final = evaluate_head(cfg, model, tokenizer, items, labels, majority, "fine-tuned", head)
         final.save(out / "final.json")
         summary["final"] = {k: m.scores for k, m in final.metrics.items()}
         log("final: " + ", ".join(f"{k} {v:.4f}" for m in final.metrics.values() for k, v in m.scores.items()))

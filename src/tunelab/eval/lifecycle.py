@@ -15,8 +15,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from tunelab.config import HEAD_METHODS, MetricSpec, RunConfig, eval_settings, metric_specs
+from tunelab.config import MetricSpec, RunConfig, eval_settings, metric_specs
 from tunelab.errors import TunelabError
+from tunelab.eval import heads
+from tunelab.eval.compare import compare_results
+from tunelab.eval.perplexity import LossResult, forgetting_check
+from tunelab.eval.report import report_run
 from tunelab.eval.runner import EVAL_DIR, EvalExample, EvalResult, evaluate, forgetting_probe, load_examples
 
 PROBE_BEFORE = "forgetting_before.json"
@@ -31,11 +35,11 @@ def task_metrics(cfg: RunConfig) -> dict[str, list[MetricSpec]]:
     return {ds.task_name(): metric_specs(ds.metrics) for ds in (cfg.eval.data or cfg.data.eval) if ds.metrics}
 
 
-def before_training(cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Path, log: Any = print) -> None:
-    if cfg.method.name in HEAD_METHODS:
-        from tunelab.eval import heads
-
-        return heads.before_training(cfg, model, tokenizer, run_dir, log)
+def before_training(cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Path, log: Any = print,
+                    head: str | None = None) -> None:  # fmt: skip
+    """`head`: the method's task head (seq, token, scalar; tunelab.methods), None for a language model."""
+    if head:
+        return heads.before_training(cfg, model, tokenizer, run_dir, head, log)
     out = run_dir / EVAL_DIR
     if out.exists():  # a reused (output.overwrite) run directory: results of the earlier run are stale
         shutil.rmtree(out)
@@ -51,15 +55,11 @@ def before_training(cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Path, l
         (out / PROBE_BEFORE).write_text(json.dumps(asdict(probe)))
 
 
-def after_training(cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Path, log: Any = print) -> dict[str, Any]:
+def after_training(cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Path, log: Any = print,
+                   head: str | None = None) -> dict[str, Any]:  # fmt: skip
     """Evaluate, compare, check forgetting, write the report; returns a summary for the CLI."""
-    if cfg.method.name in HEAD_METHODS:
-        from tunelab.eval import heads
-
-        return heads.after_training(cfg, model, tokenizer, run_dir, log)
-    from tunelab.eval.compare import compare_results
-    from tunelab.eval.perplexity import LossResult, forgetting_check
-    from tunelab.eval.report import report_run
+    if head:
+        return heads.after_training(cfg, model, tokenizer, run_dir, head, log)
 
     out = run_dir / EVAL_DIR
     summary: dict[str, Any] = {}

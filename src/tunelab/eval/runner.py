@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.config import DatasetConfig, EvalConfig, MetricSpec
+from tunelab.data.pipeline import load_records
 from tunelab.data.prompts import prompt_spec
 from tunelab.data.prompts import question_text as spec_text
 from tunelab.data.records import Conversation, Preference, PromptCompletion, Record, Text
@@ -29,6 +30,7 @@ from tunelab.errors import ConfigError, DataError
 from tunelab.eval.perplexity import LossResult, answer_loss, load_probe_texts, text_loss
 from tunelab.models.generate import DecodingConfig, Prompt, generate
 from tunelab.scoring.metrics import METRICS, MetricResult
+from tunelab.scoring.rewards import check_sources
 
 EVAL_DIR = "eval"  # inside a run directory: baseline.json, final.json, comparison.json, forgetting.json
 LOSS_METRICS = ("loss", "perplexity")
@@ -97,7 +99,6 @@ def example_from_record(record: Record, where: str) -> EvalExample:
 def load_examples(ds: DatasetConfig, max_record_bytes: int = MAX_RECORD_BYTES) -> list[EvalExample]:
     """Eval examples of one dataset (read with the same sources and formats as training, and the same
     data.max_record_bytes), tagged with its task."""
-    from tunelab.data.pipeline import load_records
 
     _, recs = load_records(ds, max_record_bytes)
     out = []
@@ -135,7 +136,6 @@ def metric_options(spec: MetricSpec, cfg: EvalConfig) -> dict[str, Any]:
 
 
 def check_reward_sources(cfg: EvalConfig) -> None:
-    from tunelab.scoring.rewards import check_sources
 
     if not cfg.rewards:
         raise ConfigError("eval.metrics reward: no reward sources; set eval.rewards, e.g. [{function: parity}]")

@@ -48,7 +48,10 @@ METHODS: dict[str, MethodSpec] = {
     "ner": MethodSpec(ner.build, "tagged", "a token-classification head on BIO-tagged tokens", head="token"),
     "grpo": MethodSpec(grpo.build, "prompts", "online RL from rewards on prompts", "grpo", reference=True),
     "distill": MethodSpec(
-        distill.build, "sft", "learn from a teacher's logits or its written replies", "distill",
+        distill.build,
+        "sft",
+        "learn from a teacher's logits or its written replies",
+        "distill",
         perplexity=lambda m: m.distill.mode == "completions",
     ),  # fmt: skip
 }

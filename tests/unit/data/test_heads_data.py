@@ -105,17 +105,24 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
     return str(path)
 
 
+KIND = {"classify": "labelled", "ner": "tagged"}  # the data kind of each head method (tunelab.methods)
+
+
 def config(method: str, train: str, evals: list[str] = (), **data) -> RunConfig:
     raw = {
         "method": {"name": method},
         "data": {"train": [{"path": train}], "eval": [{"path": p} for p in evals], **data},
     }
-    return resolve_formats(RunConfig.model_validate(raw))
+    return resolve_formats(RunConfig.model_validate(raw), KIND[method])
+
+
+def heads(cfg: RunConfig, tok) -> object:
+    return prepare_heads(cfg, tok, KIND[cfg.method.name])
 
 
 def test_prepare_classify_splits_labels_and_counts(tmp_path: Path):
     rows = [{"text": f"text {i}", "label": "ab"[i % 2]} for i in range(20)]
-    p = prepare_heads(config("classify", write_jsonl(tmp_path / "t.jsonl", rows), eval_ratio=0.25), byte_tokenizer())
+    p = heads(config("classify", write_jsonl(tmp_path / "t.jsonl", rows), eval_ratio=0.25), byte_tokenizer())
     assert p.labels == ["a", "b"] and len(p.train) == 15 and len(p.eval) == 5
     assert p.report()["datasets"][0]["format"] == "labelled"  # format auto meant the method's format
     assert {(it.text, it.label) for it in p.train + p.eval} == {(r["text"], "ab".index(r["label"])) for r in rows}
@@ -125,14 +132,14 @@ def test_unknown_eval_label_names_file_line_and_field(tmp_path: Path):
     train = write_jsonl(tmp_path / "t.jsonl", [{"text": "x", "label": "a"}, {"text": "y", "label": "b"}])
     ev = write_jsonl(tmp_path / "e.jsonl", [{"text": "x", "label": "a"}, {"text": "z", "label": "zzz"}])
     with pytest.raises(DataError, match=r"e\.jsonl, line 2, field \"label\": 'zzz' is not among the 2 labels"):
-        prepare_heads(config("classify", train, [ev]), byte_tokenizer())
+        heads(config("classify", train, [ev]), byte_tokenizer())
 
 
 def test_unknown_eval_entity_type_names_the_position(tmp_path: Path):
     train = write_jsonl(tmp_path / "t.jsonl", [{"tokens": ["Anna"], "tags": ["B-PER"]}])
     ev = write_jsonl(tmp_path / "e.jsonl", [{"tokens": ["in", "Oslo"], "tags": ["O", "B-LOC"]}])
     with pytest.raises(DataError, match=r"e\.jsonl, line 1, field \"tags\": position 1: 'B-LOC' is not among"):
-        prepare_heads(config("ner", train, [ev]), byte_tokenizer())
+        heads(config("ner", train, [ev]), byte_tokenizer())
 
 
 def test_missing_label_column_names_file_line_and_field(tmp_path: Path):
@@ -141,20 +148,20 @@ def test_missing_label_column_names_file_line_and_field(tmp_path: Path):
     cfg = RunConfig.model_validate({"method": {"name": "classify"},
                                     "data": {"train": [{"path": str(train), "columns": {"label": "category"}}]}})  # fmt: skip
     with pytest.raises(DataError, match=r"t\.csv, line 3, field \"label\": expected a non-empty label"):
-        prepare_heads(resolve_formats(cfg), byte_tokenizer())
+        heads(resolve_formats(cfg, "labelled"), byte_tokenizer())
     cfg = RunConfig.model_validate({"method": {"name": "classify"}, "data": {"train": [{"path": str(train)}]}})
     with pytest.raises(DataError, match=r"t\.csv, line 2, field \"label\": missing required field"):
-        prepare_heads(resolve_formats(cfg), byte_tokenizer())
+        heads(resolve_formats(cfg, "labelled"), byte_tokenizer())
 
 
 def test_ner_drop_policy_counts_over_long_sentences(tmp_path: Path):
     rows = [{"tokens": ["Anna", "is", "here"], "tags": ["B-PER", "O", "O"]},
             {"tokens": ["Anna"] * 20, "tags": ["B-PER"] * 20}]  # fmt: skip
-    p = prepare_heads(config("ner", write_jsonl(tmp_path / "t.jsonl", rows), max_length=32, truncation="drop"),
+    p = heads(config("ner", write_jsonl(tmp_path / "t.jsonl", rows), max_length=32, truncation="drop"),
                       byte_tokenizer())  # fmt: skip
     stats = p.report()["datasets"][0]
     assert len(p.train) == 1 and stats["dropped_too_long"] == 1
-    p = prepare_heads(config("ner", write_jsonl(tmp_path / "t.jsonl", rows), max_length=32), byte_tokenizer())
+    p = heads(config("ner", write_jsonl(tmp_path / "t.jsonl", rows), max_length=32), byte_tokenizer())
     stats = p.report()["datasets"][0]
     # BOS + 31 bytes: 7 of the 20 words begin before the cut
     assert len(p.train) == 2 and stats["truncated"] == 1 and stats["words_cut"] == 20 - 7
@@ -166,7 +173,7 @@ def test_prepare_debug_shows_ner_tags_in_file_order(tmp_path: Path):
     rows = [{"tokens": ["w"] * (i % 3 + 1), "tags": ["O"] * (i % 3 + 1)} for i in range(12)]
     rows[10] = {"tokens": ["Anna", "Berg"], "tags": ["B-PER", "I-PER"]}
     cfg = config("ner", write_jsonl(tmp_path / "t.jsonl", rows), eval_ratio=0.5)
-    shown = debug_examples(cfg, byte_tokenizer(), 11)
+    shown = debug_examples(cfg, byte_tokenizer(), 11, "tagged")
     assert [w for w, _, _ in shown] == [f"{tmp_path / 't.jsonl'}:{i}" for i in range(1, 12)]  # 10 after 9
     where, view, ex = shown[10]
     assert view == "tags (0=O, 1=B-PER, 2=I-PER)" and [x for x in ex.labels if x != IGNORE] == [1, 2]

@@ -1,0 +1,181 @@
+"""One training run, end to end: run directory -> data -> model -> baseline -> loop -> final/ -> evaluation.
+
+The same code runs in one process and under `accelerate launch`; what the run directory holds is described in
+tunelab.train.rundir. Full and freeze tuning load fp32 master weights even when bf16 compute is available (mixed
+precision autocasts the matmuls); adapter modes keep the base in the configured dtype (peft keeps adapters fp32).
+A method's facts (its data kind, its head, how it is built) come from its registry entry, tunelab.methods.METHODS.
+`stages:` sequences are tunelab.stages, which calls `train_one` per stage.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tunelab.config import RunConfig, asks_reward, dump_config, eval_settings
+from tunelab.data.collate import pack
+from tunelab.data.heads import resolve_formats
+from tunelab.data.prepare import prepare_data
+from tunelab.data.tokenize import chat_template_for
+from tunelab.errors import TunelabError
+from tunelab.eval.lifecycle import after_training, before_training
+from tunelab.methods import METHODS, build_method
+from tunelab.methods.teacher_data import prepare_teacher
+from tunelab.models.heads import load_head_model, write_head_info
+from tunelab.models.load import load_tokenizer
+from tunelab.models.tuning import (
+    PROMPT_LEARNING_MODES,
+    apply_tuning,
+    check_head_tuning,
+    describe_trainable,
+    load_for_tuning,
+)
+from tunelab.quality.card import preflight
+from tunelab.scoring.rewards import check_sources
+from tunelab.train import rundir
+from tunelab.train.loop import Hooks, Job, Trainer
+from tunelab.train.optim import configure_threads, resolve_precision
+from tunelab.train.tracking import check_installed, tracked
+
+
+def train_one(cfg: RunConfig, resume: bool = False, hooks: Hooks | None = None,
+              config_path: str | Path | None = None) -> Path:  # fmt: skip
+    """Train one run per `cfg` (no stages); returns its run directory. Raises TrainingInterrupted on Ctrl-C or
+    SIGTERM after saving a checkpoint."""
+    from accelerate.utils import set_seed
+
+    spec = METHODS[cfg.method.name]
+    check_installed(cfg)
+    acc, run_dir, threads = _start(cfg, config_path, resume)
+    set_seed(cfg.train.seed)
+    cfg = resolve_formats(cfg, spec.data)  # labelled/tagged data: format auto is saved as what was read
+    tokenizer = load_tokenizer(cfg.model)
+    asked = cfg  # saved as config.yaml; distill from completions trains on the teacher's replies instead
+    cfg = prepare_teacher(cfg, tokenizer, run_dir, acc)
+    _check_rewards(cfg)
+    with acc.main_process_first():
+        prepared = prepare_data(cfg, tokenizer, spec.data)
+    _attach_chat_template(tokenizer, cfg, [s.format for s in prepared.stats])
+    labels = getattr(prepared, "labels", [])
+    model = _load_model(cfg, tokenizer, labels, acc.print)
+    if acc.is_main_process and not resume:
+        _before_training(cfg, model, tokenizer, run_dir, acc.print)
+    if cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = apply_tuning(model, cfg.tuning, spec.head)
+    acc.print(f"{describe_trainable(model)}; {acc.num_processes} process(es), {threads} torch threads each")
+    method = build_method(cfg, model, prepared.train + prepared.eval, tokenizer.pad_token_id, tokenizer)
+    items = _maybe_pack(cfg, method, prepared.train)
+    if acc.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_run_files(run_dir, asked, prepared, resume)
+    acc.wait_for_everyone()
+    job = Job(cfg, run_dir, acc, model, tokenizer, method, items, prepared.eval, getattr(prepared, "eval_tasks", []))
+    trainer = Trainer(job, hooks)
+    with tracked(acc, cfg, run_dir, config_path, resume, lambda: trainer.state.step):
+        if resume:
+            trainer.resume()
+        if acc.is_main_process:
+            rundir.mark_started(run_dir)
+        trainer.run()
+        if cfg.train.load_best_at_end:
+            trainer.load_best()
+        trainer.save_final()
+        if acc.is_main_process:
+            if spec.head:
+                write_head_info(run_dir / "final", cfg.method.name, spec.head, labels)
+            after_training(cfg, acc.unwrap_model(trainer.module).model, tokenizer, run_dir, acc.print, spec.head)
+    acc.wait_for_everyone()
+    return run_dir
+
+
+def _start(cfg: RunConfig, config_path: str | Path | None, resume: bool) -> tuple[Any, Path, int]:
+    """(accelerator, run directory, torch threads): the run directory is chosen by the main process and shared."""
+    from accelerate import Accelerator
+    from accelerate.utils import broadcast_object_list
+
+    threads = configure_threads(cfg.train.threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    acc = Accelerator(  # no log_with: trackers need the run directory, chosen below (see tunelab.train.tracking)
+        mixed_precision=resolve_precision(cfg.train.precision),
+        cpu=not torch.cuda.is_available(),  # lets torchrun-started workers on a CPU machine join as MULTI_CPU (gloo)
+    )
+    if acc.distributed_type.value == "DEEPSPEED" and cfg.train.grad_accum > 1:
+        raise TunelabError(
+            "train.grad_accum: DeepSpeed steps on every backward here; set grad_accum: 1 (raise batch_size instead)"
+        )
+    holder = [rundir.choose_run_dir(cfg, config_path, resume) if acc.is_main_process else None]
+    run_dir = Path(broadcast_object_list(holder)[0] if acc.num_processes > 1 else holder[0])
+    if acc.is_main_process and not resume and rundir.mark_starting(run_dir):
+        acc.print(f"{run_dir}: an earlier attempt stopped before training began; starting it again there")
+    acc.project_configuration.set_directories(str(run_dir))
+    if cfg.data.packing and cfg.tuning.mode in PROMPT_LEARNING_MODES:
+        raise TunelabError(f"data.packing: not supported with tuning.mode {cfg.tuning.mode} (virtual tokens)")
+    return acc, run_dir, threads
+
+
+def _check_rewards(cfg: RunConfig) -> None:
+    """Reward sources (the reward metric's, grpo's) fail now, before the model loads, not after training."""
+    if asks_reward(cfg):
+        check_sources(eval_settings(cfg).rewards)
+    if cfg.method.name == "grpo":
+        check_sources(cfg.method.grpo.rewards)
+
+
+def _load_model(cfg: RunConfig, tokenizer: Any, labels: list[str], log: Any) -> Any:
+    head = METHODS[cfg.method.name].head
+    if head is None:
+        return load_for_tuning(cfg.model, cfg.tuning, dtype=_load_dtype(cfg))
+    model = load_head_model(cfg.model, head, labels, tokenizer.pad_token_id, _load_dtype(cfg), log)
+    check_head_tuning(model, cfg.tuning.mode, head)  # before the baseline evaluation, not after it
+    return model
+
+
+def _maybe_pack(cfg: RunConfig, method: Any, items: list[Any]) -> list[Any]:
+    if not cfg.data.packing:
+        return items
+    if not method.supports_packing:
+        raise TunelabError(f"data.packing: method {cfg.method.name} does not support packing")
+    shuffled = list(items)
+    random.Random(cfg.train.seed).shuffle(shuffled)  # first-fit packs in order: mix lengths first
+    return pack(shuffled, cfg.data.max_length)
+
+
+def _before_training(cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Path, log: Any) -> None:
+    """Data pre-flight check, then the base model's evaluation (before any adapter exists)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.data.check is not None:
+        report = preflight(cfg.data.train, [*cfg.data.eval, *cfg.eval.data], options=cfg.data.check,
+                           tokenizer=tokenizer, run_dir=run_dir, max_record_bytes=cfg.data.max_record_bytes)  # fmt: skip
+        log(f"data check: {len(report.by_severity('warning'))} warning(s); card in {run_dir / 'data_card.md'}")
+    before_training(cfg, model, tokenizer, run_dir, log, METHODS[cfg.method.name].head)
+
+
+def _load_dtype(cfg: RunConfig) -> torch.dtype | None:
+    if cfg.tuning.mode in ("full", "freeze") and cfg.model.dtype == "auto":
+        return torch.float32
+    return None
+
+
+def _attach_chat_template(tokenizer: Any, cfg: RunConfig, formats: list[str]) -> None:
+    """final/ carries the template the data was rendered with, so chat/serving render prompts the same way."""
+    plain = ("text", "labelled", "token_tags")  # raw text: no template involved
+    if cfg.model.chat_template or (tokenizer.chat_template is None and any(f not in plain for f in formats)):
+        tokenizer.chat_template = chat_template_for(tokenizer, cfg.model.chat_template)
+
+
+def _write_run_files(run_dir: Path, cfg: RunConfig, prepared: Any, resume: bool) -> None:
+    text = dump_config(cfg)
+    saved = run_dir / "config.yaml"
+    if resume and saved.is_file() and saved.read_text() != text:
+        print(f"warning: the config differs from the one {run_dir} started with; continuing with the new one")
+        (run_dir / "config.resumed.yaml").write_text(text)
+    else:
+        saved.write_text(text)
+    counts = {st.path: {"records": st.records, "train": st.train, "eval": st.eval} for st in prepared.stats}
+    rundir.write_json(run_dir / "data_manifest.json", [{**m, **counts.get(m["path"], {})} for m in prepared.manifest])
+    rundir.write_json(run_dir / "data_report.json", prepared.report())
+    rundir.write_json(run_dir / ("environment.resumed.json" if resume else "environment.json"), rundir.environment())
