@@ -146,6 +146,9 @@ _register()
 
 
 def main() -> None:
+    from tunelab.console import quiet_libraries
+
+    quiet_libraries()  # no library progress bars or known-harmless warnings (tunelab.console says which)
     try:
         app()
     except TunelabError as e:

@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from tunelab.console import progress as progress_bar
 from tunelab.data.records import Conversation, Message, PromptCompletion
 from tunelab.data.tokenize import IGNORE, Encoder, chat_template_for
 from tunelab.errors import DataError
@@ -93,7 +93,7 @@ def _loss(model: Any, seqs: list[tuple[list[int], list[bool]]], batch_size: int,
     model.eval()
     try:
         with torch.inference_mode():
-            for start in tqdm(range(0, len(seqs), batch_size), desc="loss", disable=not progress):
+            for start in progress_bar(range(0, len(seqs), batch_size), desc="loss", unit="batch", disable=not progress):
                 batch = seqs[start : start + batch_size]
                 nll, mask = _batch_nll(model, batch, device)
                 for j in range(len(batch)):
