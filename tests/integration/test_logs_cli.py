@@ -7,10 +7,12 @@ import json
 import os
 import pty
 import re
+import select
 import struct
 import subprocess
 import sys
 import termios
+import time
 from pathlib import Path
 
 from tests.conftest import REPO, run_cli
@@ -61,8 +63,10 @@ def test_terminal_keeps_the_bar_and_prints_the_eval_loss(tmp_path: Path) -> None
     proc = subprocess.Popen([sys.executable, "-m", "tunelab", "train", str(EXAMPLE), *args], stdin=subprocess.DEVNULL,
                             stdout=child, stderr=child, env=env)  # fmt: skip
     os.close(child)
-    out = b""
-    while True:
+    out, deadline = b"", time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if not select.select([main], [], [], 1.0)[0]:
+            continue
         try:
             chunk = os.read(main, 65536)
         except OSError:  # the child closed the terminal
@@ -71,6 +75,8 @@ def test_terminal_keeps_the_bar_and_prints_the_eval_loss(tmp_path: Path) -> None
             break
         out += chunk
     os.close(main)
+    if proc.poll() is None:
+        proc.kill()
     assert proc.wait(timeout=300) == 0, out.decode(errors="replace")[-3000:]
     text = out.decode(errors="replace")
     assert "step/s" in text  # the bar is there

@@ -29,7 +29,7 @@ def _run(tmp_path: Path, base: str) -> Path:
 def test_summary_states_the_forgetting_check_not_applicable_from_scratch(tmp_path: Path) -> None:
     text = format_summary({**summarize(_run(tmp_path, "tiny-1m")), "seconds": 12.0, "config": "qs.yaml"})
     assert "  loss (mean per example)      7.050 -> 0.150   diff -6.900" in text
-    assert ("forgetting check: general-text perplexity 1035 -> 8.418e+04 (+8033.8%, threshold +10%): not applicable "
+    assert ("forgetting check: general-text perplexity 1,035 -> 84,185 (+8033.8%, threshold +10%): not applicable "
             "(the base model tiny-1m is a randomly initialised preset that never learned general text)") in text  # fmt: skip
     assert "REGRESSION" not in text
 

@@ -199,8 +199,13 @@ def forgetting_verdict(fg: dict[str, Any]) -> str:
     return "REGRESSION" if fg["regressed"] else "ok"
 
 
+def perplexity_text(x: float) -> str:
+    """12.35, 1,035, 547,912: four significant digits, whole numbers with separators from 1000 up."""
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.4g}"
+
+
 def forgetting_line(fg: dict[str, Any]) -> str:
     """One line for people: 'general-text perplexity 10 -> 12.5 (+25.0%, threshold +10%): REGRESSION'."""
-    text = (f"general-text perplexity {fg['before']:.4g} -> {fg['after']:.4g} ({fg['relative_change']:+.1%}, "
-            f"threshold +{fg['threshold']:.0%}): {forgetting_verdict(fg)}")  # fmt: skip
+    text = (f"general-text perplexity {perplexity_text(fg['before'])} -> {perplexity_text(fg['after'])} "
+            f"({fg['relative_change']:+.1%}, threshold +{fg['threshold']:.0%}): {forgetting_verdict(fg)}")  # fmt: skip
     return text + (f" ({fg['reason']})" if fg.get("reason") and not fg.get("applicable", True) else "")

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import DataError
-from tunelab.eval.perplexity import forgetting_verdict
+from tunelab.eval.perplexity import forgetting_verdict, perplexity_text
 from tunelab.eval.runner import EVAL_DIR, EvalResult
 
 MAX_FLIPPED_SHOWN = 8  # of each direction
@@ -279,9 +279,10 @@ def flip_title(f: dict[str, Any]) -> str:
 def flips_summary(c: dict[str, Any]) -> str:
     regressed = sum(len(r["regressed"]) for r in c["rows"])
     improved = sum(len(r["improved"]) for r in c["rows"])
-    head = "No example got worse on any score" if not regressed else f"{regressed} (example, score) pairs got worse"
-    return (f"{head}; {improved} got better. Regressions first, then improvements, up to {MAX_FLIPPED_SHOWN} of each "
-            f"(more in eval/comparison.json).")  # fmt: skip
+    counts = (f"{regressed} (example, score) pairs got worse and {improved} got better" if regressed else
+              f"No example got worse on any score; {improved} (example, score) pairs got better")  # fmt: skip
+    return (f"{counts}. Regressions first, then improvements, up to {MAX_FLIPPED_SHOWN} examples of each (more in "
+            "eval/comparison.json).")  # fmt: skip
 
 
 def forgetting_status(fg: dict[str, Any]) -> str:
@@ -305,7 +306,8 @@ def _forgetting_md(fg: dict[str, Any] | None) -> list[str]:
         return []
     status = forgetting_status(fg)
     flag = "**REGRESSION**" if status == "REGRESSION" else status
-    return ["## Forgetting check", "", f"General-text perplexity {_f(fg['before'])} -> {_f(fg['after'])} "
+    return ["## Forgetting check", "", f"General-text perplexity {perplexity_text(fg['before'])} -> "
+            f"{perplexity_text(fg['after'])} "
             f"({fg['relative_change']:+.1%}, threshold +{fg['threshold']:.0%}): {flag}", ""]  # fmt: skip
 
 

@@ -6,6 +6,7 @@ import json
 from html import escape
 from typing import Any
 
+from tunelab.eval.perplexity import perplexity_text
 from tunelab.eval.report import (
     LOSS_NOTE,
     ReportData,
@@ -107,7 +108,7 @@ def _forgetting(fg: dict[str, Any]) -> str:
     verdict = forgetting_status(fg)
     cls = {"REGRESSION": "regressed", "ok": "better"}.get(verdict, "na")
     status = f"<span class='{cls}'>{escape(verdict)}</span>"
-    return (f"<h2>Forgetting check</h2><p>General-text perplexity {_f(fg['before'])} &rarr; {_f(fg['after'])} "
+    return (f"<h2>Forgetting check</h2><p>General-text perplexity {perplexity_text(fg['before'])} &rarr; {perplexity_text(fg['after'])} "
             f"({fg['relative_change']:+.1%}, threshold +{fg['threshold']:.0%}, {fg['n_texts']} texts): {status}</p>"
             + _img(plot_forgetting(fg), "forgetting"))  # fmt: skip
 

@@ -173,7 +173,9 @@ def test_report_has_the_data_card_field_accuracy_regressions_first_and_labelled_
     assert directions == sorted(directions, key=lambda d: d != "regressed")  # every regression before improvements
     assert {int(i) for d, _, i in flips if d == "regressed"} == {0, 1}  # the two examples the fine-tune broke
     assert "regressed on json_all_fields (also json_field_accuracy): example 0" in md
-    assert "got worse" in md and page.index("flip regressed") < page.index("flip improved")
+    assert "4 (example, score) pairs got worse and 70 got better" in md and page.index("flip regressed") < page.index(
+        "flip improved"
+    )
 
     assert "| loss (token-weighted) | 1.7 | 1.7 |" in md and "| loss (mean over examples) | 2.95 | 1.475 |" in md
     assert "token-weighted" in page and "loss (mean over examples)" in page
@@ -191,7 +193,7 @@ def test_no_regressions_is_said_and_a_from_scratch_forgetting_check_has_no_verdi
     b = EvalResult("b", ex, ["r"] * 20, {"f1": MetricResult("f1", {"f1": 1.0}, {"f1": [1.0] * 20})})
     data = ReportData("t", comparison=compare_results(a, b, n_resamples=200).to_dict(), forgetting=asdict(fg))
     md = render_markdown(data)
-    assert "No example got worse on any score; 20 got better" in md
+    assert "No example got worse on any score; 20 (example, score) pairs got better" in md
     assert "REGRESSION" not in md and "not applicable: the base model tiny is a randomly initialised preset" in md
     page = write_report(data, tmp_path)[1].read_text()
     assert "class='na'>not applicable" in page and "REGRESSION" not in page

@@ -42,7 +42,7 @@ def test_the_reason_and_the_line_say_why(tmp_path: Path) -> None:
     )
     fg = {"before": 1035.2, "after": 84185.0, "relative_change": 80.3, "threshold": 0.1, "regressed": False,
           "applicable": False, "reason": "the base model tiny-1m is a randomly initialised preset"}  # fmt: skip
-    assert forgetting_line(fg) == ("general-text perplexity 1035 -> 8.418e+04 (+8030.0%, threshold +10%): not applicable "
+    assert forgetting_line(fg) == ("general-text perplexity 1,035 -> 84,185 (+8030.0%, threshold +10%): not applicable "
                                    "(the base model tiny-1m is a randomly initialised preset)")  # fmt: skip
     old = {k: v for k, v in fg.items() if k not in ("applicable", "reason")} | {"regressed": True}  # an older run
     assert forgetting_line(old).endswith("threshold +10%): REGRESSION")
