@@ -119,6 +119,27 @@ def is_run_dir(path: str | Path) -> bool:
     return (p / "config.yaml").is_file() and (p / "final").is_dir()
 
 
+def random_init_preset(name_or_path: str | Path) -> str | None:
+    """The randomly initialised preset a model starts from, if it does: the preset itself, or the base model of
+    the tunelab run that saved it (a run directory or its final/ or merged/ folder), followed through earlier
+    runs (stages). None for anything else, e.g. a pretrained model folder or hub id."""
+    import yaml
+
+    name = str(name_or_path)
+    for _ in range(16):  # a chain of runs, each trained from the previous one's result
+        if is_preset(name):
+            return name
+        p = Path(name).expanduser()
+        run = p if is_run_dir(p) else p.parent if p.name in ("final", "merged") and is_run_dir(p.parent) else None
+        if run is None:
+            return None
+        try:
+            name = str(yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["model"]["name_or_path"])
+        except (OSError, yaml.YAMLError, KeyError, TypeError):
+            return None
+    return None
+
+
 def load_run(path: str | Path, dtype: torch.dtype | None = None) -> tuple[Any, Any]:
     """(model, tokenizer) of a finished run; an adapter comes back as a peft model over its base. A head
     run (classify, ner, reward; final/head.json) comes back as its classification / reward model."""
