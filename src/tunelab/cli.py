@@ -18,6 +18,15 @@ app = typer.Typer(
     help="Fine-tune LLMs end to end.",
 )
 
+
+@app.callback()
+def _before_any_command() -> None:
+    """No library progress bars or known-harmless warnings (tunelab.console says which)."""
+    from tunelab.console import quiet_libraries
+
+    quiet_libraries()
+
+
 ConfigArg = Annotated[str, typer.Argument(help="Run config (YAML).")]
 Overrides = Annotated[list[str] | None, typer.Argument(help="Overrides like train.lr=1e-4 data.max_length=512.")]
 

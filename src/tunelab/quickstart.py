@@ -123,18 +123,28 @@ def summarize(run_dir: Path) -> dict[str, Any]:
 
     cmp = json.loads((run_dir / "eval" / "comparison.json").read_text())
     rows = {r["metric"] + ("" if r["key"] == r["metric"] else "/" + r["key"]): r for r in cmp["rows"]}
-    return {"run_dir": str(run_dir), "rows": rows, "report": str(run_dir / "report.html")}
+    fg = run_dir / "eval" / "forgetting.json"
+    forgetting = json.loads(fg.read_text()) if fg.is_file() else None
+    return {"run_dir": str(run_dir), "rows": rows, "forgetting": forgetting, "report": str(run_dir / "report.html")}
+
+
+SUMMARY_ROWS = {"json/json_field_accuracy": "json/json_field_accuracy", "json/json_all_fields": "json/json_all_fields",
+                "json/json_valid": "json/json_valid", "loss": "loss (mean per example)"}  # fmt: skip
 
 
 def format_summary(s: dict[str, Any]) -> str:
+    from tunelab.eval.perplexity import forgetting_line
+
     lines = [
         f"\ndone in {s['seconds']:.0f} s. Held-out test split, base model vs fine-tuned (95% paired bootstrap CI):"
     ]
-    for name in ("json/json_field_accuracy", "json/json_all_fields", "json/json_valid", "loss"):
+    for name, label in SUMMARY_ROWS.items():
         r = s["rows"].get(name)
         if r:
-            lines.append(f"  {name:28} {r['value_a']:.3f} -> {r['value_b']:.3f}   diff {r['diff']:+.3f} "
+            lines.append(f"  {label:28} {r['value_a']:.3f} -> {r['value_b']:.3f}   diff {r['diff']:+.3f} "
                          f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]  {r['verdict']}")  # fmt: skip
+    if s.get("forgetting"):
+        lines.append(f"forgetting check: {forgetting_line(s['forgetting'])}")
     run = s["run_dir"]
     lines += [
         f"report:  {s['report']}",

@@ -115,8 +115,8 @@ def compare(
     Example: tunelab compare tiny runs/my-run --data test.jsonl --out cmp/
     """
     from tunelab.eval.compare import compare_results
-    from tunelab.eval.perplexity import forgetting_check
-    from tunelab.eval.report import ReportData, result_summary, write_report
+    from tunelab.eval.perplexity import forgetting_check, forgetting_line, not_applicable_reason
+    from tunelab.eval.report import ReportData, add_result, write_report
 
     cfg = resolve_config(b, config, overrides)
     (ra, probe_a), (rb, probe_b) = _result_or_eval(a, cfg, data), _result_or_eval(b, cfg, data)
@@ -132,22 +132,18 @@ def compare(
     (out / "eval" / "comparison.json").write_text(json.dumps(comparison, indent=1, ensure_ascii=False))
     data_ = ReportData(f"tunelab compare: {ra.model} vs {rb.model}", comparison=comparison)
     if probe_a is not None and probe_b is not None:
-        fg = forgetting_check(
-            probe_a, probe_b, cfg.eval.forgetting.threshold, cfg.eval.forgetting.texts or "general_text"
-        )
+        fg = forgetting_check(probe_a, probe_b, cfg.eval.forgetting.threshold, cfg.eval.forgetting.texts or
+                              "general_text", not_applicable_reason(a))  # fmt: skip
         data_.forgetting = asdict(fg)
         (out / "eval" / "forgetting.json").write_text(json.dumps(data_.forgetting, indent=1))
     for r in (ra, rb):
-        data_.results[r.model], notes = result_summary(r)
-        data_.notes += notes
+        add_result(data_, r)
     md, page = write_report(data_, out)
     for row in comparison["rows"]:
         typer.echo(f"{row['key']}: {row['value_a']:.4g} -> {row['value_b']:.4g} (diff {row['diff']:+.4g}, "
                    f"95% CI [{row['ci_low']:.4g}, {row['ci_high']:.4g}]) {row['verdict']}")  # fmt: skip
     if data_.forgetting:
-        fg_ = data_.forgetting
-        typer.echo(f"forgetting: perplexity {fg_['before']:.4g} -> {fg_['after']:.4g} ({fg_['relative_change']:+.1%})"
-                   + (" REGRESSION" if fg_["regressed"] else " ok"))  # fmt: skip
+        typer.echo(f"forgetting: {forgetting_line(data_.forgetting)}")
     typer.echo(f"report: {page}")
     if data_.forgetting and data_.forgetting["regressed"] and cfg.eval.fail_on_regression:
         raise typer.Exit(1)

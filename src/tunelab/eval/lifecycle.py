@@ -1,9 +1,11 @@
 """Evaluation around a training run: the base model before, the result after, and the verdict.
 
-`before_training` (not called on resume: a resumed run keeps its baseline) runs on the base model (before any adapter or virtual token exists) and saves
-RUN/eval/baseline.json and the forgetting probe; `after_training` evaluates the trained model on the same
-examples with the same decoding, compares (paired bootstrap), runs the forgetting check and writes the
-report. Both run on the main process only. The eval examples are `eval.data`, else `data.eval`.
+`before_training` (not called on resume: a resumed run keeps its baseline) runs on the base model (before any
+adapter or virtual token exists) and saves RUN/eval/baseline.json and the forgetting probe; `after_training`
+evaluates the trained model on the same examples with the same decoding, compares (paired bootstrap), runs the
+forgetting check and writes the report. The forgetting check has no verdict ("not applicable") when the base
+model is a randomly initialised preset or was trained from one: it never learned general text. Both run on the
+main process only. The eval examples are `eval.data`, else `data.eval`.
 Head methods (classify, ner, reward) are scored by their head instead: tunelab.eval.heads.
 """
 
@@ -19,7 +21,7 @@ from tunelab.config import MetricSpec, RunConfig, eval_settings, metric_specs
 from tunelab.errors import TunelabError
 from tunelab.eval import heads
 from tunelab.eval.compare import compare_results
-from tunelab.eval.perplexity import LossResult, forgetting_check
+from tunelab.eval.perplexity import LossResult, forgetting_check, forgetting_line, not_applicable_reason
 from tunelab.eval.report import report_run
 from tunelab.eval.runner import EVAL_DIR, EvalExample, EvalResult, evaluate, forgetting_probe, load_examples
 
@@ -77,11 +79,11 @@ def after_training(cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Path, lo
     if cfg.eval.forgetting.enabled and (out / PROBE_BEFORE).is_file():
         before = LossResult(**json.loads((out / PROBE_BEFORE).read_text()))
         after = forgetting_probe(model, tokenizer, cfg.eval, progress=False)
-        check = forgetting_check(
-            before, after, cfg.eval.forgetting.threshold, cfg.eval.forgetting.texts or "general_text"
-        )
+        check = forgetting_check(before, after, cfg.eval.forgetting.threshold, cfg.eval.forgetting.texts or
+                                 "general_text", not_applicable_reason(cfg.model.name_or_path))  # fmt: skip
         (out / "forgetting.json").write_text(json.dumps(asdict(check), indent=1))
         summary["forgetting"] = asdict(check)
+        log(f"forgetting check: {forgetting_line(summary['forgetting'])}")
     summary["report"] = [str(p) for p in report_run(run_dir)]
     if cfg.eval.fail_on_regression and summary.get("forgetting", {}).get("regressed"):
         fg = summary["forgetting"]

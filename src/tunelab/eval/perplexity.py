@@ -9,7 +9,8 @@ loss and is counted in `empty`.
 
 The forgetting probe is perplexity on general English text (by default a set of short original
 paragraphs shipped in tunelab/assets/general_text.jsonl) before and after fine-tuning; a relative rise
-above a threshold is a regression.
+above a threshold is a regression. For a model trained from random weights (a preset) the check is "not
+applicable": such a model never learned general text, so its perplexity there has nothing to say.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from tunelab.console import progress as progress_bar
 from tunelab.data.records import Conversation, Message, PromptCompletion
 from tunelab.data.tokenize import IGNORE, Encoder, chat_template_for
 from tunelab.errors import DataError
 from tunelab.models.generate import Prompt
+from tunelab.models.loader import random_init_preset
 from tunelab.scoring.metrics import MetricResult
 from tunelab.textio import read_text
 
@@ -94,7 +96,7 @@ def _loss(model: Any, seqs: list[tuple[list[int], list[bool]]], batch_size: int,
     model.eval()
     try:
         with torch.inference_mode():
-            for start in tqdm(range(0, len(seqs), batch_size), desc="loss", disable=not progress):
+            for start in progress_bar(range(0, len(seqs), batch_size), desc="loss", unit="batch", disable=not progress):
                 batch = seqs[start : start + batch_size]
                 nll, mask = _batch_nll(model, batch, device)
                 for j in range(len(batch)):
@@ -161,14 +163,47 @@ class ForgettingResult:
     regressed: bool
     n_texts: int
     source: str = "general_text"
+    applicable: bool = True  # False when the base never learned general text: nothing to forget, no verdict
+    reason: str = ""  # why not applicable
 
 
-def forgetting_check(
-    before: LossResult, after: LossResult, threshold: float, source: str = "general_text"
-) -> ForgettingResult:
-    """Flag a regression when perplexity rose by more than `threshold` (relative)."""
+def forgetting_check(before: LossResult, after: LossResult, threshold: float, source: str = "general_text",
+                     not_applicable: str | None = None) -> ForgettingResult:  # fmt: skip
+    """Flag a regression when perplexity rose by more than `threshold` (relative). With `not_applicable` (the
+    reason) the numbers are kept but there is no verdict: a model trained from random weights has no general
+    text to forget, and its perplexity on it going up or down means nothing."""
     if len(before.tokens) != len(after.tokens):
         raise ValueError("forgetting check needs the same probe texts before and after")
     change = (after.perplexity - before.perplexity) / before.perplexity
-    return ForgettingResult(before.perplexity, after.perplexity, change, threshold, change > threshold,
-                            len(before.tokens), source)  # fmt: skip
+    return ForgettingResult(before.perplexity, after.perplexity, change, threshold,
+                            change > threshold and not not_applicable, len(before.tokens), source,
+                            not not_applicable, not_applicable or "")  # fmt: skip
+
+
+def not_applicable_reason(base: str) -> str | None:
+    """Why the forgetting check means nothing for a model trained from `base`, or None when it applies."""
+
+    preset = random_init_preset(base)
+    if preset is None:
+        return None
+    where = "is" if preset == str(base) else f"was trained from {preset}, which is"
+    return f"the base model {base} {where} a randomly initialised preset that never learned general text"
+
+
+def forgetting_verdict(fg: dict[str, Any]) -> str:
+    """ok, REGRESSION or not applicable (a forgetting.json of any tunelab version)."""
+    if not fg.get("applicable", True):
+        return "not applicable"
+    return "REGRESSION" if fg["regressed"] else "ok"
+
+
+def perplexity_text(x: float) -> str:
+    """12.35, 1,035, 547,912: four significant digits, whole numbers with separators from 1000 up."""
+    return f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.4g}"
+
+
+def forgetting_line(fg: dict[str, Any]) -> str:
+    """One line for people: 'general-text perplexity 10 -> 12.5 (+25.0%, threshold +10%): REGRESSION'."""
+    text = (f"general-text perplexity {perplexity_text(fg['before'])} -> {perplexity_text(fg['after'])} "
+            f"({fg['relative_change']:+.1%}, threshold +{fg['threshold']:.0%}): {forgetting_verdict(fg)}")  # fmt: skip
+    return text + (f" ({fg['reason']})" if fg.get("reason") and not fg.get("applicable", True) else "")

@@ -3,11 +3,16 @@
 The input is `ReportData`, plain data that any code can fill; `collect_run` fills it from a run directory:
   metrics.jsonl        training log lines {"step", "loss"?, "eval_loss"?}
   config.yaml          the resolved config
-  manifest.json        the data manifest (sha256 of inputs), if the run wrote one
+  data_card.md         the data check's card (sources, hashes, counts, what the checks found)
+  data_manifest.json   the data manifest (sha256 of inputs; manifest.json in older runs)
   eval/baseline.json   EvalResult of the base model;  eval/final.json: of the fine-tuned one
   eval/comparison.json Comparison.to_dict() (computed from the two results when absent)
   eval/forgetting.json ForgettingResult as a dict
 Anything missing is left out of the report with a note saying so. All text from data is HTML-escaped.
+
+Two losses appear and are labelled as such: the metrics table's loss is token-weighted over every answer
+token (what perplexity is made of); the comparison's is the mean of each example's mean loss, the per-example
+score the paired bootstrap resamples. Flipped examples show regressions first, then improvements.
 """
 
 from __future__ import annotations
@@ -19,13 +24,17 @@ import math
 import re
 import unicodedata
 from dataclasses import asdict, dataclass, field
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
 from tunelab.errors import DataError
+from tunelab.eval.perplexity import forgetting_verdict, perplexity_text
 from tunelab.eval.runner import EVAL_DIR, EvalResult
 
-MAX_FLIPPED_SHOWN = 8
+MAX_FLIPPED_SHOWN = 8  # of each direction
+LOSS_NOTE = ("Loss and perplexity in this table are token-weighted over all answer tokens; the comparison below "
+             "averages each example's own mean loss (what the paired bootstrap resamples), so the two differ a little.")  # fmt: skip
 
 
 @dataclass
@@ -35,6 +44,8 @@ class ReportData:
     results: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> "metric/key" -> aggregate
     comparison: dict[str, Any] | None = None  # Comparison.to_dict()
     forgetting: dict[str, Any] | None = None  # asdict(ForgettingResult)
+    field_accuracy: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # metric -> model -> field
+    data_card: str | None = None  # data_card.md (Markdown)
     manifest: Any = None
     config: str | None = None  # the resolved config YAML
     notes: list[str] = field(default_factory=list)
@@ -67,6 +78,15 @@ def result_summary(result: EvalResult) -> tuple[dict[str, float], list[str]]:
     return scores, notes
 
 
+def add_result(data: ReportData, result: EvalResult) -> None:
+    """One model's aggregate scores, notes and per-field JSON accuracy into `data`."""
+    data.results[result.model], notes = result_summary(result)
+    data.notes += notes
+    for name, m in result.metrics.items():
+        if isinstance(m.details.get("per_field_accuracy"), dict):
+            data.field_accuracy.setdefault(name, {})[result.model] = m.details["per_field_accuracy"]
+
+
 def collect_run(run_dir: str | Path) -> ReportData:
     from tunelab.eval.compare import compare_results
 
@@ -78,13 +98,16 @@ def collect_run(run_dir: str | Path) -> ReportData:
         data.loss_log = read_metrics_log(log)
     if (cfg := run / "config.yaml").is_file():
         data.config = cfg.read_text(encoding="utf-8")
-    if (man := run / "manifest.json").is_file():
-        data.manifest = json.loads(man.read_text(encoding="utf-8"))
+    if (card := run / "data_card.md").is_file():
+        data.data_card = card.read_text(encoding="utf-8")
+    for name in ("data_manifest.json", "manifest.json"):
+        if (man := run / name).is_file():
+            data.manifest = json.loads(man.read_text(encoding="utf-8"))
+            break
     ev = run / EVAL_DIR
     loaded = {k: EvalResult.load(ev / f"{k}.json") for k in ("baseline", "final") if (ev / f"{k}.json").is_file()}
     for res in loaded.values():
-        data.results[res.model], notes = result_summary(res)
-        data.notes += notes
+        add_result(data, res)
     if (cmp := ev / "comparison.json").is_file():
         data.comparison = json.loads(cmp.read_text(encoding="utf-8"))
     elif len(loaded) == 2:
@@ -161,13 +184,17 @@ def plot_forgetting(fg: dict[str, Any]) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    applicable = fg.get("applicable", True)
+    after = "#c0392b" if fg["regressed"] else "#27ae60" if applicable else "#9aa5b1"
     fig, ax = plt.subplots(figsize=(4, 3))
-    ax.bar(
-        ["before", "after"], [fg["before"], fg["after"]], color=["#9aa5b1", "#c0392b" if fg["regressed"] else "#27ae60"]
-    )
-    ax.axhline(fg["before"] * (1 + fg["threshold"]), color="#c0392b", ls="--", lw=1, label="regression threshold")
-    ax.set(ylabel="perplexity", title=f"General-text perplexity ({fg.get('source', '')})")
-    ax.legend(fontsize=8)
+    ax.bar(["before", "after"], [fg["before"], fg["after"]], color=["#9aa5b1", after])
+    title = f"General-text perplexity ({fg.get('source', '')})"
+    if applicable:
+        ax.axhline(fg["before"] * (1 + fg["threshold"]), color="#c0392b", ls="--", lw=1, label="regression threshold")
+        ax.legend(fontsize=8)
+    else:
+        title += "\nnot applicable: the base never learned general text"
+    ax.set(ylabel="perplexity", title=title)
     return _png(fig)
 
 
@@ -200,44 +227,140 @@ def _prompt_text(prompt: Any) -> str:
     return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
 
 
+def agg_label(key: str) -> str:
+    """A metrics-table key, with the loss kind said (see the module docstring)."""
+    return f"{key} (token-weighted)" if key.rpartition("/")[2] in ("loss", "perplexity") else key
+
+
+def row_label(row: dict[str, Any]) -> str:
+    """A comparison row's score name, with the loss kind said."""
+    label = row.get("label", row["key"])
+    return f"{label} (mean over examples)" if row["key"] == "loss" else label
+
+
+def has_loss(d: ReportData) -> bool:
+    return any(agg_label(k) != k for r in d.results.values() for k in r)
+
+
+def field_tables(d: ReportData) -> list[tuple[str, list[str], list[tuple[str, list[float | None]]]]]:
+    """(metric, models, [(field, accuracy per model)]) for every metric with per-field accuracy."""
+    out = []
+    for metric, by_model in d.field_accuracy.items():
+        models = list(by_model)
+        names = sorted({f for acc in by_model.values() for f in acc})
+        out.append((metric, models, [(f, [by_model[m].get(f) for m in models]) for f in names]))
+    return out
+
+
+def flips_shown(c: dict[str, Any]) -> list[dict[str, Any]]:
+    """Regressions first, then improvements: up to MAX_FLIPPED_SHOWN examples of each, the compared scores taken
+    in turn. An example that flipped on several scores is shown once, its heading naming the others ("also")."""
+    out: list[dict[str, Any]] = []
+    for direction in ("regressed", "improved"):
+        by_key: dict[str, list[dict[str, Any]]] = {}
+        for f in c["flipped"]:
+            if f["direction"] == direction:
+                by_key.setdefault(f["key"], []).append(f)
+        by_example: dict[int, dict[str, Any]] = {}
+        for f in (f for group in zip_longest(*by_key.values()) for f in group if f is not None):
+            if f["index"] in by_example:
+                by_example[f["index"]]["also"].append(f["key"])
+            elif len(by_example) < MAX_FLIPPED_SHOWN:
+                by_example[f["index"]] = {**f, "also": []}
+        out += by_example.values()
+    return out
+
+
+def flip_title(f: dict[str, Any]) -> str:
+    also = f" (also {', '.join(f['also'])})" if f.get("also") else ""
+    return f"{f['direction']} on {f['key']}{also}: example {f['index']}"
+
+
+def flips_summary(c: dict[str, Any]) -> str:
+    regressed = sum(len(r["regressed"]) for r in c["rows"])
+    improved = sum(len(r["improved"]) for r in c["rows"])
+    counts = (f"{regressed} (example, score) pairs got worse and {improved} got better" if regressed else
+              f"No example got worse on any score; {improved} (example, score) pairs got better")  # fmt: skip
+    return (f"{counts}. Regressions first, then improvements, up to {MAX_FLIPPED_SHOWN} examples of each (more in "
+            "eval/comparison.json).")  # fmt: skip
+
+
+def forgetting_status(fg: dict[str, Any]) -> str:
+    """The check's verdict with, when it has none, the reason."""
+    verdict = forgetting_verdict(fg)
+    return f"{verdict}: {fg['reason']}" if verdict == "not applicable" and fg.get("reason") else verdict
+
+
+def demote(markdown: str) -> str:
+    """A Markdown document as a section: every heading one level down (fenced code left alone)."""
+    out, fenced = [], False
+    for line in markdown.splitlines():
+        if line.startswith("```"):
+            fenced = not fenced
+        out.append("#" + line if line.startswith("#") and not fenced else line)
+    return "\n".join(out)
+
+
 def _forgetting_md(fg: dict[str, Any] | None) -> list[str]:
     if not fg:
         return []
-    flag = "**REGRESSION**" if fg["regressed"] else "ok"
-    return ["## Forgetting check", "", f"General-text perplexity {_f(fg['before'])} -> {_f(fg['after'])} "
+    status = forgetting_status(fg)
+    flag = "**REGRESSION**" if status == "REGRESSION" else status
+    return ["## Forgetting check", "", f"General-text perplexity {perplexity_text(fg['before'])} -> "
+            f"{perplexity_text(fg['after'])} "
             f"({fg['relative_change']:+.1%}, threshold +{fg['threshold']:.0%}): {flag}", ""]  # fmt: skip
+
+
+def _metrics_md(d: ReportData) -> list[str]:
+    models = list(d.results)
+    keys = sorted({k for r in d.results.values() for k in r})
+    out = ["## Metrics", "", "| metric | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
+    out += [f"| {agg_label(k)} | " + " | ".join(_f(d.results[m].get(k)) for m in models) + " |" for k in keys]
+    out += ["", LOSS_NOTE, ""] if has_loss(d) else [""]
+    for metric, fmodels, rows in field_tables(d):
+        out += [f"## Per-field accuracy ({metric})", "", "| field | " + " | ".join(fmodels) + " |",
+                "|---" * (len(fmodels) + 1) + "|", *[f"| {f} | " + " | ".join(_f(v) for v in vals) + " |"
+                                                      for f, vals in rows], ""]  # fmt: skip
+    return out
+
+
+def _comparison_md(c: dict[str, Any]) -> list[str]:
+    out = [f"## Comparison: {c['name_a']} vs {c['name_b']}", "",
+           "Means of per-example scores; diff = B - A with a paired bootstrap 95% CI.", "",
+           f"| score | {c['name_a']} | {c['name_b']} | diff | 95% CI | verdict | improved | regressed |",
+           "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in c["rows"]:
+        out.append(f"| {row_label(r)} | {_f(r['value_a'])} | {_f(r['value_b'])} | {_f(r['diff'])} | "
+                   f"[{_f(r['ci_low'])}, {_f(r['ci_high'])}] | {r['verdict']} | {len(r['improved'])} | "
+                   f"{len(r['regressed'])} |")  # fmt: skip
+    return [*out, ""]
+
+
+def _flipped_md(c: dict[str, Any]) -> list[str]:
+    if not c["flipped"]:
+        return []
+    out = ["## Flipped examples", "", flips_summary(c), ""]
+    for f in flips_shown(c):
+        out += [f"### {flip_title(f)} ({f['source']})", "",
+                "Input:", "```", _prompt_text(f["prompt"]), "```", f"Reference: {_code(f['reference'])}", "",
+                f"- {c['name_a']} ({_f(f['score_a'])}): {_code(f['output_a'])}",
+                f"- {c['name_b']} ({_f(f['score_b'])}): {_code(f['output_b'])}", ""]  # fmt: skip
+    return out
 
 
 def render_markdown(d: ReportData) -> str:
     out = [f"# {d.title}", "", "Plots are in report.html.", ""]
     if d.results:
-        models = list(d.results)
-        keys = sorted({k for r in d.results.values() for k in r})
-        out += ["## Metrics", "", "| metric | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
-        out += [f"| {k} | " + " | ".join(_f(d.results[m].get(k)) for m in models) + " |" for k in keys]
-        out.append("")
+        out += _metrics_md(d)
     if d.comparison:
-        c = d.comparison
-        out += [f"## Comparison: {c['name_a']} vs {c['name_b']}", "",
-                "Means of per-example scores; diff = B - A with a paired bootstrap 95% CI.", "",
-                f"| score | {c['name_a']} | {c['name_b']} | diff | 95% CI | verdict | improved | regressed |",
-                "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-        for r in c["rows"]:
-            out.append(f"| {r.get('label', r['key'])} | {_f(r['value_a'])} | {_f(r['value_b'])} | {_f(r['diff'])} | "
-                       f"[{_f(r['ci_low'])}, {_f(r['ci_high'])}] | {r['verdict']} | {len(r['improved'])} | "
-                       f"{len(r['regressed'])} |")  # fmt: skip
-        out.append("")
+        out += _comparison_md(d.comparison)
     out += _forgetting_md(d.forgetting)
-    if d.comparison and d.comparison["flipped"]:
-        c = d.comparison
-        out += ["## Flipped examples", ""]
-        for f in c["flipped"][:MAX_FLIPPED_SHOWN]:
-            out += [f"### {f['direction']} on {f['key']}: example {f['index']} ({f['source']})", "",
-                    "Input:", "```", _prompt_text(f["prompt"]), "```", f"Reference: {_code(f['reference'])}", "",
-                    f"- {c['name_a']} ({_f(f['score_a'])}): {_code(f['output_a'])}",
-                    f"- {c['name_b']} ({_f(f['score_b'])}): {_code(f['output_b'])}", ""]  # fmt: skip
+    if d.comparison:
+        out += _flipped_md(d.comparison)
     if d.notes:
         out += ["## Notes", "", *[f"- {n}" for n in d.notes], ""]
+    if d.data_card:
+        out += [demote(d.data_card), ""]
     if d.manifest is not None:
         out += ["## Data manifest", "", "```json", json.dumps(d.manifest, indent=1), "```", ""]
     if d.config:

@@ -6,14 +6,24 @@ import json
 from html import escape
 from typing import Any
 
+from tunelab.eval.perplexity import perplexity_text
 from tunelab.eval.report import (
-    MAX_FLIPPED_SHOWN,
+    LOSS_NOTE,
     ReportData,
     _f,
     _prompt_text,
+    agg_label,
+    demote,
+    field_tables,
+    flip_title,
+    flips_shown,
+    flips_summary,
+    forgetting_status,
+    has_loss,
     plot_forgetting,
     plot_losses,
     plot_metric_bars,
+    row_label,
     shown,
 )
 
@@ -24,6 +34,7 @@ th:first-child,td:first-child{text-align:left}th{background:#f3f4f6}
 .better{color:#1e8449;font-weight:600}.worse,.regressed{color:#c0392b;font-weight:700}
 pre{background:#f6f8fa;padding:.6em;overflow-x:auto;white-space:pre-wrap}
 .flip{border-left:4px solid #2f6fde;padding-left:.8em;margin:1em 0}.flip.regressed{border-color:#c0392b}
+.na{color:#666;font-weight:600}.card{border-top:1px solid #ddd;margin-top:2em}
 img{max-width:100%}
 """
 
@@ -37,10 +48,21 @@ def _metrics_table(d: ReportData) -> str:
     keys = sorted({k for r in d.results.values() for k in r})
     head = "<tr><th>metric</th>" + "".join(f"<th>{escape(m)}</th>" for m in models) + "</tr>"
     body = "".join(
-        f"<tr><td>{escape(k)}</td>" + "".join(f"<td>{_f(d.results[m].get(k))}</td>" for m in models) + "</tr>"
+        f"<tr><td>{escape(agg_label(k))}</td>"
+        + "".join(f"<td>{_f(d.results[m].get(k))}</td>" for m in models)
+        + "</tr>"
         for k in keys
     )
-    return f"<h2>Metrics</h2><table>{head}{body}</table>"
+    note = f"<p>{escape(LOSS_NOTE)}</p>" if has_loss(d) else ""
+    return f"<h2>Metrics</h2><table>{head}{body}</table>{note}" + "".join(_field_table(*t) for t in field_tables(d))
+
+
+def _field_table(metric: str, models: list[str], rows: list[tuple[str, list[float | None]]]) -> str:
+    head = "<tr><th>field</th>" + "".join(f"<th>{escape(m)}</th>" for m in models) + "</tr>"
+    body = "".join(
+        f"<tr><td>{escape(f)}</td>" + "".join(f"<td>{_f(v)}</td>" for v in values) + "</tr>" for f, values in rows
+    )
+    return f"<h2>Per-field accuracy ({escape(metric)})</h2><table>{head}{body}</table>"
 
 
 def _output(text: Any) -> str:
@@ -55,7 +77,7 @@ def _comparison(c: dict[str, Any]) -> str:
     for r in c["rows"]:
         cls = {"better": "better", "worse": "worse"}.get(r["verdict"], "")
         rows.append(
-            f"<tr><td>{escape(r.get('label', r['key']))}</td><td>{_f(r['value_a'])}</td><td>{_f(r['value_b'])}</td>"
+            f"<tr><td>{escape(row_label(r))}</td><td>{_f(r['value_a'])}</td><td>{_f(r['value_b'])}</td>"
             f"<td>{_f(r['diff'])}</td><td>[{_f(r['ci_low'])}, {_f(r['ci_high'])}]</td>"
             f"<td class='{cls}'>{escape(r['verdict'])}</td><td>{len(r['improved'])}</td><td>{len(r['regressed'])}</td></tr>"
         )
@@ -69,11 +91,12 @@ def _comparison(c: dict[str, Any]) -> str:
 
 def _flipped(c: dict[str, Any]) -> str:
     a, b = escape(c["name_a"]), escape(c["name_b"])
-    parts = ["<h2>Flipped examples</h2>"] if c["flipped"] else []
-    for f in c["flipped"][:MAX_FLIPPED_SHOWN]:
+    if not c["flipped"]:
+        return ""
+    parts = ["<h2>Flipped examples</h2>", f"<p>{escape(flips_summary(c))}</p>"]
+    for f in flips_shown(c):
         parts.append(
-            f"<div class='flip {escape(f['direction'])}'><h3>{escape(f['direction'])} on {escape(f['key'])}: "
-            f"example {f['index']} <small>{escape(str(f['source']))}</small></h3>"
+            f"<div class='flip {escape(f['direction'])}'><h3>{escape(flip_title(f))} <small>{escape(str(f['source']))}</small></h3>"
             f"<pre>{escape(_prompt_text(f['prompt']))}</pre><p>Reference: <code>{escape(shown(f['reference']))}</code></p>"
             f"<p>{a} ({_f(f['score_a'])}): {_output(f['output_a'])}</p>"
             f"<p>{b} ({_f(f['score_b'])}): {_output(f['output_b'])}</p></div>"
@@ -82,8 +105,10 @@ def _flipped(c: dict[str, Any]) -> str:
 
 
 def _forgetting(fg: dict[str, Any]) -> str:
-    status = "<span class='regressed'>REGRESSION</span>" if fg["regressed"] else "<span class='better'>ok</span>"
-    return (f"<h2>Forgetting check</h2><p>General-text perplexity {_f(fg['before'])} &rarr; {_f(fg['after'])} "
+    verdict = forgetting_status(fg)
+    cls = {"REGRESSION": "regressed", "ok": "better"}.get(verdict, "na")
+    status = f"<span class='{cls}'>{escape(verdict)}</span>"
+    return (f"<h2>Forgetting check</h2><p>General-text perplexity {perplexity_text(fg['before'])} &rarr; {perplexity_text(fg['after'])} "
             f"({fg['relative_change']:+.1%}, threshold +{fg['threshold']:.0%}, {fg['n_texts']} texts): {status}</p>"
             + _img(plot_forgetting(fg), "forgetting"))  # fmt: skip
 
@@ -103,9 +128,18 @@ def render_html(d: ReportData) -> str:
         parts.append(_flipped(d.comparison))
     if d.notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{escape(n)}</li>" for n in d.notes) + "</ul>")
+    if d.data_card:
+        parts.append(f"<section class='card'>{_markdown(demote(d.data_card))}</section>")
     if d.manifest is not None:
         parts.append(f"<h2>Data manifest</h2><pre>{escape(json.dumps(d.manifest, indent=1))}</pre>")
     if d.config:
         parts.append(f"<h2>Config</h2><pre>{escape(d.config)}</pre>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _markdown(text: str) -> str:
+    """Markdown (the data card) as HTML; raw HTML in it is escaped, not passed through."""
+    from markdown_it import MarkdownIt
+
+    return str(MarkdownIt("commonmark", {"html": False}).enable("table").render(text))

@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from tunelab.config import DatasetConfig, ModelConfig, RunConfig, TeacherGeneration
+from tunelab.console import progress
 from tunelab.data.pipeline import load_records
 from tunelab.data.prompts import PromptSpec, prompt_of
 from tunelab.data.records import Message
@@ -123,7 +123,7 @@ def complete_endpoint(model: str, prompts: Sequence[PromptSpec], gen: TeacherGen
         return Reply(r.text, truncated=r.finish_reason == "length")
 
     with ThreadPoolExecutor(gen.concurrency) as pool:
-        return list(tqdm(pool.map(one, prompts), total=len(prompts), desc="teacher", unit="prompt"))
+        return list(progress(pool.map(one, prompts), total=len(prompts), desc="teacher", unit="prompt"))
 
 
 def settings(teacher: str, gen: TeacherGeneration) -> dict[str, Any]:

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
+from tunelab.console import progress as progress_bar
 from tunelab.data.tokenize import chat_template_for, prompt_text
 
 Prompt = str | Sequence[Mapping[str, str]]
@@ -63,7 +63,7 @@ def generate_ids(model: Any, tokenizer: Any, prompts: Sequence[Prompt], decoding
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    bar = tqdm(total=len(encoded), desc="generate", unit="prompt", disable=not progress)
+    bar = progress_bar(total=len(encoded), desc="generate", unit="prompt", disable=not progress)
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.inference_mode():
             torch.manual_seed(decoding.seed)

@@ -13,7 +13,9 @@ reward: one scalar) and token classification (ner), built from a preset, a folde
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ TASK_OF = {"seq": "seq", "token": "token", "scalar": "seq"}
 PEFT_TASK = {"seq": "SEQ_CLS", "token": "TOKEN_CLS", "scalar": "SEQ_CLS"}
 HEAD_NAMES = ("score", "classifier")  # what transformers calls the head (decoders: score, encoders: classifier)
 HEAD_INFO = "head.json"
+REPLACED_HEADS = ("lm_head.", "cls.")  # a checkpoint's own head that the task head replaces: causal LM, BERT MLM
 
 
 def auto_class(kind: str) -> Any:
@@ -83,19 +86,63 @@ def load_head_model(cfg: ModelConfig, head: str, labels: list[str] | None, pad_t
     spec = head_labels(head, labels) if labels is not None else {}
     if is_preset(cfg.name_or_path):
         return head_model_from(load_model(cfg, dtype), kind, spec, pad_token_id, zero_head=head == "scalar")
-    try:
-        model, info = load_pretrained(auto_class(kind), cfg, dtype, output_loading_info=True, pad_token_id=pad_token_id,
-                                      **spec)  # fmt: skip
-    except (ValueError, RuntimeError) as e:  # e.g. a head of another size in the checkpoint
-        raise TunelabError(f"model.name_or_path {cfg.name_or_path!r}: cannot load it with a {len(labels or [])}-label "
-                           f"{kind} head: {str(e).splitlines()[0]}") from None  # fmt: skip
-    new = sorted({k.split(".")[0] for k in info.get("missing_keys", []) if k.startswith(HEAD_NAMES)})
+    with _held_logs() as held:
+        try:
+            model, info = load_pretrained(auto_class(kind), cfg, dtype, output_loading_info=True,
+                                          pad_token_id=pad_token_id, **spec)  # fmt: skip
+        except (ValueError, RuntimeError) as e:  # e.g. a head of another size in the checkpoint
+            raise TunelabError(f"model.name_or_path {cfg.name_or_path!r}: cannot load it with a {len(labels or [])}-"
+                               f"label {kind} head: {str(e).splitlines()[0]}") from None  # fmt: skip
+        missing = info.get("missing_keys", [])
+        new = sorted({k.split(".")[0] for k in missing if k.startswith(HEAD_NAMES)})
+        only_head = all(k.startswith(HEAD_NAMES) for k in missing) and not info.get("mismatched_keys")
+        only_head &= all(k.startswith(REPLACED_HEADS) for k in info.get("unexpected_keys", []))
+        held.pass_on(drop="LOAD REPORT" if only_head else None)
     if new:
         outputs = model.config.num_labels
         log(f"new {kind}-classification head {', '.join(new)} ({outputs} outputs) on {cfg.name_or_path}")
         if head == "scalar":
             _zero(model)
     return model
+
+
+class _Held(logging.Handler):
+    def __init__(self, targets: list[logging.Handler]) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+        self.targets = targets
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def pass_on(self, drop: str | None = None) -> None:
+        """Pass the held records on, except those whose message contains `drop`."""
+        for record in self.records:
+            if drop is None or drop not in record.getMessage():
+                for target in self.targets:
+                    target.handle(record)
+        self.records = []
+
+
+@contextmanager
+def _held_logs() -> Iterator[_Held]:
+    """Hold back what transformers logs while a head model loads. Its LOAD REPORT lists the new head's weights as
+    MISSING (and a causal LM's lm_head as UNEXPECTED), which is the point of a new head; tunelab says so in one
+    line. The caller passes the held records on, the report too when the load found anything else (other
+    missing, unexpected or mismatched weights, an error)."""
+    from transformers.utils import logging as hf_logging
+
+    root = hf_logging.get_logger()  # the "transformers" logger, which has its own handler
+    before = root.handlers[:]
+    held = _Held(before or [logging.lastResort or logging.StreamHandler()])
+    root.handlers = [held]
+    try:
+        yield held
+    except BaseException:
+        held.pass_on()  # e.g. transformers' report says which weights did not fit
+        raise
+    finally:
+        root.handlers = before
 
 
 # --------------------------------------------------------------------------- runs

@@ -22,6 +22,7 @@ from tunelab.config import ModelConfig, load_config
 from tunelab.errors import TunelabError
 from tunelab.models.heads import head_kind, load_head_model, read_head_info, refuse_head
 from tunelab.models.load import load_model, load_tokenizer
+from tunelab.models.presets import is_preset
 
 
 @dataclass(frozen=True)
@@ -112,3 +113,22 @@ def load_run(path: str | Path, dtype: torch.dtype | None = None) -> tuple[Any, A
     if run_of(path) is None:
         raise TunelabError(f"{path}: not a run directory (expected config.yaml and final/)")
     return load(path, dtype=dtype)
+
+
+def random_init_preset(name_or_path: str | Path) -> str | None:
+    """The randomly initialised preset a model starts from, if it does: the preset itself, or the base model of
+    the tunelab run that saved it (a run directory or its final/ or merged/ folder), followed through earlier
+    runs (stages). None for anything else, e.g. a pretrained model folder or hub id."""
+    name = str(name_or_path)
+    for _ in range(16):  # a chain of runs, each trained from the previous one's result
+        if is_preset(name):
+            return name
+        p = Path(name).expanduser()
+        run = p if is_run_dir(p) else p.parent if p.name in ("final", "merged") and is_run_dir(p.parent) else None
+        if run is None:
+            return None
+        try:
+            name = load_config(run / "config.yaml").model.name_or_path
+        except TunelabError:
+            return None
+    return None

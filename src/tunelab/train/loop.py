@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from tunelab.config import RunConfig
 from tunelab.errors import TunelabError
@@ -38,6 +37,7 @@ from tunelab.methods import Method, MethodModule
 from tunelab.train import checkpoint as ckpt
 from tunelab.train.optim import build_optimizer, build_scheduler
 from tunelab.train.plan import Plan, eval_batches, packing_note
+from tunelab.train.progress import TrainProgress
 from tunelab.train.rundir import MetricsLog
 
 
@@ -113,6 +113,7 @@ class Trainer:
         self._interrupt = False
         self._signal = int(signal.SIGINT)
         self._last_eval = self._last_save = -1
+        self.progress: TrainProgress | None = None  # while run() runs: prints each record (main process)
 
     # ------------------------------------------------------------------ state
     def resume(self) -> Path:
@@ -168,7 +169,7 @@ class Trainer:
         acc, t, job = self.acc, self.job.cfg.train, self.job
         main = acc.is_main_process
         log = MetricsLog(job.run_dir / "metrics.jsonl", self.state.step if self.resumed else None) if main else None
-        bar = tqdm(total=self.total, initial=self.state.step, disable=not main, unit="step", dynamic_ncols=True)
+        bar = self.progress = TrainProgress(self.total, self.state.step, main, final_eval=bool(job.eval_items))
         loss_acc = torch.zeros((), device=acc.device)
         metric_acc: dict[str, torch.Tensor] = {}  # a method's own metrics (DPO rewards...), summed like the loss
         win_units = win_tokens = 0
@@ -224,6 +225,7 @@ class Trainer:
                 stop = False
                 if job.eval_items and t.eval_every and done % t.eval_every == 0 and done < self.total:
                     stop = self._eval_and_track(log)
+                bar.step_end(done)
                 if t.save_every and done % t.save_every == 0 and self._last_save != done:
                     self.save()
                 if self.hooks.on_step_end:
@@ -233,7 +235,7 @@ class Trainer:
                     raise TrainingInterrupted(job.run_dir, done, path, self._signal)
                 if stop:
                     self.state.stopped_early = True
-                    acc.print(
+                    bar.write(
                         f"early stopping at step {done}: no eval improvement in {t.early_stopping_patience} evals"
                     )
                     break
@@ -302,6 +304,8 @@ class Trainer:
         return bool(t.early_stopping_patience and s.bad_evals >= t.early_stopping_patience)
 
     def _record(self, log: MetricsLog | None, rec: dict[str, Any]) -> None:
+        if self.progress:
+            self.progress.record(rec)
         if log:
             log.write(rec)
             if self.hooks.on_log:

@@ -47,7 +47,11 @@ def test_eval_compare_report(tmp_path) -> None:
                               "eval.max_new_tokens=6", "-s", "eval.bootstrap_resamples=500", "--out", str(out)])  # fmt: skip
     assert res.exit_code == 0, res.output
     assert res.output.count("no significant difference") == 3  # exact_match, f1, loss
-    assert "forgetting: perplexity" in res.output and "(+0.0%) ok" in res.output
+    # A is the randomly initialised preset: the numbers are shown, but there is nothing to forget.
+    assert (
+        "forgetting: general-text perplexity" in res.output and "(+0.0%, threshold +10%): not applicable" in res.output
+    )
+    assert "the base model tiny is a randomly initialised preset" in res.output
     cmp = json.loads((out / "eval" / "comparison.json").read_text())
     assert [r["diff"] for r in cmp["rows"]] == [0.0, 0.0, 0.0]
     assert (out / "report.html").is_file() and (out / "eval" / "forgetting.json").is_file()

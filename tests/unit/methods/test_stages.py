@@ -33,7 +33,12 @@ def test_stage_configs_merge_and_resolve(tmp_path: Path) -> None:
     first, second = stage_config(cfg, 0), stage_config(cfg, 1, "/models/sft-merged")
     assert first.method.name == "sft" and first.output.name == "two/1-sft" and first.stages == []
     assert first.data.train[0].path == str(tmp_path / "sft.jsonl")
-    assert (second.method.name, second.method.dpo.beta, second.train.lr, second.train.batch_size) == ("dpo", 0.2, 5e-4, 4)
+    assert (second.method.name, second.method.dpo.beta, second.train.lr, second.train.batch_size) == (
+        "dpo",
+        0.2,
+        5e-4,
+        4,
+    )
     assert second.model.name_or_path == "/models/sft-merged" and second.output.name == "two/2-dpo"
 
 

@@ -68,4 +68,6 @@ def test_two_processes_match_grad_accumulation(case: str, make_cfg, tmp_path: Pa
     ddp = Path(cfg.output.dir) / "ddp"
     losses = [[m["loss"] for m in read_metrics(r) if "loss" in m] for r in (ddp, single)]
     assert len(losses[0]) == 3 and losses[0] == pytest.approx(losses[1], rel=1e-4)
+    printed = [x for x in out.stdout.splitlines() if x.startswith("step ") and "  loss " in x]
+    assert len(printed) == len(losses[0]) and "\r" not in out.stdout + out.stderr  # one line per log, main only
     assert_same_weights(final_weights(ddp), final_weights(single), exact=False)
