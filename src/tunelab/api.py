@@ -1,9 +1,9 @@
-"""The Python entry points: `train(cfg) -> run dir` and `generate(run_or_model, ...) -> text`.
+"""The Python API, the product the CLI is a thin veneer over: load_config, validate, train, evaluate, compare,
+report, export, verify, generate, stream (chat), create_app and serve.
 
-The CLI is a thin veneer over these. `train` works the same in one process and under
-`accelerate launch`; what the run directory holds is described in tunelab.train.rundir.
-Full and freeze tuning load fp32 master weights even when bf16 compute is available (mixed precision
-autocasts the matmuls); adapter modes keep the base in the configured dtype (peft keeps adapters fp32).
+`train` works the same in one process and under `accelerate launch` (tunelab.train.run); what a run directory
+holds is described in tunelab.train.rundir. Anything that takes a model takes any name tunelab.models.loader
+understands: a preset, a model folder, a hub id, a run directory or its final/, an adapter folder.
 """
 
 from __future__ import annotations
@@ -18,14 +18,22 @@ from tunelab import config
 from tunelab.config import RunConfig
 from tunelab.data import preview
 from tunelab.errors import TunelabError
+from tunelab.eval import targets
+from tunelab.eval.report import report_run
+from tunelab.eval.runner import EvalResult
+from tunelab.export import exporters
+from tunelab.export.verify import verify as verify_export
 from tunelab.methods import METHODS, check_run
 from tunelab.models.load import load_tokenizer
+from tunelab.models.loader import is_run_dir
+from tunelab.serve import runtime
+from tunelab.serve.config import ServeConfig
 from tunelab.stages import run_stages
 from tunelab.train.loop import Hooks, TrainingInterrupted
 from tunelab.train.run import train_one
 
-__all__ = ["Hooks", "TrainingInterrupted", "debug_examples", "generate", "load_config", "load_generator", "stream", "train",
-           "validate"]  # fmt: skip
+__all__ = ["Hooks", "TrainingInterrupted", "compare", "create_app", "debug_examples", "evaluate", "export", "generate",
+           "load_config", "load_generator", "report", "serve", "stream", "train", "validate", "verify"]  # fmt: skip
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -51,6 +59,63 @@ def validate(cfg: RunConfig, tokenizer: Any = None) -> dict[str, Any]:
 def debug_examples(cfg: RunConfig, n: int, tokenizer: Any = None) -> list[tuple[str, str, Any]]:
     """The first n training records token by token (`tunelab prepare --debug N`)."""
     return preview.debug_examples(cfg, tokenizer or load_tokenizer(cfg.model), n, METHODS[cfg.method.name].data)
+
+
+# ----------------------------------------------------------------------------------------- evaluation
+
+
+def resolve_config(target: str, path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """The settings to evaluate `target` with: `path`, else a run directory's own config.yaml, else defaults."""
+    if path is None and is_run_dir(target):
+        path = str(Path(target) / "config.yaml")
+    return load_config(path, overrides)
+
+
+def evaluate(target: str, data: list[str] | None = None, config_path: str | None = None,
+             overrides: list[str] | tuple[str, ...] = (), out: Path | None = None) -> tuple[EvalResult, Path]:  # fmt: skip
+    """Generate on the eval data and score it (eval.metrics); the result is saved to `out` (default
+    RUN/eval/final.json or ./eval-NAME.json). Returns (result, path)."""
+    cfg = resolve_config(target, config_path, overrides)
+    result, _ = targets.evaluate_target(target, cfg, data)
+    path = out or targets.default_result_path(target, result)
+    result.save(path)
+    return result, path
+
+
+def compare(a: str, b: str, data: list[str] | None = None, config_path: str | None = None,
+            overrides: list[str] | tuple[str, ...] = (), out: Path = Path("compare")) -> targets.Comparison:  # fmt: skip
+    """A vs B on the same data and decoding: paired-bootstrap diffs, flipped examples, forgetting, a report."""
+    return targets.compare_targets(a, b, resolve_config(b, config_path, overrides), data, out)
+
+
+def report(run: str | Path) -> tuple[Path, Path]:
+    """Regenerate report.md and report.html of a run (or a compare folder) from what it saved."""
+    return report_run(run)
+
+
+# ----------------------------------------------------------------------------------------- export and serving
+
+
+def export(source: str | Path, fmt: str = "merged", out: str | Path | None = None, qtype: str = "f16") -> Path:
+    """Write RUN as hf (as trained), merged (LoRA folded in) or gguf; returns the export folder."""
+    return exporters.export(source, fmt, out, qtype=qtype)
+
+
+def verify(export_dir: str | Path, against: str | Path, prompts: list[str] | None = None,
+           max_new_tokens: int = 32) -> Any:  # fmt: skip
+    """Prove an export matches its run (logit differences, greedy agreement); raises VerifyError beyond tolerance."""
+    return verify_export(export_dir, against, prompts, max_new_tokens)
+
+
+def create_app(target: str | Path, cfg: ServeConfig | None = None, adapters: dict[str, str] | None = None) -> Any:
+    """The OpenAI-compatible FastAPI app serving `target` and its adapters (run it with any ASGI server)."""
+    cfg = cfg or ServeConfig()
+    return runtime.build_app(runtime.build_engine(target, cfg, adapters), cfg)
+
+
+def serve(target: str, cfg: ServeConfig | None = None, adapters: dict[str, str] | None = None) -> None:
+    """Load and serve until interrupted (`tunelab serve`)."""
+    runtime.serve(target, cfg or ServeConfig(), adapters)
 
 
 # ----------------------------------------------------------------------------------------- generation

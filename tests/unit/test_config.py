@@ -5,7 +5,7 @@ import pytest
 from tests.conftest import REPO
 
 from tunelab.config import RunConfig, config_schema, dump_config, load_config
-from tunelab.docs import config_reference
+from tunelab.cli.docs import config_reference
 from tunelab.errors import ConfigError
 
 GOOD = "model:\n  name_or_path: tiny\ntrain:\n  lr: 0.001\n  batch_size: 4\n"

@@ -7,7 +7,7 @@ import json
 from typer.testing import CliRunner
 
 from tunelab.config import RunConfig, dump_config
-from tunelab.eval.cli import app
+from tunelab.cli.evaluate import app
 from tunelab.eval.runner import EvalResult
 from tunelab.models.presets import build_preset
 

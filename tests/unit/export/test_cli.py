@@ -11,8 +11,8 @@ from run_factory import make_run
 from typer.testing import CliRunner
 
 from tunelab.errors import TunelabError
-from tunelab.export.cli import export_cmd, verify_cmd
-from tunelab.serve.cli import _adapters, serve_key_cmd
+from tunelab.cli.export import export_cmd, verify_cmd
+from tunelab.cli.serve import _adapters, serve_key_cmd
 from tunelab.serve.security import hash_key
 
 app = typer.Typer()

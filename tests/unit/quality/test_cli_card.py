@@ -15,7 +15,7 @@ from tunelab.errors import DataError, TunelabError
 from tunelab.quality.card import PreflightError, data_card, preflight
 from tunelab.quality.check import check
 from tunelab.quality.clean import clean
-from tunelab.quality.cli import data_app
+from tunelab.cli.data import data_app
 
 runner = CliRunner()
 

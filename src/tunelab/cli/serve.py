@@ -1,8 +1,4 @@
-"""Typer commands for serving: `serve RUN_OR_MODEL [--adapter NAME=PATH ...]` and `serve-key KEY_ID`.
-
-The lead wires these into tunelab.cli (e.g. `app.command("serve")(serve_cmd)`); they are thin veneers
-over tunelab.serve.runtime.
-"""
+"""Serving verbs: `serve RUN_OR_MODEL [--adapter NAME=PATH ...]` and `serve-key KEY_ID` (over tunelab.api)."""
 
 from __future__ import annotations
 
@@ -12,8 +8,10 @@ from typing import Annotated
 
 import typer
 
+from tunelab import api
 from tunelab.errors import TunelabError
 from tunelab.serve.config import load_serve_config
+from tunelab.serve.security import new_api_key
 
 
 def _adapters(items: list[str]) -> dict[str, str]:
@@ -42,20 +40,16 @@ def serve_cmd(
     Example: tunelab serve runs/my-run --adapter support=runs/support-lora --port 8000
     then: OPENAI_BASE_URL=http://127.0.0.1:8000/v1 any OpenAI client, model="my-run" or "support".
     """
-    from tunelab.serve.runtime import serve
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = load_serve_config(config)
     update = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
-    serve(target, cfg.model_copy(update=update), _adapters(adapter or []))
+    api.serve(target, cfg.model_copy(update=update), _adapters(adapter or []))
 
 
 def serve_key_cmd(
     key_id: Annotated[str, typer.Argument(help="A name for the key (shown in logs and the store).")],
 ) -> None:
     """Create an API key: prints the key once (give it to the client) and the line for the keys file."""
-    from tunelab.serve.security import new_api_key
-
     key, line = new_api_key(key_id)
     typer.echo(f"key (shown once): {key}")
     typer.echo(f"keys file line:   {line}")

@@ -1,4 +1,4 @@
-"""Typer commands `export RUN --format hf|merged|gguf` and `verify EXPORT --against RUN` for tunelab.cli.
+"""Export verbs: `export RUN --format hf|merged|gguf` and `verify EXPORT --against RUN` (over tunelab.api).
 
 Parameters are declared with `Annotated`, so their defaults are plain values and a command stays callable as a
 Python function (a `typer.Option(...)` default would reach the body as an OptionInfo object).
@@ -12,8 +12,8 @@ from typing import Annotated
 
 import typer
 
-from tunelab.export.exporters import export
-from tunelab.export.verify import VerifyError, verify
+from tunelab import api
+from tunelab.export.verify import VerifyError
 
 
 def export_cmd(
@@ -26,7 +26,7 @@ def export_cmd(
     check: Annotated[bool, typer.Option(help="Verify the export against the source right away.")] = True,
 ) -> None:
     """Export a trained run. Example: tunelab export runs/my-run --format gguf --gguf-type q8_0"""
-    dest = export(source, format, out, qtype=gguf_type)
+    dest = api.export(source, format, out, qtype=gguf_type)
     typer.echo(f"exported {source} as {format} to {dest}")
     if check:
         verify_and_print(dest, source)
@@ -48,7 +48,7 @@ def verify_cmd(
 def verify_and_print(export_dir: Path, against: Path, texts: list[str] | None = None, max_new_tokens: int = 32) -> None:
     """Run `verify` and print its report; a failed check prints the report, then raises VerifyError (exit 2)."""
     try:
-        report = verify(export_dir, against, texts, max_new_tokens)
+        report = api.verify(export_dir, against, texts, max_new_tokens)
     except VerifyError as e:
         typer.echo(json.dumps(e.report.as_dict(), indent=2))
         raise

@@ -12,8 +12,21 @@ from typing import Annotated, Any
 
 import typer
 
-from tunelab.config import DatasetConfig
+from tunelab.config import CheckOptions, DatasetConfig, ModelConfig, TeacherGeneration
 from tunelab.errors import TunelabError
+from tunelab.methods.teacher_data import Teacher, check_failures, distill_dataset, summary
+from tunelab.models.load import load_tokenizer
+from tunelab.quality.augment import AugmentOptions, EndpointOptions
+from tunelab.quality.augment import augment as run_augment
+from tunelab.quality.card import write_data_card
+from tunelab.quality.check import check as run_check
+from tunelab.quality.clean import CleanOptions
+from tunelab.quality.clean import clean as run_clean
+from tunelab.quality.inspect import inspect_dataset, plot_lengths, public
+from tunelab.quality.io import derived_path
+from tunelab.quality.items import load_dataset
+from tunelab.quality.split import SplitOptions
+from tunelab.quality.split import split as run_split
 
 data_app = typer.Typer(
     no_args_is_help=True,
@@ -52,8 +65,6 @@ def _inputs(paths: list[str] | None, fmt: str, columns: list[str] | None) -> lis
 def _tokenizer(name: str | None) -> Any:
     if not name:
         return None
-    from tunelab.config import ModelConfig
-    from tunelab.models.load import load_tokenizer
 
     return load_tokenizer(ModelConfig(name_or_path=name))
 
@@ -76,9 +87,6 @@ def inspect(
       tunelab data inspect train.jsonl
       tunelab data inspect train.csv --tokenizer tiny --max-length 512 --plot lengths.png
     """
-    from tunelab.quality.inspect import inspect_dataset, plot_lengths, public
-    from tunelab.quality.items import load_dataset
-
     tok = _tokenizer(tokenizer)
     mapping = _columns(column)
     stats = [inspect_dataset(load_dataset(p, "train", fmt, mapping, label_column), tok, max_length) for p in paths]
@@ -140,10 +148,6 @@ def check(
       tunelab data check train.csv --test test.csv --json > report.json
       tunelab data check train.jsonl --near-threshold 0.9 --strict --card data_card.md
     """
-    from tunelab.config import CheckOptions
-    from tunelab.quality.card import write_data_card
-    from tunelab.quality.check import check as run_check
-
     opts = CheckOptions(
         near_duplicates=near,
         near_threshold=near_threshold,
@@ -188,9 +192,6 @@ def clean(
       tunelab data clean train.jsonl
       tunelab data clean train.jsonl -o train.clean.jsonl --near --pii redact --leak-against test.jsonl
     """
-    from tunelab.quality.clean import CleanOptions
-    from tunelab.quality.clean import clean as run_clean
-
     if pii not in ("keep", "redact", "drop"):
         raise TunelabError(f"--pii {pii!r}: expected keep, redact or drop")
     opts = CleanOptions(
@@ -230,9 +231,6 @@ def split(
       tunelab data split all.jsonl --out splits/
       tunelab data split tickets.csv --out splits/ --group-by customer_id --ratios 0.8,0.1,0.1 --seed 1
     """
-    from tunelab.quality.split import SplitOptions
-    from tunelab.quality.split import split as run_split
-
     try:
         shares = tuple(float(x) for x in ratios.split(","))
     except ValueError:
@@ -287,9 +285,6 @@ def augment(
       tunelab data augment intents.csv --method template --template "Hi, {text} Thanks!"
       tunelab data augment train.jsonl --method paraphrase --base-url http://127.0.0.1:8000/v1 --model local
     """
-    from tunelab.quality.augment import AugmentOptions, EndpointOptions
-    from tunelab.quality.augment import augment as run_augment
-
     endpoint = None
     if base_url or model:
         if not (base_url and model):
@@ -353,10 +348,6 @@ def distill(
       tunelab data distill train.jsonl --teacher base --base-url http://127.0.0.1:8000/v1 --api-key-env TUNELAB_KEY
     """
     from pydantic import ValidationError
-
-    from tunelab.config import TeacherGeneration
-    from tunelab.methods.teacher_data import Teacher, check_failures, distill_dataset, summary
-    from tunelab.quality.io import derived_path
 
     try:
         gen = TeacherGeneration(base_url=base_url, api_key_env=api_key_env, max_new_tokens=max_new_tokens,
