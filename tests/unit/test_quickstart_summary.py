@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from tunelab.eval.metrics import MetricResult
+from tunelab.scoring.metrics import MetricResult
 
 from tunelab.eval.compare import compare_results
 from tunelab.eval.perplexity import LossResult, forgetting_check, not_applicable_reason

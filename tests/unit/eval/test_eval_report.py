@@ -128,7 +128,7 @@ def test_render_check_fails_on_a_page_without_working_plots(tmp_path) -> None:
 def _json_run(tmp_path: Path) -> Path:
     """A run directory as training leaves it: data card and manifest from the real data check, JSON results
     scored by the real metric, where the fine-tuned model fixes most examples and breaks two."""
-    from tunelab.eval.metrics import json_fields
+    from tunelab.scoring.metrics import json_fields
 
     from tunelab.quality.card import preflight
 

@@ -21,7 +21,7 @@ def test_a_new_head_alone_is_one_line_and_a_missing_body_weight_shows(
     lm = tmp_path / "lm"
     model.save_pretrained(lm)
     said: list[str] = []
-    load_head_model(ModelConfig(name_or_path=str(lm)), "classify", ["a", "b"], 0, log=said.append)
+    load_head_model(ModelConfig(name_or_path=str(lm)), "seq", ["a", "b"], 0, log=said.append)
     assert "LOAD REPORT" not in capfd.readouterr().err + caplog.text  # wherever the log handlers write
     assert said == [f"new seq-classification head score (2 outputs) on {lm}"]
 
@@ -31,6 +31,6 @@ def test_a_new_head_alone_is_one_line_and_a_missing_body_weight_shows(
     dropped = next(k for k in weights if "down_proj" in k)
     save_file({k: v for k, v in weights.items() if k != dropped}, broken / "model.safetensors", {"format": "pt"})
     assert json.loads((broken / "config.json").read_text())["architectures"]
-    load_head_model(ModelConfig(name_or_path=str(broken)), "classify", ["a", "b"], 0, log=said.append)
+    load_head_model(ModelConfig(name_or_path=str(broken)), "seq", ["a", "b"], 0, log=said.append)
     err = capfd.readouterr().err + caplog.text
     assert "LOAD REPORT" in err and dropped.removeprefix("model.") in err  # a real gap is not hidden
