@@ -50,13 +50,13 @@ def train_one(cfg: RunConfig, resume: bool = False, hooks: Hooks | None = None,
 
     spec = METHODS[cfg.method.name]
     check_installed(cfg)
+    _check_rewards(cfg)  # before a run directory exists
     acc, run_dir, threads = _start(cfg, config_path, resume)
     set_seed(cfg.train.seed)
     cfg = resolve_formats(cfg, spec.data)  # labelled/tagged data: format auto is saved as what was read
     tokenizer = load_tokenizer(cfg.model)
     asked = cfg  # saved as config.yaml; distill from completions trains on the teacher's replies instead
     cfg = prepare_teacher(cfg, tokenizer, run_dir, acc)
-    _check_rewards(cfg)
     with acc.main_process_first():
         prepared = prepare_data(cfg, tokenizer, spec.data)
     _attach_chat_template(tokenizer, cfg, [s.format for s in prepared.stats])
