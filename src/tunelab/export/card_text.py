@@ -129,7 +129,9 @@ def eval_section(run: dict[str, Any]) -> str:
     ev = _cfg(run, "eval") or {}
     if cmp and cmp.get("rows"):
         n = max(r.get("n", 0) for r in cmp["rows"])
-        out.append(f"The base model and the fine-tuned model on the same {n} examples with the same decoding "
+        sets = _cfg(run, "eval", "data") or _cfg(run, "data", "eval") or []
+        names = ", ".join(f"`{d['path'].rsplit('/', 1)[-1]}`" for d in sets) or "the held-out split"
+        out.append(f"The base model and the fine-tuned model on the same {n} examples ({names}) with the same decoding "
                    f"(temperature {num(ev.get('temperature'))}, at most {ev.get('max_new_tokens')} new tokens); "
                    f"differences with a paired bootstrap 95% confidence interval ({ev.get('bootstrap_resamples')} "
                    "resamples).\n")  # fmt: skip

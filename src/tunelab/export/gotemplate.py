@@ -44,7 +44,7 @@ class _Block:
 def render(template: str, data: Any) -> str:
     """Render `template` with `data` as Go's text/template would (for the supported subset)."""
     out: list[str] = []
-    _exec(_parse(template).branches[0][1], {"$": data}, data, out)
+    _exec(_parse(template).branches[0][1], [{"$": data}], data, out)
     return "".join(out)
 
 
@@ -121,42 +121,51 @@ def _tokens(text: str) -> list[str]:
     return toks
 
 
-def _exec(nodes: list[Any], scope: dict[str, Any], dot: Any, out: list[str]) -> None:
-    scope = dict(scope)  # variables declared in a block end with it
+Scopes = list[dict[str, Any]]  # innermost last: `:=` declares in the innermost, `=` assigns where declared
+
+
+def _lookup(scopes: Scopes, name: str) -> dict[str, Any]:
+    for frame in reversed(scopes):
+        if name in frame:
+            return frame
+    raise GoTemplateError(f"undefined variable {name}")
+
+
+def _exec(nodes: list[Any], scopes: Scopes, dot: Any, out: list[str], names: dict[str, Any] | None = None) -> None:
+    scopes = [*scopes, dict(names or {})]  # variables declared in a block end with it
     for node in nodes:
         if isinstance(node, str):
             out.append(node)
         elif isinstance(node, _Block):
-            _exec_block(node, scope, dot, out)
+            _exec_block(node, scopes, dot, out)
         elif len(node) > 1 and node[1] in (":=", "="):
-            if node[1] == "=" and node[0] not in scope:
-                raise GoTemplateError(f"undefined variable {node[0]}")
-            scope[node[0]] = _eval(node[2:], scope, dot)
+            frame = scopes[-1] if node[1] == ":=" else _lookup(scopes, node[0])
+            frame[node[0]] = _eval(node[2:], scopes, dot)
         else:
-            out.append(_text(_eval(node, scope, dot)))
+            out.append(_text(_eval(node, scopes, dot)))
 
 
-def _exec_block(block: _Block, scope: dict[str, Any], dot: Any, out: list[str]) -> None:
+def _exec_block(block: _Block, scopes: Scopes, dot: Any, out: list[str]) -> None:
     if block.kind == "if":
         for cond, body in block.branches:
-            if cond is None or _truth(_eval(cond, scope, dot)):
-                return _exec(body, scope, dot, out)
+            if cond is None or _truth(_eval(cond, scopes, dot)):
+                return _exec(body, scopes, dot, out)
         return None
-    items = _eval(block.branches[0][0] or [], scope, dot)
+    items = _eval(block.branches[0][0] or [], scopes, dot)
     if not isinstance(items, list):
         raise GoTemplateError(f"range over {type(items).__name__} is not supported")
     for i, item in enumerate(items):  # `range $x := ...` binds the element; `range $i, $x := ...` index and element
         values = [item] if len(block.var_names) == 1 else [i, item]
-        _exec(block.branches[0][1], {**scope, **dict(zip(block.var_names, values))}, item, out)
+        _exec(block.branches[0][1], scopes, item, out, dict(zip(block.var_names, values)))
     if not items and len(block.branches) > 1:
-        _exec(block.branches[1][1], scope, dot, out)
+        _exec(block.branches[1][1], scopes, dot, out)
     return None
 
 
-def _eval(toks: list[str], scope: dict[str, Any], dot: Any) -> Any:
+def _eval(toks: list[str], scopes: Scopes, dot: Any) -> Any:
     args, pos = [], 0
     while pos < len(toks):
-        value, pos = _operand(toks, pos, scope, dot)
+        value, pos = _operand(toks, pos, scopes, dot)
         args.append(value)
     if not args:
         raise GoTemplateError("empty pipeline")
@@ -167,7 +176,7 @@ def _eval(toks: list[str], scope: dict[str, Any], dot: Any) -> Any:
     return args[0]
 
 
-def _operand(toks: list[str], pos: int, scope: dict[str, Any], dot: Any) -> tuple[Any, int]:
+def _operand(toks: list[str], pos: int, scopes: Scopes, dot: Any) -> tuple[Any, int]:
     t = toks[pos]
     if t == "(":
         depth, end = 1, pos + 1
@@ -176,7 +185,7 @@ def _operand(toks: list[str], pos: int, scope: dict[str, Any], dot: Any) -> tupl
                 raise GoTemplateError("unclosed ( in pipeline")
             depth += {"(": 1, ")": -1}.get(toks[end], 0)
             end += 1
-        return _eval(toks[pos + 1 : end - 1], scope, dot), end
+        return _eval(toks[pos + 1 : end - 1], scopes, dot), end
     if t.startswith('"'):
         return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), "\\" + m.group(1)), t[1:-1]), pos + 1
     if t.startswith("`"):
@@ -189,9 +198,7 @@ def _operand(toks: list[str], pos: int, scope: dict[str, Any], dot: Any) -> tupl
         return _fields(dot, t[1:]), pos + 1
     if t.startswith("$"):
         name, _, path = t.partition(".")
-        if name not in scope:
-            raise GoTemplateError(f"undefined variable {name}")
-        return _fields(scope[name], path), pos + 1
+        return _fields(_lookup(scopes, name)[name], path), pos + 1
     if t in FUNCS:
         return _Func(t), pos + 1
     raise GoTemplateError(f"function {t!r} not defined")
