@@ -29,6 +29,11 @@ from tunelab.export.card_text import (
     usage_section,
 )
 
+# methods that train a task head instead of the LM head (tunelab.models.heads)
+PIPELINE_TAGS = {"classify": "text-classification", "reward": "text-classification", "ner": "token-classification"}
+AUTO_CLASSES = {"classify": "AutoModelForSequenceClassification", "reward": "AutoModelForSequenceClassification",
+                "ner": "AutoModelForTokenClassification"}  # fmt: skip
+
 
 def read_run(run_dir: Path) -> dict[str, Any]:
     """The run's files the card is built from (each None when the run did not write it)."""
@@ -69,7 +74,7 @@ def header(run: dict[str, Any] | None, kind: str, export: dict[str, Any] | None)
     data = ModelCardData(
         base_model=base if hub_id(base) else None,
         library_name={"adapter": "peft", "gguf": "gguf"}.get(kind, "transformers"),
-        pipeline_tag="text-generation",
+        pipeline_tag=PIPELINE_TAGS.get(cfg.get("method", {}).get("name"), "text-generation"),
         tags=[t for t in tags if t],
         datasets=datasets or None,
     )

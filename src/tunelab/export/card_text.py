@@ -232,9 +232,13 @@ def usage_section(run: dict[str, Any] | None, kind: str, export: dict[str, Any] 
         f = (export or {}).get("file", "model.gguf")
         code = f"ollama create my-model -f Modelfile\nollama run my-model\n# or: llama-cli -m {f} -cnv"
         return f"## How to use\n\n```bash\n{code}\n```\n"
+    from tunelab.export.card import AUTO_CLASSES
+
+    auto = AUTO_CLASSES.get(_cfg(run, "method", "name") or "", "AutoModelForCausalLM")
     if kind == "adapter":
-        code = 'from peft import AutoPeftModelForCausalLM\nmodel = AutoPeftModelForCausalLM.from_pretrained("PATH")'
+        peft_auto = auto.replace("AutoModelFor", "AutoPeftModelFor")
+        code = f'from peft import {peft_auto}\nmodel = {peft_auto}.from_pretrained("PATH")'
     else:
-        code = 'from transformers import AutoModelForCausalLM\nmodel = AutoModelForCausalLM.from_pretrained("PATH")'
+        code = f'from transformers import {auto}\nmodel = {auto}.from_pretrained("PATH")'
     code += '\n# with tunelab, from the run directory: tunelab generate RUN --prompt "..."'
     return f"## How to use\n\n```python\n{code}\n```\n"
