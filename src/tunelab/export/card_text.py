@@ -174,7 +174,8 @@ def export_section(export: dict[str, Any], verify: dict[str, Any] | None) -> str
             rows.append(("f16 (rows not a multiple of 32)", ", ".join(export["f16_fallback"])))
         mf = export.get("modelfile") or {}
         if mf:
-            tpl = f"template `{mf['template']}`" if mf.get("template") else f"no template ({mf.get('template_reason')})"
+            tpl = f"template `{mf['template']}`" if mf.get("template") else "no template"
+            tpl += f" ({mf['template_reason']})" if mf.get("template_reason") else ""
             rows.append(("Ollama Modelfile", f"{tpl}; SYSTEM: {mf.get('system_note')}"))
     out = "## This export\n\n| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
     return out + "\n" + _verify_text(verify) + "\n"

@@ -92,7 +92,7 @@ def write_tokenizer(w: Any, tokenizer: Any, vocab_size: int) -> dict[str, str]:
         pre, why = pre_tokenizer(tokenizer, spec)
         w.add_tokenizer_model("gpt2")
     else:  # sentencepiece style: llama.cpp spells spaces as U+2581 and marks <0xNN> tokens as BYTE
-        pre, why = "default", "sentencepiece-style vocabulary (no pre-tokenizer)"
+        pre, why = "default", "a sentencepiece-style vocabulary has none"
         w.add_tokenizer_model("llama")
         tokens = [t if ty == gguf.TokenType.CONTROL else t.replace(" ", "\u2581") for t, ty in zip(tokens, types)]
         pairs = [(a.replace(" ", "\u2581"), b.replace(" ", "\u2581")) for a, b in pairs]

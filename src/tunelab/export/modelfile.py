@@ -8,6 +8,7 @@ Qwen write it, Llama 3, Mistral [INST], tunelab's fallback), and writes the firs
 identical on every sample. A leading BOS written by the Jinja template is not part of the comparison when
 the GGUF says the runtime adds BOS itself, as llama.cpp and Ollama do. No family matching means no TEMPLATE
 line (Ollama then falls back to its own guess from the GGUF's chat template) and says why in export.json.
+A model without a chat template (a base model) gets `{{ .Prompt }}`: the prompt as plain text.
 
 Only the plain chat part is translated: tools, tool calls and tool results are not (Ollama's tool
 rendering serializes JSON differently from Jinja's `tojson`). A Jinja template that refuses a system
@@ -83,6 +84,9 @@ _FALLBACK = (
 )
 
 
+RAW = "{{ .Prompt }}"  # Ollama's own template for models without a chat format
+
+
 @dataclass(frozen=True)
 class Family:
     template: str
@@ -138,8 +142,9 @@ def jinja_renderings(tokenizer: Any) -> tuple[list[tuple[list[dict[str, str]], s
 
 def translate(tokenizer: Any) -> Translation:
     """The Go template that renders like the tokenizer's chat template on every sample, if one does."""
-    if not getattr(tokenizer, "chat_template", None):
-        return Translation(None, reason="the tokenizer has no chat template")
+    if not getattr(tokenizer, "chat_template", None):  # a base model: the prompt goes in as plain text
+        return Translation("raw", RAW, [tokenizer.eos_token] if tokenizer.eos_token else [],
+                           reason="the tokenizer has no chat template: prompts are plain text")  # fmt: skip
     renders, system_ok = jinja_renderings(tokenizer)
     bos, eos = tokenizer.bos_token or "", tokenizer.eos_token or ""
     strip_bos = bool(bos) and adds_bos(tokenizer)
@@ -166,7 +171,9 @@ def modelfile_text(gguf_file: str, tr: Translation, system: str | None, params: 
         "# Ollama Modelfile written by tunelab.  Use:  ollama create NAME -f Modelfile  then  ollama run NAME",
         f"FROM ./{gguf_file}",
     ]
-    if tr.template is not None:
+    if tr.family == "raw":
+        lines.append(f"# TEMPLATE: {tr.reason}")
+    elif tr.template is not None:
         lines.append(
             f"# TEMPLATE: {tr.family}, checked against the model's chat template on {tr.samples} conversations"
         )

@@ -148,3 +148,11 @@ def test_no_system_prompt_when_the_conversations_differ(tmp_path: Path) -> None:
     out = export(run, "gguf", tmp_path / "g", qtype="f16")
     assert "SYSTEM" not in (out / "Modelfile").read_text()
     assert "share no single system prompt" in json.loads((out / "export.json").read_text())["modelfile"]["system_note"]
+
+
+def test_a_base_model_gets_the_plain_prompt(tmp_path: Path) -> None:
+    tok = tokenizer_with(None)
+    tok.chat_template = None
+    tr = translate(tok)
+    assert (tr.family, tr.template, tr.stops) == ("raw", "{{ .Prompt }}", [tok.eos_token])
+    assert render(tr.template, {"Prompt": "Once upon a time"}) == "Once upon a time"
