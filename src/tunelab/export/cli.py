@@ -33,7 +33,9 @@ def export_cmd(
     ),  # fmt: skip
     modelfile: bool = typer.Option(True, help="Write an Ollama Modelfile next to a GGUF."),
     check: bool = typer.Option(True, help="Verify the export against the source right away."),
-    push: str | None = typer.Option(None, "--push", help="Upload the (verified) export to this Hub repo."),
+    push: str | None = typer.Option(
+        None, "--push", help="Upload the export to this Hub repo (after it passes verification, unless --no-check)."
+    ),
     private: bool = typer.Option(False, help="With --push: create the repo as private."),
 ) -> None:
     """Export a trained run. Example: tunelab export runs/my-run --format gguf --gguf-type q4_0 --push me/my-model"""
