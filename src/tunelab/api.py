@@ -121,7 +121,12 @@ def train(
             if head:
                 write_head_info(run_dir / "final", cfg.method.name, labels)
 
-            after_training(cfg, acc.unwrap_model(trainer.module).model, tokenizer, run_dir, acc.print)
+            from tunelab.export.card import write_run_card
+
+            try:
+                after_training(cfg, acc.unwrap_model(trainer.module).model, tokenizer, run_dir, acc.print)
+            finally:  # after the closing evaluation, whose comparison it shows (and even when that fails the run)
+                write_run_card(run_dir)
     acc.wait_for_everyone()
     return run_dir
 
