@@ -96,15 +96,18 @@ def report(run: str | Path) -> tuple[Path, Path]:
 # ----------------------------------------------------------------------------------------- export and serving
 
 
-def export(source: str | Path, fmt: str = "merged", out: str | Path | None = None, qtype: str = "f16") -> Path:
-    """Write RUN as hf (as trained), merged (LoRA folded in) or gguf; returns the export folder."""
-    return exporters.export(source, fmt, out, qtype=qtype)
+def export(source: str | Path, fmt: str = "merged", out: str | Path | None = None, qtype: str = "f16",
+           **options: Any) -> Path:  # fmt: skip
+    """Write RUN as hf (as trained), merged (LoRA folded in) or gguf (`options`: converter, llama_cpp, modelfile;
+    see tunelab.export.exporters.export); returns the export folder."""
+    return exporters.export(source, fmt, out, qtype=qtype, **options)
 
 
 def verify(export_dir: str | Path, against: str | Path, prompts: list[str] | None = None,
-           max_new_tokens: int = 32) -> Any:  # fmt: skip
-    """Prove an export matches its run (logit differences, greedy agreement); raises VerifyError beyond tolerance."""
-    return verify_export(export_dir, against, prompts, max_new_tokens)
+           max_new_tokens: int = 32, record: bool = True) -> Any:  # fmt: skip
+    """Prove an export matches its run (logit differences, greedy agreement); raises VerifyError beyond tolerance.
+    `record` saves EXPORT/verify.json and refreshes the export's model card."""
+    return verify_export(export_dir, against, prompts, max_new_tokens, record=record)
 
 
 def create_app(target: str | Path, cfg: ServeConfig | None = None, adapters: dict[str, str] | None = None) -> Any:

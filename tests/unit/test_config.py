@@ -4,8 +4,8 @@ import pydantic
 import pytest
 from tests.conftest import REPO
 
-from tunelab.config import RunConfig, config_schema, dump_config, load_config
 from tunelab.cli.docs import config_reference
+from tunelab.config import RunConfig, config_schema, dump_config, load_config
 from tunelab.errors import ConfigError
 
 GOOD = "model:\n  name_or_path: tiny\ntrain:\n  lr: 0.001\n  batch_size: 4\n"

@@ -6,12 +6,11 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from tunelab.scoring.metrics import MetricResult
-
 from tunelab.eval.compare import compare_results
 from tunelab.eval.perplexity import LossResult, forgetting_check, not_applicable_reason
 from tunelab.eval.runner import EvalExample, EvalResult
 from tunelab.quickstart import format_summary, summarize
+from tunelab.scoring.metrics import MetricResult
 
 
 def _run(tmp_path: Path, base: str) -> Path:

@@ -1,4 +1,5 @@
-"""Export verbs: `export RUN --format hf|merged|gguf` and `verify EXPORT --against RUN` (over tunelab.api).
+"""Export verbs: `export RUN --format hf|merged|gguf [--push REPO]` and `verify EXPORT --against RUN` (over
+tunelab.api).
 
 Parameters are declared with `Annotated`, so their defaults are plain values and a command stays callable as a
 Python function (a `typer.Option(...)` default would reach the body as an OptionInfo object).
@@ -13,6 +14,9 @@ from typing import Annotated
 import typer
 
 from tunelab import api
+from tunelab.export.gguf import GGUF_TYPES
+from tunelab.export.llamacpp import LLAMA_CPP_TYPES
+from tunelab.export.push import push as push_folder
 from tunelab.export.verify import VerifyError
 
 
@@ -22,14 +26,40 @@ def export_cmd(
         str, typer.Option("--format", "-f", help="hf (as trained), merged (LoRA folded in), gguf.")
     ] = "merged",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Export folder (default RUN/exports/FORMAT).")] = None,
-    gguf_type: Annotated[str, typer.Option("--gguf-type", help="GGUF weight type: f16 or q8_0.")] = "f16",
+    gguf_type: Annotated[
+        str,
+        typer.Option(
+            "--gguf-type", help=f"GGUF weights: {', '.join(GGUF_TYPES)}; with llama.cpp {', '.join(LLAMA_CPP_TYPES)}."
+        ),
+    ] = "f16",
+    gguf_converter: Annotated[
+        str, typer.Option("--gguf-converter", help="tunelab (built in) or llama.cpp (its convert_hf_to_gguf.py).")
+    ] = "tunelab",
+    llama_cpp: Annotated[
+        Path | None,
+        typer.Option(
+            "--llama-cpp",
+            help="llama.cpp folder with llama-quantize / convert_hf_to_gguf.py (default: $TUNELAB_LLAMA_CPP, then PATH).",
+        ),
+    ] = None,
+    modelfile: Annotated[bool, typer.Option(help="Write an Ollama Modelfile next to a GGUF.")] = True,
     check: Annotated[bool, typer.Option(help="Verify the export against the source right away.")] = True,
+    push: Annotated[
+        str | None,
+        typer.Option(
+            "--push", help="Upload the export to this Hub repo (after it passes verification, unless --no-check)."
+        ),
+    ] = None,
+    private: Annotated[bool, typer.Option(help="With --push: create the repo as private.")] = False,
 ) -> None:
-    """Export a trained run. Example: tunelab export runs/my-run --format gguf --gguf-type q8_0"""
-    dest = api.export(source, format, out, qtype=gguf_type)
+    """Export a trained run. Example: tunelab export runs/my-run --format gguf --gguf-type q4_0 --push me/my-model"""
+    dest = api.export(source, format, out, qtype=gguf_type, converter=gguf_converter, llama_cpp=llama_cpp,
+                      modelfile=modelfile)  # fmt: skip
     typer.echo(f"exported {source} as {format} to {dest}")
     if check:
         verify_and_print(dest, source)
+    if push:
+        typer.echo(f"pushed to {push}: {push_folder(dest, push, private=private)}")
 
 
 def verify_cmd(
@@ -40,7 +70,8 @@ def verify_cmd(
     ] = None,
     max_new_tokens: Annotated[int, typer.Option(help="Greedy tokens compared per prompt.")] = 32,
 ) -> None:
-    """Prove an export matches its run (logit differences, greedy agreement); exit 2 beyond tolerance."""
+    """Prove an export matches its run (logit differences, greedy agreement); exit 2 beyond tolerance.
+    The result is saved as EXPORT/verify.json and shown in the export's model card."""
     texts = [ln for ln in prompts.read_text().splitlines() if ln.strip()] if prompts else None
     verify_and_print(export_dir, against, texts, max_new_tokens)
 

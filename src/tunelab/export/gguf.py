@@ -1,21 +1,24 @@
-"""Write a Llama-architecture Hugging Face model as a GGUF file (f16 or q8_0) with its tokenizer.
+"""Write a Hugging Face causal LM as one GGUF file, in any weight type the `gguf` package can produce.
 
-Tensor names and metadata follow llama.cpp's `convert_hf_to_gguf.py` for `LlamaForCausalLM`: q_proj and
-k_proj rows are permuted from HF's half-split RoPE layout to GGUF's interleaved one (readers undo it),
-1-D tensors (norms) stay float32, and a tied output head is left out (readers tie it back). q8_0 needs
-rows that are a multiple of its 32-value block; other tensors fall back to f16, as llama.cpp does, and
-the fallbacks are reported.
+Architectures (ARCHS) are the ones llama.cpp and transformers' GGUF reader share and that tiny models can be
+built for from config: Llama, Mistral (written as `llama`, as llama.cpp's converter does), Qwen2, Qwen3 and
+Gemma 2/3. Metadata keys and tensor handling follow llama.cpp's `convert_hf_to_gguf.py`: names come from
+gguf's own tensor map, q/k rows of `llama` models are permuted from HF's rotate-half layout to GGUF's
+interleaved one, Gemma's norm weights are stored as 1 + w, 1-D tensors stay float32 and a tied output
+head is left out (readers tie it back). Config features a GGUF cannot carry for llama.cpp (RoPE scaling,
+sliding windows on every layer) are refused, not dropped.
 
-Tokenizers: a byte-level BPE (GPT-2 style, like the tiny presets) is written as `gpt2`; a byte-fallback
-BPE in sentencepiece style (Llama 2, llama2.c's stories models) as `llama`, with spaces spelled `▁` as
-llama.cpp expects. Other tokenizer kinds are refused rather than written wrong. Merges are written in
-rank order so a reader rebuilds the same BPE; `verify` checks that the tokenizer read back from the GGUF
-gives the same ids as the original.
+Weight types (GGUF_TYPES): f32, f16, bf16 and the block quantizations gguf's numpy code implements
+(q8_0, q5_1, q5_0, q4_1, q4_0). A tensor whose rows are not a multiple of the 32-value block falls back to
+f16, as in llama.cpp, and in the 4- and 5-bit types the output head (the tied embedding when there is no
+separate head) is kept at q8_0, as llama-quantize keeps it at q6_K: it is the tensor quantization hurts
+most. Both are reported. K-quants need llama.cpp's quantizer (tunelab.export.llamacpp).
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,162 +26,223 @@ import numpy as np
 import torch
 
 from tunelab.errors import TunelabError
+from tunelab.export.gguf_vocab import write_tokenizer
 
-GGUF_TYPES = ("f16", "q8_0")
+# tunelab name -> (GGML tensor type, llama.cpp file type), both by their names in the gguf package
+_TYPES = {
+    "f32": ("F32", "ALL_F32"),
+    "f16": ("F16", "MOSTLY_F16"),
+    "bf16": ("BF16", "MOSTLY_BF16"),
+    "q8_0": ("Q8_0", "MOSTLY_Q8_0"),
+    "q5_1": ("Q5_1", "MOSTLY_Q5_1"),
+    "q5_0": ("Q5_0", "MOSTLY_Q5_0"),
+    "q4_1": ("Q4_1", "MOSTLY_Q4_1"),
+    "q4_0": ("Q4_0", "MOSTLY_Q4_0"),
+}
+LOW_BIT = ("q5_1", "q5_0", "q4_1", "q4_0")  # types whose output head is kept at q8_0
+
+
+def _writable(name: str) -> bool:
+    """Whether the installed gguf package can produce this type in numpy (older releases lack some)."""
+    import gguf
+
+    try:
+        gguf.quants.quantize(np.zeros((1, 32), np.float32), getattr(gguf.GGMLQuantizationType, _TYPES[name][0]))
+    except NotImplementedError:
+        return False
+    return True
+
+
+GGUF_TYPES = tuple(t for t in _TYPES if _writable(t))
+
+
+@dataclass(frozen=True)
+class Arch:
+    """How one transformers architecture is written for llama.cpp."""
+
+    gguf: str  # llama.cpp's architecture name
+    permute_qk: bool = False  # llama.cpp's `llama` graph applies RoPE to interleaved pairs
+    norm_shift: float = 0.0  # Gemma's RMSNorm scales by (1 + w); llama.cpp stores 1 + w
+    extra: Callable[[Any, Any], None] | None = None  # architecture-specific metadata
+    tied_head_key: str = "tie_word_embeddings"
+
+
+def _layer_pattern(cfg: Any, every: int) -> None:
+    """llama.cpp fixes Gemma's layer pattern: every `every`-th layer global, the others sliding-window."""
+    want = ["full_attention" if (i + 1) % every == 0 else "sliding_attention" for i in range(cfg.num_hidden_layers)]
+    _require(list(cfg.layer_types) == want, "layer_types", f"a global layer every {every} (llama.cpp's fixed pattern)")
+
+
+def _gemma2(w: Any, cfg: Any) -> None:
+    _require(cfg.query_pre_attn_scalar == cfg.head_dim, "query_pre_attn_scalar", "equal to head_dim")
+    _layer_pattern(cfg, 2)
+    w.add_attn_logit_softcapping(float(cfg.attn_logit_softcapping or 0.0))
+    w.add_final_logit_softcapping(float(cfg.final_logit_softcapping or 0.0))
+    w.add_sliding_window(cfg.sliding_window)
+
+
+def _gemma3(w: Any, cfg: Any) -> None:
+    _require(cfg.query_pre_attn_scalar == cfg.head_dim, "query_pre_attn_scalar", "equal to head_dim")
+    _require(cfg.attn_logit_softcapping is None, "attn_logit_softcapping", "unset (llama.cpp's gemma3 has none)")
+    _layer_pattern(cfg, 6)
+    local = (cfg.rope_parameters or {}).get("sliding_attention", {}).get("rope_theta")
+    _require(
+        local in (None, 10000.0), "rope_parameters.sliding_attention.rope_theta", "10000 (llama.cpp's fixed value)"
+    )
+    if cfg.final_logit_softcapping:
+        w.add_final_logit_softcapping(float(cfg.final_logit_softcapping))
+    w.add_sliding_window(cfg.sliding_window)
+
+
+ARCHS: dict[str, Arch] = {
+    "llama": Arch("llama", permute_qk=True),
+    "mistral": Arch("llama", permute_qk=True),  # llama.cpp converts MistralForCausalLM as `llama`
+    "qwen2": Arch("qwen2"),
+    "qwen3": Arch("qwen3"),
+    "gemma2": Arch("gemma2", norm_shift=1.0, extra=_gemma2),
+    "gemma3_text": Arch("gemma3", norm_shift=1.0, extra=_gemma3),
+}
+
+
+def _require(ok: bool, field: str, expected: str) -> None:
+    if not ok:
+        raise TunelabError(f"GGUF export: config.{field} must be {expected} for llama.cpp to run this model the same")
 
 
 def write_gguf(model: Any, tokenizer: Any, path: Path, qtype: str = "f16", name: str = "model") -> dict[str, Any]:
-    """Write `path`; returns a summary (tensor count, which tensors fell back to f16)."""
+    """Write `path`; returns a summary (architecture, tokenizer, which tensors got another type and why)."""
     import gguf
 
     cfg = model.config
-    if getattr(cfg, "model_type", None) != "llama":
-        raise TunelabError(f"GGUF export supports Llama-architecture models; this one is {cfg.model_type!r}")
+    arch = ARCHS.get(getattr(cfg, "model_type", ""))
+    if arch is None:
+        raise TunelabError(
+            f"GGUF export supports {', '.join(sorted(ARCHS))}; this model is {cfg.model_type!r} "
+            "(llama.cpp's convert_hf_to_gguf.py covers more: `--gguf-converter llama.cpp`)"
+        )
     if qtype not in GGUF_TYPES:
         raise TunelabError(f"GGUF type {qtype!r}: expected one of {', '.join(GGUF_TYPES)}")
-    writer = gguf.GGUFWriter(str(path), "llama")
-    _write_hparams(writer, cfg, name, qtype)
-    _write_tokenizer(writer, tokenizer)
-    fallback = _write_tensors(writer, model, cfg, qtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return {"path": str(path), "type": qtype, "f16_fallback": fallback}
+    writer = gguf.GGUFWriter(str(path), arch.gguf)
+    try:
+        notes = _write_hparams(writer, cfg, arch, name, qtype)
+        vocab = write_tokenizer(writer, tokenizer, cfg.vocab_size)
+        types = _write_tensors(writer, model, cfg, arch, qtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+    return {"architecture": arch.gguf, "model_type": cfg.model_type, "type": qtype, **vocab, **types, "notes": notes}
 
 
-def _write_hparams(w: Any, cfg: Any, name: str, qtype: str) -> None:
+def _write_hparams(w: Any, cfg: Any, arch: Arch, name: str, qtype: str) -> list[str]:
     import gguf
 
+    notes = _refuse_unsupported(cfg)
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    rope = getattr(cfg, "rope_parameters", None) or {}
-    if rope.get("rope_type", "default") != "default":
-        raise TunelabError(f"GGUF export: rope scaling {rope.get('rope_type')!r} is not supported yet")
+    w.add_type(gguf.GGUFType.MODEL)
     w.add_name(name)
     w.add_context_length(cfg.max_position_embeddings)
     w.add_embedding_length(cfg.hidden_size)
     w.add_block_count(cfg.num_hidden_layers)
     w.add_feed_forward_length(cfg.intermediate_size)
     w.add_head_count(cfg.num_attention_heads)
-    w.add_head_count_kv(cfg.num_key_value_heads)
+    w.add_head_count_kv(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads)
     w.add_key_length(head_dim)
     w.add_value_length(head_dim)
-    w.add_rope_dimension_count(head_dim)
-    w.add_rope_freq_base(float(rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))))
+    if arch.gguf == "llama":
+        w.add_rope_dimension_count(head_dim)
+        w.add_vocab_size(cfg.vocab_size)
+    w.add_rope_freq_base(float(_rope_theta(cfg)))
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-    w.add_vocab_size(cfg.vocab_size)
-    ftype = gguf.LlamaFileType.MOSTLY_Q8_0 if qtype == "q8_0" else gguf.LlamaFileType.MOSTLY_F16
-    w.add_file_type(ftype)
+    if arch.extra:
+        arch.extra(w, cfg)
+    w.add_file_type(getattr(gguf.LlamaFileType, _TYPES[qtype][1]))
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    return notes
 
 
-def _permute(w: torch.Tensor, n_head: int) -> torch.Tensor:
+def _rope_theta(cfg: Any) -> float:
+    rope = getattr(cfg, "rope_parameters", None) or {}
+    rope = rope.get("full_attention", rope)  # Gemma 3: per layer type; the global layers use this one
+    return rope.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
+
+
+def _refuse_unsupported(cfg: Any) -> list[str]:
+    """Config features llama.cpp would run differently are refused; harmless omissions become notes."""
+    rope = getattr(cfg, "rope_parameters", None) or {}
+    for part in [rope, *[v for v in rope.values() if isinstance(v, dict)]]:
+        if part.get("rope_type", "default") != "default":
+            raise TunelabError(
+                f"GGUF export: RoPE scaling {part['rope_type']!r} is not written by tunelab yet "
+                "(llama.cpp's convert_hf_to_gguf.py handles it: `--gguf-converter llama.cpp`)"
+            )
+    if getattr(cfg, "use_sliding_window", False):
+        raise TunelabError(
+            "GGUF export: config.use_sliding_window is true; llama.cpp's qwen2/qwen3 have no sliding window"
+        )
+    notes = []
+    if cfg.model_type == "mistral" and getattr(cfg, "sliding_window", None):
+        notes.append(
+            f"sliding_window {cfg.sliding_window} is not in the file (llama.cpp's llama architecture has none, as with "
+            "its own converter): outputs match up to that many tokens of context"
+        )
+    return notes
+
+
+def _permute(t: torch.Tensor, n_head: int) -> torch.Tensor:
     """HF (rotate-half) rows -> GGUF (interleaved) rows, as llama.cpp's converter does."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    return t.reshape(n_head, 2, t.shape[0] // n_head // 2, *t.shape[1:]).swapaxes(1, 2).reshape(t.shape)
 
 
-TENSOR_NAMES = {
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output",
-    "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-    "input_layernorm": "attn_norm",
-    "post_attention_layernorm": "ffn_norm",
-}
-
-
-def _gguf_name(hf: str) -> str:
-    if hf == "model.embed_tokens.weight":
-        return "token_embd.weight"
-    if hf == "model.norm.weight":
-        return "output_norm.weight"
-    if hf == "lm_head.weight":
-        return "output.weight"
-    parts = hf.split(".")  # model.layers.{i}.{module path}.weight
-    if parts[:2] == ["model", "layers"]:
-        module = ".".join(parts[3:-1])
-        if module in TENSOR_NAMES and parts[-1] == "weight":
-            return f"blk.{parts[2]}.{TENSOR_NAMES[module]}.weight"
-    raise TunelabError(f"GGUF export: no GGUF name for tensor {hf!r} (biases and extra modules are unsupported)")
-
-
-def _write_tensors(w: Any, model: Any, cfg: Any, qtype: str) -> list[str]:
+def _gguf_names(cfg: Any, arch: Arch) -> Any:
     import gguf
 
-    fallback = []
-    tied = bool(getattr(cfg, "tie_word_embeddings", False))
+    arch_id = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch.gguf)
+    return gguf.get_tensor_name_map(arch_id, cfg.num_hidden_layers)
+
+
+def _write_tensors(w: Any, model: Any, cfg: Any, arch: Arch, qtype: str) -> dict[str, list[str]]:
+    names, tied = _gguf_names(cfg, arch), bool(getattr(cfg, "tie_word_embeddings", False))
+    fallback, kept = [], []
     for hf, t in model.state_dict().items():
         if hf == "lm_head.weight" and tied:
             continue
-        name = _gguf_name(hf)
-        t = t.detach().float().cpu()
-        if name.endswith("attn_q.weight"):
-            t = _permute(t, cfg.num_attention_heads)
-        elif name.endswith("attn_k.weight"):
-            t = _permute(t, cfg.num_key_value_heads)
-        data = t.numpy()
-        if data.ndim == 1:
-            w.add_tensor(name, data.astype(np.float32))
-        elif qtype == "q8_0" and data.shape[-1] % 32 == 0:
-            w.add_tensor(
-                name,
-                gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q8_0),
-                raw_dtype=gguf.GGMLQuantizationType.Q8_0,
-            )
-        else:
-            if qtype == "q8_0":
-                fallback.append(name)
-            w.add_tensor(name, data.astype(np.float16))
-    return fallback
+        name = names.get_name(hf, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise TunelabError(f"GGUF export: tensor {hf!r} has no llama.cpp name for architecture {arch.gguf!r}")
+        data = _prepare(t, name, cfg, arch)
+        head = name == "output.weight" or (tied and name == "token_embd.weight")
+        chosen = "q8_0" if head and qtype in LOW_BIT else qtype
+        written = _add(w, name, data, chosen)
+        if written == "f16" and chosen not in ("f16", "f32", "bf16"):
+            fallback.append(name)
+        elif chosen != qtype:
+            kept.append(name)
+    return {"f16_fallback": fallback, "q8_0_head": kept}
 
 
-def _write_tokenizer(w: Any, tokenizer: Any) -> None:
+def _prepare(t: torch.Tensor, name: str, cfg: Any, arch: Arch) -> np.ndarray:
+    t = t.detach().float().cpu()
+    if arch.permute_qk and ".attn_q." in name:
+        t = _permute(t, cfg.num_attention_heads)
+    elif arch.permute_qk and ".attn_k." in name:
+        t = _permute(t, cfg.num_key_value_heads)
+    if arch.norm_shift and name.endswith("norm.weight"):
+        t = t + arch.norm_shift
+    return t.numpy()
+
+
+def _add(w: Any, name: str, data: np.ndarray, qtype: str) -> str:
+    """Add one tensor; returns the type it was written in (1-D stays f32; unaligned rows fall back to f16)."""
     import gguf
 
-    spec = json.loads(tokenizer.backend_tokenizer.to_str())
-    bpe = spec["model"]
-    if bpe.get("type") != "BPE":
-        raise TunelabError(f"GGUF export: tokenizer model {bpe.get('type')!r} is not supported (BPE only)")
-    byte_level = "ByteLevel" in json.dumps(spec.get("pre_tokenizer")) or "ByteLevel" in json.dumps(spec.get("decoder"))
-    if not byte_level and not bpe.get("byte_fallback"):
-        raise TunelabError("GGUF export: only byte-level or byte-fallback BPE tokenizers are supported")
-    vocab = tokenizer.get_vocab()
-    n = max(vocab.values()) + 1
-    tokens = [f"[PAD{i}]" for i in range(n)]
-    for tok, i in vocab.items():
-        tokens[i] = tok
-    special = set(tokenizer.all_special_ids) | {
-        int(i) for i, t in tokenizer.added_tokens_decoder.items() if getattr(t, "special", False)
-    }
-    pairs = [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in bpe.get("merges", [])]
-    types = [gguf.TokenType.CONTROL if i in special else gguf.TokenType.NORMAL for i in range(n)]
-    if byte_level:
-        w.add_tokenizer_model("gpt2")
-        w.add_tokenizer_pre("default")
-    else:  # sentencepiece style: llama.cpp spells spaces as U+2581 and marks <0xNN> tokens as BYTE
-        w.add_tokenizer_model("llama")
-        tokens = [t if i in special else t.replace(" ", "\u2581") for i, t in enumerate(tokens)]
-        pairs = [(a.replace(" ", "\u2581"), b.replace(" ", "\u2581")) for a, b in pairs]
-        types = [
-            gguf.TokenType.BYTE if t.startswith("<0x") and len(t) == 6 else ty
-            for t, ty in zip(tokens, types, strict=True)
-        ]
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_scores([-float(i) for i in range(n)])  # BPE has no scores; rank order keeps readers' fallbacks sane
-    w.add_token_merges([f"{a} {b}" for a, b in pairs])
-    for attr, add in (
-        ("bos_token_id", w.add_bos_token_id),
-        ("eos_token_id", w.add_eos_token_id),
-        ("unk_token_id", w.add_unk_token_id),
-        ("pad_token_id", w.add_pad_token_id),
-    ):
-        if getattr(tokenizer, attr, None) is not None:
-            add(int(getattr(tokenizer, attr)))
-    adds_bos = tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]
-    w.add_add_bos_token(bool(adds_bos))
-    w.add_add_eos_token(False)
-    if getattr(tokenizer, "chat_template", None):
-        w.add_chat_template(tokenizer.chat_template)
+    if data.ndim == 1 or qtype == "f32":
+        w.add_tensor(name, data.astype(np.float32))
+        return "f32"
+    ggml = getattr(gguf.GGMLQuantizationType, _TYPES[qtype][0])
+    if qtype != "f16" and data.shape[-1] % gguf.GGML_QUANT_SIZES[ggml][0] == 0:
+        w.add_tensor(name, gguf.quants.quantize(data, ggml), raw_dtype=ggml)
+        return qtype
+    w.add_tensor(name, data.astype(np.float16))
+    return "f16"

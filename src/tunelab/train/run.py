@@ -22,6 +22,7 @@ from tunelab.data.heads import resolve_formats
 from tunelab.data.prepare import prepare_data
 from tunelab.data.tokenize import chat_template_for
 from tunelab.errors import TunelabError
+from tunelab.eval.card import write_run_card
 from tunelab.eval.lifecycle import after_training, before_training
 from tunelab.methods import METHODS, build_method
 from tunelab.methods.teacher_data import prepare_teacher
@@ -88,7 +89,10 @@ def train_one(cfg: RunConfig, resume: bool = False, hooks: Hooks | None = None,
         if acc.is_main_process:
             if spec.head:
                 write_head_info(run_dir / "final", cfg.method.name, spec.head, labels)
-            after_training(cfg, acc.unwrap_model(trainer.module).model, tokenizer, run_dir, acc.print, spec.head)
+            try:
+                after_training(cfg, acc.unwrap_model(trainer.module).model, tokenizer, run_dir, acc.print, spec.head)
+            finally:  # after the closing evaluation, whose comparison it shows (and even when that fails the run)
+                write_run_card(run_dir)
     acc.wait_for_everyone()
     return run_dir
 

@@ -6,8 +6,8 @@ import json
 
 from typer.testing import CliRunner
 
-from tunelab.config import RunConfig, dump_config
 from tunelab.cli.evaluate import app
+from tunelab.config import RunConfig, dump_config
 from tunelab.eval.runner import EvalResult
 from tunelab.models.presets import build_preset
 

@@ -128,9 +128,8 @@ def test_render_check_fails_on_a_page_without_working_plots(tmp_path) -> None:
 def _json_run(tmp_path: Path) -> Path:
     """A run directory as training leaves it: data card and manifest from the real data check, JSON results
     scored by the real metric, where the fine-tuned model fixes most examples and breaks two."""
-    from tunelab.scoring.metrics import json_fields
-
     from tunelab.quality.card import preflight
+    from tunelab.scoring.metrics import json_fields
 
     run = tmp_path / "jrun"
     (run / "eval").mkdir(parents=True)

@@ -10,9 +10,9 @@ import typer
 from run_factory import make_run
 from typer.testing import CliRunner
 
-from tunelab.errors import TunelabError
 from tunelab.cli.export import export_cmd, verify_cmd
 from tunelab.cli.serve import _adapters, serve_key_cmd
+from tunelab.errors import TunelabError
 from tunelab.serve.security import hash_key
 
 app = typer.Typer()

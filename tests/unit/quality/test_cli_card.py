@@ -10,12 +10,12 @@ import pytest
 from tests.unit.quality.planted import Planted
 from typer.testing import CliRunner
 
+from tunelab.cli.data import data_app
 from tunelab.config import DatasetConfig
 from tunelab.errors import DataError, TunelabError
 from tunelab.quality.card import PreflightError, data_card, preflight
 from tunelab.quality.check import check
 from tunelab.quality.clean import clean
-from tunelab.cli.data import data_app
 
 runner = CliRunner()
 
