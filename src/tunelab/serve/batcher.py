@@ -101,14 +101,17 @@ class FairQueue:
         contending = set(active) | set(self.waiting)
         self._enter(contending)
         share = max(1, self.max_batch_size // max(1, len(contending)))
-        total, budget, out = sum(active.values()), self.max_prefill_tokens, []
+        total, budget = sum(active.values()), self.max_prefill_tokens
+        out: list[Request] = []
         running = Counter(active)
         while self.waiting:
             pick = None
             for tenant in sorted(self.waiting, key=lambda t: self.served.get(t, 0.0)):
                 req = self.waiting[tenant][0]
                 normal = total + req.slots <= self.max_batch_size
-                extra = running[tenant] + req.slots <= share and total + req.slots <= self.max_batch_size + self.extra_slots
+                extra = (
+                    running[tenant] + req.slots <= share and total + req.slots <= self.max_batch_size + self.extra_slots
+                )
                 if (normal or extra) and (req.cost <= budget or not out):
                     pick = tenant
                     break

@@ -33,7 +33,7 @@ import torch
 from tunelab.errors import TunelabError
 
 # a run of up to 12 blanks between JSON tokens: room for indented output, none for endless whitespace
-JSON_OPTIONS = {"whitespace_pattern": r"[\x20\x0A\x0D\x09]{0,12}"}
+JSON_OPTIONS: Any = {"whitespace_pattern": r"[\x20\x0A\x0D\x09]{0,12}"}
 
 
 @dataclass(frozen=True)

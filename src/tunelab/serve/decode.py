@@ -203,7 +203,14 @@ def _sample(rows: list[Row], logits: torch.Tensor, token_bytes: TokenBytes) -> l
             out.append(errors[i])
             continue
         tok = int(tokens[i])
-        out.append((tok, _logprob(lp[i], tok, r.params.top_logprobs, token_bytes) if lp is not None and r.wants_logprobs else None))
+        out.append(
+            (
+                tok,
+                _logprob(lp[i], tok, r.params.top_logprobs, token_bytes)
+                if lp is not None and r.wants_logprobs
+                else None,
+            )
+        )
     return out
 
 

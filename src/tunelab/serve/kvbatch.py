@@ -48,7 +48,7 @@ class Lane:
             return
         width = max(self.width, other.width)
         assert self.cache is not None and other.cache is not None
-        for mine, theirs in zip(self.cache.layers, other.cache.layers, strict=True):
+        for mine, theirs in zip(_layers(self.cache), _layers(other.cache), strict=True):
             mine.keys = torch.cat([_pad(mine.keys, width), _pad(theirs.keys, width)])
             mine.values = torch.cat([_pad(mine.values, width), _pad(theirs.values, width)])
         self.mask = torch.cat([_pad(self.mask, width), _pad(other.mask, width)])
@@ -67,7 +67,7 @@ class Lane:
         cut = int((self.mask.sum(0) > 0).nonzero()[0]) if bool(self.mask.any()) else 0
         self.mask = self.mask[:, cut:]
         assert self.cache is not None
-        for layer in self.cache.layers:
+        for layer in _layers(self.cache):
             layer.keys = layer.keys[idx, :, cut:]
             layer.values = layer.values[idx, :, cut:]
 
@@ -119,9 +119,13 @@ def repeat_rows(lane: Lane, counts: list[int]) -> Lane:
     out.mask, out.pos, out.last = lane.mask[idx], lane.pos[idx], lane.last[idx]
     out.cache = lane.cache
     assert out.cache is not None
-    for layer in out.cache.layers:
+    for layer in _layers(out.cache):
         layer.keys, layer.values = layer.keys[idx], layer.values[idx]
     return out
+
+
+def _layers(cache: DynamicCache) -> list[Any]:
+    return list(cache.layers)
 
 
 def cache_kw(model: Any) -> str:

@@ -91,7 +91,7 @@ def tool_choice_constraint(tools: list[dict[str, Any]] | None, tool_choice: Any)
         raise TunelabError("tool_choice: requires `tools`")
     if tool_choice == "required":
         call = _call_schema(funcs)
-        return Constraint("lark", f"start: call (\"\\n\" call)*\ncall: {_tags()}\nbody: %json {json.dumps(call)}")
+        return Constraint("lark", f'start: call ("\\n" call)*\ncall: {_tags()}\nbody: %json {json.dumps(call)}')
     name = tool_choice.get("function", {}).get("name") if isinstance(tool_choice, dict) else None
     chosen = [f for f in funcs if f["name"] == name]
     if not chosen:
