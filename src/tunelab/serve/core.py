@@ -202,7 +202,8 @@ class DecodeCore:
                     if other.finish_reason is None:
                         other.finish_reason = "error"
         keep = [i for i, row in enumerate(self.rows) if row.finish_reason is None]
-        done = {id(req): req for i, req in enumerate(self.reqs) if i not in set(keep)}
+        kept = set(keep)
+        done = {id(req): req for i, req in enumerate(self.reqs) if i not in kept}
         if len(keep) != len(self.rows):
             self.lane.keep(keep)
             self.rows = [self.rows[i] for i in keep]
