@@ -151,7 +151,7 @@ def compare(model: Path, tmp: Path, levels: list[int], total: int, n: int) -> di
                       f"p50 {r['p50_ms']:6.0f} ms p95 {r['p95_ms']:6.0f} ms", flush=True)  # fmt: skip
         finally:
             stop(proc)
-    for c, row in out["levels"].items():
+    for row in out["levels"].values():
         if "tunelab" in row and "transformers" in row:
             row["ratio_req_s"] = row["tunelab"]["req_s"] / row["transformers"]["req_s"]
     return out
