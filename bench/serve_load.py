@@ -108,7 +108,18 @@ async def chat(client: openai.AsyncOpenAI, model: str, text: str, n: int) -> tup
     return time.perf_counter() - t, r.usage.completion_tokens if r.usage else 0
 
 
-async def load(url: str, key: str, model: str, concurrency: int, total: int, n: int) -> dict[str, float]:
+def cpu_s(pid: int) -> float:
+    """CPU seconds used so far by the server process and its children (all threads)."""
+    import psutil
+
+    procs = [psutil.Process(pid)]
+    procs += procs[0].children(recursive=True)
+    return sum(p.cpu_times().user + p.cpu_times().system for p in procs)
+
+
+async def load(
+    url: str, key: str, model: str, concurrency: int, total: int, n: int, pid: int | None = None
+) -> dict[str, float]:
     client = openai.AsyncOpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=600)
     lat: list[float] = []
     toks: list[int] = []
@@ -122,16 +133,17 @@ async def load(url: str, key: str, model: str, concurrency: int, total: int, n: 
     await asyncio.gather(*(worker(list(range(total))[c::concurrency]) for c in range(concurrency)))  # warm-up too
     lat.clear()
     toks.clear()
-    t = time.perf_counter()
+    t, cpu0 = time.perf_counter(), cpu_s(pid) if pid else 0.0
     await asyncio.gather(*(worker(list(range(total))[c::concurrency]) for c in range(concurrency)))
     wall = time.perf_counter() - t
+    cpu = (cpu_s(pid) - cpu0) if pid else float("nan")
     await client.close()
     return {"concurrency": concurrency, "requests": total, "req_s": total / wall, "tok_s": sum(toks) / wall,
             "p50_ms": 1000 * statistics.median(lat), "p95_ms": 1000 * pct(lat, 0.95),
-            "completion_tokens": sum(toks)}  # fmt: skip
+            "completion_tokens": sum(toks), "server_cpu_ms_per_req": 1000 * cpu / total}  # fmt: skip
 
 
-def compare(model: Path, tmp: Path, levels: list[int], total: int, n: int) -> dict[str, Any]:
+def compare(model: Path, tmp: Path, levels: list[int], total: int, n: int, rounds: int) -> dict[str, Any]:
     out: dict[str, Any] = {"max_tokens": n, "requests_per_level": total, "levels": {}}
     servers = {
         "tunelab": (tunelab_cmd(model, 8801, BASE_CFG, tmp), "http://127.0.0.1:8801", "base"),
@@ -141,19 +153,31 @@ def compare(model: Path, tmp: Path, levels: list[int], total: int, n: int) -> di
             "http://127.0.0.1:8802", str(model),
         ),
     }  # fmt: skip
-    for name, (cmd, url, model_id) in servers.items():
-        proc = start(cmd, url, tmp / f"{name}.log")
-        try:
-            for c in levels:
-                r = asyncio.run(load(url, "none", model_id, c, max(total, c), n))
-                out["levels"].setdefault(str(c), {})[name] = r
-                print(f"{name:12s} c={c:2d} {r['req_s']:6.1f} req/s {r['tok_s']:7.0f} tok/s "
-                      f"p50 {r['p50_ms']:6.0f} ms p95 {r['p95_ms']:6.0f} ms", flush=True)  # fmt: skip
-        finally:
-            stop(proc)
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {}
+    for rnd in range(rounds):  # servers alternate, order flipped each round: the machine's load moves
+        for name in sorted(servers, reverse=bool(rnd % 2)):
+            cmd, url, model_id = servers[name]
+            proc = start(cmd, url, tmp / f"{name}.log")
+            try:
+                for c in levels:
+                    r = asyncio.run(load(url, "none", model_id, c, max(total, c), n, proc.pid))
+                    runs.setdefault(str(c), {}).setdefault(name, []).append(r)
+                    print(f"round {rnd} {name:12s} c={c:2d} {r['req_s']:6.1f} req/s {r['tok_s']:7.0f} tok/s "
+                          f"p50 {r['p50_ms']:6.0f} ms p95 {r['p95_ms']:6.0f} ms "
+                          f"cpu {r['server_cpu_ms_per_req']:.0f} ms/req", flush=True)  # fmt: skip
+            finally:
+                stop(proc)
+    for c, by_server in runs.items():  # the median round of each figure
+        out["levels"][c] = {
+            name: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for name, rs in by_server.items()
+        }
+    out["rounds"] = rounds
     for row in out["levels"].values():
         if "tunelab" in row and "transformers" in row:
             row["ratio_req_s"] = row["tunelab"]["req_s"] / row["transformers"]["req_s"]
+            row["ratio_cpu_per_req"] = (
+                row["transformers"]["server_cpu_ms_per_req"] / row["tunelab"]["server_cpu_ms_per_req"]
+            )
     return out
 
 
@@ -264,15 +288,17 @@ def write(new: dict[str, Any]) -> None:
     if "compare" in results:
         c = results["compare"]
         lines += [f"## tunelab vs transformers serve --continuous-batching (max_tokens {c['max_tokens']}, greedy)",
-                  "", c.get("machine", results.get("machine", "")), "", "| concurrency | server | req/s | tok/s | p50 ms | p95 ms |", "|---|---|---|---|---|---|"]  # fmt: skip
+                  "", c.get("machine", results.get("machine", "")), "", "| concurrency | server | req/s | tok/s | p50 ms | p95 ms | server CPU ms/req |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
         for level, row in c["levels"].items():
             for name in ("tunelab", "transformers"):
                 if name in row:
                     x = row[name]
                     lines.append(f"| {level} | {name} | {x['req_s']:.1f} | {x['tok_s']:.0f} | {x['p50_ms']:.0f} "
-                                 f"| {x['p95_ms']:.0f} |")  # fmt: skip
+                                 f"| {x['p95_ms']:.0f} | {x['server_cpu_ms_per_req']:.0f} |")  # fmt: skip
             if "ratio_req_s" in row:
-                lines.append(f"| {level} | **ratio** | **{row['ratio_req_s']:.2f}x** | | | |")
+                lines.append(f"| {level} | **tunelab / transformers** | **{row['ratio_req_s']:.2f}x** | | | | "
+                             f"**{row['ratio_cpu_per_req']:.2f}x less** |")  # fmt: skip
         lines.append("")
     if "fairness" in results:
         f = results["fairness"]
@@ -291,6 +317,7 @@ def main() -> None:
     ap.add_argument("--levels", default="1,8,32")
     ap.add_argument("--requests", type=int, default=64, help="requests per concurrency level (compare)")
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=2, help="compare: rounds, servers alternating (medians reported)")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="serve-load-"))
     model = tmp / "model"
@@ -300,7 +327,7 @@ def main() -> None:
                                           f"preset {args.preset}, 1 torch thread per server"}  # fmt: skip
     if "compare" in suites:
         levels = [int(x) for x in args.levels.split(",")]
-        results["compare"] = compare(model, tmp, levels, args.requests, args.max_tokens)
+        results["compare"] = compare(model, tmp, levels, args.requests, args.max_tokens, args.rounds)
     if "fairness" in suites:
         results["fairness"] = fairness(model, tmp, short=15)
     if "storm" in suites:
