@@ -190,7 +190,7 @@ def create_app(engine: Engine, cfg: ServeConfig, keys: KeyRing, store: Store | N
         metrics.in_flight.inc()
         try:
             result = await asyncio.wait_for(
-                engine.generate(body.model, ids, params, is_cancelled=lambda: cancelled),
+                engine.generate(body.model, ids, params, is_cancelled=lambda: cancelled, tenant=key_id),
                 cfg.limits.request_timeout_s,
             )
         except asyncio.TimeoutError:
@@ -234,7 +234,14 @@ def create_app(engine: Engine, cfg: ServeConfig, keys: KeyRing, store: Store | N
         out = OutputFilter(guard)
         metrics.in_flight.inc()
         task = asyncio.ensure_future(
-            engine.generate(model, ids, params, on_delta=deltas.put_nowait, is_cancelled=lambda: state["cancelled"])
+            engine.generate(
+                model,
+                ids,
+                params,
+                on_delta=deltas.put_nowait,
+                is_cancelled=lambda: state["cancelled"],
+                tenant=ctx["key_id"],
+            )
         )
         deadline = time.monotonic() + cfg.limits.request_timeout_s
         sent, status, result = [], 200, None

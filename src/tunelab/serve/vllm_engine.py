@@ -12,6 +12,10 @@ endpoint) so the template is exactly the training one.
 
 Differences to know: vLLM's `seed` is per request as here; its `stop` strings are matched on text and
 excluded from the output as in the OpenAI API. Adapters must be safetensors and within `max_lora_rank`.
+`n`, penalties, `logit_bias` and logprobs map onto vLLM's SamplingParams; JSON mode, json_schema and
+forced tool calls onto its structured outputs (`StructuredOutputsParams`, vLLM >= 0.10; its default
+backend is xgrammar, with llguidance selectable). Tool calls are parsed from the text with tools.py as in
+HFEngine. `tenant` is accepted and ignored: vLLM schedules first come, first served.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import TunelabError
-from tunelab.serve.decode import SamplingParams
-from tunelab.serve.engine import GenResult
+from tunelab.serve.core import Choice, GenResult
+from tunelab.serve.decode import Chunk, SamplingParams, check_params
+from tunelab.serve.tools import parse_tool_calls
 
 try:  # vLLM needs a GPU and is not a tunelab dependency
     from vllm import AsyncEngineArgs, AsyncLLMEngine
@@ -52,14 +57,18 @@ class VllmEngine:
     def has_chat_template(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
-    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+    def encode_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None) -> list[int]:
+        extra = {"tools": tools} if tools else {}
+        return list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **extra))
 
     def encode_text(self, prompt: str) -> list[int]:
         return list(self.tokenizer(prompt)["input_ids"])
 
     def max_context(self) -> int:
         return int(self.tokenizer.model_max_length)
+
+    def validate(self, params: SamplingParams) -> str | None:
+        return check_params(params, len(self.tokenizer), 64)
 
     async def generate(
         self,
@@ -68,13 +77,21 @@ class VllmEngine:
         params: SamplingParams,
         on_delta: Callable[[str], None] | None = None,
         is_cancelled: Callable[[], bool] = lambda: False,
+        tenant: str | None = None,
+        on_chunk: Callable[[Chunk], None] | None = None,
     ) -> GenResult:
+        # n > 1, streamed logprobs and on_chunk are left to a tested implementation; this sketch decodes choice 0
         sampling = VllmSampling(
             temperature=params.temperature,
             top_p=params.top_p,
             max_tokens=params.max_tokens,
             stop=list(params.stop),
             seed=params.seed,
+            presence_penalty=params.presence_penalty,
+            frequency_penalty=params.frequency_penalty,
+            logit_bias=dict(params.logit_bias) or None,
+            logprobs=params.top_logprobs if params.logprobs else None,
+            structured_outputs=_structured(params),
         )
         rid, text, final = uuid.uuid4().hex, "", None
         stream = self.engine.generate(
@@ -89,12 +106,12 @@ class VllmEngine:
                 on_delta(new[len(text) :])
             text, final = new, out
         done = final.outputs[0] if final is not None else None
-        return GenResult(
-            text,
-            (done.finish_reason if done else None) or "cancelled",
-            len(prompt_ids),
-            len(done.token_ids) if done else 0,
-        )
+        finish = (done.finish_reason if done else None) or "cancelled"
+        content, calls = parse_tool_calls(text, params.tools) if params.tools else (text, [])
+        finish = "tool_calls" if calls else finish
+        ids = tuple(done.token_ids) if done else ()
+        choice = Choice(0, content, finish, ids, None, tuple(calls))
+        return GenResult(content, finish, len(prompt_ids), len(ids), (choice,))
 
     async def load_adapter(self, name: str, path: Path) -> None:
         req = LoRARequest(name, next(self._ids), str(path))
@@ -107,3 +124,18 @@ class VllmEngine:
 
     async def close(self) -> None:
         self.engine.shutdown_background_loop()
+
+
+def _structured(params: SamplingParams) -> Any:
+    c = params.constraint
+    if c is None:
+        return None
+    from vllm.sampling_params import StructuredOutputsParams
+
+    if c.kind == "json_object":
+        return StructuredOutputsParams(json_object=True)
+    if c.kind == "json_schema":
+        return StructuredOutputsParams(json=c.spec)
+    if c.kind == "regex":
+        return StructuredOutputsParams(regex=c.spec)
+    return StructuredOutputsParams(grammar=c.spec)  # Lark with %json needs the llguidance backend
