@@ -40,9 +40,11 @@ lint:
 	$(BIN)/ruff check src tests bench scripts
 	$(BIN)/ruff format --check src tests bench scripts
 	$(BIN)/mypy
+	PYTHONPATH=src $(BIN)/lint-imports --no-cache  # the layers in pyproject.toml [tool.importlinter]
 
 docs:
 	$(BIN)/tunelab docs-config > docs/config-reference.md
+	$(BIN)/tunelab docs-methods docs/methods.md
 
 quickstart:
 	$(BIN)/tunelab quickstart

@@ -12,20 +12,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from tunelab import config
 from tunelab.config import RunConfig
 from tunelab.data import preview
-from tunelab.errors import TunelabError
 from tunelab.eval import targets
 from tunelab.eval.report import report_run
 from tunelab.eval.runner import EvalResult
 from tunelab.export import exporters
 from tunelab.export.verify import verify as verify_export
 from tunelab.methods import METHODS, check_run
+from tunelab.models import generate as gen
+from tunelab.models.generate import DecodingConfig
 from tunelab.models.load import load_tokenizer
-from tunelab.models.loader import is_run_dir
+from tunelab.models.loader import is_run_dir, load
 from tunelab.serve import runtime
 from tunelab.serve.config import ServeConfig
 from tunelab.stages import run_stages
@@ -126,38 +125,7 @@ def serve(target: str, cfg: ServeConfig | None = None, adapters: dict[str, str] 
 
 def load_generator(run_or_model: str | Path) -> tuple[Any, Any]:
     """(model, tokenizer) from a run directory, a preset name or a model folder; eval mode."""
-    from tunelab.models.loader import load
-
     return load(run_or_model, purpose="generate")
-
-
-def _inputs(tok: Any, prompt: str | None, messages: list[dict[str, str]] | None, chat: bool | None) -> Any:
-    """Messages, or a prompt as one user turn when the tokenizer has a chat template (unless chat=False);
-    otherwise the raw prompt with the tokenizer's own special tokens (BOS), as in pretraining."""
-    if messages is None and prompt is None:
-        raise TunelabError("generate: give a prompt or messages")
-    use_chat = messages is not None or (chat is not False and tok.chat_template is not None)
-    if chat and tok.chat_template is None:
-        raise TunelabError("generate: this model's tokenizer has no chat template; use a plain prompt")
-    if use_chat:
-        text = tok.apply_chat_template(
-            messages or [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-        return tok(text, add_special_tokens=False, return_tensors="pt")
-    return tok(prompt, return_tensors="pt")
-
-
-def _gen_kwargs(model: Any, tok: Any, max_new_tokens: int, temperature: float, top_p: float) -> dict[str, Any]:
-    eos = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None else tok.eos_token_id
-    kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, eos_token_id=eos, do_sample=temperature > 0)
-    kw["pad_token_id"] = (
-        tok.pad_token_id if tok.pad_token_id is not None else (eos[0] if isinstance(eos, list) else eos)
-    )
-    if temperature > 0:
-        kw.update(temperature=temperature, top_p=top_p)
-    else:  # greedy: clear sampling defaults a checkpoint's generation_config may carry
-        kw.update(temperature=None, top_p=None, top_k=None)
-    return kw
 
 
 def generate(
@@ -170,30 +138,18 @@ def generate(
     seed: int = 0,
     chat: bool | None = None,
 ) -> str:
-    """The model's continuation (new tokens only, special tokens skipped); greedy unless temperature > 0."""
+    """The model's continuation (new tokens only, special tokens skipped); greedy unless temperature > 0.
+    A prompt becomes one user turn when the model has a chat template (unless chat=False)."""
     model, tok = run_or_model if isinstance(run_or_model, tuple) else load_generator(run_or_model)
-    enc = _inputs(tok, prompt, messages, chat).to(model.device)
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        out = model.generate(**enc, **_gen_kwargs(model, tok, max_new_tokens, temperature, top_p))
-    return tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    decoding = DecodingConfig(max_new_tokens, temperature, top_p, seed, batch_size=1)
+    return gen.generate(model, tok, [gen.single_prompt(tok, prompt, messages, chat)], decoding, progress=False)[0]
 
 
-def stream(
-    model: Any, tok: Any, messages: list[dict[str, str]], max_new_tokens: int = 256, temperature: float = 0.0
-) -> Iterator[str]:
-    """Yield text pieces as they are generated (chat template applied), stopping at EOS."""
-    import threading
-
-    from transformers import TextIteratorStreamer
-
-    enc = _inputs(tok, None, messages, True).to(model.device)
-    streamer = TextIteratorStreamer(tok, skip_prompt=True, skip_special_tokens=True)
-    kwargs = {**enc, **_gen_kwargs(model, tok, max_new_tokens, temperature, 1.0), "streamer": streamer}
-    worker = threading.Thread(target=lambda: model.generate(**kwargs), daemon=True)
-    worker.start()
-    yield from streamer
-    worker.join()
+def stream(model: Any, tok: Any, messages: list[dict[str, str]], max_new_tokens: int = 256,
+           temperature: float = 0.0) -> Iterator[str]:  # fmt: skip
+    """Yield text pieces of the reply to `messages` as they are generated (`tunelab chat`)."""
+    prompt = gen.single_prompt(tok, None, messages, True)
+    return gen.stream(model, tok, prompt, DecodingConfig(max_new_tokens, temperature, batch_size=1))
 
 
 def train_from_file(path: str | Path, overrides: list[str] | tuple[str, ...] = (), resume: bool = False) -> Path:

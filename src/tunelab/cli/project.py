@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from tunelab import api
-from tunelab.cli.docs import config_reference
+from tunelab.cli.docs import config_reference, with_methods_table
 from tunelab.config import config_schema as schema
 from tunelab.data.preview import render_masked, token_table
 from tunelab.models.load import load_tokenizer
@@ -89,6 +89,12 @@ def config_schema() -> None:
 def docs_config() -> None:
     """Print the config reference (Markdown) generated from the field descriptions."""
     typer.echo(config_reference(), nl=False)
+
+
+@app.command("docs-methods", hidden=True)
+def docs_methods(doc: Annotated[Path, typer.Argument(help="docs/methods.md, rewritten in place.")]) -> None:
+    """Rewrite the methods table of docs/methods.md from the method registry (`make docs`)."""
+    doc.write_text(with_methods_table(doc.read_text()))
 
 
 @app.command()

@@ -53,7 +53,8 @@ def eval_items(cfg: RunConfig, tokenizer: Any, head: str) -> tuple[list[Any], li
     items = encode_datasets(cfg, tokenizer, cfg.eval.data, prepared.labels, kind) if cfg.eval.data else prepared.eval
     majority = None
     if head == "seq" and prepared.train:
-        majority = prepared.labels[Counter(it.label for it in prepared.train).most_common(1)[0][0]]
+        labelled: list[ClassItem] = prepared.train  # type: ignore[assignment]  # a head kind's items (Prepared[T])
+        majority = prepared.labels[Counter(it.label for it in labelled).most_common(1)[0][0]]
     return items, prepared.labels, majority
 
 

@@ -85,7 +85,7 @@ def _result_or_eval(target: str, cfg: RunConfig, data: list[str] | None) -> tupl
 
 def _pairwise(ra: EvalResult, rb: EvalResult, cfg: RunConfig) -> dict[str, Any]:
     res = Judge(cfg.eval.judge).compare_all(
-        [question_text(e.prompt) for e in ra.examples], ra.predictions, rb.predictions
+        [question_text(e.prompt) for e in ra.examples], ra.predictions or [], rb.predictions or []
     )
     row = pairwise_row(res, n_resamples=cfg.eval.bootstrap_resamples, seed=cfg.eval.seed)
     return asdict(row) | {"verdict": row.verdict, "details": res.details}

@@ -85,7 +85,10 @@ def default_method(name: str) -> Method:
 
 
 def _defaults(name: str) -> dict[str, Any]:
-    need = {"grpo": {"grpo": {"rewards": [{"function": "parity"}]}}, "distill": {"distill": {"teacher": "tiny"}}}
+    need: dict[str, dict[str, Any]] = {
+        "grpo": {"grpo": {"rewards": [{"function": "parity"}]}},
+        "distill": {"distill": {"teacher": "tiny"}},
+    }
     return {"name": name, **need.get(name, {})}
 
 

@@ -14,7 +14,8 @@ is handled as in training: once, from the template or else from the tokenizer's 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,7 @@ import torch
 
 from tunelab.console import progress as progress_bar
 from tunelab.data.tokenize import chat_template_for, prompt_text
+from tunelab.errors import TunelabError
 
 Prompt = str | Sequence[Mapping[str, str]]
 
@@ -59,7 +61,7 @@ def generate_ids(model: Any, tokenizer: Any, prompts: Sequence[Prompt], decoding
     encoded = [encode_prompt(tokenizer, p, decoding.chat_template) for p in prompts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     out: list[list[int]] = [[] for _ in encoded]
-    eos, pad = tokenizer.eos_token_id, _pad_id(tokenizer)
+    eos, pad = eos_ids(model, tokenizer), _pad_id(tokenizer)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -75,7 +77,7 @@ def generate_ids(model: Any, tokenizer: Any, prompts: Sequence[Prompt], decoding
                     eos_token_id=eos, pad_token_id=pad, **_sampling(decoding),
                 )[:, ids.shape[1] :]  # fmt: skip
                 for row, i in zip(new.tolist(), idx):
-                    out[i] = row[: row.index(eos)] if eos in row else row
+                    out[i] = row[: next((k for k, t in enumerate(row) if t in eos), len(row))]
                 bar.update(len(idx))
     finally:
         bar.close()
@@ -88,6 +90,46 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[Prompt], decoding: De
     """Decoded completions (special tokens removed), in input order."""
     ids = generate_ids(model, tokenizer, prompts, decoding or DecodingConfig(), progress)
     return [tokenizer.decode(row, skip_special_tokens=True) for row in ids]
+
+
+def single_prompt(tokenizer: Any, prompt: str | None = None, messages: Sequence[Mapping[str, str]] | None = None,
+                  chat: bool | None = None) -> Prompt:  # fmt: skip
+    """What one request means: `messages`; or `prompt` as one user turn when the tokenizer has a chat template
+    (unless chat=False); otherwise the raw prompt, as in pretraining."""
+    if messages is None and prompt is None:
+        raise TunelabError("generate: give a prompt or messages")
+    if chat and getattr(tokenizer, "chat_template", None) is None:
+        raise TunelabError("generate: this model's tokenizer has no chat template; use a plain prompt")
+    if messages is not None:
+        return list(messages)
+    assert prompt is not None
+    use_chat = chat is not False and getattr(tokenizer, "chat_template", None) is not None
+    return [{"role": "user", "content": prompt}] if use_chat else prompt
+
+
+def stream(model: Any, tokenizer: Any, prompt: Prompt, decoding: DecodingConfig | None = None) -> Iterator[str]:
+    """Text pieces of one completion as they are generated (special tokens skipped), stopping at EOS."""
+    from transformers import TextIteratorStreamer
+
+    d = decoding or DecodingConfig()
+    device = next(model.parameters()).device
+    ids = torch.tensor([encode_prompt(tokenizer, prompt, d.chat_template)], device=device)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    kwargs = dict(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=d.max_new_tokens,
+                  eos_token_id=eos_ids(model, tokenizer), pad_token_id=_pad_id(tokenizer), streamer=streamer,
+                  **_sampling(d))  # fmt: skip
+    torch.manual_seed(d.seed)
+    worker = threading.Thread(target=lambda: model.generate(**kwargs), daemon=True)
+    worker.start()
+    yield from streamer
+    worker.join()
+
+
+def eos_ids(model: Any, tokenizer: Any) -> list[int]:
+    """Every token that ends a reply: the model's generation config's (one or a list) and the tokenizer's."""
+    gen = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids = gen if isinstance(gen, list) else [gen]
+    return sorted({int(i) for i in [*ids, tokenizer.eos_token_id] if i is not None})
 
 
 def _pad_id(tokenizer: Any) -> int:

@@ -112,7 +112,7 @@ def _start(cfg: RunConfig, config_path: str | Path | None, resume: bool) -> tupl
             "train.grad_accum: DeepSpeed steps on every backward here; set grad_accum: 1 (raise batch_size instead)"
         )
     holder = [rundir.choose_run_dir(cfg, config_path, resume) if acc.is_main_process else None]
-    run_dir = Path(broadcast_object_list(holder)[0] if acc.num_processes > 1 else holder[0])
+    run_dir = Path(str(broadcast_object_list(holder)[0] if acc.num_processes > 1 else holder[0]))
     if acc.is_main_process and not resume and rundir.mark_starting(run_dir):
         acc.print(f"{run_dir}: an earlier attempt stopped before training began; starting it again there")
     acc.project_configuration.set_directories(str(run_dir))
