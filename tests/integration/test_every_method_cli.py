@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from tests.unit.methods.test_registry import example_for
+
 from tunelab.cli import main
 from tunelab.methods import METHODS
 

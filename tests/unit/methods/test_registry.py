@@ -34,7 +34,7 @@ def example_for(name: str) -> Path:
 
 
 def test_config_names_and_settings_sections_match_the_registry() -> None:
-    assert config.METHOD_NAMES == tuple(METHODS)
+    assert tuple(METHODS) == config.METHOD_NAMES
     sections = {k for k in MethodConfig.model_fields if k != "name"}
     owned = {s.settings for s in METHODS.values() if s.settings}
     assert sections == owned, sections ^ owned
