@@ -71,7 +71,7 @@ def test_classify_cli_moves_accuracy_and_saves_labels(tmp_path: Path) -> None:
 
 def test_prompt_tuning_a_decoder_classifier_stops_before_the_baseline(tmp_path: Path) -> None:
     from tunelab.api import train
-    from tunelab.config import load_config
+    from tunelab.api import load_config
     from tunelab.errors import TunelabError
 
     (tmp_path / "topics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in topic_rows(40, seed=0)))
@@ -131,7 +131,7 @@ def test_bad_bio_is_refused_with_file_line_field_and_position(tmp_path: Path) ->
 
 
 def test_generation_metrics_are_a_config_error_for_head_methods(tmp_path: Path) -> None:
-    from tunelab.config import load_config
+    from tunelab.api import load_config
     from tunelab.errors import ConfigError
 
     path = write_config(tmp_path / "c.yaml", {"method": {"name": "classify"}, "eval": {"metrics": ["loss", "rouge"]}})

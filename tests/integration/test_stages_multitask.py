@@ -95,4 +95,4 @@ def test_multitask_run_reports_each_task(tmp_path: Path) -> None:
     assert by_key[("math/loss", "loss")]["n"] == 6 and by_key[("math/loss", "loss")]["n_missing"] == 0
     assert ("copy/exact_match", "exact_match") in by_key and by_key[("math/loss", "loss")]["label"] == "math/loss"
     report = (run / "report.md").read_text()
-    assert "| math/loss | " in report and "| copy/exact_match | " in report
+    assert "| math/loss (token-weighted) | " in report and "| copy/exact_match | " in report
