@@ -48,6 +48,16 @@ class Call:
     logprobs: bool = False
     cancelled: bool = False  # read by the decoding thread
     stopped: set[int] = field(default_factory=set)  # choices whose output was blocked: stop decoding them
+    aborted: str | None = None  # why the server ended it (its adapter was unloaded)
+
+    __hash__ = object.__hash__  # tracked in a set while generating (state.active)
+
+    def abort(self, reason: str) -> None:
+        self.aborted, self.cancelled = reason, True
+
+    def check_aborted(self) -> None:
+        if self.aborted is not None:
+            raise ApiError(410, self.aborted, code="model_unloaded")
 
     @property
     def model(self) -> str:
@@ -209,9 +219,9 @@ def _lps(call: Call, results: list[GenResult], outs: list[ChoiceOut]) -> list[tu
 async def _run(call: Call, request: Request) -> list[GenResult] | None:
     """Every choice's result; None when the client disconnected first (the row is written here)."""
     state = call.state
-    state.begin(call.model)
+    state.begin(call)
     gathered = asyncio.gather(*(call.start(i) for i in call.indices), return_exceptions=True)
-    gathered.add_done_callback(lambda _: state.end(call.model))
+    gathered.add_done_callback(lambda _: state.end(call))
     watch = asyncio.ensure_future(_disconnected(request))
     try:
         timeout = state.cfg.limits.request_timeout_s
@@ -227,6 +237,7 @@ async def _run(call: Call, request: Request) -> list[GenResult] | None:
             return None
         raise ApiError(504, f"generation took over {timeout}s", "timeout")
     results = gathered.result()
+    call.check_aborted()
     for r in results:
         if isinstance(r, BaseException):
             raise r

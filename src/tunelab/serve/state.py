@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from tunelab.serve.config import ServeConfig
 from tunelab.serve.engine import Engine
@@ -18,6 +19,12 @@ from tunelab.serve.metrics import Metrics
 from tunelab.serve.recorder import Recorder
 from tunelab.serve.security import KeyRing, RateLimiter
 from tunelab.serve.store import Store
+
+
+class Abortable(Protocol):
+    model: str
+
+    def abort(self, reason: str) -> None: ...
 
 
 @dataclass
@@ -31,6 +38,7 @@ class ServerState:
     store: Store | None = None
     recorder: Recorder | None = None
     inflight: Counter[str] = field(default_factory=Counter)  # model id -> requests generating
+    active: set[Abortable] = field(default_factory=set)  # those requests, to end them on unload
     unloading: set[str] = field(default_factory=set)
     idle: asyncio.Event | None = None  # set whenever a model's in-flight count drops
 
@@ -54,15 +62,22 @@ class ServerState:
     def served(self) -> list[str]:
         return [m for m in self.engine.model_ids() if m not in self.unloading]
 
-    def begin(self, model: str) -> None:
-        self.inflight[model] += 1
+    def begin(self, call: Abortable) -> None:
+        self.inflight[call.model] += 1
+        self.active.add(call)
         self.metrics.in_flight.inc()
 
-    def end(self, model: str) -> None:
-        self.inflight[model] -= 1
+    def end(self, call: Abortable) -> None:
+        self.inflight[call.model] -= 1
+        self.active.discard(call)
         self.metrics.in_flight.dec()
         if self.idle is not None:
             self.idle.set()
+
+    def abort(self, model: str, reason: str) -> None:
+        """End every request generating from `model` (each stops at its next token, with `reason`)."""
+        for call in [c for c in self.active if c.model == model]:
+            call.abort(reason)
 
     async def drain(self, model: str, timeout: float) -> bool:
         """Wait until no request for `model` is generating (True) or `timeout` passes (False)."""

@@ -74,6 +74,7 @@ class _Stream:
     def close(self, index: int) -> Iterator[str]:
         """The last text and the finish chunk of a choice whose engine task is done."""
         result: GenResult = self.tasks[index].result()  # an engine error propagates to `events`
+        self.call.check_aborted()
         f = self.filters[index]
         if text := f.finish():
             self.sent[index].append(text)
@@ -118,9 +119,9 @@ class _Stream:
 async def events(call: Call, include_usage: bool) -> AsyncIterator[str]:
     state, entry = call.state, call.entry
     rid, timeout = entry.ctx.request_id, state.cfg.limits.request_timeout_s
-    state.begin(call.model)
+    state.begin(call)
     s = _Stream(call)
-    s.all.add_done_callback(lambda _: state.end(call.model))
+    s.all.add_done_callback(lambda _: state.end(call))
     deadline = asyncio.get_running_loop().time() + timeout
     try:
         for i in call.indices:
@@ -150,7 +151,11 @@ async def events(call: Call, include_usage: bool) -> AsyncIterator[str]:
         call.cancelled = True
         entry.write(504, s.choices("timeout"), call.prompt_tokens(), finish="timeout")
         yield _sse(S.error_body(f"generation took over {timeout}s", "timeout"))
-    except (ApiError, TunelabError) as e:  # e.g. the adapter was unloaded while this request waited
+    except ApiError as e:  # the adapter was unloaded under this request
+        call.cancelled = True
+        entry.write(e.status, s.choices("cancelled"), call.prompt_tokens(), finish="cancelled")
+        yield _sse(e.body())
+    except TunelabError as e:  # e.g. the adapter was unloaded while this request was queued
         call.cancelled = True
         entry.write(400, s.choices("error"), call.prompt_tokens(), finish="error")
         yield _sse(S.error_body(str(e)))

@@ -3,8 +3,9 @@
 A load is validated before anything is registered (adapters.py: the folder, the safetensors file whole and
 readable, its tensors' shapes against its config and the base model): a bad adapter is a 400 with the
 reason and its name stays free. An unload first stops new requests for the adapter (404), waits up to
-`limits.drain_timeout_s` for those in flight, then unloads; requests still queued for it then end with an
-error (an error event when streamed).
+`limits.drain_timeout_s` for those in flight, then ends the rest (they stop at their next token and get a
+410 `model_unloaded` error, an error event when streamed; their rows say status 410, finish_reason
+cancelled) and unloads.
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ async def unload(name: str, key_id: str | None = Depends(admin), state: ServerSt
     state.unloading.add(name)
     try:
         drained = await state.drain(name, state.cfg.limits.drain_timeout_s)
+        if not drained:  # end the rest: each stops at its next token and answers with an error
+            state.abort(name, f"adapter {name!r} was unloaded while this request was generating")
+            await state.drain(name, 60)
         await state.engine.unload_adapter(name)
     finally:
         state.unloading.discard(name)
