@@ -30,7 +30,7 @@ from typing import Any
 
 from tunelab.quality.pii import find_pii
 from tunelab.serve.config import GuardConfig
-from tunelab.serve.injection import build_detectors
+from tunelab.serve.injection import ClassifierDetector, PatternDetector
 from tunelab.serve.normalize import normalize, pii_view, variants
 
 log = logging.getLogger("tunelab.serve.guard")
@@ -59,14 +59,16 @@ class Span:
 class Guard:
     def __init__(self, cfg: GuardConfig) -> None:
         self.cfg = cfg
-        self.detectors = build_detectors(cfg.injection_patterns, cfg.classifier) if cfg.injection != "off" else []
+        on = cfg.injection != "off"
+        self.patterns = PatternDetector(cfg.injection_patterns) if on else None
+        self.classifier = ClassifierDetector(cfg.classifier) if on and cfg.classifier else None
         terms = "|".join(re.escape(t) for t in cfg.blocklist if t.strip())
         self.blocklist = re.compile(rf"(?<!\w)({terms})(?!\w)", re.IGNORECASE) if terms else None
 
     @property
     def slow(self) -> bool:
         """A classifier model runs in the input check: call it off the event loop."""
-        return len(self.detectors) > 1
+        return self.classifier is not None
 
     # ------------------------------------------------------------------ checks
 
@@ -80,7 +82,7 @@ class Guard:
     def check_input(self, texts: list[str]) -> tuple[list[str], list[Decision]]:
         """Every message of a conversation (any role) or every prompt of a request, checked together."""
         decisions: list[Decision] = []
-        if self.detectors:
+        if self.patterns is not None:
             texts = self._injection(texts, decisions)
         if self.cfg.pii_input != "off":
             texts = self._pii(texts, "input", self.cfg.pii_input, decisions)
@@ -147,28 +149,26 @@ class Guard:
     # ------------------------------------------------------------------ rules
 
     def _injection(self, texts: list[str], decisions: list[Decision]) -> list[str]:
-        action = self.cfg.injection
-        hits = {name for t in texts if t for d in self.detectors for name in d.find(t)}
-        split = False
-        if not hits and len(texts) > 1:  # a phrase split across messages
-            joined = " ".join(normalize(t) for t in texts if t)
-            hits = {name for d in self.detectors for name in d.find(joined)}
-            split = bool(hits)
-        if not hits:
+        assert self.patterns is not None
+        action, joined = self.cfg.injection, " ".join(normalize(t) for t in texts if t)
+        hits = {name for t in texts if t for name in self.patterns.find(t)}
+        split = not hits and len(texts) > 1 and bool(self.patterns.find(joined))  # a phrase split across messages
+        if split:
+            hits = set(self.patterns.find(joined))
+        model = self.classifier.find(joined) if self.classifier is not None else []  # the whole conversation
+        if not hits and not model:
             return texts
-        detail = ",".join(sorted(hits)) + (" (across messages)" if split else "")
-        if action == "redact" and split:
-            action = "flag"  # no one message holds the phrase: there is nothing to cut out
+        detail = ",".join([*sorted(hits), *model]) + (" (across messages)" if split else "")
+        if action == "redact" and (split or not hits):
+            action = "flag"  # no one message holds a phrase to cut out
         decisions.append(Decision("input", "injection", action, detail))
         return [self._remove(t) for t in texts] if action == "redact" else texts
 
     def _remove(self, text: str) -> str:
-        raw = self.detectors[0].raw_matches(text)
-        for rx in raw:
+        assert self.patterns is not None
+        for rx in self.patterns.raw_matches(text):
             text = rx.sub("[REMOVED]", text)
-        if any(d.find(text) for d in self.detectors):  # only an obfuscated view matched: drop the message
-            return "[REMOVED]"
-        return text
+        return "[REMOVED]" if self.patterns.find(text) else text  # only a disguised view matched: drop it all
 
     def _pii(self, texts: list[str], stage: str, action: str, decisions: list[Decision]) -> list[str]:
         out, kinds = [], {}

@@ -16,7 +16,6 @@ can be added with `guard.classifier`; it reads the whole conversation as one tex
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from tunelab.errors import ConfigError
 from tunelab.serve.config import ClassifierConfig
@@ -166,7 +165,3 @@ class ClassifierDetector:
     def find(self, text: str) -> list[str]:
         p = self.score(text)
         return [f"classifier:{p:.2f}"] if p >= self.cfg.threshold else []
-
-
-def build_detectors(extra_patterns: list[str], classifier: ClassifierConfig | None) -> list[Any]:
-    return [PatternDetector(extra_patterns)] + ([ClassifierDetector(classifier)] if classifier else [])

@@ -14,7 +14,6 @@ import httpx
 import openai
 import pytest
 import sqlalchemy as sa
-from pg import postgres, skip_reason
 from servers import Server, serving
 
 CHAT = [{"role": "user", "content": "Tell me a long story."}]
@@ -24,14 +23,10 @@ LONG = 3000  # tokens: far more than what is generated before a client goes away
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path):
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'storm.db'}"
-        return
-    if reason := skip_reason():
-        pytest.skip(reason)
-    with postgres() as url:
-        yield url
+        return f"sqlite:///{tmp_path / 'storm.db'}"
+    return request.getfixturevalue("pg_url")
 
 
 def raw_request(url: str, body: dict, key: str) -> socket.socket:
