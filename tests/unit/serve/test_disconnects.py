@@ -93,7 +93,7 @@ def test_disconnect_storm_leaves_one_marked_row_per_request(runs, tmp_path, stor
 
         asyncio.run(streams())
         for i in range(4):
-            api.client.chat.completions.create(model="base", messages=CHAT, max_tokens=4, user=f"ok-{i}")
+            api.client.chat.completions.create(model="base", messages=CHAT, max_tokens=4, user=f"ok-{i}", temperature=0)
         api.settle()
         rows = rows_by_user(store_url)
     assert len(rows) == 6 + 16 + 4

@@ -96,7 +96,7 @@ def test_pii_is_redacted_in_every_stored_field(runs, tmp_path) -> None:
             model="base", messages=msgs, max_tokens=4, user="bob@example.com", stop=["call +1 415 555 0100"]
         )
         echo = api.client.completions.with_raw_response.create(
-            model="base", prompt=f"Card: {pii['split-card']}", max_tokens=2, echo=True
+            model="base", prompt=f"Card: {pii['split-card']}.", max_tokens=2, echo=True, temperature=0
         )
         assert pii["split-card"] in echo.parse().choices[0].text  # the client gets what it asked for
         api.settle()

@@ -25,14 +25,20 @@ async def complete(state: ServerState, ctx: RequestContext, body: Body, request:
             return StreamingResponse(stream, media_type="text/event-stream", headers={"cache-control": "no-cache"})
         return await respond(call, request)
     except ApiError as e:
-        entry.write(e.status)
+        await _row(entry, e.status)
         raise
     except TunelabError as e:
-        entry.write(400)
+        await _row(entry, 400)
         raise ApiError(400, str(e)) from None
     except Exception:
-        entry.write(500)
+        await _row(entry, 500)
         raise
     finally:
         if not entry.written and not streaming:  # cancelled while waiting: still one row
             entry.write(CLIENT_CLOSED, finish="cancelled")
+
+
+async def _row(entry: Entry, status: int) -> None:
+    """A refused request's row, stored before the refusal is sent (a client may read the store right after)."""
+    entry.write(status)
+    await entry.stored()
