@@ -223,24 +223,26 @@ async def _run(call: Call, request: Request) -> list[GenResult] | None:
     gathered = asyncio.gather(*(call.start(i) for i in call.indices), return_exceptions=True)
     gathered.add_done_callback(lambda _: state.end(call))
     watch = asyncio.ensure_future(_disconnected(request))
+    both: set[asyncio.Future[Any]] = {gathered, watch}
     try:
         timeout = state.cfg.limits.request_timeout_s
-        done, _ = await asyncio.wait({gathered, watch}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(both, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
         watch.cancel()
     if gathered not in done:
         call.cancelled = True
         if watch in done:
-            results = await gathered
-            outs = [_cancelled_choice(i, r) for i, r in zip(call.indices, results, strict=True)]
+            ended = await gathered
+            outs = [_cancelled_choice(i, r) for i, r in zip(call.indices, ended, strict=True)]
             call.entry.write(CLIENT_CLOSED, outs, call.prompt_tokens(), finish="cancelled")
             return None
         raise ApiError(504, f"generation took over {timeout}s", "timeout")
-    results = gathered.result()
     call.check_aborted()
-    for r in results:
+    results: list[GenResult] = []
+    for r in gathered.result():
         if isinstance(r, BaseException):
             raise r
+        results.append(r)
     return results
 
 

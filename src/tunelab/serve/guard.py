@@ -171,7 +171,7 @@ class Guard:
         return "[REMOVED]" if self.patterns.find(text) else text  # only a disguised view matched: drop it all
 
     def _pii(self, texts: list[str], stage: str, action: str, decisions: list[Decision]) -> list[str]:
-        out, kinds = [], {}
+        out, kinds = [], dict[str, int]()
         for t in texts:
             redacted, found = self.redact_pii(t)
             for s in found:

@@ -22,7 +22,8 @@ from tunelab.serve.store import Store
 
 
 class Abortable(Protocol):
-    model: str
+    @property
+    def model(self) -> str: ...
 
     def abort(self, reason: str) -> None: ...
 
