@@ -10,6 +10,7 @@ engine closes.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -53,7 +54,7 @@ def assemble(state: ServerState, routers: Mapping[str, APIRouter] = ROUTERS) -> 
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         if state.recorder is not None:
-            state.recorder.close()
+            await asyncio.to_thread(state.recorder.close)  # write out what is queued
         await state.engine.close()
 
     app = FastAPI(title="tunelab", docs_url=None, redoc_url=None, lifespan=lifespan)

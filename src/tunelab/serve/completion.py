@@ -149,7 +149,8 @@ def _extras(body: Body) -> dict[str, Any]:
 
 
 async def _guard(state: ServerState, texts: list[str]) -> tuple[list[str], list[Any]]:
-    if state.guard.slow:  # a classifier model: keep the event loop free
+    # A classifier model, or long text (tenths of a second of regexes on a full body): off the event loop.
+    if state.guard.slow or sum(len(t) for t in texts) > 4096:
         return await asyncio.to_thread(state.guard.check_input, texts)
     return state.guard.check_input(texts)
 

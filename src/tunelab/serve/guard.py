@@ -238,9 +238,12 @@ class OutputFilter:
         if not self.active:
             return self._release(len(self.raw))
         cut = max(self.released, len(self.raw) - self.guard.cfg.stream_hold_chars)
-        for start, end in self.guard.spans(self.raw):  # an open private-key block spans to the end: held
-            if start < cut < end:
-                cut = max(self.released, start)
+        # Only the text near what is unreleased can hold a span across `cut` (an open private-key block
+        # starts after `released`, which never passes it): scanning a window keeps a long stream linear.
+        window = max(0, self.released - 256)
+        for start, end in self.guard.spans(self.raw[window:]):  # an open key block spans to the end: held
+            if window + start < cut < window + end:
+                cut = max(self.released, window + start)
         return self._release(cut)
 
     def finish(self) -> str:

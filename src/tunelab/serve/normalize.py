@@ -88,14 +88,16 @@ def decoded_blobs(text: str) -> list[str]:
 def pii_view(text: str) -> tuple[str, list[int]]:
     """(the view, for each of its characters the index in `text` it came from): spans found in the view
     map back to the original, which streaming redaction needs to know what it may release."""
-    chars: list[str] = []
-    where: list[int] = []
-    for i, c in enumerate(text):
-        if unicodedata.category(c) == "Cf":
-            continue
-        for d in unicodedata.normalize("NFKC", c):  # per character: composition across characters is no PII
-            chars.append(d)
-            where.append(i)
+    chars: list[str] = list(text)
+    where: list[int] = list(range(len(text)))
+    if not text.isascii():  # ASCII has no format characters and is its own NFKC
+        chars, where = [], []
+        for i, c in enumerate(text):
+            if unicodedata.category(c) == "Cf":
+                continue
+            for d in unicodedata.normalize("NFKC", c):  # per character: composition across characters is no PII
+                chars.append(d)
+                where.append(i)
     view = "".join(chars)
     keep = [True] * len(view)
     for m in _BETWEEN_DIGITS.finditer(view):  # "4111 1111\n1111" -> "4111 1111 1111"
