@@ -70,8 +70,7 @@ def test_classify_cli_moves_accuracy_and_saves_labels(tmp_path: Path) -> None:
 
 
 def test_prompt_tuning_a_decoder_classifier_stops_before_the_baseline(tmp_path: Path) -> None:
-    from tunelab.api import train
-    from tunelab.api import load_config
+    from tunelab.api import load_config, train
     from tunelab.errors import TunelabError
 
     (tmp_path / "topics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in topic_rows(40, seed=0)))

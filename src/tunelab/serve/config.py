@@ -2,8 +2,10 @@
 
 Kept apart from the run config (`RunConfig`): a run says how a model was trained, this file says how one
 deployment exposes it (keys, limits, guard, logging), and one trained run can be served many ways.
-Defaults are safe for a laptop: bind 127.0.0.1, guard on, request logging off (it is opt-in because it
-stores user text). Without any API key the server refuses to bind a non-loopback address.
+Defaults are safe for a laptop: bind 127.0.0.1, guard on in `flag` mode (it records; `block` is opt-in because
+pattern matching also hits innocent text), request logging off (it is opt-in because it stores user text, and
+what it stores is PII-redacted by default). Without any API key the server refuses to bind a non-loopback
+address. `/metrics` and the details of `/health` need an admin key unless made public here.
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ class LimitsConfig(_Section):
     default_max_tokens: int = Field(128, ge=1, description="max_tokens when a request does not set it.")
     max_prompt_tokens: int = Field(2048, ge=1, description="Longest prompt (in tokens) accepted; longer gets 400.")
     request_timeout_s: float = Field(60, gt=0, description="A request still generating after this gets 504.")
+    max_n: int = Field(8, ge=1, description="Most choices (`n`) one request may ask for.")
+    max_prompts: int = Field(16, ge=1, description="Most prompts in one /v1/completions list prompt.")
+    drain_timeout_s: float = Field(
+        30, ge=0, description="How long unloading an adapter waits for its in-flight requests before ending them."
+    )
 
 
 class BatchConfig(_Section):
@@ -51,8 +58,20 @@ class BatchConfig(_Section):
     wait_ms: float = Field(5, ge=0, description="How long the batcher waits to collect more requests.")
 
 
+class ClassifierConfig(_Section):
+    model: str = Field(description="Local folder of a transformers sequence-classification model (never downloaded).")
+    labels: list[str] = Field(
+        default_factory=lambda: ["INJECTION", "JAILBREAK", "LABEL_1"],
+        description="Labels that mean an attack (those present in the model's id2label are used).",
+    )
+    threshold: float = Field(0.5, gt=0, le=1, description="Attack probability at or above which the input is hit.")
+    max_length: int = Field(512, ge=8, description="Tokens of the input the classifier reads (the end is cut).")
+
+
 class GuardConfig(_Section):
-    injection: GuardAction = Field("block", description="Prompt-injection/jailbreak patterns in the input.")
+    injection: GuardAction = Field(
+        "flag", description="Prompt-injection/jailbreak patterns in the input (`block` is opt-in)."
+    )
     injection_patterns: list[str] = Field(
         default_factory=list,
         description="Extra regexes (case-insensitive) added to the built-in injection patterns.",
@@ -62,6 +81,12 @@ class GuardConfig(_Section):
     pii_kinds: list[str] | None = Field(None, description="PII kinds to check (default: all of tunelab.quality.pii).")
     blocklist: list[str] = Field(default_factory=list, description="Words/phrases (case-insensitive, whole words).")
     blocklist_action: GuardAction = Field("block", description="What to do when input or output has a blocked term.")
+    classifier: ClassifierConfig | None = Field(
+        None, description="Optional prompt-injection classifier run beside the patterns (same `injection` action)."
+    )
+    stream_hold_chars: int = Field(
+        64, ge=0, description="Characters streamed output is held back so a redaction never takes back sent text."
+    )
 
 
 class StoreConfig(_Section):
@@ -70,6 +95,9 @@ class StoreConfig(_Section):
         None,
         description="Database URL (sqlite:///x.db, postgresql+psycopg://...); default TUNELAB_HOME/serve.db",
     )
+    redact_pii: bool = Field(True, description="Redact PII in every stored field, whatever the model was shown.")
+    retries: int = Field(5, ge=0, description="Retries of a failed write (locked database, lost connection).")
+    busy_timeout_ms: int = Field(5000, ge=0, description="SQLite: how long a write waits for a lock before failing.")
 
 
 class ServeConfig(_Section):
@@ -92,6 +120,10 @@ class ServeConfig(_Section):
     batch: BatchConfig = Field(default_factory=BatchConfig, description="Dynamic batching of concurrent requests.")
     guard: GuardConfig = Field(default_factory=GuardConfig, description="Input/output checks.")
     store: StoreConfig = Field(default_factory=StoreConfig, description="Request and feedback logging.")
+    public_metrics: bool = Field(False, description="Serve /metrics without an admin key (it names key ids).")
+    public_health: bool = Field(
+        False, description="Show /health details (models, in-flight, store) without an admin key."
+    )
 
 
 def load_serve_config(path: str | Path | None) -> ServeConfig:

@@ -1,4 +1,7 @@
-"""Prometheus metrics for the server, on a registry of their own (several apps can live in one process)."""
+"""Prometheus metrics for the server, on a registry of their own (several apps can live in one process).
+
+`/metrics` names key ids (rate limiting), so it needs an admin key unless `public_metrics` is set.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +34,19 @@ class Metrics:
             "Requests per generation batch.",
             registry=r,
             buckets=(1, 2, 4, 8, 16, 32, 64),
+        )
+
+        self.store_retries = Counter(
+            "tunelab_store_retries", "Store writes retried (locked database, lost connection).", ["table"], registry=r
+        )
+        self.store_failures = Counter(
+            "tunelab_store_failures",
+            "Store writes that failed after every retry (row not stored).",
+            ["table"],
+            registry=r,
+        )
+        self.disconnects = Counter(
+            "tunelab_client_disconnects", "Completions whose client went away before the end.", ["endpoint"], registry=r
         )
 
     def render(self) -> bytes:

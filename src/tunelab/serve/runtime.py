@@ -22,6 +22,7 @@ import uvicorn
 from tunelab.errors import TunelabError
 from tunelab.models.load import load_model, load_tokenizer
 from tunelab.models.loader import is_run_dir, resolve
+from tunelab.serve.adapters import validate_adapter
 from tunelab.serve.app import create_app
 from tunelab.serve.config import ServeConfig
 from tunelab.serve.engine import HFEngine
@@ -54,6 +55,7 @@ def build_engine(target: str | Path, cfg: ServeConfig, adapters: dict[str, str] 
     ]
     for name, path in todo:
         _check_vocab(engine, path)
+        validate_adapter(path, engine.model)
         engine._load_adapter(name, path)
     return engine
 
@@ -82,7 +84,7 @@ def build_app(engine: HFEngine, cfg: ServeConfig) -> Any:
         )
     if keys.open:
         log.warning("no API keys configured: the server on %s accepts every request", cfg.host)
-    store = Store(cfg.store.url) if cfg.store.enabled else None
+    store = Store(cfg.store.url, cfg.store.retries, cfg.store.busy_timeout_ms) if cfg.store.enabled else None
     return create_app(engine, cfg, keys, store)
 
 

@@ -147,7 +147,14 @@ class BodyLimit:
 
     async def _refuse(self, send: Any) -> None:
         body = json.dumps(
-            {"error": {"message": f"request body over {self.limit} bytes", "type": "invalid_request_error"}}
+            {
+                "error": {
+                    "message": f"request body over {self.limit} bytes",
+                    "type": "invalid_request_error",
+                    "code": "request_too_large",
+                    "param": None,
+                }
+            }
         ).encode()
         await send(
             {

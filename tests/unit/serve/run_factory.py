@@ -19,7 +19,9 @@ def make_run(root: Path, name: str, lora_seed: int | None = None) -> Path:
         from peft import LoraConfig, get_peft_model
 
         mode = "lora"
-        model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+        with torch.random.fork_rng(devices=[]):  # lora_A's init: the same files whatever ran before
+            torch.manual_seed(lora_seed)
+            model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
         gen = torch.Generator().manual_seed(lora_seed)
         with torch.no_grad():
             for n, p in model.named_parameters():

@@ -27,7 +27,9 @@ from tunelab.serve.security import RateLimiter, check_adapter_path, hash_key, lo
     ],
 )
 def test_injection_patterns_are_caught(text: str) -> None:
-    _, decisions = Guard(GuardConfig()).check(text, "input")
+    _, decisions = Guard(GuardConfig()).check(text, "input")  # flag by default: recorded, not refused
+    assert [(d.rule, d.action) for d in decisions] == [("injection", "flag")]
+    _, decisions = Guard(GuardConfig(injection="block")).check(text, "input")  # block is opt-in
     assert blocked(decisions) and decisions[0].rule == "injection"
 
 

@@ -30,7 +30,7 @@ def server(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
             "auth": {"keys_file": str(tmp / "keys"), "admin_key_ids": ["ops"]},
             "limits": {"burst": 1000, "requests_per_minute": 6000, "max_body_bytes": 4096, "max_tokens": 64},
             "adapter_dirs": [str(runs["lora2"].parent)],
-            "guard": {"blocklist": ["forbidden-word"]},
+            "guard": {"blocklist": ["forbidden-word"], "injection": "block"},
             "store": {"enabled": True, "url": f"sqlite:///{tmp / 'serve.db'}"},
         }
     )
@@ -129,8 +129,8 @@ def test_limits_and_bad_requests_are_400_or_404(server) -> None:
         server.client.chat.completions.create(model="base", messages=CHAT, max_tokens=65)
     with pytest.raises(openai.NotFoundError):
         server.client.chat.completions.create(model="nope", messages=CHAT, max_tokens=2)
-    with pytest.raises(openai.BadRequestError, match="logprobs: unknown field"):
-        server.client.chat.completions.create(model="base", messages=CHAT, max_tokens=2, logprobs=True)
+    with pytest.raises(openai.BadRequestError, match="functions: unknown field"):
+        server.client.chat.completions.create(model="base", messages=CHAT, max_tokens=2, extra_body={"functions": []})
 
 
 def test_injection_is_blocked_and_logged(server) -> None:
@@ -208,8 +208,13 @@ def test_admin_loads_and_unloads_adapters_at_runtime(server, runs, tmp_path) -> 
 
 
 def test_health_and_metrics(server) -> None:
-    assert httpx.get(server.url + "/health").json()["status"] == "ok"
-    text = httpx.get(server.url + "/metrics").text
+    assert httpx.get(server.url + "/health").json() == {"status": "ok"}  # details only for admin keys
+    admin = {"authorization": f"Bearer {server.admin_key}"}
+    assert httpx.get(server.url + "/health", headers=admin).json()["models"] == ["base", "lora-a"]
+    assert httpx.get(server.url + "/metrics").status_code == 401  # key ids are in there
+    user = {"authorization": f"Bearer {server.key}"}
+    assert httpx.get(server.url + "/metrics", headers=user).status_code == 403
+    text = httpx.get(server.url + "/metrics", headers=admin).text
     assert 'tunelab_requests_total{endpoint="/v1/chat/completions",status="200"}' in text
     assert "tunelab_batch_size_bucket" in text and "tunelab_guard_decisions_total" in text
 
