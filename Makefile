@@ -11,9 +11,9 @@ LOCK ?= requirements.lock
 PIP_VERSION ?= $(shell grep -m1 "^pip==" $(LOCK) 2>/dev/null || echo pip)
 
 
-.PHONY: setup lock test test-all lint docs bench bench-quick bench-deps quickstart
+.PHONY: setup system-deps lock test test-all lint docs bench bench-quick bench-deps quickstart
 
-setup:
+setup: system-deps
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(PIP_VERSION)
 	# torch first, pinned: the CPU wheel here; an unpinned torch would pull a multi-GB CUDA build.
@@ -21,6 +21,20 @@ setup:
 	$(BIN)/python -m pip install -q --no-deps -r $(LOCK)
 	$(BIN)/python -m pip install -q --no-deps -e .
 	$(BIN)/python -m pip check
+
+# Programs some tests drive for real: a PostgreSQL server (the serving store) and headless Chromium (HTML report,
+# studio). Installed from Debian's packages when missing and apt is usable (as root); otherwise those tests skip
+# and say why.
+SYSTEM_PACKAGES ?= postgresql chromium
+system-deps:
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || command -v pg_ctl >/dev/null || missing="$$missing postgresql"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing:$$missing"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+			|| echo "warning: could not install$$missing; the tests that need them will skip"; \
+	elif [ -n "$$missing" ]; then echo "note: not installed:$$missing (tests that need them skip)"; fi
 
 # Re-resolve pyproject's ranges to today's releases and say what changed (then `make setup test`).
 lock:
