@@ -109,10 +109,13 @@ def verify(export_dir: str | Path, against: str | Path, prompts: list[str] | Non
     return verify_export(export_dir, against, prompts, max_new_tokens, record=record)
 
 
-def create_app(target: str | Path, cfg: ServeConfig | None = None, adapters: dict[str, str] | None = None) -> Any:
-    """The OpenAI-compatible FastAPI app serving `target` and its adapters (run it with any ASGI server)."""
+def create_app(target: str | Path, cfg: ServeConfig | None = None, adapters: dict[str, str] | None = None,
+               routers: dict[str, Any] | None = None) -> Any:  # fmt: skip
+    """The OpenAI-compatible FastAPI app serving `target` and its adapters (run it with any ASGI server);
+    `routers` (name -> FastAPI APIRouter) are mounted beside the server's own (tunelab.studio mounts its jobs
+    API this way; they reach the server's state through tunelab.serve.deps)."""
     cfg = cfg or ServeConfig()
-    return runtime.build_app(runtime.build_engine(target, cfg, adapters), cfg)
+    return runtime.build_app(runtime.build_engine(target, cfg, adapters), cfg, routers)
 
 
 def serve(target: str, cfg: ServeConfig | None = None, adapters: dict[str, str] | None = None) -> None:

@@ -67,7 +67,9 @@ def assemble(state: ServerState, routers: Mapping[str, APIRouter] = ROUTERS) -> 
     return app
 
 
-def create_app(engine: Engine, cfg: ServeConfig, keys: KeyRing, store: Store | None = None) -> FastAPI:
-    app = assemble(ServerState.build(engine, cfg, keys, store))
+def create_app(engine: Engine, cfg: ServeConfig, keys: KeyRing, store: Store | None = None,
+               routers: Mapping[str, APIRouter] | None = None) -> FastAPI:  # fmt: skip
+    """The server's app: every router of ROUTERS, plus `routers` mounted from above (the studio's jobs API)."""
+    app = assemble(ServerState.build(engine, cfg, keys, store), {**ROUTERS, **(routers or {})})
     app.state.engine, app.state.store, app.state.metrics = engine, store, app.state.tunelab.metrics
     return app

@@ -75,7 +75,8 @@ def _check_vocab(engine: HFEngine, path: Path) -> None:
             raise TunelabError(f"{path}: adapter tokenizer has {n} tokens, the served base has {len(engine.tokenizer)}")
 
 
-def build_app(engine: HFEngine, cfg: ServeConfig) -> Any:
+def build_app(engine: HFEngine, cfg: ServeConfig, routers: dict[str, Any] | None = None) -> Any:
+    """The app over `engine`; `routers` (name -> APIRouter) are mounted beside the server's own."""
     keys = KeyRing(load_key_hashes(cfg.auth), cfg.auth.admin_key_ids)
     if keys.open and not _is_loopback(cfg.host):
         raise TunelabError(
@@ -85,7 +86,7 @@ def build_app(engine: HFEngine, cfg: ServeConfig) -> Any:
     if keys.open:
         log.warning("no API keys configured: the server on %s accepts every request", cfg.host)
     store = Store(cfg.store.url, cfg.store.retries, cfg.store.busy_timeout_ms) if cfg.store.enabled else None
-    return create_app(engine, cfg, keys, store)
+    return create_app(engine, cfg, keys, store, routers)
 
 
 def _is_loopback(host: str) -> bool:

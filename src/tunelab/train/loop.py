@@ -48,6 +48,7 @@ class Hooks:
     on_log: Callable[[dict[str, Any]], None] | None = None  # every metrics record (train and eval)
     on_step_end: Callable[[int], None] | None = None  # after each optimizer step, with the step number
     on_checkpoint: Callable[[Path], None] | None = None
+    on_start: Callable[[int, int], None] | None = None  # the loop begins: (first step, total steps); main process
 
 
 class TrainingInterrupted(Exception):
@@ -168,7 +169,10 @@ class Trainer:
     def run(self) -> LoopState:
         acc, t, job = self.acc, self.job.cfg.train, self.job
         main = acc.is_main_process
-        log = MetricsLog(job.run_dir / "metrics.jsonl", self.state.step if self.resumed else None) if main else None
+        resumed_at = self.state.step if self.resumed else None
+        log = MetricsLog(job.run_dir / "metrics.jsonl", resumed_at, self.total) if main else None
+        if main and self.hooks.on_start:
+            self.hooks.on_start(self.state.step, self.total)
         bar = self.progress = TrainProgress(self.total, self.state.step, main, final_eval=bool(job.eval_items))
         loss_acc = torch.zeros((), device=acc.device)
         metric_acc: dict[str, torch.Tensor] = {}  # a method's own metrics (DPO rewards...), summed like the loss

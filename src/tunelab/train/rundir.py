@@ -134,17 +134,21 @@ def write_json(path: Path, obj: Any) -> None:
 
 class MetricsLog:
     """Appends one JSON line per record to metrics.jsonl (flushed: a crash loses at most the last line).
-    On resume the lines after the checkpoint's step are dropped: those steps are replayed."""
+    On resume the lines after the checkpoint's step are dropped: those steps are replayed. Each line also
+    carries `time` (Unix seconds when written) and `total_steps` (the run's planned optimizer steps), so a
+    reader (the studio's live curves) can tell progress and an ETA from the file alone; the trackers do not
+    get these two."""
 
-    def __init__(self, path: Path, resume_step: int | None = None) -> None:
-        self.path = path
+    def __init__(self, path: Path, resume_step: int | None = None, total_steps: int | None = None) -> None:
+        self.path, self.total_steps = path, total_steps
         if resume_step is not None and path.exists():
             kept = [ln for ln in path.read_text().splitlines() if (s := _step_of(ln)) is not None and s <= resume_step]
             path.write_text("".join(ln + "\n" for ln in kept))
         self._f = path.open("a")
 
     def write(self, record: dict[str, Any]) -> None:
-        self._f.write(json.dumps(record) + "\n")
+        stamped = {**record, "time": round(time.time(), 3), "total_steps": self.total_steps}
+        self._f.write(json.dumps(stamped) + "\n")
         self._f.flush()
 
     def close(self) -> None:
