@@ -43,8 +43,9 @@ class JobsConfig(_Section):
     )
     runs_dir: str = Field("runs", description="Folder the jobs' run directories are written to.")
     defaults: dict[str, Any] = Field(
-        default_factory=lambda: dict(JOB_DEFAULTS),
-        description="Run config (as YAML sections) that OpenAI-style jobs start from; tuning must be lora or dora.",
+        default_factory=dict,
+        description="Run config sections OpenAI-style jobs start from, merged over the built-in ones (LoRA, 3 "
+        "epochs, a checkpoint every 10 steps); tuning must stay lora or dora.",
     )
     retries: int = Field(5, ge=0, description="Retries of a failed database operation (locked, connection lost).")
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from tunelab.config import ModelConfig, RunConfig, dump_config
 from tunelab.errors import ConfigError
+from tunelab.methods import check_run
+from tunelab.studio.config import JOB_DEFAULTS
 
 Auto = Literal["auto"]
 ADAPTER_MODES = ("lora", "dora")  # what the server can load beside its base at once
@@ -27,13 +29,13 @@ class _Body(BaseModel):
 
 
 class Hyperparameters(_Body):
-    batch_size: Auto | int | None = Field(None, ge=1)
-    learning_rate_multiplier: Auto | float | None = Field(None, gt=0)
-    n_epochs: Auto | int | None = Field(None, ge=1)
+    batch_size: Auto | Annotated[int, Field(ge=1)] | None = None
+    learning_rate_multiplier: Auto | Annotated[float, Field(gt=0)] | None = None
+    n_epochs: Auto | Annotated[int, Field(ge=1)] | None = None
 
 
 class DpoHyperparameters(Hyperparameters):
-    beta: Auto | float | None = Field(None, gt=0)
+    beta: Auto | Annotated[float, Field(gt=0)] | None = None
 
 
 class Supervised(_Body):
@@ -97,11 +99,7 @@ def build_config(req: JobRequest, base: ModelConfig, defaults: dict[str, Any], t
                  valid: tuple[str, str] | None, runs_dir: str, job_id: str) -> RunConfig:  # fmt: skip
     """The run config of a job: jobs.defaults, the base model, the files ((path, format) each) and the
     request's hyperparameters. Raises ConfigError naming the request field."""
-    raw = copy.deepcopy(defaults)
-    mode = raw.get("tuning", {}).get("mode", "lora")
-    if mode not in ADAPTER_MODES:
-        raise ConfigError(f"jobs.defaults tuning.mode {mode!r}: OpenAI-style jobs train an adapter the server "
-                          f"can load at once ({' or '.join(ADAPTER_MODES)})")  # fmt: skip
+    raw = merged(JOB_DEFAULTS, defaults)
     raw["model"] = base.model_dump()
     data = raw.setdefault("data", {})
     data["train"] = [{"path": train[0], "format": train[1]}]
@@ -122,9 +120,21 @@ def build_config(req: JobRequest, base: ModelConfig, defaults: dict[str, Any], t
         t["seed"] = req.seed
     raw["output"] = {"dir": runs_dir, "name": job_id}
     try:
-        return RunConfig.model_validate(raw)
+        cfg = check_run(RunConfig.model_validate(raw))
     except ValueError as e:
         raise ConfigError(f"jobs.defaults with this job's fields is not a valid run config: {e}") from None
+    if cfg.tuning.mode not in ADAPTER_MODES:
+        raise ConfigError(f"jobs.defaults tuning.mode {cfg.tuning.mode!r}: OpenAI-style jobs train an adapter the "
+                          f"server can load at once ({' or '.join(ADAPTER_MODES)})")  # fmt: skip
+    return cfg
+
+
+def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """`over` merged into a copy of `base`, section by section (a value that is not a mapping replaces)."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
 
 
 def resolved(req: JobRequest, cfg: RunConfig) -> dict[str, Any]:

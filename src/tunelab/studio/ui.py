@@ -45,28 +45,28 @@ def studio_admin(key_id: str | None = Depends(caller), state: ServerState = Depe
     return key_id
 
 
-router = APIRouter(tags=["studio"], include_in_schema=False)
-guarded = APIRouter(prefix="/studio/api", dependencies=[Depends(studio_admin)])
+pages = APIRouter(tags=["studio"], include_in_schema=False)
+guarded = APIRouter(prefix="/studio/api", tags=["studio"], dependencies=[Depends(studio_admin)])
 
 
 # ------------------------------------------------------------------------------------------------ pages
 
 
-@router.get("/")
+@pages.get("/")
 def root() -> RedirectResponse:
     return RedirectResponse("/studio")
 
 
-@router.get("/studio")
-@router.get("/studio/{page}")
-@router.get("/studio/{page}/{rest:path}")
+@pages.get("/studio")
+@pages.get("/studio/{page}")
+@pages.get("/studio/{page}/{rest:path}")
 def page(page: str = "", rest: str = "") -> FileResponse:
     if page not in PAGES:
         raise ApiError(404, f"no studio page {page!r}", "not_found_error")
     return FileResponse(STATIC / PAGES[page], media_type="text/html", headers={"cache-control": "no-cache"})
 
 
-@router.get("/studio-static/{name}")
+@pages.get("/studio-static/{name}")
 def static(name: str) -> FileResponse:
     path = STATIC / name
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or not path.is_file() or path.suffix not in TYPES:
@@ -256,4 +256,6 @@ def feedback(request: Request) -> dict[str, Any]:
     return review.status(request.app)
 
 
-router.include_router(guarded)
+router = APIRouter()
+router.include_router(guarded)  # before the pages: /studio/{page} would match /studio/api/...
+router.include_router(pages)

@@ -4,6 +4,7 @@
 
 const Studio = (() => {
   const KEY = "tunelab-studio-key";
+  const STEP_INCRS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000];
   const COLORS = ["#2f6fdf", "#e4572e", "#29a36a", "#a05cd5", "#f0a202", "#17becf", "#8c564b", "#d62728"];
 
   class ApiError extends Error {
@@ -112,7 +113,7 @@ const Studio = (() => {
       plot = new uPlot({
         width, height: opts.height || 220,
         scales: { x: { time: false }, y: { distr: opts.log ? 3 : 1 } },
-        axes: [{ label: "step" }, {}],
+        axes: [{ label: "step", incrs: STEP_INCRS }, { size: 60, values: (u, vals) => vals.map((v) => num(v, 3)) }],
         series: [{ label: "step" }, ...names.map((n, i) => ({
           label: n, stroke: COLORS[i % COLORS.length], width: 2, spanGaps: true,
           points: { show: steps.length < 60 } }))],
@@ -136,8 +137,20 @@ const Studio = (() => {
       r.n]);
   }
 
+  // A chat message list or a plain prompt, as text for a table cell.
+  function promptText(p) {
+    if (Array.isArray(p)) return p.map((m) => `${m.role}: ${m.content}`).join("\n");
+    return p === null || p === undefined ? "" : String(p);
+  }
+
+  // What a reply looks like on the page: whitespace-only and empty replies are said, not shown blank.
+  function replyText(text) {
+    if (!text) return "(empty reply)";
+    return text.trim() ? text : `(${text.length} whitespace characters)`;
+  }
+
   function qs(name) { return new URLSearchParams(location.search).get(name); }
 
   return { api, ApiError, el, header, num, duration, when, status, runLink, chart, table, comparisonRows, qs,
-           COLORS };
+           promptText, replyText, COLORS };
 })();
