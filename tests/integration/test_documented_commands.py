@@ -4,8 +4,8 @@ The commands are read from the docs themselves (doc_commands.py: shell fences, a
 that are commands rather than mentions), so a new command in a doc is covered without a new test. They run in
 a sandbox where the files and runs they name exist (SANDBOX: built once, through the CLI), a fresh copy per
 fence, the fence's lines in order as a user walks them. `tunelab` commands run in-process through
-`tunelab.cli.main` (the console script's code; one import of torch instead of one per command); `serve` and
-`accelerate launch` run as real processes. What does not run here is in the tables below, with the reason;
+`tunelab.cli.main` (the console script's code; one import of torch instead of one per command); `serve`,
+`studio` and `accelerate launch` run as real processes. What does not run here is in the tables below, with the reason;
 a table entry that names no documented command fails the test, so the tables cannot go stale.
 """
 
@@ -104,6 +104,7 @@ EXTRA = {
     "train": ["train.max_steps=2"],  # full training takes minutes; two steps run the same path, save and evaluate
     "quickstart": ["--epochs", "0.2"],  # a fifth of an epoch: the whole lifecycle, a fifth of the training time
     "serve": ["--port", "FREE_PORT"],  # the default 8000 may be taken on a shared machine
+    "studio": ["--port", "FREE_PORT"],
 }
 
 # Commands that do not run here -> why.
@@ -299,7 +300,7 @@ def run_one(cmd: DocCommand, state: dict[str, str]) -> Result:
     args = substitute(args) + tuple(EXTRA.get(args[0], []) if args else [])
     if cmd.program == "accelerate":
         code, out = accelerate(substitute(cmd.argv[: cmd.argv.index("-m") + 2]) + args)
-    elif args[:1] == ("serve",):
+    elif args[:1] in (("serve",), ("studio",)):  # servers: started, asked for their models, stopped
         code, out = serve(args, state.get("key"))
     elif cmd.text in EMPTY_FOLDER:
         Path("empty").mkdir()

@@ -37,7 +37,9 @@ class JobsConfig(_Section):
         None, description="Queue database URL (sqlite:///x.db, postgresql+psycopg://...); default JOBS_DIR/studio.db."
     )
     max_running: int = Field(1, ge=1, description="Training jobs run at once on this machine; the rest wait queued.")
-    poll_s: float = Field(0.5, gt=0, le=60, description="How often the queue looks for new, finished and cancelled jobs.")
+    poll_s: float = Field(
+        0.5, gt=0, le=60, description="How often the queue looks for new, finished and cancelled jobs."
+    )
     shutdown_timeout_s: float = Field(
         120, ge=0, description="On shutdown, how long a running job gets to save a checkpoint before it is killed."
     )
@@ -63,7 +65,8 @@ class StudioConfig(_Section):
     jobs: JobsConfig = Field(default_factory=JobsConfig, description="The job queue.")
     files: FilesConfig = Field(default_factory=FilesConfig, description="Uploads to /v1/files.")
     run_dirs: list[str] = Field(
-        default_factory=lambda: ["runs"], description="Folders whose run directories the studio lists (and jobs.runs_dir)."
+        default_factory=lambda: ["runs"],
+        description="Folders whose run directories the studio lists (and jobs.runs_dir).",
     )
     data_dirs: list[str] = Field(
         default_factory=lambda: ["."],

@@ -34,10 +34,14 @@ def create(body: oj.JobRequest, request: Request, key_id: str | None = Depends(r
                             f"{studio.base_id!r} ({studio.base_model.name_or_path})", param="model")  # fmt: skip
     method = oj.method_type(body)
     train = training_file(studio, body.training_file, key_id, "training_file", method)
-    valid = training_file(studio, body.validation_file, key_id, "validation_file", method) if body.validation_file else None
+    valid = (
+        training_file(studio, body.validation_file, key_id, "validation_file", method) if body.validation_file else None
+    )
     job_id = new_id("ftjob")
     try:
-        cfg = oj.build_config(body, studio.base_model, studio.cfg.jobs.defaults, train, valid, str(studio.runs_dir), job_id)
+        cfg = oj.build_config(
+            body, studio.base_model, studio.cfg.jobs.defaults, train, valid, str(studio.runs_dir), job_id
+        )
     except TunelabError as e:
         raise ApiError(400, str(e), param="hyperparameters") from None
     store = studio.store

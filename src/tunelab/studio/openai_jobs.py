@@ -87,7 +87,7 @@ def method_type(req: JobRequest) -> str:
 def hyperparameters(req: JobRequest) -> Hyperparameters | DpoHyperparameters:
     """The method's hyperparameters, else the top-level (deprecated) ones, else all auto."""
     m = req.method
-    inner = None
+    inner: Hyperparameters | None = None
     if m is not None and m.type == "dpo" and m.dpo is not None:
         inner = m.dpo.hyperparameters
     elif m is not None and m.type == "supervised" and m.supervised is not None:
@@ -114,8 +114,9 @@ def build_config(req: JobRequest, base: ModelConfig, defaults: dict[str, Any], t
         t["batch_size"] = hp.batch_size
     if isinstance(hp.learning_rate_multiplier, float | int):
         t["lr"] = float(t.get("lr", RunConfig().train.lr)) * float(hp.learning_rate_multiplier)
-    if isinstance(getattr(hp, "beta", None), float | int):
-        raw["method"].setdefault("dpo", {})["beta"] = float(hp.beta)  # type: ignore[union-attr]
+    beta = getattr(hp, "beta", None)
+    if isinstance(beta, float | int):
+        raw["method"].setdefault("dpo", {})["beta"] = float(beta)
     if req.seed is not None:
         t["seed"] = req.seed
     raw["output"] = {"dir": runs_dir, "name": job_id}

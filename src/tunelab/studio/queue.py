@@ -15,6 +15,7 @@ Either way the next start trains it on from its run's last checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -23,7 +24,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,10 +193,8 @@ class JobQueue:
 
 
 def _signal(proc: subprocess.Popen, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)  # the worker's whole session (data loader processes too)
-    except ProcessLookupError:
-        pass
 
 
 def _is_worker(pid: int, job_id: str) -> bool:

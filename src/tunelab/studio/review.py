@@ -20,6 +20,8 @@ def status(app: Any) -> dict[str, Any]:
     if router is None:
         return {"available": False, "message": "The feedback review queue is not available on this server yet "
                                                "(no review router in tunelab.serve.routes)."}  # fmt: skip
-    routes = [{"path": r.path, "methods": sorted(getattr(r, "methods", []) or [])} for r in router.routes]
+    routes = [
+        {"path": getattr(r, "path", ""), "methods": sorted(getattr(r, "methods", None) or [])} for r in router.routes
+    ]
     listing = next((r["path"] for r in routes if "GET" in r["methods"] and "{" not in r["path"]), None)
     return {"available": True, "routes": routes, "list": listing}

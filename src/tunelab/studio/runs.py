@@ -106,7 +106,9 @@ def progress(recs: list[dict[str, Any]]) -> dict[str, Any]:
     step = max((int(r["step"]) for r in recs), default=0)
     total = next((r["total_steps"] for r in reversed(recs) if r.get("total_steps")), None)
     tail = train[-21:]
-    per_step = [(b["time"] - a["time"]) / (b["step"] - a["step"]) for a, b in zip(tail, tail[1:]) if b["step"] > a["step"]]
+    per_step = [
+        (b["time"] - a["time"]) / (b["step"] - a["step"]) for a, b in zip(tail, tail[1:]) if b["step"] > a["step"]
+    ]
     eta = float(statistics.median(per_step)) * max(0, total - step) if per_step and total else None
     tps = train[-1].get("tokens_per_s") if train else None
     return {"step": step, "total_steps": total, "eta_s": eta, "tokens_per_s": tps}

@@ -140,7 +140,7 @@ class JobStore:
     def create_job(self, *, kind: str, owner: str | None, model: str, config_yaml: str, run_dir: str,
                    request: dict[str, Any] | None = None, job_id: str | None = None,
                    fine_tuned_model: str | None = None) -> dict[str, Any]:  # fmt: skip
-        row = dict(
+        row: dict[str, Any] = dict(
             id=job_id or new_id("ftjob"), kind=kind, owner=owner, status="queued", created_at=time.time(),
             model=model, config_yaml=config_yaml, request=request or {}, run_dir=run_dir,
             fine_tuned_model=fine_tuned_model, result_files=[], attempts=0, resume=False,
@@ -258,7 +258,7 @@ class JobStore:
         return self._read("job_events", q.limit(limit))
 
     def add_checkpoint(self, job_id: str, step: int, path: str, metrics: dict[str, Any] | None) -> None:
-        row = dict(job_id=job_id, created_at=time.time(), step=step, path=path, metrics=metrics)
+        row: dict[str, Any] = dict(job_id=job_id, created_at=time.time(), step=step, path=path, metrics=metrics)
         self._write("checkpoints", lambda c: c.execute(insert(checkpoints).values(**row)))
 
     def checkpoints(self, job_id: str) -> list[dict[str, Any]]:

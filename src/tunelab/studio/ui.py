@@ -37,7 +37,6 @@ LOG_TAIL = 20000  # characters of a job's log shown on its page
 PREVIEW_ROWS = 20
 
 
-
 def studio_admin(key_id: str | None = Depends(caller), state: ServerState = Depends(get_state)) -> str | None:
     """An admin key (or a server without keys). Not rate limited: the pages poll while a run trains."""
     if not state.keys.open and key_id not in state.keys.admin_ids:
@@ -90,7 +89,7 @@ def overview(request: Request) -> dict[str, Any]:
     studio = studio_of(request)
     rs, by_dir = _runs(studio), _jobs_by_dir(studio)
     listed = [runs.summary(n, p) | {"job": _job_brief(by_dir.get(str(p)))} for n, p in rs.all()]
-    jobs = [_job_brief(j) | {"run": rs.name_of(j["run_dir"])} for j in studio.store.list_jobs(limit=200)]
+    jobs = [_brief(j) | {"run": rs.name_of(j["run_dir"])} for j in studio.store.list_jobs(limit=200)]
     return {"runs": listed, "jobs": jobs, "base_model": studio.base_id}
 
 
@@ -188,7 +187,7 @@ def submit_job(request: Request, text: str = Body(...), name: str | None = Body(
     except TunelabError as e:
         raise ApiError(400, str(e), param="text") from None
     studio.queue.wake()
-    return _job_brief(row) | {"run": _runs(studio).name_of(row["run_dir"])}
+    return _brief(row) | {"run": _runs(studio).name_of(row["run_dir"])}
 
 
 @guarded.get("/jobs/{job_id}")
@@ -205,7 +204,7 @@ def job_detail(request: Request, job_id: str, after: int = 0) -> dict[str, Any]:
 
 
 @guarded.post("/jobs/{job_id}/cancel")
-def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
+def cancel_job(request: Request, job_id: str) -> dict[str, Any] | None:
     studio = studio_of(request)
     if studio.store.cancel(job_id) is None:
         raise ApiError(400, f"job {job_id} is not queued or running")
@@ -215,8 +214,10 @@ def cancel_job(request: Request, job_id: str) -> dict[str, Any]:
 
 
 def _job_brief(job: dict[str, Any] | None) -> dict[str, Any] | None:
-    if job is None:
-        return None
+    return None if job is None else _brief(job)
+
+
+def _brief(job: dict[str, Any]) -> dict[str, Any]:
     keep = ("id", "kind", "status", "model", "created_at", "started_at", "finished_at", "fine_tuned_model", "error")
     return {k: job[k] for k in keep} | {"run_dir": job["run_dir"]}
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import openai
 import psutil
 import pytest
-from conftest import WORDS, chat_rows, job_defaults, running_studio, studio_config, wait_for, write_jsonl
 
+from conftest import WORDS, chat_rows, job_defaults, running_studio, studio_config, wait_for, write_jsonl
 from tunelab import api
 from tunelab.train.rundir import read_metrics
 
@@ -35,9 +35,13 @@ def _answer(client: openai.OpenAI, model: str) -> str:
     return r.choices[0].message.content or ""
 
 
-def test_openai_client_upload_create_poll_events_and_the_fine_tuned_model_answers(tmp_path: Path) -> None:
+@pytest.mark.parametrize("db", ["sqlite", pytest.param("postgresql", marks=pytest.mark.slow)])
+def test_openai_client_upload_create_poll_events_and_the_fine_tuned_model_answers(
+    db: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     train, valid = _data(tmp_path)
-    with running_studio(tmp_path, studio_config(tmp_path)) as s:
+    url = request.getfixturevalue("pg_url") if db == "postgresql" else None  # the workers write their events there too
+    with running_studio(tmp_path, studio_config(tmp_path, url=url)) as s:
         c = s.client
         train_id, valid_id = _upload(c, train), _upload(c, valid)
         assert c.files.retrieve(train_id).purpose == "fine-tune"
@@ -57,7 +61,9 @@ def test_openai_client_upload_create_poll_events_and_the_fine_tuned_model_answer
         ids = [int(e.id.split("-")[1]) for e in ordered]
         assert ids == sorted(ids) and [e.created_at for e in ordered] == sorted(e.created_at for e in ordered)
         messages = [e.message for e in ordered]
-        assert messages[0] == f"Created fine-tuning job: {job.id}" and messages[-1] == "The job has successfully completed"
+        assert (
+            messages[0] == f"Created fine-tuning job: {job.id}" and messages[-1] == "The job has successfully completed"
+        )
         steps = [e.data["step"] for e in ordered if e.type == "metrics" and "train_loss" in e.data]  # type: ignore[index,operator]
         assert steps == [1, 2, 3, 4]
         assert any(m == f"New fine-tuned model created: {job.fine_tuned_model}" for m in messages)

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import WORDS, chat_rows, write_jsonl
 
+from conftest import WORDS, chat_rows, write_jsonl
 from tunelab.cli import main
 from tunelab.config import ModelConfig
 from tunelab.errors import ConfigError
@@ -27,7 +27,9 @@ def test_openai_fields_become_the_run_config() -> None:
     req = _req(seed=3, suffix="x", method={"type": "dpo", "dpo": {"hyperparameters": {
         "beta": 0.3, "n_epochs": 2, "batch_size": 2, "learning_rate_multiplier": 0.5}}})  # fmt: skip
     defaults = {"train": {"lr": 1e-3, "max_steps": 9}, "tuning": {"lora": {"r": 4}}}
-    cfg = oj.build_config(req, base, defaults, ("t.jsonl", "preference"), ("v.jsonl", "preference"), "/runs", "ftjob-ab")
+    cfg = oj.build_config(
+        req, base, defaults, ("t.jsonl", "preference"), ("v.jsonl", "preference"), "/runs", "ftjob-ab"
+    )
     assert cfg.method.name == "dpo" and cfg.method.dpo.beta == 0.3
     assert (cfg.train.epochs, cfg.train.batch_size, cfg.train.lr, cfg.train.seed) == (2, 2, 5e-4, 3)
     assert cfg.train.max_steps == 9 and cfg.train.save_every == 10  # the operator's defaults over the built-in ones
@@ -69,7 +71,10 @@ def test_config_diff_and_flipped_order() -> None:
     diff = runs.config_diff({"a": {"train": {"lr": 1, "epochs": 2}, "model": {"name_or_path": "tiny"}},
                              "b": {"train": {"lr": 2, "epochs": 2}, "model": {"name_or_path": "tiny"}, "x": [1]}})  # fmt: skip
     assert diff == [{"key": "train.lr", "values": [1, 2]}, {"key": "x", "values": [None, [1]]}]
-    flips = [{"direction": "improved", "key": "loss", "index": 0}, {"direction": "regressed", "key": "loss", "index": 3}]
+    flips = [
+        {"direction": "improved", "key": "loss", "index": 0},
+        {"direction": "regressed", "key": "loss", "index": 3},
+    ]
     assert [f["index"] for f in runs.flipped_regressions_first(flips)] == [3, 0]
 
 
@@ -92,7 +97,9 @@ def cli(*args: str) -> int:
     return 0
 
 
-def test_jobs_verbs_share_the_queue(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+def test_jobs_verbs_share_the_queue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     monkeypatch.chdir(tmp_path)
     data = write_jsonl(tmp_path / "train.jsonl", chat_rows(WORDS[:4]))
     (tmp_path / "run.yaml").write_text(f"model: {{name_or_path: tiny}}\ndata:\n  train: [{{path: {data}}}]\n")
