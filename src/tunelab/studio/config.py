@@ -36,7 +36,9 @@ class JobsConfig(_Section):
     url: str | None = Field(
         None, description="Queue database URL (sqlite:///x.db, postgresql+psycopg://...); default JOBS_DIR/studio.db."
     )
-    max_running: int = Field(1, ge=1, description="Training jobs run at once on this machine; the rest wait queued.")
+    max_running: int = Field(
+        1, ge=0, description="Training jobs run at once on this machine (0: none; services sharing the database train)."
+    )
     poll_s: float = Field(
         0.5, gt=0, le=60, description="How often the queue looks for new, finished and cancelled jobs."
     )

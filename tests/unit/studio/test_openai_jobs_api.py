@@ -5,13 +5,14 @@ cancel on a running job; a service restart mid-job resumes it from its checkpoin
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import openai
 import psutil
 import pytest
+from studiokit import WORDS, chat_rows, job_defaults, running_studio, studio_config, wait_for, write_jsonl
 
-from conftest import WORDS, chat_rows, job_defaults, running_studio, studio_config, wait_for, write_jsonl
 from tunelab import api
 from tunelab.train.rundir import read_metrics
 
@@ -148,7 +149,7 @@ def test_uploads_are_checked_by_the_data_toolkit_and_refusals_name_the_field(tmp
                                                   "preferred_output": [{"role": "assistant", "content": "hello"}],
                                                   "non_preferred_output": [{"role": "assistant", "content": "go"}]}])  # fmt: skip
     train, _ = _data(tmp_path)
-    with running_studio(tmp_path, studio_config(tmp_path)) as s:
+    with running_studio(tmp_path, studio_config(tmp_path, max_running=0)) as s:  # queues, trains nothing
         c = s.client
         with pytest.raises(openai.BadRequestError) as e:
             _upload(c, bad)
@@ -178,6 +179,8 @@ def test_uploads_are_checked_by_the_data_toolkit_and_refusals_name_the_field(tmp
             "type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2, "n_epochs": 2}}})  # fmt: skip
         assert dpo.method.type == "dpo" and dpo.method.dpo.hyperparameters.beta == 0.2  # type: ignore[union-attr]
         assert dpo.hyperparameters.n_epochs == 2
+        time.sleep(3 * s.studio.cfg.jobs.poll_s)  # several queue polls: with max_running 0 none claims it
+        assert c.fine_tuning.jobs.retrieve(dpo.id).status == "queued"
         c.fine_tuning.jobs.cancel(dpo.id)
 
         # keys: alice sees her own jobs and files; another key's job is not found for her

@@ -17,8 +17,8 @@ from urllib.parse import urlparse
 
 import httpx
 import pytest
+from studiokit import WORDS, Running, chat_rows, job_defaults, running_studio, studio_config, wait_for, write_jsonl
 
-from conftest import WORDS, Running, chat_rows, job_defaults, running_studio, studio_config, wait_for, write_jsonl
 from tunelab import api
 
 CHROMIUM = os.environ.get("TUNELAB_CHROMIUM", "/usr/bin/chromium")

@@ -17,7 +17,7 @@ import openai
 import psutil
 import pytest
 import yaml
-from conftest import WORDS, chat_rows, job_defaults, wait_for, write_jsonl
+from studiokit import WORDS, chat_rows, job_defaults, wait_for, write_jsonl
 
 from tunelab.studio.store import JobStore
 
@@ -58,7 +58,9 @@ def test_a_killed_studio_leaves_a_checkpoint_and_the_next_one_resumes_the_job(tm
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0)
         with train.open("rb") as f:
-            job = client.fine_tuning.jobs.create(model="base", training_file=client.files.create(file=f, purpose="fine-tune").id)
+            job = client.fine_tuning.jobs.create(
+                model="base", training_file=client.files.create(file=f, purpose="fine-tune").id
+            )
         wait_for(lambda: client.fine_tuning.jobs.checkpoints.list(job.id).data, why="a checkpoint")
     finally:
         first.send_signal(signal.SIGKILL)

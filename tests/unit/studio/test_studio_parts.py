@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
+from studiokit import WORDS, chat_rows, write_jsonl
 
-from conftest import WORDS, chat_rows, write_jsonl
 from tunelab.cli import main
 from tunelab.config import ModelConfig
 from tunelab.errors import ConfigError
