@@ -56,7 +56,7 @@ class GenResult:
     prompt_tokens: int
     completion_tokens: int
     choices: tuple[Choice, ...] = ()
-    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None  # params.prompt_logprobs (echo); first is None
+    prompt_logprobs: tuple[TokenLogprob, ...] | None = None  # params.prompt_logprobs (echo); first's logprob None
 
 
 @dataclass(eq=False)
@@ -70,7 +70,7 @@ class Job:
     done: Callable[[GenResult | BaseException], None]
     make_row: Callable[[int], Row]  # choice index -> its Row (callbacks attached)
     rows: list[Row] = field(default_factory=list)
-    prompt_lp: list[TokenLogprob | None] | None = None
+    prompt_lp: list[TokenLogprob] | None = None
     answered: bool = False
 
 
@@ -164,6 +164,8 @@ class DecodeCore:
             if j.params.prompt_logprobs:
                 k = j.params.top_logprobs
                 j.prompt_lp = prompt_logprobs(j.prompt_ids, logits[i, width - len(j.prompt_ids) :], k, self.token_bytes)
+                for row in j.rows:
+                    row.prompt_lp = tuple(j.prompt_lp)
         last = logits[:, -1] if want_all else logits
         counts = [j.params.n for j in jobs]
         lane = repeat_rows(lane, counts)

@@ -59,7 +59,7 @@ class SamplingParams:
 class TokenLogprob:
     token: str  # the token's text (U+FFFD where it is part of a multi-byte character; see `bytes`)
     token_id: int
-    logprob: float
+    logprob: float | None  # None only for the first prompt token (echo): nothing precedes it
     bytes: tuple[int, ...]
     top: tuple[TokenLogprob, ...] = ()  # the most likely alternatives, best first (their `top` is empty)
 
@@ -73,6 +73,7 @@ class Chunk:
     logprobs: tuple[TokenLogprob, ...] = ()  # of the tokens generated since the previous chunk
     finish_reason: str | None = None  # set on the last chunk of a choice
     tool_calls: tuple[dict[str, Any], ...] = ()  # OpenAI-shaped, on the last chunk when the output held calls
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()  # on a choice's first chunk with params.prompt_logprobs (echo)
 
 
 def check_params(p: SamplingParams, vocab_size: int, max_n: int) -> str | None:
@@ -144,6 +145,7 @@ class Row:
     content: str | None = None  # the text without tool-call markup, once finished
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     gen: torch.Generator | None = None
+    prompt_lp: tuple[TokenLogprob, ...] = ()  # the prompt's logprobs, sent with the first chunk, then cleared
 
     def __post_init__(self) -> None:
         if self.params.seed is not None and self.gen is None:
@@ -254,13 +256,12 @@ def _entry(tok: int, logprob: float, token_bytes: TokenBytes) -> TokenLogprob:
     return TokenLogprob(b.decode("utf-8", errors="replace"), tok, logprob, tuple(b))
 
 
-def prompt_logprobs(
-    prompt_ids: list[int], logits: torch.Tensor, k: int, token_bytes: TokenBytes
-) -> list[TokenLogprob | None]:
+def prompt_logprobs(prompt_ids: list[int], logits: torch.Tensor, k: int, token_bytes: TokenBytes) -> list[TokenLogprob]:
     """Logprobs of each prompt token given the ones before it (`logits`: one row per prompt position); the
-    first token has none (OpenAI's `echo` shows null for it)."""
+    first token's logprob is None (OpenAI's `echo` shows null for it), its text is there."""
     lp = torch.log_softmax(logits[:-1].float(), dim=-1)
-    out: list[TokenLogprob | None] = [None]
+    first = _entry(prompt_ids[0], 0.0, token_bytes)
+    out: list[TokenLogprob] = [TokenLogprob(first.token, first.token_id, None, first.bytes)]
     for pos, tok in enumerate(prompt_ids[1:]):
         out.append(_logprob(lp[pos], tok, k, token_bytes))
     return out
@@ -317,11 +318,10 @@ def emit(r: Row) -> None:
             end -= 1
     new = final[r.emitted : end] if end > r.emitted else ""
     done = r.finish_reason is not None
-    if r.on_chunk is not None and (new or done or len(r.logprobs) > r.lp_sent):
-        if new or done:
-            r.on_chunk(Chunk(r.index, new, tuple(r.logprobs[r.lp_sent :]), r.finish_reason if done else None,
-                             tuple(r.tool_calls) if done else ()))  # fmt: skip
-            r.lp_sent = len(r.logprobs)
+    if r.on_chunk is not None and (new or done):
+        lps, calls = tuple(r.logprobs[r.lp_sent :]), tuple(r.tool_calls) if done else ()
+        r.on_chunk(Chunk(r.index, new, lps, r.finish_reason if done else None, calls, r.prompt_lp))
+        r.lp_sent, r.prompt_lp = len(r.logprobs), ()
     elif new and r.on_delta is not None:
         r.on_delta(new)
     r.emitted = max(r.emitted, end)

@@ -59,11 +59,6 @@ class RequestContext:
     endpoint: str
     start: float
 
-    @property
-    def tenant(self) -> str:
-        """Who the engine's fair scheduling shares time between: the key."""
-        return self.key_id or "anonymous"
-
 
 def context(request: Request, key_id: str | None = Depends(rate_limited)) -> RequestContext:
     return RequestContext(request.state.request_id, key_id, request.url.path, time.perf_counter())
