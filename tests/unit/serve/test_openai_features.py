@@ -40,7 +40,8 @@ TOOLS = [
 
 @pytest.fixture(scope="module")
 def api(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
-    with serving(runs["lora"], tmp_path_factory.mktemp("features"), limits={"max_tokens": 256}) as s:
+    guard = {"blocklist": ["zzzz"], "blocklist_action": "redact"}  # see test_logprobs_are_withheld_when_redacted
+    with serving(runs["lora"], tmp_path_factory.mktemp("features"), limits={"max_tokens": 256}, guard=guard) as s:
         yield s
 
 
@@ -146,6 +147,17 @@ def test_completion_logprobs_with_echo(api) -> None:
     assert "".join(c["choices"][0]["text"] for c in chunks) == r.choices[0].text
     tokens = [t for c in chunks if c["choices"][0]["logprobs"] for t in c["choices"][0]["logprobs"]["tokens"]]
     assert tokens == lp.tokens
+
+
+def test_logprobs_are_withheld_when_the_guard_redacted_the_text(api) -> None:
+    z = api.state.engine.encode_text("z")[-1]
+    body = {"model": "base", "prompt": "Hi", "max_tokens": 4, "logprobs": 1, "temperature": 0, "logit_bias": {z: 100}}
+    r = api.client.completions.create(**body)
+    assert "zzzz" not in r.choices[0].text and r.choices[0].logprobs is None  # its tokens would spell it out
+    chunks = stream(api, "/v1/completions", body)
+    assert "zzzz" not in json.dumps(chunks) and not any(c["choices"][0]["logprobs"] for c in chunks)
+    plain = api.client.completions.create(**{**body, "logit_bias": {}})
+    assert plain.choices[0].logprobs is not None  # the same request with text the guard leaves alone
 
 
 # --------------------------------------------------------------------------- structured output
