@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunelab.errors import ConfigError, DataError
 from tunelab.textio import MAX_RECORD_BYTES, read_text
@@ -795,6 +795,14 @@ class RunConfig(Section):
         None, description="Hyperparameter search for `tunelab tune` (docs/tuning.md); `train` ignores it."
     )
 
+    @field_validator("tune")
+    @classmethod
+    def _tune_keys(cls, tune: TuneConfig | None) -> TuneConfig | None:
+        for key, param in (tune.space if tune else {}).items():
+            for name in (key, *(param.when or {})):
+                check_key(name, f"space.{key}")
+        return tune
+
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
         if self.tuning.mode == "qlora" and self.model.dtype == "float32":
@@ -821,9 +829,6 @@ def _check_tune(cfg: RunConfig) -> None:
                          "(or tune.pruner.kind: none)")  # fmt: skip
     if not (cfg.data.eval or cfg.data.eval_ratio > 0):
         raise ValueError("tune: trials are scored on a validation split; set data.eval or data.eval_ratio")
-    for key, param in tune.space.items():
-        for name in (key, *(param.when or {})):
-            check_key(name, f"tune.space.{key}")
 
 
 def check_key(key: str, where: str) -> None:

@@ -33,6 +33,7 @@ app.command("serve-key")(serve.serve_key_cmd)
 app.command("export")(export.export_cmd)
 app.command("verify")(export.verify_cmd)
 app.command("tune")(tune.tune_command)
+app.command("plan")(tune.plan_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,4 +1,5 @@
-"""`tunelab tune`: a thin verb over tunelab.tune (the search sits above tunelab.api: it drives api.train)."""
+"""`tunelab tune` and `tunelab plan`: thin verbs over tunelab.tune (the search sits above tunelab.api: it drives
+api.train) and tunelab.api.plan (tunelab.planner)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import typer
 
 from tunelab import api
 from tunelab.api import TrainingInterrupted
+from tunelab.planner import render
 from tunelab.tune import tune as run_tune
 
 
@@ -42,3 +44,22 @@ def tune_command(
     for line in result.verdict:
         typer.echo(line)
     typer.echo(f"trials:  {result.root / 'trials.md'}\nreport:  {result.report}")
+
+
+def plan_command(
+    config: Annotated[Path, typer.Argument(help="Run config YAML.")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="KEY=VALUE overrides, e.g. train.batch_size=4.")] = None,
+    device: Annotated[
+        str | None, typer.Option("--device", help="A device of the table (h100-80gb, a100-40gb, l4, t4, ...; cpu).")
+    ] = None,
+    price_per_hour: Annotated[float | None, typer.Option("--price-per-hour", help="Price per hour, for the cost.")] = None,
+    calibrate: Annotated[
+        bool, typer.Option("--calibrate", help="Measure this machine's throughput with a few real steps.")
+    ] = False,
+) -> None:
+    """Estimate peak memory, time and cost before training: `tunelab plan examples/sft-lora.yaml --device l4`."""
+    cfg = api.load_config(config, overrides or [])
+    est = api.plan(cfg, device, price_per_hour, calibrate)
+    for line in render(est):
+        typer.echo(line)
+    typer.echo(est.summary())
