@@ -840,7 +840,9 @@ def check_key(key: str, where: str) -> None:
         if part not in fields:
             close = difflib.get_close_matches(part, list(fields), n=1, cutoff=0.5)
             hint = f" (did you mean {close[0]!r}?)" if close else f"; expected one of: {', '.join(fields)}"
-            raise ValueError(f"{where}: {key} is not a config key: no {part!r} in {'.'.join(parts[:i]) or 'the config'}{hint}")
+            raise ValueError(
+                f"{where}: {key} is not a config key: no {part!r} in {'.'.join(parts[:i]) or 'the config'}{hint}"
+            )
         cls = _section_type(fields[part].annotation) if i < len(parts) - 1 else None
         if i < len(parts) - 1 and cls is None:
             raise ValueError(f"{where}: {key} is not a config key: {'.'.join(parts[: i + 1])} is not a section")

@@ -19,8 +19,11 @@ def tune_command(
     overrides: Annotated[list[str] | None, typer.Argument(help="KEY=VALUE overrides, e.g. tune.trials=8.")] = None,
     worker: Annotated[
         bool,
-        typer.Option("--worker", help="Only run trials of the study (another process writes the results): a "
-                     "second machine joining through a shared tune.storage."),  # fmt: skip
+        typer.Option(
+            "--worker",
+            help="Only run trials of the study (another process writes the results): a "
+            "second machine joining through a shared tune.storage.",
+        ),  # fmt: skip
     ] = False,
 ) -> None:
     """Search hyperparameters: `tunelab tune examples/tune.yaml`. Running it again resumes the study."""
@@ -52,7 +55,9 @@ def plan_command(
     device: Annotated[
         str | None, typer.Option("--device", help="A device of the table (h100-80gb, a100-40gb, l4, t4, ...; cpu).")
     ] = None,
-    price_per_hour: Annotated[float | None, typer.Option("--price-per-hour", help="Price per hour, for the cost.")] = None,
+    price_per_hour: Annotated[
+        float | None, typer.Option("--price-per-hour", help="Price per hour, for the cost.")
+    ] = None,
     calibrate: Annotated[
         bool, typer.Option("--calibrate", help="Measure this machine's throughput with a few real steps.")
     ] = False,

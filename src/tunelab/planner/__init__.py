@@ -126,7 +126,9 @@ def estimate(cfg: RunConfig, counts: DataCounts, device: str | None = None, pric
         sec = timing.flops_seconds(flops, dev.tflops, dev.utilization)
         source = f"{dev.name}: {dev.tflops:g} TFLOP/s peak x {dev.utilization:.0%} assumed utilization"
     fwd_share = flops.forward / (flops.forward + flops.backward)
-    eval_sec = timing.evals_of(cfg, steps, counts.eval_examples > 0) * counts.eval_tokens / (b * seq_mean) * sec * fwd_share
+    eval_sec = (
+        timing.evals_of(cfg, steps, counts.eval_examples > 0) * counts.eval_tokens / (b * seq_mean) * sec * fwd_share
+    )
     seconds = {"startup": timing.STARTUP_S, "train": micro * sec, "eval": eval_sec}
     est = Estimate(dev, shape, mem, b, seq_peak, seq_mean, steps, micro, micro * b * seq_mean, sec,
                    timing.describe_throughput(source, sec, b * seq_mean), seconds, price_per_hour)  # fmt: skip
@@ -168,9 +170,14 @@ def _assumptions(cfg: RunConfig, est: Estimate, counts: DataCounts, measured_run
         f"micro-batch {est.micro_batch} sequences; {est.steps} optimizer steps x {cfg.train.grad_accum} micro-batches",
         f"throughput {est.throughput}",
         f"start-up and closing (accelerator, model build, final/, report): {timing.STARTUP_S:g} s assumed",
-        "runtime memory: " + ("this process's resident memory now (Python, torch, libraries, data)" if
-                              measured_runtime and not est.device.gpu else "CUDA context 0.6 GB assumed"
-                              if est.device.gpu else "given"),  # fmt: skip
+        "runtime memory: "
+        + (
+            "this process's resident memory now (Python, torch, libraries, data)"
+            if measured_runtime and not est.device.gpu
+            else "CUDA context 0.6 GB assumed"
+            if est.device.gpu
+            else "given"
+        ),  # fmt: skip
         "activations: Llama-style blocks (docs/tuning.md has the formula); other architectures are approximate",
         "optimizer: AdamW, two fp32 moments per trainable parameter",
     ]
@@ -214,7 +221,9 @@ def render(est: Estimate) -> list[str]:
              f"{est.shape.layers} blocks x {est.shape.hidden} hidden", "peak memory:"]  # fmt: skip
     lines += [f"  {k:<12}{v / 2**20:>12,.1f} MB" for k, v in est.memory.items()]
     lines.append(f"  {'total':<12}{est.peak / 2**20:>12,.1f} MB")
-    lines.append(f"time: ~{_duration(est.total_seconds)} (" + ", ".join(f"{k} {v:,.1f} s" for k, v in est.seconds.items()) + ")")
+    lines.append(
+        f"time: ~{_duration(est.total_seconds)} (" + ", ".join(f"{k} {v:,.1f} s" for k, v in est.seconds.items()) + ")"
+    )
     if est.cost is not None:
         lines.append(f"cost: ~${est.cost:,.2f} at ${est.price_per_hour:g}/h")
     lines += ["advice:"] + [f"  {a}" for a in est.advice]

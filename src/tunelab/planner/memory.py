@@ -73,10 +73,8 @@ def activation_bytes(cfg: RunConfig, shape: ModelShape, dev: Device, b: Batch) -
     size = 2 if dev.gpu and cfg.train.precision in ("auto", "bf16", "fp16") else 4
     tokens = b.micro_batch * b.seq_len
     layers = shape.trainable_layers if cfg.tuning.mode == "freeze" else L  # no backward below: nothing saved there
-    if cfg.train.gradient_checkpointing:
-        kept = tokens * (L * h + per_token)
-    else:
-        kept = tokens * (layers * per_token + 2 * h)
+    ckpt = cfg.train.gradient_checkpointing
+    kept = tokens * (L * h + per_token) if ckpt else tokens * (layers * per_token + 2 * h)
     working = tokens * (2 * h + 2 * inter)  # one block's activation gradients during backward
     retained = CPU_HEAP_RETENTION if not dev.gpu else 1.0
     return (kept * retained + working) * size

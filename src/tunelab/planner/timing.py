@@ -11,8 +11,10 @@ trained blocks' share twice. An evaluation is a forward pass over the eval token
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
+
 import torch
 
 from tunelab.config import RunConfig
@@ -35,7 +37,10 @@ def micro_flops(cfg: RunConfig, shape: ModelShape, batch: int, seq: int, labelle
     if mode == "full":
         back = 2 * (blocks + head)
     elif mode == "freeze":
-        back = 2 * blocks * shape.trainable_layers / max(shape.layers, 1) + (2 if cfg.tuning.freeze.train_head else 1) * head
+        back = (
+            2 * blocks * shape.trainable_layers / max(shape.layers, 1)
+            + (2 if cfg.tuning.freeze.train_head else 1) * head
+        )
     else:
         back = blocks + head
     return Flops(blocks + head, back)
@@ -76,8 +81,8 @@ def calibrate(cfg: RunConfig, batch: int, seq: int, labelled: float, steps: int 
 
 def steps_of(cfg: RunConfig, rows: int) -> int:
     t = cfg.train
-    per_epoch = -(-(-(-rows // t.batch_size)) // t.grad_accum)
-    return t.max_steps or max(1, int(-(-t.epochs * per_epoch // 1)))
+    per_epoch = math.ceil(math.ceil(rows / t.batch_size) / t.grad_accum)  # as tunelab.train.plan.Plan
+    return t.max_steps or max(1, math.ceil(t.epochs * per_epoch))
 
 
 def evals_of(cfg: RunConfig, steps: int, has_eval: bool) -> int:

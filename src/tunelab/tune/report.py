@@ -156,7 +156,9 @@ def write_html(root: Path, title: str, rows: list[dict[str, Any]], imps: dict[st
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{escape(title)}</title>"
              f"<style>{CSS}</style></head><body><h1>{escape(title)}</h1>"]  # fmt: skip
     if best:
-        parts.append(f"<h2>Best trial: {best['trial']}</h2><pre>{escape(json.dumps(best, indent=1, default=str))}</pre>")
+        parts.append(
+            f"<h2>Best trial: {best['trial']}</h2><pre>{escape(json.dumps(best, indent=1, default=str))}</pre>"
+        )
     if verdict:
         parts.append("<h2>Best vs default on the test split</h2><pre>" + escape("\n".join(verdict)) + "</pre>")
     if imps:
@@ -166,7 +168,9 @@ def write_html(root: Path, title: str, rows: list[dict[str, Any]], imps: dict[st
     else:
         parts.append("<p>Parameter importances need at least two complete trials that differ.</p>")
     if plot:
-        parts.append(f'<h2>Parallel coordinates</h2><img alt="parallel coordinates" src="data:image/png;base64,{plot}">')
+        parts.append(
+            f'<h2>Parallel coordinates</h2><img alt="parallel coordinates" src="data:image/png;base64,{plot}">'
+        )
     parts.append("<h2>Trials</h2><table><tr>" + "".join(f"<th>{escape(c)}</th>" for c in cols) + "</tr>")
     for r in rows:
         parts.append("<tr>" + "".join(f"<td>{escape(_cell(r.get(c, '')))}</td>" for c in cols) + "</tr>")

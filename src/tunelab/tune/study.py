@@ -159,7 +159,9 @@ def recover(study: Any, log: Any = print) -> list[int]:
         if t.user_attrs.get("interrupted") and t.number not in retried:
             out.append(_retry(study, t))
     if out:
-        log(f"tune: resuming {study.study_name}: trial(s) {', '.join(map(str, out))} did not finish; running them again")
+        log(
+            f"tune: resuming {study.study_name}: trial(s) {', '.join(map(str, out))} did not finish; running them again"
+        )
     return out
 
 

@@ -8,9 +8,8 @@ import optuna
 import pytest
 import yaml
 
-from tunelab.config import RunConfig, TuneConfig
+from tunelab.config import RunConfig, TuneConfig, load_config
 from tunelab.errors import ConfigError
-from tunelab.config import load_config
 from tunelab.tune import space
 from tunelab.tune.study import recover
 from tunelab.tune.verdict import verdict_lines
@@ -58,15 +57,27 @@ def test_grid_enumerates_ints_categoricals_and_float_values():
 @pytest.mark.parametrize(
     ("tune", "sections", "message"),
     [
-        ({"space": {"train.lrr": {"type": "float", "low": 0.1, "high": 1}}}, {}, "no 'lrr' in train.*did you mean 'lr'"),
+        (
+            {"space": {"train.lrr": {"type": "float", "low": 0.1, "high": 1}}},
+            {},
+            "no 'lrr' in train.*did you mean 'lr'",
+        ),
         ({"space": {"tuning.lora.r": {"type": "int", "low": 4, "high": 2}}}, {}, "low < high"),
         ({"space": {"train.lr": {"type": "float", "low": 0, "high": 1, "log": True}}}, {}, "low > 0"),
         ({"space": {"train.lr": {"type": "float", "low": 0.1, "high": 1}}, "sampler": "grid"}, {}, "values"),
         ({"space": SPACE, "objectives": [{"metric": "cost"}]}, {}, "price_per_hour"),
         ({"space": SPACE, "objectives": [{"metric": "eval_loss"}, {"metric": "time"}]}, {}, "single-objective"),
         ({"space": SPACE}, {"train": {}}, "train.eval_every"),
-        ({"space": {"tuning.lora.r": {"type": "int", "low": 2, "high": 8, "when": {"tuning.mode": "lora"}},
-                    "tuning.mode": {"type": "categorical", "choices": ["lora"]}}}, {}, "must come before"),
+        (
+            {
+                "space": {
+                    "tuning.lora.r": {"type": "int", "low": 2, "high": 8, "when": {"tuning.mode": "lora"}},
+                    "tuning.mode": {"type": "categorical", "choices": ["lora"]},
+                }
+            },
+            {},
+            "must come before",
+        ),
     ],
 )
 def test_bad_tune_sections_say_what_is_wrong(tune: dict, sections: dict, message: str):
@@ -79,7 +90,10 @@ def test_a_typo_in_a_space_key_names_the_file(tmp_path: Path):
     path.write_text(yaml.safe_dump({"data": {"train": [{"path": "x.jsonl"}], "eval_ratio": 0.1},
                                     "tune": {"pruner": {"kind": "none"},
                                              "space": {"tuning.lora.rank": {"type": "int", "low": 1, "high": 4}}}}))  # fmt: skip
-    with pytest.raises(ConfigError, match=r"t.yaml:\d+: tune: .*tuning.lora.rank is not a config key: no 'rank' in tuning.lora; expected one of: r,"):
+    with pytest.raises(
+        ConfigError,
+        match=r"t.yaml:\d+: tune: .*tuning.lora.rank is not a config key: no 'rank' in tuning.lora; expected one of: r,",
+    ):
         load_config(path)
 
 
