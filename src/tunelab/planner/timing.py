@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -54,7 +55,7 @@ def calibrate(cfg: RunConfig, batch: int, seq: int, labelled: float, steps: int 
 
     torch.set_num_threads(cfg.train.threads or torch.get_num_threads())
     dtype = torch.float32 if cfg.tuning.mode in ("full", "freeze") and cfg.model.dtype == "auto" else None
-    model = apply_tuning(load_for_tuning(cfg.model, cfg.tuning, dtype=dtype), cfg.tuning)
+    model: Any = apply_tuning(load_for_tuning(cfg.model, cfg.tuning, dtype=dtype), cfg.tuning)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model.to(device).train()
     params = [p for p in model.parameters() if p.requires_grad]
