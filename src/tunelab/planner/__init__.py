@@ -115,7 +115,8 @@ def estimate(cfg: RunConfig, counts: DataCounts, device: str | None = None, pric
     steps = timing.steps_of(cfg, rows)
     micro = steps * cfg.train.grad_accum
     runtime = runtime_bytes if runtime_bytes is not None else timing.runtime_rss()
-    mem = memory.memory_terms(cfg, shape, dev, memory.Batch(b, seq_peak, counts.labelled), runtime)
+    peak_batch = min(b, max(rows, 1) * seqs)  # a data set smaller than one micro-batch
+    mem = memory.memory_terms(cfg, shape, dev, memory.Batch(peak_batch, seq_peak, counts.labelled), runtime)
     flops = timing.micro_flops(cfg, shape, b, seq_mean, counts.labelled)
     if calibrate:
         if device:
