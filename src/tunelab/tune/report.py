@@ -1,6 +1,6 @@
 """What a search leaves in its study folder: trials.csv and trials.md (every trial: state, parameters, values,
 seconds, run folder), best.yaml (the config with the best trial's parameters, ready for `tunelab train`),
-importances.json (Optuna's fANOVA parameter importances over the finished trials) and report.html: the trials
+importances.json (parameter importances by Optuna's default evaluator over the complete trials) and report.html: the trials
 table, the importances, a parallel-coordinates plot (one line per trial across the parameters, coloured by the
 first objective) and the best-vs-default comparison on the test split. One self-contained file (plots inlined as
 PNG data URIs, no scripts, no CDN).
@@ -73,7 +73,7 @@ def write_best(cfg: RunConfig, study_name: str, params: dict[str, Any], root: Pa
 
 
 def importances(study: Any, tune: TuneConfig) -> dict[str, float]:
-    """fANOVA importances of the parameters over the complete trials; {} when there are too few to say."""
+    """Importances (Optuna's default evaluator) over the complete trials; {} when there are too few to say."""
     import optuna
 
     target = (lambda t: t.values[0]) if len(tune.objectives) > 1 else None
@@ -162,7 +162,7 @@ def write_html(root: Path, title: str, rows: list[dict[str, Any]], imps: dict[st
     if verdict:
         parts.append("<h2>Best vs default on the test split</h2><pre>" + escape("\n".join(verdict)) + "</pre>")
     if imps:
-        parts.append("<h2>Parameter importances (fANOVA)</h2><table><tr><th>parameter</th><th>importance</th></tr>")
+        parts.append("<h2>Parameter importances</h2><table><tr><th>parameter</th><th>importance</th></tr>")
         parts += [f"<tr><td>{escape(k)}</td><td>{v:.3f}</td></tr>" for k, v in imps.items()]
         parts.append("</table>")
     else:
