@@ -104,6 +104,7 @@ EXTRA = {
     "train": ["train.max_steps=2"],  # full training takes minutes; two steps run the same path, save and evaluate
     "quickstart": ["--epochs", "0.2"],  # a fifth of an epoch: the whole lifecycle, a fifth of the training time
     "serve": ["--port", "FREE_PORT"],  # the default 8000 may be taken on a shared machine
+    "tune": ["tune.trials=3"],  # three trials run the same search, pruning and best-vs-default path as six
 }
 
 # Commands that do not run here -> why.
@@ -117,6 +118,10 @@ SKIP = {
         "needs CUDA GPUs and deepspeed"
     ),
     "tunelab train CONFIG [a.b=c ...] [--resume]": "a synopsis; its concrete forms follow it in training.md",
+    "tunelab tune examples/tune.yaml tune.storage=postgresql+psycopg://tunelab@db-host/tunelab --worker": (
+        "needs a PostgreSQL server that several machines reach; tests/integration/test_tune_cli.py runs two "
+        "processes on one SQLite study"
+    ),
 }
 
 # Programs other than tunelab in shell fences -> why they are not run.

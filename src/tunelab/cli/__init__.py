@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from tunelab.cli import data, evaluate, export, project, serve, train
+from tunelab.cli import data, evaluate, export, project, serve, train, tune
 from tunelab.console import quiet_libraries
 from tunelab.errors import TunelabError
 
@@ -32,6 +32,8 @@ app.command("serve")(serve.serve_cmd)
 app.command("serve-key")(serve.serve_key_cmd)
 app.command("export")(export.export_cmd)
 app.command("verify")(export.verify_cmd)
+app.command("tune")(tune.tune_command)
+app.command("plan")(tune.plan_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,6 +35,7 @@ from tunelab.models.tuning import (
     describe_trainable,
     load_for_tuning,
 )
+from tunelab.planner import DataCounts, estimate
 from tunelab.quality.card import preflight
 from tunelab.scoring.rewards import check_sources
 from tunelab.train import rundir
@@ -61,6 +62,7 @@ def train_one(cfg: RunConfig, resume: bool = False, hooks: Hooks | None = None,
     with acc.main_process_first():
         prepared = prepare_data(cfg, tokenizer, spec.data)
     _attach_chat_template(tokenizer, cfg, [s.format for s in prepared.stats])
+    acc.print(_plan_line(cfg, prepared))
     labels = getattr(prepared, "labels", [])
     model = _load_model(cfg, tokenizer, labels, acc.print)
     if acc.is_main_process and not resume:
@@ -95,6 +97,20 @@ def train_one(cfg: RunConfig, resume: bool = False, hooks: Hooks | None = None,
                 write_run_card(run_dir)
     acc.wait_for_everyone()
     return run_dir
+
+
+def _plan_line(cfg: RunConfig, prepared: Any) -> str:
+    """The planner's one-line summary (no calibration: table throughput; memory from this process's RSS now)."""
+    m = METHODS[cfg.method.name]
+    if m.data != "sft" or not prepared.train or not hasattr(prepared.train[0], "input_ids"):
+        return "plan: not estimated for this method's data (`tunelab plan` covers sft-style data)"
+    train = [len(x.input_ids) for x in prepared.train]
+    labelled = sum(x.n_trainable for x in prepared.train)
+    counts = DataCounts.from_lengths(train, [len(x.input_ids) for x in prepared.eval], labelled)
+    try:
+        return estimate(cfg, counts).summary()
+    except Exception as e:  # the plan informs; it never stops a run (e.g. an architecture it cannot build on meta)
+        return f"plan: not estimated ({type(e).__name__}: {str(e)[:200]})"
 
 
 def _start(cfg: RunConfig, config_path: str | Path | None, resume: bool) -> tuple[Any, Path, int]:
