@@ -178,8 +178,11 @@ def check(
     card: Annotated[Path | None, typer.Option(help="Also write a data card (Markdown) here.")] = None,
     config: Annotated[
         str | None,
-        typer.Option("--config", help="Check a run config's datasets (data.train; data.eval and eval.data as eval), "
-                     "each read with its own options, with its data.check settings."),
+        typer.Option(
+            "--config",
+            help="Check a run config's datasets (data.train; data.eval and eval.data as eval), "
+            "each read with its own options, with its data.check settings.",
+        ),
     ] = None,  # fmt: skip
     leakage: Annotated[str, typer.Option(help="Exact leakage: error, warn, or drop (reported as left out).")] = "error",
 ) -> None:

@@ -84,7 +84,9 @@ def _counts(labelled: list[tuple[Dataset, Item]], options: CheckOptions) -> list
         out.append(Problem(CODES["label_rare"], "label_rare", msg, locs))
     (top, n_top), (low, n_low) = counts.most_common()[0], counts.most_common()[-1]
     if n_top > options.max_label_imbalance * n_low:
-        msg = (f"training classes are imbalanced: {top} has {n_top} examples, {low} {n_low} "
-               f"({n_top / n_low:.0f}x, above data.check.max_label_imbalance {options.max_label_imbalance:g})")
+        msg = (
+            f"training classes are imbalanced: {top} has {n_top} examples, {low} {n_low} "
+            f"({n_top / n_low:.0f}x, above data.check.max_label_imbalance {options.max_label_imbalance:g})"
+        )
         out.append(Problem(CODES["label_imbalance"], "label_imbalance", msg, []))
     return out

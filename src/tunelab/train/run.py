@@ -35,7 +35,7 @@ from tunelab.models.tuning import (
     describe_trainable,
     load_for_tuning,
 )
-from tunelab.quality.card import preflight
+from tunelab.quality.card import CHECK_REPORT, leaked_eval_records, preflight, skip_records
 from tunelab.scoring.rewards import check_sources
 from tunelab.train import rundir
 from tunelab.train.loop import Hooks, Job, Trainer
@@ -57,6 +57,7 @@ def train_one(cfg: RunConfig, resume: bool = False, hooks: Hooks | None = None,
     cfg = resolve_formats(cfg, spec.data)  # labelled/tagged data: format auto is saved as what was read
     tokenizer = load_tokenizer(cfg.model)
     asked = cfg  # saved as config.yaml; distill from completions trains on the teacher's replies instead
+    cfg = _check_data(cfg, tokenizer, run_dir, acc, resume)  # before any model loads: a failed check costs seconds
     cfg = prepare_teacher(cfg, tokenizer, run_dir, acc)
     with acc.main_process_first():
         prepared = prepare_data(cfg, tokenizer, spec.data)
@@ -148,13 +149,32 @@ def _maybe_pack(cfg: RunConfig, method: Any, items: list[Any]) -> list[Any]:
     return pack(shuffled, cfg.data.max_length)
 
 
+def _check_data(cfg: RunConfig, tokenizer: Any, run_dir: Path, acc: Any, resume: bool) -> RunConfig:
+    """The data pre-flight check (data.check), on the main process, before any model loads; errors stop the run.
+    With data.check.leakage: drop, every process goes on with the leaked eval records left out (read back from
+    the saved report, which a resumed run reuses)."""
+    if cfg.data.check is None:
+        return cfg
+    saved = run_dir / CHECK_REPORT
+    with acc.main_process_first():
+        if acc.is_main_process and not (resume and saved.is_file()):
+            report = preflight(cfg.data.train, [*cfg.data.eval, *cfg.eval.data], options=cfg.data.check,
+                               tokenizer=tokenizer, run_dir=run_dir, max_record_bytes=cfg.data.max_record_bytes)  # fmt: skip
+            acc.print(
+                f"data check: {len(report.by_severity('warning'))} warning(s); card in {run_dir / 'data_card.md'}"
+            )
+    if cfg.data.check.leakage != "drop":
+        return cfg
+    left_out = leaked_eval_records(saved)
+    if left_out:
+        n = sum(len(v) for v in left_out.values())
+        acc.print(f"data check: {n} leaked eval record(s) left out (data.check.leakage: drop; listed in data_card.md)")
+    return skip_records(cfg, left_out)
+
+
 def _before_training(cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Path, log: Any) -> None:
-    """Data pre-flight check, then the base model's evaluation (before any adapter exists)."""
+    """The base model's evaluation (before any adapter exists)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.data.check is not None:
-        report = preflight(cfg.data.train, [*cfg.data.eval, *cfg.eval.data], options=cfg.data.check,
-                           tokenizer=tokenizer, run_dir=run_dir, max_record_bytes=cfg.data.max_record_bytes)  # fmt: skip
-        log(f"data check: {len(report.by_severity('warning'))} warning(s); card in {run_dir / 'data_card.md'}")
     before_training(cfg, model, tokenizer, run_dir, log, METHODS[cfg.method.name].head)
 
 
