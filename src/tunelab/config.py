@@ -62,7 +62,7 @@ class MetricSpec(Section):
     )
 
 
-PII_KINDS = ("email", "phone", "card", "iban", "ip", "secret")  # what tunelab.quality.pii finds
+PII_KINDS = ("email", "phone", "card", "iban", "ip", "secret", "address", "name")  # what tunelab.quality.pii finds
 
 
 class CheckOptions(Section):
@@ -77,6 +77,9 @@ class CheckOptions(Section):
     )
     pii: bool = Field(True, description="Scan text fields for PII and secrets.")
     pii_kinds: list[str] = Field(default_factory=lambda: list(PII_KINDS), description="PII kinds to scan for.")
+    pii_ner: bool = Field(
+        False, description="Also find names and places with Presidio's NER (needs presidio-analyzer and a spaCy model)."
+    )
     tokenizer: str | None = Field(
         None,
         description="Tokenizer (preset name, local folder or hub id) for token lengths; none: characters.",

@@ -170,6 +170,7 @@ def check(
     near_threshold: Annotated[float, typer.Option(help="Near-duplicate Jaccard threshold (0-1).")] = 0.85,
     near: Annotated[bool, typer.Option(help="Look for near-duplicates and near leakage.")] = True,
     pii: Annotated[bool, typer.Option(help="Scan for PII and secrets.")] = True,
+    pii_ner: Annotated[bool, typer.Option(help="Also find names and places with Presidio (when installed).")] = False,
     tokenizer: Tokenizer = None,
     max_length: MaxLength = None,
     strict: Annotated[bool, typer.Option(help="Fail on warnings too.")] = False,
@@ -202,6 +203,7 @@ def check(
         near_duplicates=near,
         near_threshold=near_threshold,
         pii=pii,
+        pii_ner=pii_ner,
         tokenizer=tokenizer,
         max_length=max_length,
         label_column=label_column,
@@ -239,6 +241,7 @@ def clean(
     near: Annotated[bool, typer.Option(help="Drop near-duplicates (keep the first).")] = False,
     near_threshold: Annotated[float, typer.Option(help="Near-duplicate Jaccard threshold.")] = 0.85,
     pii: Annotated[str, typer.Option(help="PII: keep, redact or drop.")] = "keep",
+    pii_ner: Annotated[bool, typer.Option(help="Also find names and places with Presidio (when installed).")] = False,
     leak_against: Annotated[
         list[str] | None,
         typer.Option(help="Drop records whose input is in this eval/test file (repeatable)."),
@@ -261,6 +264,7 @@ def clean(
         near_dedup=near,
         near_threshold=near_threshold,
         pii=pii,  # type: ignore[arg-type]
+        pii_ner=pii_ner,
         leak_against=leak_against or [],
     )
     res = run_clean(path, output, opts, fmt, _columns(column), label_column)

@@ -106,7 +106,7 @@ def file_problems(ds: Dataset, st: dict[str, Any], options: CheckOptions) -> lis
         n, unit = len(st["truncated"]), st["length_unit"]
         out.append(_problem("truncated", f"{n} records longer than {options.max_length} {unit}", st["truncated"]))
     if options.pii:
-        out += pii_problems(ds, options.pii_kinds)
+        out += pii_problems(ds, options.pii_kinds, options.pii_ner)
     return out
 
 
@@ -128,12 +128,12 @@ def apply_leakage_policy(problems: list[Problem], policy: str) -> list[Problem]:
     return [Problem("warning", p.code, f"{p.message}; {what}", p.locations) for p in problems]
 
 
-def pii_problems(ds: Dataset, kinds: Sequence[str]) -> list[Problem]:
+def pii_problems(ds: Dataset, kinds: Sequence[str], ner: bool = False) -> list[Problem]:
     """One problem per PII kind per file, with a location for every finding."""
     found: dict[str, list[dict[str, Any]]] = {}
     for it in ds.items:
         for path, text in it.fields.items():
-            for f in find_pii(text, kinds):
+            for f in find_pii(text, kinds, ner):
                 found.setdefault(f.kind, []).append({**it.location(), "field": path, "kind": f.kind})
     out = []
     for kind, locs in found.items():
