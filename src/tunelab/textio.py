@@ -84,6 +84,8 @@ def read_text(path: str | Path, what: str = "file", encoding: str = "utf-8") -> 
 UTF8 = "utf-8"
 _SPOOL = 64 * 2**20  # transcoded data stays in memory up to this size
 _SAMPLE = 2**20  # bytes charset-normalizer looks at
+_NEAR_TIE = 0.05  # charset-normalizer "chaos" (mess ratio) within which candidates count as equally clean
+_WESTERN = {"cp1252", "latin_1", "iso8859_15"}
 _BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF16_LE, "utf-16"),
          (codecs.BOM_UTF16_BE, "utf-16"), (BOM, UTF8))  # fmt: skip
 
@@ -111,11 +113,15 @@ def detect_encoding(path: str | Path) -> str:
         return UTF8
     from charset_normalizer import from_bytes
 
-    best = from_bytes(sample).best()
-    if best is None or b"\0" in sample and not best.encoding.startswith("utf_"):
+    found = list(from_bytes(sample))
+    if not found or b"\0" in sample and not found[0].encoding.startswith("utf_"):
         raise DataError("encoding: auto could not tell the file's encoding (binary data?); name it, e.g. "
                         "encoding: latin-1", where=str(path))  # fmt: skip
-    return codec_name(best.encoding)
+    # Short Western text decodes about as cleanly in several single-byte code pages; Windows-1252 (which
+    # reads every printable Latin-1 byte the same) is by far the most common of them, so it wins near-ties.
+    close = [m for m in found if m.chaos <= found[0].chaos + _NEAR_TIE]
+    western = next((m for m in close if _WESTERN & set(m.could_be_from_charset)), None)
+    return codec_name("cp1252" if western else found[0].encoding)
 
 
 def _whole_chars(sample: bytes) -> bytes:
