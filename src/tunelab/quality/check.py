@@ -94,7 +94,7 @@ def file_problems(ds: Dataset, st: dict[str, Any], options: CheckOptions) -> lis
     out = []
     if ds.file_error:
         out.append(_problem("file_error", ds.file_error, [{"file": ds.path, "line": None, "record": None}]))
-    if bad := [it for it in ds.items if it.error]:
+    if bad := [it for it in ds.items if it.error and ds.format]:  # no format: the file error says why
         out.append(schema_problem(ds, bad))
     if empty := empty_fields(ds.items):
         locs = [{**it.location(), "field": f} for it, f in empty]
