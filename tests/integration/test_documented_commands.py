@@ -145,7 +145,10 @@ EXPECTED = {
         "[error] leak_exact: 7 test records",
     ),
     # data.md: a file whose fields fit no format gets the likely format and mapping.
-    "tunelab data check reviews.csv": (1, "did you mean `format: labelled, columns: {text: sentence, label: sentiment}`?"),
+    "tunelab data check reviews.csv": (
+        1,
+        "did you mean `format: labelled, columns: {text: sentence, label: sentiment}`?",
+    ),
     # export.md: K-quants need llama.cpp's tools (not installed here: the documented "not found" message).
     "tunelab export runs/my-run --format gguf --gguf-type q4_k_m --llama-cpp ~/llama.cpp": (
         2,

@@ -87,5 +87,7 @@ def test_the_data_check_stops_a_run_before_any_model_loads(tmp_path: Path) -> No
     args = [f"model.name_or_path={tmp_path / 'tokenizer-only'}", f"output.dir={tmp_path / 'runs'}",
             f"data.train=[{{path: {tmp_path / 'train.jsonl'}}}]", f"data.eval=[{{path: {tmp_path / 'test.jsonl'}}}]"]  # fmt: skip
     out = run_cli("train", str(EXAMPLE), *args, check=False)
-    assert out.returncode == 2 and "[error] leak_exact: 2 eval records have the same input as a train record" in out.stderr
+    assert (
+        out.returncode == 2 and "[error] leak_exact: 2 eval records have the same input as a train record" in out.stderr
+    )
     assert "Traceback" not in out.stderr

@@ -160,8 +160,12 @@ def _inspect_text(s: dict[str, Any]) -> str:
 @data_app.command()
 def check(
     train: Annotated[
-        list[str] | None, typer.Argument(help="Training data files (PATH or PATH::key=value,... with its own options).")
-    ] = None,
+        list[str],
+        typer.Argument(
+            help="Training data files (PATH or PATH::key=value,... with its own options), or a run config (.yaml): "
+            "its data.train, data.eval and eval.data, each read with its own options, with its data.check settings."
+        ),
+    ],
     eval: Annotated[list[str] | None, typer.Option("--eval", help="Eval/validation file (repeatable).")] = None,
     test: Annotated[list[str] | None, typer.Option("--test", help="Test file (repeatable).")] = None,
     fmt: Format = "auto",
@@ -177,14 +181,6 @@ def check(
     as_json: AsJson = False,
     report: Annotated[Path | None, typer.Option(help="Also save the JSON report here.")] = None,
     card: Annotated[Path | None, typer.Option(help="Also write a data card (Markdown) here.")] = None,
-    config: Annotated[
-        str | None,
-        typer.Option(
-            "--config",
-            help="Check a run config's datasets (data.train; data.eval and eval.data as eval), "
-            "each read with its own options, with its data.check settings.",
-        ),
-    ] = None,  # fmt: skip
     leakage: Annotated[str, typer.Option(help="Exact leakage: error, warn, or drop (reported as left out).")] = "error",
 ) -> None:
     """Find schema errors, duplicates, near-duplicates, leakage, PII and label problems. Exits 1 on errors.
@@ -195,7 +191,7 @@ def check(
       tunelab data check train.csv --test test.csv --json > report.json
       tunelab data check train.jsonl --near-threshold 0.9 --strict --card data_card.md
       tunelab data check train.csv::text=sentence,label=sentiment --test test.tsv::text=utterance,label=intent
-      tunelab data check --config run.yaml
+      tunelab data check run.yaml
     """
     if leakage not in ("error", "warn", "drop"):
         raise TunelabError(f"--leakage {leakage!r}: expected error, warn or drop")
@@ -210,14 +206,14 @@ def check(
         strict=strict,
         leakage=leakage,  # type: ignore[arg-type]
     )
-    if config:
-        cfg = load_config(config)
+    if len(train) == 1 and Path(train[0]).suffix.lower() in (".yaml", ".yml"):  # a run config
+        cfg = load_config(train[0])
         trains, evals, tests = list(cfg.data.train), [*cfg.data.eval, *cfg.eval.data], _inputs(test, fmt, column)
         opts = cfg.data.check or opts
     else:
         trains, evals, tests = _inputs(train, fmt, column), _inputs(eval, fmt, column), _inputs(test, fmt, column)
     if not trains:
-        raise TunelabError("data check: give training data files, or --config with data.train")
+        raise TunelabError(f"data check: {train[0]} has no data.train datasets")
     result = run_check(trains, evals, tests, opts)
     typer.echo(result.to_json() if as_json else result.format_text())
     if report:

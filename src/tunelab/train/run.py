@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from tunelab.data.tokenize import chat_template_for
 from tunelab.errors import TunelabError
 from tunelab.eval.card import write_run_card
 from tunelab.eval.lifecycle import after_training, before_training
-from tunelab.methods import METHODS, build_method
+from tunelab.methods import METHODS, build_method, implicit_reward
 from tunelab.methods.teacher_data import prepare_teacher
 from tunelab.models.heads import load_head_model, write_head_info
 from tunelab.models.load import load_tokenizer
@@ -86,12 +87,16 @@ def train_one(cfg: RunConfig, resume: bool = False, hooks: Hooks | None = None,
         trainer.run()
         if cfg.train.load_best_at_end:
             trainer.load_best()
+        acc.print(f"saving the final model to {run_dir / 'final'} ...")
+        started = time.perf_counter()
         trainer.save_final()
+        acc.print(f"saved the final model ({time.perf_counter() - started:.1f} s); evaluating it")
         if acc.is_main_process:
             if spec.head:
                 write_head_info(run_dir / "final", cfg.method.name, spec.head, labels)
             try:
-                after_training(cfg, acc.unwrap_model(trainer.module).model, tokenizer, run_dir, acc.print, spec.head)
+                after_training(cfg, acc.unwrap_model(trainer.module).model, tokenizer, run_dir, acc.print, spec.head,
+                               implicit_reward(cfg))  # fmt: skip
             finally:  # after the closing evaluation, whose comparison it shows (and even when that fails the run)
                 write_run_card(run_dir)
     acc.wait_for_everyone()
@@ -175,7 +180,7 @@ def _check_data(cfg: RunConfig, tokenizer: Any, run_dir: Path, acc: Any, resume:
 def _before_training(cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Path, log: Any) -> None:
     """The base model's evaluation (before any adapter exists)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    before_training(cfg, model, tokenizer, run_dir, log, METHODS[cfg.method.name].head)
+    before_training(cfg, model, tokenizer, run_dir, log, METHODS[cfg.method.name].head, implicit_reward(cfg))
 
 
 def _load_dtype(cfg: RunConfig) -> torch.dtype | None:

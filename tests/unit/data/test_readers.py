@@ -53,10 +53,14 @@ def test_a_tsv_named_csv_gets_a_hint_about_tabs(tmp_path) -> None:
 
 
 FRENCH = [
-    "Le café était très bon, et le crème brûlée aussi.", "À bientôt, j'espère : c'était génial !",
-    "Le service était lent et la soupe froide.", "Très déçu par la qualité du gâteau.",
-    "Une expérience agréable, le personnel est très sympathique.", "Où est passé le garçon ? Nous avons attendu.",
-    "Les crêpes étaient délicieuses et pas chères.", "Je ne reviendrai pas, c'était sale et bruyant.",
+    "Le café était très bon, et le crème brûlée aussi.",
+    "À bientôt, j'espère : c'était génial !",
+    "Le service était lent et la soupe froide.",
+    "Très déçu par la qualité du gâteau.",
+    "Une expérience agréable, le personnel est très sympathique.",
+    "Où est passé le garçon ? Nous avons attendu.",
+    "Les crêpes étaient délicieuses et pas chères.",
+    "Je ne reviendrai pas, c'était sale et bruyant.",
 ]
 
 
@@ -75,7 +79,10 @@ def test_utf16_is_detected_by_its_bom_and_offsets_point_into_the_original_file(t
     raw = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-16")
     (tmp_path / "u.jsonl").write_bytes(raw)
     assert detect_encoding(tmp_path / "u.jsonl") == "utf-16"
-    assert [r.text for r in records(tmp_path, "u.jsonl", raw, format="labelled", encoding="auto")[1]] == ["naïve", "Ωmega"]
+    assert [r.text for r in records(tmp_path, "u.jsonl", raw, format="labelled", encoding="auto")[1]] == [
+        "naïve",
+        "Ωmega",
+    ]
     bad = b"text,label\nok,a\n\x81bad,b\n"  # 0x81 is not a cp1252 character
     msg = error(records, tmp_path, "c.csv", bad, format="labelled", encoding="cp1252")
     assert "line 3: not cp1252 text: byte 0x81 at byte offset 16" in msg
@@ -138,7 +145,10 @@ def test_human_assistant_transcripts_are_preference_pairs(tmp_path) -> None:
     )
     other = {**row, "rejected": "\n\nHuman: Hello\n\nAssistant: Hi!\n\nHuman: Capital of France?\n\nAssistant: No."}
     msg = error(records, tmp_path, "hh2.jsonl", json.dumps(other) + "\n", format="transcript")
-    assert 'line 1, field "rejected": the dialogue before the last \'Assistant:\' turn differs from chosen\'s (turn 1)' in msg
+    assert (
+        "line 1, field \"rejected\": the dialogue before the last 'Assistant:' turn differs from chosen's (turn 1)"
+        in msg
+    )
 
 
 # ------------------------------------------------------------------------------------------ templates
@@ -150,7 +160,9 @@ def test_a_template_combines_columns_and_a_missing_one_is_named(tmp_path) -> Non
     assert records(tmp_path, "news.tsv", tsv, format="labelled", columns=cols)[1] == [
         Labelled("Wall St. Bears Claw Back. Short-sellers see green again.", "business")
     ]
-    msg = error(records, tmp_path, "news.tsv", tsv, format="labelled", columns={"text": "{title}: {body}", "label": "topic"})
+    msg = error(
+        records, tmp_path, "news.tsv", tsv, format="labelled", columns={"text": "{title}: {body}", "label": "topic"}
+    )
     assert "line 2, field \"body\": column 'body' (in the template for 'text' in columns:) not found" in msg
 
 

@@ -36,7 +36,7 @@ def test_eval_compare_report(tmp_path) -> None:
     res = runner.invoke(app, ["eval", "tiny", "--data", str(data), "-s", METRICS, "-s", "eval.max_new_tokens=6",
                               "--out", str(tmp_path / "tiny.json")])  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert "exact_match: exact_match=0" in res.output and "loss: loss=" in res.output
+    assert "exact_match: exact_match=0" in res.output and "loss: loss (token-weighted)=" in res.output
     saved = EvalResult.load(tmp_path / "tiny.json")
     assert len(saved.examples) == 6 and saved.decoding["max_new_tokens"] == 6
 

@@ -95,5 +95,5 @@ def test_data_check_reads_each_file_with_its_own_mapping(files: tuple[str, str],
         f"  eval: [{{path: {dev}, format: labelled, columns: {{text: utterance, label: intent}}}}]\n"
         "  check: {leakage: drop, near_duplicates: false}\n"
     )
-    out = run_cli("data", "check", "--config", str(config), check=False).stdout
+    out = run_cli("data", "check", str(config), check=False).stdout
     assert "left out of the run's eval data (data.check.leakage: drop)" in out
