@@ -98,7 +98,7 @@ def extract_answer(text: str, how: str) -> str | None:
         found = _NUMBER.findall(text)
         return found[-1] if found else None
     try:
-        matches = list(re.finditer(how, text, re.DOTALL))
+        matches = list(re.finditer(how, text))  # `.` stops at a line end: one answer per match
     except re.error as e:
         raise ValueError(f"answer pattern {how!r} is not a valid regex: {e}") from None
     if not matches:
