@@ -176,14 +176,18 @@ def test_eval_rescores_trained_heads_on_new_files(tmp_path: Path) -> None:
     assert "saving the final model to" in out and "saved the final model (" in out and "evaluating it" in out
     conll = tmp_path / "new.conll"
     conll.write_text("Anna B-PER\nvisited O\nParis B-LOC\n\nOmar B-PER\nleft O\n")
-    res = run_cli("eval", str(tmp_path / "runs" / "ner-tiny"), "--data", str(conll), "--out", str(tmp_path / "ner.json"))
+    res = run_cli(
+        "eval", str(tmp_path / "runs" / "ner-tiny"), "--data", str(conll), "--out", str(tmp_path / "ner.json")
+    )
     assert "ner: precision" in res.stdout and "token_accuracy" in res.stdout
     saved = json.loads((tmp_path / "ner.json").read_text())
     assert [e["reference"] for e in saved["examples"]] == ["B-PER O B-LOC", "B-PER O"]
     run_cli("train", str(EXAMPLES / "classify-lora.yaml"), *common)
     tsv = tmp_path / "new.tsv"
     tsv.write_text("text\tlabel\nthe flight was late\ttravel\nwhere is my refund\tbilling\n")
-    res = run_cli("eval", str(tmp_path / "runs" / "classify-lora"), "--data", str(tsv), "--out", str(tmp_path / "c.json"))
+    res = run_cli(
+        "eval", str(tmp_path / "runs" / "classify-lora"), "--data", str(tsv), "--out", str(tmp_path / "c.json")
+    )
     assert "classification: accuracy" in res.stdout and "majority_baseline" not in res.stdout
     bad = tmp_path / "bad.tsv"
     bad.write_text("text\tlabel\nhello\tweather\n")

@@ -53,7 +53,10 @@ def mapping(fmt: str, keys: Iterable[str]) -> dict[str, str] | None:
 def best_format(keys: Iterable[str]) -> tuple[str, dict[str, str]] | None:
     """The format whose required fields all map onto `keys`, the one that uses the most fields."""
     present = list(keys)
-    fits = [(fmt, m) for fmt in REQUIRED if (m := mapping(fmt, present)) is not None]
+    fits: list[tuple[str, dict[str, str]]] = []
+    for fmt in REQUIRED:
+        if (found := mapping(fmt, present)) is not None:
+            fits.append((fmt, found))
     fits.sort(key=lambda f: -len(REQUIRED[f[0]]))  # stable: REQUIRED's order breaks ties
     return fits[0] if fits else None
 
@@ -71,5 +74,5 @@ def mapping_hint(fmt: str | None, keys: Iterable[str]) -> str:
             return ""
         name, m = best
         return f"; did you mean `format: {name}" + (f", {columns_text(m)}`?" if m else "`?")
-    m = mapping(fmt, present)
-    return f"; did you mean `{columns_text(m)}`?" if m else ""
+    found = mapping(fmt, present)
+    return f"; did you mean `{columns_text(found)}`?" if found else ""

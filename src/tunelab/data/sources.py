@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -176,7 +176,7 @@ def iter_csv(p: Path, max_record_bytes: int = MAX_RECORD_BYTES, options: ReadOpt
             raise DataError(f"not valid CSV ({e})", where=str(p), line=reader.line_num) from None
 
 
-def _check_separator(header: list[str], sep: str, p: Path) -> None:
+def _check_separator(header: Sequence[str], sep: str, p: Path) -> None:
     """A one-field header that holds another separator is a file with that separator (a TSV named .csv)."""
     if len(header) != 1:
         return
@@ -347,7 +347,8 @@ class _Sentence:
     def __init__(self) -> None:
         self.tokens: list[str] = []
         self.tags: list[str] = []
-        self.start, self.size, self.problem = 0, 0, None
+        self.start, self.size = 0, 0
+        self.problem: str | None = None
 
     @property
     def started(self) -> bool:

@@ -51,11 +51,15 @@ def test_implicit_rewards_by_hand(tiny) -> None:
     ref, counts = reply_logps(model, its, batch_size=4)
     other = copy.deepcopy(model)
     with torch.no_grad():
-        other.lm_head.weight.add_(0.05 * torch.randn_like(other.lm_head.weight, generator=torch.Generator().manual_seed(0)))
+        other.lm_head.weight.add_(
+            0.05 * torch.randn_like(other.lm_head.weight, generator=torch.Generator().manual_seed(0))
+        )
     logps, _ = reply_logps(other, its, batch_size=4)
     assert rewards("reference", 0.1, ref, counts, ref) == [0.0] * 6  # the baseline: policy == reference
     assert rewards("reference", 0.1, logps, counts, ref) == pytest.approx([0.1 * (a - b) for a, b in zip(logps, ref)])
-    assert rewards("normalized", 2.0, logps, counts, None) == pytest.approx([2.0 * a / n for a, n in zip(logps, counts)])
+    assert rewards("normalized", 2.0, logps, counts, None) == pytest.approx(
+        [2.0 * a / n for a, n in zip(logps, counts)]
+    )
 
 
 def test_evaluate_pairs_before_and_after(tiny, tmp_path) -> None:
