@@ -72,6 +72,6 @@ def test_compare_saved_results_and_missing_data(tmp_path) -> None:
         app, ["compare", str(tmp_path / "s0.json"), str(tmp_path / "s1.json"), "--out", str(tmp_path / "c")]
     )
     assert res.exit_code == 0, res.output
-    assert "loss:" in res.output and "forgetting" not in res.output  # saved results carry no model to probe
+    assert "loss (mean over examples):" in res.output and "forgetting" not in res.output  # saved: no model to probe
     res = runner.invoke(app, ["eval", "tiny"])
     assert res.exit_code != 0 and "no eval data" in str(res.exception)
