@@ -26,7 +26,7 @@ from tunelab.quality.clean import CleanOptions
 from tunelab.quality.clean import clean as run_clean
 from tunelab.quality.inspect import inspect_dataset, plot_lengths, public
 from tunelab.quality.io import derived_path
-from tunelab.quality.items import load_dataset
+from tunelab.quality.items import Dataset, load_dataset
 from tunelab.quality.split import SplitOptions
 from tunelab.quality.split import split as run_split
 
@@ -97,6 +97,13 @@ def _file_options(spec: str, extra: str) -> dict[str, Any]:
     return out
 
 
+def _readable(ds: Dataset) -> Dataset:
+    """A file with no record at all (empty, blank lines, a header only) or one that cannot be read is an error."""
+    if ds.file_error and not ds.items:
+        raise TunelabError(ds.file_error)
+    return ds
+
+
 def _tokenizer(name: str | None) -> Any:
     if not name:
         return None
@@ -124,7 +131,8 @@ def inspect(
     """
     tok = _tokenizer(tokenizer)
     mapping = _columns(column)
-    stats = [inspect_dataset(load_dataset(p, "train", fmt, mapping, label_column), tok, max_length) for p in paths]
+    stats = [inspect_dataset(_readable(load_dataset(p, "train", fmt, mapping, label_column)), tok, max_length)
+             for p in paths]  # fmt: skip
     if plot:
         plot_lengths(stats, plot, max_length)
     if as_json:
