@@ -62,8 +62,12 @@ def check(
 def load(d: DataInput, role: str, options: CheckOptions, max_record_bytes: int = MAX_RECORD_BYTES) -> Dataset:
     if isinstance(d, str):
         return load_dataset(d, role, label_column=options.label_column, max_record_bytes=max_record_bytes)
-    return load_dataset(d.path, role, d.format, d.columns, options.label_column, d.split, d.max_samples,
-                        max_record_bytes, ReadOptions.of(d))  # fmt: skip
+    ds = load_dataset(d.path, role, d.format, d.columns, options.label_column, d.split, d.max_samples,
+                      max_record_bytes, ReadOptions.of(d))  # fmt: skip
+    if d.skip_records:  # left out of the run (data.check.leakage: drop, or by hand): not checked either
+        skip = set(d.skip_records)
+        ds.items = [it for it in ds.items if it.index not in skip]
+    return ds
 
 
 def check_datasets(datasets: list[Dataset], options: CheckOptions, tokenizer: Any = None) -> CheckReport:
