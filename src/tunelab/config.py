@@ -20,13 +20,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunelab.errors import ConfigError, DataError
-from tunelab.textio import MAX_RECORD_BYTES, read_text
+from tunelab.textio import MAX_RECORD_BYTES, codec_name, read_text
 from tunelab.yamlio import DuplicateKeyError, safe_load
 
 FORMAT_NAMES = (
-    "auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text", "preference", "kto", "prompt", "labelled",
-    "token_tags",
+    "auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text", "preference", "transcript", "kto", "prompt",
+    "labelled", "token_tags",
 )  # fmt: skip
+READER_NAMES = ("auto", "jsonl", "json", "csv", "parquet", "conll")  # how a file is read (tunelab.data.sources)
 
 
 MAX_TOKENS = 1 << 22  # 4M tokens: past any model's context
@@ -61,7 +62,7 @@ class MetricSpec(Section):
     )
 
 
-PII_KINDS = ("email", "phone", "card", "iban", "ip", "secret")  # what tunelab.quality.pii finds
+PII_KINDS = ("email", "phone", "card", "iban", "ip", "secret", "address", "name")  # what tunelab.quality.pii finds
 
 
 class CheckOptions(Section):
@@ -76,6 +77,9 @@ class CheckOptions(Section):
     )
     pii: bool = Field(True, description="Scan text fields for PII and secrets.")
     pii_kinds: list[str] = Field(default_factory=lambda: list(PII_KINDS), description="PII kinds to scan for.")
+    pii_ner: bool = Field(
+        False, description="Also find names and places with Presidio's NER (needs presidio-analyzer and a spaCy model)."
+    )
     tokenizer: str | None = Field(
         None,
         description="Tokenizer (preset name, local folder or hub id) for token lengths; none: characters.",
@@ -86,6 +90,15 @@ class CheckOptions(Section):
         description="Classification label column; default: label, category, intent or class when present.",
     )
     strict: bool = Field(False, description="Treat warnings as errors (exit status and pre-flight).")
+    leakage: Literal["error", "drop", "warn"] = Field(
+        "error",
+        description="Eval/test records whose input is in train: stop (error), leave them out of the run and list "
+        "them in the data card (drop), or only warn.",
+    )
+    min_label_count: int = Field(5, ge=1, description="Warn about classes with fewer training examples than this.")
+    max_label_imbalance: float = Field(
+        20.0, ge=1, description="Warn when the largest class has more than this many times the smallest's examples."
+    )
 
 
 class ModelConfig(Section):
@@ -279,14 +292,32 @@ class MethodConfig(Section):
 
 
 class DatasetConfig(Section):
-    path: str = Field(description="A .jsonl/.json/.csv/.parquet file, a local datasets folder, or a hub dataset id.")
+    path: str = Field(
+        description="A .jsonl/.json/.csv/.tsv/.parquet/.conll file, a local datasets folder, or a hub dataset id."
+    )
     format: Literal[FORMAT_NAMES] = Field(  # type: ignore[valid-type]
         "auto",
         description="Record format; auto detects it from the first row's fields (method classify/ner: labelled/token_tags).",
     )
     columns: dict[str, str] | None = Field(
         None,
-        description="Map the format's field names to yours, e.g. {instruction: question, output: answer}.",
+        description="Map the format's field names to yours, e.g. {instruction: question, output: answer}; a value "
+        'with {field} is a template over several fields, e.g. {text: "{title}. {description}"}.',
+    )
+    reader: Literal[READER_NAMES] = Field(  # type: ignore[valid-type]
+        "auto",
+        description="How the file is read; auto: by its suffix (.jsonl .json .csv .tsv .parquet .conll).",
+    )
+    encoding: str = Field(
+        "utf-8",
+        description="Text encoding of the file (utf-8, latin-1, cp1252, utf-16, ...); auto detects it (charset-normalizer).",
+    )
+    delimiter: str | None = Field(
+        None, description="Field separator of a CSV file (one character); default: a tab for .tsv, else a comma."
+    )
+    skip_records: list[int] = Field(
+        default_factory=list,
+        description="0-based record indices to leave out; data.check.leakage: drop sets them on leaked eval records.",
     )
     split: str = Field("train", description="Split to read from a datasets folder or hub dataset.")
     weight: float = Field(1.0, gt=0, description="Mixing weight: examples drawn per epoch relative to its size.")
@@ -303,6 +334,9 @@ class DatasetConfig(Section):
     def _check_metrics(self) -> DatasetConfig:
         for m in self.metrics or []:
             check_metric_name(m)
+        codec_name(self.encoding)  # an unknown encoding fails at load time, naming it
+        if self.delimiter is not None and len(self.delimiter) != 1:
+            raise ValueError(f"delimiter must be one character, got {self.delimiter!r}")
         return self
 
     def task_name(self) -> str:

@@ -149,6 +149,11 @@ EXPECTED = {
         1,
         "[error] leak_exact: 7 test records",
     ),
+    # data.md: a file whose fields fit no format gets the likely format and mapping.
+    "tunelab data check reviews.csv": (
+        1,
+        "did you mean `format: labelled, columns: {text: sentence, label: sentiment}`?",
+    ),
     # export.md: K-quants need llama.cpp's tools (not installed here: the documented "not found" message).
     "tunelab export runs/my-run --format gguf --gguf-type q4_k_m --llama-cpp ~/llama.cpp": (
         2,
@@ -184,6 +189,10 @@ SANDBOX: list[tuple[str, Any]] = [
     ("runs/big", Train("full.yaml", ("output.name=big",))),  # a full fine-tune: methods.md's teacher
     ("base-model-folder", Copy("runs/big/final")),  # a plain model folder
     ("serve.yaml", DocFence("docs/serving.md", "## serve.yaml")),  # serving.md's own example
+    ("news.tsv", DocFence("docs/data.md", "**A TSV, two columns made into one text.**")),  # data.md's real-data files
+    ("ner.conll", DocFence("docs/data.md", "**A column file.**")),
+    ("hh.jsonl", DocFence("docs/data.md", "**A transcript file.**")),
+    ("reviews.csv", DocFence("docs/data.md", "**When a file does not fit**")),
 ]
 
 

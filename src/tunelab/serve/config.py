@@ -90,7 +90,10 @@ class GuardConfig(_Section):
         default_factory=list,
         description="Extra regexes (case-insensitive) added to the built-in injection patterns.",
     )
-    pii_input: GuardAction = Field("redact", description="PII (email, phone, card, IBAN, IP, secrets) in the input.")
+    pii_input: GuardAction = Field(
+        "redact",
+        description="PII (email, phone, card, IBAN, IP, secrets, street addresses, marked names) in the input.",
+    )
     pii_output: GuardAction = Field("redact", description="PII in the model's output.")
     pii_kinds: list[str] | None = Field(None, description="PII kinds to check (default: all of tunelab.quality.pii).")
     blocklist: list[str] = Field(default_factory=list, description="Words/phrases (case-insensitive, whole words).")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from tunelab.data.tokenize import chat_template_for
 from tunelab.errors import TunelabError
 from tunelab.eval.card import write_run_card
 from tunelab.eval.lifecycle import after_training, before_training
-from tunelab.methods import METHODS, build_method
+from tunelab.methods import METHODS, build_method, implicit_reward
 from tunelab.methods.teacher_data import prepare_teacher
 from tunelab.models.heads import load_head_model, write_head_info
 from tunelab.models.load import load_tokenizer
@@ -36,7 +37,7 @@ from tunelab.models.tuning import (
     load_for_tuning,
 )
 from tunelab.planner import DataCounts, estimate
-from tunelab.quality.card import preflight
+from tunelab.quality.card import CHECK_REPORT, leaked_eval_records, preflight, skip_records
 from tunelab.scoring.rewards import check_sources
 from tunelab.train import rundir
 from tunelab.train.loop import Hooks, Job, Trainer
@@ -58,6 +59,7 @@ def train_one(cfg: RunConfig, resume: bool = False, hooks: Hooks | None = None,
     cfg = resolve_formats(cfg, spec.data)  # labelled/tagged data: format auto is saved as what was read
     tokenizer = load_tokenizer(cfg.model)
     asked = cfg  # saved as config.yaml; distill from completions trains on the teacher's replies instead
+    cfg = _check_data(cfg, tokenizer, run_dir, acc, resume)  # before any model loads: a failed check costs seconds
     cfg = prepare_teacher(cfg, tokenizer, run_dir, acc)
     with acc.main_process_first():
         prepared = prepare_data(cfg, tokenizer, spec.data)
@@ -87,12 +89,16 @@ def train_one(cfg: RunConfig, resume: bool = False, hooks: Hooks | None = None,
         trainer.run()
         if cfg.train.load_best_at_end:
             trainer.load_best()
+        acc.print(f"saving the final model to {run_dir / 'final'} ...")
+        started = time.perf_counter()
         trainer.save_final()
+        acc.print(f"saved the final model ({time.perf_counter() - started:.1f} s); evaluating it")
         if acc.is_main_process:
             if spec.head:
                 write_head_info(run_dir / "final", cfg.method.name, spec.head, labels)
             try:
-                after_training(cfg, acc.unwrap_model(trainer.module).model, tokenizer, run_dir, acc.print, spec.head)
+                after_training(cfg, acc.unwrap_model(trainer.module).model, tokenizer, run_dir, acc.print, spec.head,
+                               implicit_reward(cfg))  # fmt: skip
             finally:  # after the closing evaluation, whose comparison it shows (and even when that fails the run)
                 write_run_card(run_dir)
     acc.wait_for_everyone()
@@ -164,14 +170,33 @@ def _maybe_pack(cfg: RunConfig, method: Any, items: list[Any]) -> list[Any]:
     return pack(shuffled, cfg.data.max_length)
 
 
+def _check_data(cfg: RunConfig, tokenizer: Any, run_dir: Path, acc: Any, resume: bool) -> RunConfig:
+    """The data pre-flight check (data.check), on the main process, before any model loads; errors stop the run.
+    With data.check.leakage: drop, every process goes on with the leaked eval records left out (read back from
+    the saved report, which a resumed run reuses)."""
+    if cfg.data.check is None:
+        return cfg
+    saved = run_dir / CHECK_REPORT
+    with acc.main_process_first():
+        if acc.is_main_process and not (resume and saved.is_file()):
+            report = preflight(cfg.data.train, [*cfg.data.eval, *cfg.eval.data], options=cfg.data.check,
+                               tokenizer=tokenizer, run_dir=run_dir, max_record_bytes=cfg.data.max_record_bytes)  # fmt: skip
+            acc.print(
+                f"data check: {len(report.by_severity('warning'))} warning(s); card in {run_dir / 'data_card.md'}"
+            )
+    if cfg.data.check.leakage != "drop":
+        return cfg
+    left_out = leaked_eval_records(saved)
+    if left_out:
+        n = sum(len(v) for v in left_out.values())
+        acc.print(f"data check: {n} leaked eval record(s) left out (data.check.leakage: drop; listed in data_card.md)")
+    return skip_records(cfg, left_out)
+
+
 def _before_training(cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Path, log: Any) -> None:
-    """Data pre-flight check, then the base model's evaluation (before any adapter exists)."""
+    """The base model's evaluation (before any adapter exists)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.data.check is not None:
-        report = preflight(cfg.data.train, [*cfg.data.eval, *cfg.eval.data], options=cfg.data.check,
-                           tokenizer=tokenizer, run_dir=run_dir, max_record_bytes=cfg.data.max_record_bytes)  # fmt: skip
-        log(f"data check: {len(report.by_severity('warning'))} warning(s); card in {run_dir / 'data_card.md'}")
-    before_training(cfg, model, tokenizer, run_dir, log, METHODS[cfg.method.name].head)
+    before_training(cfg, model, tokenizer, run_dir, log, METHODS[cfg.method.name].head, implicit_reward(cfg))
 
 
 def _load_dtype(cfg: RunConfig) -> torch.dtype | None:
