@@ -1,8 +1,9 @@
 """Training objectives: one registry, `METHODS = {name: MethodSpec}`, is all the code knows about a method.
 
-A spec says what the method trains on (`data`: the records it reads), whether it keeps a reference model, which
-task head it trains (none: the LM head), whether exp(eval loss) is a perplexity, which section of `method:` holds
-its settings, and how to build it (`build(ctx) -> Method`). The config's method names, the head tables, the
+A spec says what the method trains on (`data`: the records it reads), whether it keeps a reference model or a
+teacher, which task head it trains (none: the LM head), whether exp(eval loss) is a perplexity, whether it needs
+whole weights during training (it generates), which section of `method:` holds its settings, and how to build it
+(`build(ctx) -> Method`). The config's method names, the head tables, the
 perplexity rule, the data preparation and the docs table (docs/methods.md) are read from here; a test checks
 that every method has an example config, a doc section, data it reads and a CLI run. The config layer sits
 below this one, so it keeps its own tuple of names and the settings sections (config.METHOD_NAMES, DPOSettings,
@@ -35,6 +36,8 @@ class MethodSpec:
     reference: bool = False  # keeps a reference model (adapters off, a frozen copy, or precomputed log-probs)
     head: HeadKind | None = None  # trains a new task head instead of the LM head
     perplexity: bool | Callable[[MethodConfig], bool] = False  # the loss is the token cross-entropy of the text
+    teacher: bool = False  # closes over a frozen teacher model (not sharded: each process holds it whole)
+    whole_weights: bool = False  # generates with the trained model during training: refused where weights are sharded
 
 
 METHODS: dict[str, MethodSpec] = {
@@ -46,13 +49,16 @@ METHODS: dict[str, MethodSpec] = {
     "reward": MethodSpec(reward.build, "pairs", "a scalar reward model on preference pairs", head="scalar"),
     "classify": MethodSpec(classify.build, "labelled", "a sequence-classification head on text + label", head="seq"),
     "ner": MethodSpec(ner.build, "tagged", "a token-classification head on BIO-tagged tokens", head="token"),
-    "grpo": MethodSpec(grpo.build, "prompts", "online RL from rewards on prompts", "grpo", reference=True),
+    "grpo": MethodSpec(
+        grpo.build, "prompts", "online RL from rewards on prompts", "grpo", reference=True, whole_weights=True
+    ),
     "distill": MethodSpec(
         distill.build,
         "sft",
         "learn from a teacher's logits or its written replies",
         "distill",
         perplexity=lambda m: m.distill.mode == "completions",
+        teacher=True,
     ),  # fmt: skip
 }
 
