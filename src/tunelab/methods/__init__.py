@@ -1,7 +1,7 @@
 """Training objectives: one registry, `METHODS = {name: MethodSpec}`, is all the code knows about a method.
 
-A spec says what the method trains on (`data`: the records it reads), whether it keeps a reference model or a
-teacher, which task head it trains (none: the LM head), whether exp(eval loss) is a perplexity, whether it needs
+A spec says what the method trains on (`data`: the records it reads), whether it keeps a reference model, which
+task head it trains (none: the LM head), whether exp(eval loss) is a perplexity, whether it needs
 whole weights during training (it generates), which section of `method:` holds its settings, and how to build it
 (`build(ctx) -> Method`). The config's method names, the head tables, the
 perplexity rule, the data preparation and the docs table (docs/methods.md) are read from here; a test checks
@@ -36,7 +36,6 @@ class MethodSpec:
     reference: bool = False  # keeps a reference model (adapters off, a frozen copy, or precomputed log-probs)
     head: HeadKind | None = None  # trains a new task head instead of the LM head
     perplexity: bool | Callable[[MethodConfig], bool] = False  # the loss is the token cross-entropy of the text
-    teacher: bool = False  # closes over a frozen teacher model (not sharded: each process holds it whole)
     whole_weights: bool = False  # generates with the trained model during training: refused where weights are sharded
 
 
@@ -58,7 +57,6 @@ METHODS: dict[str, MethodSpec] = {
         "learn from a teacher's logits or its written replies",
         "distill",
         perplexity=lambda m: m.distill.mode == "completions",
-        teacher=True,
     ),  # fmt: skip
 }
 

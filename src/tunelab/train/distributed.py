@@ -158,13 +158,13 @@ def check(acc: Any, req: Request, cfg: RunConfig) -> None:
     """Refuse a setup that differs from the request, or that this run cannot honour; complete DeepSpeed's config."""
     ran = acc.distributed_type.value
     by = f" (started by: {req.launcher})" if req.launcher else ""
+    if acc.num_processes != req.processes:
+        raise TunelabError(f"the launcher asked for {req.processes} processes but {acc.num_processes} started{by}: "
+                           f"{ONE_PROCESS_HINT}")  # fmt: skip
     if req.kind and ran != req.kind:
         why = "ACCELERATE_USE_CPU is set" if _flag("ACCELERATE_USE_CPU") else "accelerate did not apply it"
         raise TunelabError(f"the launcher asked for {req.kind} but accelerate set up {ran} ({why}); refusing to "
                            f"train without the sharding asked for{by}")  # fmt: skip
-    if acc.num_processes != req.processes:
-        raise TunelabError(f"the launcher asked for {req.processes} processes but {acc.num_processes} started{by}: "
-                           f"{ONE_PROCESS_HINT}")  # fmt: skip
     method = METHODS[cfg.method.name]
     if sharded_params(acc) and method.whole_weights:
         raise TunelabError(f"method {cfg.method.name}: it generates with the whole model, which FSDP and ZeRO-3 "
@@ -213,6 +213,17 @@ def local_part(p: torch.Tensor) -> torch.Tensor:
     return getattr(p, "ds_tensor", p)
 
 
+def tied_aliases(model: torch.nn.Module) -> set[str]:
+    """Names of parameters that are another parameter (tied LM head and embeddings), after its first name."""
+    seen: set[int] = set()
+    aliases = set()
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in seen:
+            aliases.add(name)
+        seen.add(id(p))
+    return aliases
+
+
 def unwrap(acc: Any, module: torch.nn.Module) -> torch.nn.Module:
     """The prepared module without its DDP wrapper (FSDP2 wraps in place). accelerate's unwrap_model imports
     deepspeed whenever it is installed (seconds, and a log line), so it is used only under DeepSpeed."""
@@ -224,33 +235,15 @@ def unwrap(acc: Any, module: torch.nn.Module) -> torch.nn.Module:
     return getattr(inner, "_orig_mod", inner)
 
 
-RAM_EFFICIENT = "FSDP_CPU_RAM_EFFICIENT_LOADING"
-
-
-def keep_whole_copies(acc: Any, cfg: RunConfig) -> None:
-    """Under FSDP's cpu_ram_efficient_loading transformers loads real weights on local rank 0 only (the others get
-    them when the model is sharded). A frozen reference copy, precomputed reference log-probs and a teacher are
-    not sharded, so every process needs real weights: for such methods models are loaded whole everywhere."""
-    spec = METHODS[cfg.method.name]
-    if acc.distributed_type.value == FSDP and (spec.reference or spec.teacher) and _flag(RAM_EFFICIENT):
-        os.environ[RAM_EFFICIENT] = "false"
-
-
 @contextmanager
 def one_process_loading(acc: Any) -> Iterator[None]:
-    """Loading a model in one process of a sharded run (the closing evaluation): plain loading, no rank-0-only
-    weights and no ZeRO-3 partitioning at init (both need every process)."""
-    before = os.environ.pop(RAM_EFFICIENT, None)
-    plugin = acc.state.deepspeed_plugin if acc.distributed_type.value == DEEPSPEED else None
-    try:
-        if plugin is None:
-            yield
-        else:
-            with plugin.zero3_init_context_manager(enable=False):
-                yield
-    finally:
-        if before is not None:
-            os.environ[RAM_EFFICIENT] = before
+    """Loading a model in one process of a sharded run (the closing evaluation): no ZeRO-3 partitioning at init,
+    which would wait for the other processes."""
+    if acc.distributed_type.value != DEEPSPEED:
+        yield
+        return
+    with acc.state.deepspeed_plugin.zero3_init_context_manager(enable=False):
+        yield
 
 
 # ------------------------------------------------------------------ what ran
@@ -289,7 +282,7 @@ def _sharding(acc: Any) -> dict[str, Any]:
             "state_dict_type": getattr(p.state_dict_type, "name", str(p.state_dict_type)),
             "wrap": p.transformer_cls_names_to_wrap or (p.min_num_params and f"min {p.min_num_params} params"),
             "cpu_offload": type(p.cpu_offload).__name__ == "CPUOffloadPolicy" or bool(getattr(p.cpu_offload, "offload_params", False)),
-            "cpu_ram_efficient_loading": bool(p.cpu_ram_efficient_loading) and os.environ.get(RAM_EFFICIENT) != "false",
+            "cpu_ram_efficient_loading": p.cpu_ram_efficient_loading,
             "activation_checkpointing": p.activation_checkpointing,
         }  # fmt: skip
     if ran == DEEPSPEED:

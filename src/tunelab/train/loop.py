@@ -382,7 +382,8 @@ class Trainer:
         kwargs: dict[str, Any] = {}
         if distributed.gathers_final(acc):  # weights (or their latest values) are spread over processes: gather
             full = acc.get_state_dict(self.module)
-            kwargs["state_dict"] = {k.removeprefix("model."): v for k, v in full.items()}
+            aliases = distributed.tied_aliases(model)  # gathered once per name: keep one, as save_pretrained does
+            kwargs["state_dict"] = {n: v for k, v in full.items() if (n := k.removeprefix("model.")) not in aliases}
         final = job.run_dir / "final"
         self._check_weights()
         if acc.is_main_process:

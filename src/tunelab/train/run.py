@@ -109,7 +109,6 @@ def _start(cfg: RunConfig, config_path: str | Path | None, resume: bool) -> tupl
     # no log_with: trackers need the run directory, chosen below (see tunelab.train.tracking)
     acc = distributed.accelerator(resolve_precision(cfg.train.precision), asked)
     distributed.check(acc, asked, cfg)
-    distributed.keep_whole_copies(acc, cfg)
     setup = distributed.describe(acc, cfg, asked)
     holder = [rundir.choose_run_dir(cfg, config_path, resume) if acc.is_main_process else None]
     run_dir = Path(str(broadcast_object_list(holder)[0] if acc.num_processes > 1 else holder[0]))
