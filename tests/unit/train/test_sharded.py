@@ -9,121 +9,38 @@ setups that would fall back silently are refused. DeepSpeed: tests/unit/train/te
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import torch
-import yaml
 from safetensors.torch import load_file
 from tests.conftest import REPO
 from tests.unit.train.conftest import assert_same_weights, final_weights
+from tests.unit.train.launching import (
+    COMMON,
+    accelerate_config,
+    assert_equal_runs,
+    assert_loads_plainly,
+    launch,
+    ok,
+    one_process,
+    refused,
+    setup_of,
+    train_losses,
+)
 
-from tunelab.api import train
-from tunelab.config import RunConfig, dump_config, load_config
-from tunelab.models.presets import build_preset
+from tunelab.config import load_config
 from tunelab.train.checkpoint import checkpoints, verify
 from tunelab.train.distributed import _launch_options
 from tunelab.train.rundir import read_metrics
-
-COMMON = ["train.max_steps=3", "train.batch_size=2", "train.group_by_length=false", "train.log_every=1",
-          "train.threads=1", "data.check=null", "eval.forgetting.enabled=false", "tuning.lora.dropout=0"]  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def accelerate_config(tmp_path: Path, example: str = "fsdp.yaml", **changes: object) -> Path:
-    """A shipped accelerate config, set to 2 CPU processes in fp32 (plus `changes`)."""
-    conf = yaml.safe_load((REPO / "examples" / "accelerate" / example).read_text())
-    conf |= {"num_processes": 2, "mixed_precision": "no", **changes}
-    path = tmp_path / f"accelerate-{example}"
-    path.write_text(yaml.safe_dump(conf))
-    return path
-
-
-def launch(accel: Path, cfg: RunConfig, *args: str, env: dict[str, str] | None = None,
-           launch_args: tuple[str, ...] = ()) -> subprocess.CompletedProcess:  # fmt: skip
-    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent))
-    if launcher is None:
-        pytest.skip("accelerate launcher not installed next to this python")
-    path = Path(cfg.output.dir).parent / "run.yaml"
-    path.write_text(dump_config(cfg))
-    full_env = dict(os.environ, PYTHONPATH=str(REPO / "src"), **(env or {}))
-    cmd = [launcher, "launch", "--config_file", str(accel), *launch_args, "--main_process_port", str(free_port()),
-           "-m", "tunelab", "train", str(path), *args]  # fmt: skip
-    return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=600)
-
-
-def ok(out: subprocess.CompletedProcess) -> None:
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
-
-
-def refused(out: subprocess.CompletedProcess, message: str) -> None:
-    """tunelab refused with `message` and no traceback of its own (accelerate's launcher adds one of its own when
-    a worker fails, after tunelab's message)."""
-    assert out.returncode != 0 and message in out.stderr, out.stdout[-2000:] + out.stderr[-3000:]
-    assert "Traceback" not in out.stderr.split(message)[0]
-
-
-@pytest.fixture
-def base(tmp_path: Path) -> Path:
-    """The tiny preset as a model folder (tied embeddings, like small real models)."""
-    model, tokenizer = build_preset("tiny")
-    folder = tmp_path / "base"
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-def one_process(cfg: RunConfig) -> Path:
-    """The same run in this process with grad_accum 2: what 2 processes with grad_accum 1 must equal."""
-    return train(cfg.model_copy(update={"train": cfg.train.model_copy(update={"grad_accum": 2}),
-                                        "output": cfg.output.model_copy(update={"name": "one"})}))  # fmt: skip
-
-
-def train_losses(run: Path) -> list[float]:
-    return [m["loss"] for m in read_metrics(run) if "loss" in m]
-
-
-def assert_equal_runs(sharded: Path, single: Path) -> None:
-    assert len(train_losses(sharded)) == 3 and train_losses(sharded) == pytest.approx(train_losses(single), rel=1e-5)
-    assert_same_weights(final_weights(sharded), final_weights(single), exact=False)
-
-
-def setup_of(run: Path) -> dict:
-    return json.loads((run / "environment.json").read_text())["distributed"]
-
-
-def assert_loads_plainly(run: Path, base: Path) -> None:
-    """final/ is a standard folder: plain transformers (and peft for an adapter) load it and it runs."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    final = run / "final"
-    if (final / "adapter_config.json").is_file():
-        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), final)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(final)
-    logits = model(input_ids=torch.tensor([[1, 72, 105]])).logits
-    assert logits.shape[-1] == model.config.vocab_size and bool(torch.isfinite(logits).all())
-
 
 # ------------------------------------------------------------------ make test-all
 
 
 @pytest.mark.slow
-def test_the_issues_fsdp_config_really_shards_on_cpu(make_cfg, base: Path, tmp_path: Path) -> None:
+def test_the_issues_fsdp_config_really_shards_on_cpu(make_cfg, model_folder: Path, tmp_path: Path) -> None:
     """fsdp.yaml with use_cpu: true used to run plain data parallel (model.safetensors checkpoints) without a word;
     now FSDP2 runs over gloo, its checkpoints are sharded, and environment.json says so."""
-    cfg = make_cfg(*COMMON, f"model.name_or_path={base}", "tuning.mode=full", "train.save_every=3")
+    cfg = make_cfg(*COMMON, f"model.name_or_path={model_folder}", "tuning.mode=full", "train.save_every=3")
     out = launch(accelerate_config(tmp_path, use_cpu=True), cfg, "output.name=fsdp")
     ok(out)
     run = Path(cfg.output.dir) / "fsdp"
@@ -135,10 +52,15 @@ def test_the_issues_fsdp_config_really_shards_on_cpu(make_cfg, base: Path, tmp_p
     step = run / "checkpoints" / "step-3"
     shards = sorted(p.name for p in (step / "pytorch_model_fsdp_0").iterdir())
     assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"] and not (step / "model.safetensors").exists()
-    assert verify(step) is None and "pytorch_model_fsdp_0/__1_0.distcp" in json.loads((step / "trainer_state.json").read_text())["files"]
-    assert "## Training setup" in (run / "report.md").read_text() and "FSDP2 FULL_SHARD" in (run / "report.md").read_text()
+    assert (
+        verify(step) is None
+        and "pytorch_model_fsdp_0/__1_0.distcp" in json.loads((step / "trainer_state.json").read_text())["files"]
+    )
+    assert (
+        "## Training setup" in (run / "report.md").read_text() and "FSDP2 FULL_SHARD" in (run / "report.md").read_text()
+    )
     assert_equal_runs(run, one_process(cfg))
-    assert_loads_plainly(run, base)
+    assert_loads_plainly(run, model_folder)
 
 
 # ------------------------------------------------------------------ quick (make test): refusals
@@ -166,33 +88,35 @@ def test_launch_options_are_read_up_to_the_script() -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["full", "freeze", "lora"])
-def test_fsdp_equals_one_process(mode: str, make_cfg, base: Path, tmp_path: Path) -> None:
-    cfg = make_cfg(*COMMON, f"model.name_or_path={base}", f"tuning.mode={mode}", "tuning.freeze.trainable_layers=1")
+@pytest.mark.parametrize("mode", ["freeze", "lora"])  # full: the test above
+def test_fsdp_equals_one_process(mode: str, make_cfg, model_folder: Path, tmp_path: Path) -> None:
+    cfg = make_cfg(
+        *COMMON, f"model.name_or_path={model_folder}", f"tuning.mode={mode}", "tuning.freeze.trainable_layers=1"
+    )
     ok(launch(accelerate_config(tmp_path), cfg, "output.name=fsdp"))
     run = Path(cfg.output.dir) / "fsdp"
     assert setup_of(run)["type"] == "FSDP"
     assert_equal_runs(run, one_process(cfg))
-    assert_loads_plainly(run, base)
+    assert_loads_plainly(run, model_folder)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["full", "lora"])
-def test_fsdp_dpo_with_its_reference_equals_one_process(mode: str, base: Path, tmp_path: Path) -> None:
+def test_fsdp_dpo_with_its_reference_equals_one_process(mode: str, model_folder: Path, tmp_path: Path) -> None:
     """full: the reference is a frozen copy beside the sharded policy; lora: the policy with its adapters off."""
-    over = [*COMMON, f"model.name_or_path={base}", f"tuning.mode={mode}", "data.eval_ratio=0", "train.lr=5e-3",
+    over = [*COMMON, f"model.name_or_path={model_folder}", f"tuning.mode={mode}", "data.eval_ratio=0", "train.lr=5e-3",
             "train.warmup_ratio=0", f"output.dir={tmp_path / 'runs'}"]  # fmt: skip
     cfg = load_config(REPO / "examples" / "dpo-lora.yaml", over)
     ok(launch(accelerate_config(tmp_path), cfg, "output.name=fsdp"))
     run = Path(cfg.output.dir) / "fsdp"
     assert_equal_runs(run, one_process(cfg))
     assert train_losses(run)[-1] < train_losses(run)[0]  # the policy moved away from its reference
-    assert_loads_plainly(run, base)
+    assert_loads_plainly(run, model_folder)
 
 
 @pytest.mark.slow
-def test_fsdp_resume_after_sigkill_equals_uninterrupted(make_cfg, base: Path, tmp_path: Path) -> None:
-    cfg = make_cfg(*COMMON, "train.max_steps=4", "train.save_every=2", f"model.name_or_path={base}",
+def test_fsdp_resume_after_sigkill_equals_uninterrupted(make_cfg, model_folder: Path, tmp_path: Path) -> None:
+    cfg = make_cfg(*COMMON, "train.max_steps=4", "train.save_every=2", f"model.name_or_path={model_folder}",
                    "tuning.mode=full", "output.name=killed")  # fmt: skip
     accel = accelerate_config(tmp_path)
     killed = launch(accel, cfg, env={"TUNELAB_TEST_KILL": "after_save:2"})
