@@ -48,7 +48,7 @@ def launch(accel: Path, cfg: RunConfig, *args: str, env: dict[str, str] | None =
         pytest.skip("accelerate launcher not installed next to this python")
     path = Path(cfg.output.dir).parent / "run.yaml"
     path.write_text(dump_config(cfg))
-    full_env = dict(os.environ, PYTHONPATH=str(REPO / "src"), **(env or {}))
+    full_env = {**os.environ, "PYTHONPATH": str(REPO / "src"), **(env or {})}
     cmd = [launcher, "launch", "--config_file", str(accel), *launch_args, "--main_process_port", str(free_port()),
            "-m", "tunelab", "train", str(path), *args]  # fmt: skip
     return subprocess.run(cmd, env=full_env, capture_output=True, text=True, timeout=600)
