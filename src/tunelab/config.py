@@ -337,6 +337,9 @@ class DataConfig(Section):
         "file, line and size, measured before it is parsed or tokenized.",
     )
     cache_dir: str | None = Field(None, description="Tokenized-data cache; default ~/.cache/tunelab/tokenized.")
+    num_proc: int = Field(
+        1, ge=1, description="Worker processes that tokenize SFT data (the result is the same for any number)."
+    )
     check: CheckOptions | None = Field(
         default_factory=CheckOptions,
         description="Data check before training (duplicates, leakage, PII...): errors stop the run; null skips it.",

@@ -20,9 +20,12 @@ without a word, so `template_checks` verifies each rendering and refuses the rec
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from tunelab.data import template_checks
 from tunelab.data.records import (
@@ -77,6 +80,17 @@ class Example:
         return sum(1 for x in self.labels if x != IGNORE)
 
 
+class Encoded(NamedTuple):
+    """An Example as arrays (the batched path): int32 ids and a boolean loss mask (label = id where True)."""
+
+    ids: np.ndarray
+    mask: np.ndarray
+
+    def example(self) -> Example:
+        ids = self.ids.tolist()
+        return Example(ids, np.where(self.mask, self.ids, IGNORE).tolist())
+
+
 def chat_template_for(tokenizer: Any, override: str | None = None) -> str:
     """The template to use: an override (fallback | Jinja string | .jinja path), the model's, or the fallback."""
     if override == "fallback":
@@ -128,6 +142,14 @@ class Encoder:
         self.bos = bos if bos is not None and tokenizer("a").input_ids[:1] == [bos] else None
 
     def encode(self, record: Record) -> Example:
+        return self.encode_many([record])[0].example()
+
+    def encode_many(self, records: Sequence[Record]) -> list[Encoded]:
+        """Each record rendered once per span boundary it needs and all of them tokenized in one batched call."""
+        return self.tokenize_many([self.text(r) for r in records])
+
+    def text(self, record: Record) -> tuple[str, list[tuple[int, int]]]:
+        """The text to tokenize and its trained character spans."""
         if isinstance(record, Conversation):
             text, spans = self._conversation(record)
         elif isinstance(record, PromptCompletion):
@@ -141,7 +163,7 @@ class Encoder:
             raise TypeError(f"{type(record).__name__} records are not used for SFT tokenization")
         if self.train_on_inputs:
             spans = [(0, len(text))]
-        return self._tokenize(text, spans)
+        return text, spans
 
     def encode_views(self, record: Record) -> list[tuple[str, Example]]:
         """Every tokenized view of any record: one for SFT records, chosen and rejected for preference
@@ -188,12 +210,51 @@ class Encoder:
         return full, spans
 
     def _tokenize(self, text: str, spans: list[tuple[int, int]]) -> Example:
-        enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-        ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
-        labels = [tid if any(s <= start < e for s, e in spans) else IGNORE for tid, (start, _) in zip(ids, offsets)]
-        if self.bos is not None and ids[:1] != [self.bos]:
-            ids, labels = [self.bos, *ids], [IGNORE, *labels]
-        return Example(ids, labels)
+        return self.tokenize_many([(text, spans)])[0].example()
+
+    def tokenize_many(self, texts: Sequence[tuple[str, list[tuple[int, int]]]]) -> list[Encoded]:
+        """Tokenize texts in one call; a token carries loss when its start offset lies in one of its text's
+        spans. The spans' token bounds are looked up in the encoding (no per-token Python work)."""
+        encs = self._backend().encode_batch([t for t, _ in texts], add_special_tokens=False)
+        return [self._arrays(enc, text, spans) for enc, (text, spans) in zip(encs, texts)]
+
+    def _backend(self) -> Any:
+        """The Rust tokenizer, set up as `tokenizer(text, add_special_tokens=False)` sets it up (no truncation,
+        no padding, its own special-token splitting), so the ids are the same as that call's."""
+        from transformers.tokenization_utils_base import PaddingStrategy, TruncationStrategy
+
+        tok = self.tok
+        tok.set_truncation_and_padding(padding_strategy=PaddingStrategy.DO_NOT_PAD, max_length=None, stride=0,
+                                       truncation_strategy=TruncationStrategy.DO_NOT_TRUNCATE,
+                                       pad_to_multiple_of=None, padding_side=None)  # fmt: skip
+        backend = tok.backend_tokenizer
+        if backend.encode_special_tokens != bool(tok.split_special_tokens):
+            backend.encode_special_tokens = bool(tok.split_special_tokens)
+        return backend
+
+    def _arrays(self, enc: Any, text: str, spans: list[tuple[int, int]]) -> Encoded:
+        ids = np.array(enc.ids, dtype=np.int32)
+        mask = np.zeros(len(ids), dtype=bool)
+        for s, e in spans:
+            a, b = _first_at(enc, s, len(text)), _first_at(enc, e, len(text))
+            if a is None or b is None:  # a character no token covers: compare every token's start
+                starts = np.array([o[0] for o in enc.offsets], dtype=np.int64)
+                mask |= (starts >= s) & (starts < e)
+            else:
+                mask[a:b] = True
+        if self.bos is not None and ids[:1].tolist() != [self.bos]:
+            ids, mask = np.concatenate([[self.bos], ids]).astype(np.int32), np.concatenate([[False], mask])
+        return Encoded(ids, mask)
+
+
+def _first_at(enc: Any, pos: int, size: int) -> int | None:
+    """Index of the first token whose start offset is >= pos (token offsets only grow)."""
+    if pos >= size:
+        return len(enc)
+    t = enc.char_to_token(pos)
+    if t is None:
+        return None
+    return t if enc.token_to_chars(t)[0] >= pos else t + 1
 
 
 def truncate(example: Example, max_length: int) -> Example:
