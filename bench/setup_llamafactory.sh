@@ -12,4 +12,7 @@ fi
 python3 -m venv "$venv"
 "$venv/bin/python" -m pip install -q -c "$here/llamafactory-constraints.txt" torch==2.13.0
 "$venv/bin/python" -m pip install -q -c "$here/llamafactory-constraints.txt" "llamafactory==$version"
+# torchvision/torchaudio come as LF's multimodal requirements, built for other torch releases (their ops fail to
+# load against the CPU torch 2.13); text-only SFT preprocessing and training need neither.
+"$venv/bin/python" -m pip uninstall -q -y torchvision torchaudio
 "$venv/bin/python" -c "import llamafactory, torch; print('llamafactory', llamafactory.__version__, 'torch', torch.__version__)"

@@ -119,6 +119,34 @@ def render(
         raise TemplateError(f"chat template failed on a conversation with roles [{roles}]: {e}") from None
 
 
+class RecordRenderer:
+    """`render` for records' messages, the same text with less work per call: the template is compiled once and
+    rendered with the arguments apply_chat_template would give it (a record's message dicts are plain JSON,
+    without the None values and message objects apply_chat_template prepares). Where transformers does not
+    offer its compiled templates, the canonical `render` is used."""
+
+    def __init__(self, tokenizer: Any, template: str) -> None:
+        self.tok, self.template = tokenizer, template
+        self.specials = dict(tokenizer.special_tokens_map)
+        try:
+            from transformers.utils.chat_template_utils import _compile_jinja_template
+
+            self.compiled: Any = _compile_jinja_template(template)
+        except Exception:  # pragma: no cover - another transformers: no fast path (a bad template fails below)
+            self.compiled = None
+
+    def __call__(self, messages: tuple[Message, ...], generation_prompt: bool, tools: Any) -> str:
+        if self.compiled is None:
+            return render(self.tok, messages, self.template, generation_prompt, tools)
+        msgs = [message_dict(m) for m in messages]
+        try:
+            return str(self.compiled.render(messages=msgs, tools=tools or None, documents=None,
+                                            add_generation_prompt=generation_prompt, **self.specials))  # fmt: skip
+        except Exception as e:  # jinja raises TemplateError / exceptions the template itself raises
+            roles = ", ".join(m["role"] for m in msgs) + (" and tools" if tools else "")
+            raise TemplateError(f"chat template failed on a conversation with roles [{roles}]: {e}") from None
+
+
 def prompt_text(
     tokenizer: Any,
     messages: tuple[Message, ...] | list[dict[str, Any]],
@@ -137,6 +165,7 @@ class Encoder:
             raise TemplateError("tunelab needs a fast (Rust) tokenizer to map characters to tokens; this one is slow")
         self.tok = tokenizer
         self.template = template
+        self.renderer = RecordRenderer(tokenizer, template)
         self.train_on_inputs = train_on_inputs
         bos = tokenizer.bos_token_id
         self.bos = bos if bos is not None and tokenizer("a").input_ids[:1] == [bos] else None
@@ -182,7 +211,7 @@ class Encoder:
         return [("", self.encode(record))]
 
     def _render(self, msgs: tuple[Message, ...], tools: Any, generation_prompt: bool = False) -> str:
-        return render(self.tok, msgs, self.template, generation_prompt, tools)
+        return self.renderer(msgs, generation_prompt, tools)
 
     def _conversation(self, conv: Conversation) -> tuple[str, list[tuple[int, int]]]:
         msgs, tools = conv.messages, tool_schemas(conv.tools)
@@ -196,7 +225,7 @@ class Encoder:
             if not (trains or m.tool_calls):
                 continue
             before = self._render(msgs[:i], tools, generation_prompt=True)
-            upto = self._render(msgs[: i + 1], tools)
+            upto = full if i == len(msgs) - 1 else self._render(msgs[: i + 1], tools)  # the last turn: all of it
             if not (upto.startswith(before) and full.startswith(upto)):
                 if not trains:  # context only: its calls were found in the whole text above
                     continue
