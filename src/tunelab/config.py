@@ -86,6 +86,7 @@ class CheckOptions(Section):
         description="Classification label column; default: label, category, intent or class when present.",
     )
     strict: bool = Field(False, description="Treat warnings as errors (exit status and pre-flight).")
+    workers: int = Field(1, ge=1, description="Processes that compute near-duplicate signatures (same result).")
 
 
 class ModelConfig(Section):

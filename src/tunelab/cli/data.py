@@ -139,6 +139,7 @@ def check(
     as_json: AsJson = False,
     report: Annotated[Path | None, typer.Option(help="Also save the JSON report here.")] = None,
     card: Annotated[Path | None, typer.Option(help="Also write a data card (Markdown) here.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Processes for the near-duplicate signatures.")] = 1,
 ) -> None:
     """Find schema errors, duplicates, near-duplicates, leakage, PII and label conflicts. Exits 1 on errors.
 
@@ -156,6 +157,7 @@ def check(
         max_length=max_length,
         label_column=label_column,
         strict=strict,
+        workers=workers,
     )
     result = run_check(_inputs(train, fmt, column), _inputs(eval, fmt, column), _inputs(test, fmt, column), opts)
     typer.echo(result.to_json() if as_json else result.format_text())
