@@ -116,11 +116,13 @@ def command(tool: str, data: Path, n: int) -> list[str] | None:
     if tool == "tunelab-np2":
         shutil.rmtree(WORK / f"cache-np2-{n}", ignore_errors=True)
         return [py, "-m", "tunelab", "validate", str(tunelab_config(data, WORK / f"cache-np2-{n}", 2)), "--json"]  # fmt: skip
-    if tool == "llamafactory":
+    if tool == "llamafactory":  # a fresh datasets cache: the JSON -> Arrow conversion is part of its work
         if not LF_PYTHON.is_file():
             return None
+        shutil.rmtree(WORK / f"lf-{n}", ignore_errors=True)
         return [str(LF_PYTHON), str(HERE / "lf_preprocess.py"), str(data), str(model_dir()), str(WORK / f"lf-{n}")]
     if tool == "floor":
+        shutil.rmtree(WORK / f"floor-{n}", ignore_errors=True)
         return [py, str(HERE / "data_floor.py"), str(data), str(model_dir()), str(WORK / f"floor-{n}")]
     if tool in ("check", "check-w2"):
         return [py, "-m", "tunelab", "data", "check", str(data), "--json", "--workers", "2" if tool == "check-w2" else "1"]  # fmt: skip
@@ -133,6 +135,8 @@ def measure(cmd: list[str]) -> dict[str, Any]:
     import resource
 
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    if "lf_preprocess.py" in " ".join(cmd):  # its own datasets cache, removed with its work folder before the run
+        env["HF_DATASETS_CACHE"] = str(Path(cmd[-1]) / "hf-cache")
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, env=env, cwd=ROOT)
     wall = time.perf_counter() - start

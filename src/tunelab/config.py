@@ -87,6 +87,9 @@ class CheckOptions(Section):
     )
     strict: bool = Field(False, description="Treat warnings as errors (exit status and pre-flight).")
     workers: int = Field(1, ge=1, description="Processes that compute near-duplicate signatures (same result).")
+    backend: Literal["local", "ray"] = Field(
+        "local", description="Where near-duplicate signatures are computed: local processes, or Ray Data."
+    )
 
 
 class ModelConfig(Section):
@@ -340,6 +343,9 @@ class DataConfig(Section):
     cache_dir: str | None = Field(None, description="Tokenized-data cache; default ~/.cache/tunelab/tokenized.")
     num_proc: int = Field(
         1, ge=1, description="Worker processes that tokenize SFT data (the result is the same for any number)."
+    )
+    backend: Literal["local", "ray"] = Field(
+        "local", description="Where SFT tokenization runs: local processes, or Ray Data (pip install 'ray[data]')."
     )
     check: CheckOptions | None = Field(
         default_factory=CheckOptions,

@@ -140,6 +140,7 @@ def check(
     report: Annotated[Path | None, typer.Option(help="Also save the JSON report here.")] = None,
     card: Annotated[Path | None, typer.Option(help="Also write a data card (Markdown) here.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Processes for the near-duplicate signatures.")] = 1,
+    backend: Annotated[str, typer.Option(help="local, or ray: the near-duplicate signatures on Ray Data.")] = "local",
 ) -> None:
     """Find schema errors, duplicates, near-duplicates, leakage, PII and label conflicts. Exits 1 on errors.
 
@@ -158,6 +159,7 @@ def check(
         label_column=label_column,
         strict=strict,
         workers=workers,
+        backend=backend,
     )
     result = run_check(_inputs(train, fmt, column), _inputs(eval, fmt, column), _inputs(test, fmt, column), opts)
     typer.echo(result.to_json() if as_json else result.format_text())

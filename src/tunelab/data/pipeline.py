@@ -60,8 +60,8 @@ class SFTKind(Kind[Any]):
     def __init__(self, encoder: Encoder, data: DataConfig, folder: Path) -> None:
         self.encoder, self.data, self.folder = encoder, data, folder
         self.max_chars = _max_token_chars(encoder.tok) * data.max_length  # more characters never fit
-        self.workers = Workers(self.encode_records, data.num_proc)
-        self.batch = 256 * data.num_proc
+        self.workers = Workers(self.encode_records, data.num_proc, data.backend)
+        self.batch = 256 * data.num_proc if data.backend == "local" else 8192  # a Ray job per batch: big ones
 
     def check(self, ds: DatasetConfig, fmt: str, record: Record, row: Row) -> None:
         if not isinstance(record, SFT_RECORDS):
@@ -169,7 +169,7 @@ def _cache_dir(data: DataConfig) -> Path:
 def _cache_key(data: DataConfig, manifest: list[dict[str, Any]], tokenizer: Any, template: str) -> str:
     h = hashlib.sha256()
     h.update(json.dumps([m["sha256"] or m["path"] for m in manifest]).encode())
-    h.update(data.model_dump_json(exclude={"cache_dir", "num_proc"}).encode())
+    h.update(data.model_dump_json(exclude={"cache_dir", "num_proc", "backend"}).encode())
     h.update(tokenizer.backend_tokenizer.to_str().encode() if getattr(tokenizer, "is_fast", False) else b"")
     h.update(template.encode())
     h.update(f"{__version__}/{ENCODING_VERSION}".encode())

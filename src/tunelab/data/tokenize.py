@@ -128,12 +128,14 @@ class RecordRenderer:
     def __init__(self, tokenizer: Any, template: str) -> None:
         self.tok, self.template = tokenizer, template
         self.specials = dict(tokenizer.special_tokens_map)
-        try:
-            from transformers.utils.chat_template_utils import _compile_jinja_template
+        self.compiled = _compiled(template)
 
-            self.compiled: Any = _compile_jinja_template(template)
-        except Exception:  # pragma: no cover - another transformers: no fast path (a bad template fails below)
-            self.compiled = None
+    def __getstate__(self) -> dict[str, Any]:  # shipped to Ray workers: compiled templates do not pickle
+        return {**self.__dict__, "compiled": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.compiled = _compiled(self.template)
 
     def __call__(self, messages: tuple[Message, ...], generation_prompt: bool, tools: Any) -> str:
         if self.compiled is None:
@@ -145,6 +147,15 @@ class RecordRenderer:
         except Exception as e:  # jinja raises TemplateError / exceptions the template itself raises
             roles = ", ".join(m["role"] for m in msgs) + (" and tools" if tools else "")
             raise TemplateError(f"chat template failed on a conversation with roles [{roles}]: {e}") from None
+
+
+def _compiled(template: str) -> Any:
+    try:
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+
+        return _compile_jinja_template(template)
+    except Exception:  # another transformers: no fast path (and a bad template fails in `render`)
+        return None
 
 
 def prompt_text(

@@ -74,7 +74,7 @@ def check_datasets(datasets: list[Dataset], options: CheckOptions, tokenizer: An
     problems += leak_problems(valid)
     problems += conflict_problems(valid)
     if options.near_duplicates:
-        problems += near_problems(valid, options.near_threshold, options.workers)
+        problems += near_problems(valid, options.near_threshold, options.workers, options.backend)
     report = CheckReport([public(s) for s in stats], problems, options.model_dump(), strict=options.strict)
     report.seconds = time.perf_counter() - start
     return report
@@ -167,14 +167,18 @@ def conflict_problems(valid: list[tuple[Dataset, Item]]) -> list[Problem]:
     return out
 
 
-def near_problems(valid: list[tuple[Dataset, Item]], threshold: float, workers: int = 1) -> list[Problem]:
+def near_problems(
+    valid: list[tuple[Dataset, Item]], threshold: float, workers: int = 1, backend: str = "local"
+) -> list[Problem]:
     """Near-duplicates within a role compare whole records (what clean would drop); near leakage across
     roles compares inputs, like exact leakage. One MinHash pass serves both when inputs are the records.
     The texts are read as the pass needs them (`TextView`), never all held at once."""
     items = [it for _, it in valid]
-    full = near_pairs(TextView(items, "full_text"), threshold, workers=workers)
+    full = near_pairs(TextView(items, "full_text"), threshold, workers=workers, backend=backend)
     same_text = all(it.input_text == it.full_text for it in items)
-    inputs = full if same_text else near_pairs(TextView(items, "input_text"), threshold, workers=workers)
+    inputs = (
+        full if same_text else near_pairs(TextView(items, "input_text"), threshold, workers=workers, backend=backend)
+    )
     rank = {r: i for i, r in enumerate(ROLES)}
     inside = [
         {**valid[j][1].location(), "near": valid[i][1].where, "similarity": sim}

@@ -12,18 +12,20 @@ Memory does not grow with the texts: they are read in chunks (`texts` may be a l
 signatures are reduced to one 64-bit key per LSH band (the bands datasketch's MinHashLSH would choose), and
 shingles are computed again only for the candidate pairs. Identical texts are banded once (a group of exact
 copies would otherwise make every copy a candidate of every other) and expanded back at the end. With
-`workers` > 1 the signatures of a chunk are computed in forked worker processes.
+`workers` > 1 the signatures of a chunk are computed in forked worker processes, with backend ray on Ray Data
+(`tunelab.data.parallel`); either way the keys, and so the pairs, are the same.
 """
 
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TypeVar
 
 import numpy as np
 from datasketch.lsh import _optimal_param
 
+from tunelab.data.parallel import Workers
 from tunelab.quality.items import normalize, text_hash
 
 T = TypeVar("T")
@@ -56,10 +58,16 @@ def exact_groups(items: Sequence[T], key: Callable[[T], str]) -> list[list[T]]:
     return [g for g in groups.values() if len(g) > 1]
 
 
-def near_pairs(texts: Sequence[str], threshold: float, seed: int = 1, workers: int = 1) -> list[tuple[int, int, float]]:
-    """(i, j, jaccard) with i < j for texts at or above `threshold` but not identical after normalizing."""
+def near_pairs(texts: Sequence[str], threshold: float, seed: int = 1, workers: int = 1,
+               backend: str = "local") -> list[tuple[int, int, float]]:  # fmt: skip
+    """(i, j, jaccard) with i < j for texts at or above `threshold` but not identical after normalizing.
+    `workers` processes (or Ray Data with backend ray) compute the signatures; the result is the same."""
     bands, rows = _optimal_param(threshold, NUM_PERM, 0.5, 0.5)
-    keys, groups, firsts = _band_keys(texts, bands, rows, seed, workers)
+    pool = Workers(partial(_key_rows, bands=bands, rows=rows, seed=seed), workers, backend)
+    try:
+        keys, groups, firsts = _band_keys(texts, bands, pool)
+    finally:
+        pool.close()
     pairs: set[tuple[int, int]] = set()
     for b in range(bands):
         pairs |= _equal_runs(keys[:, b])
@@ -71,42 +79,33 @@ def near_pairs(texts: Sequence[str], threshold: float, seed: int = 1, workers: i
     return sorted(out)
 
 
-def _band_keys(texts: Sequence[str], bands: int, rows: int, seed: int, workers: int
-               ) -> tuple[np.ndarray, list[list[int]], list[int]]:  # fmt: skip
+def _band_keys(texts: Sequence[str], bands: int, pool: Workers) -> tuple[np.ndarray, list[list[int]], list[int]]:
     """One key per band for each distinct non-empty text (exact copies grouped: their indices, and the first),
     computed a chunk at a time."""
     seen: dict[str, int] = {}
     groups: list[list[int]] = []
     keys: list[np.ndarray] = []
-    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
-    try:
-        for start in range(0, len(texts), CHUNK):
-            fresh = []
-            for i in range(start, min(start + CHUNK, len(texts))):
-                norm = normalize(texts[i])
-                if not norm:
-                    continue
-                h = text_hash(norm)
-                if h in seen:
-                    groups[seen[h]].append(i)
-                else:
-                    seen[h] = len(groups)
-                    groups.append([i])
-                    fresh.append(norm)
-            keys.append(_signature_keys(fresh, bands, rows, seed, pool, workers))
-    finally:
-        if pool is not None:
-            pool.terminate()
+    for start in range(0, len(texts), CHUNK):
+        fresh = []
+        for i in range(start, min(start + CHUNK, len(texts))):
+            norm = normalize(texts[i])
+            if not norm:
+                continue
+            h = text_hash(norm)
+            if h in seen:
+                groups[seen[h]].append(i)
+            else:
+                seen[h] = len(groups)
+                groups.append([i])
+                fresh.append(norm)
+        if fresh:
+            keys.append(np.stack(pool.map(fresh)))
     table = np.concatenate(keys) if keys else np.zeros((0, bands), dtype=np.uint64)
     return table, groups, [g[0] for g in groups]
 
 
-def _signature_keys(norms: list[str], bands: int, rows: int, seed: int, pool: object, workers: int) -> np.ndarray:
-    if pool is None or len(norms) < 2 * workers:
-        return band_keys(norms, bands, rows, seed)
-    n = -(-len(norms) // workers)
-    parts = pool.starmap(band_keys, [(norms[k : k + n], bands, rows, seed) for k in range(0, len(norms), n)])  # type: ignore[attr-defined]
-    return np.concatenate(parts)
+def _key_rows(norms: Sequence[str], bands: int, rows: int, seed: int) -> list[np.ndarray]:
+    return list(band_keys(list(norms), bands, rows, seed))
 
 
 def _permutations(seed: int) -> tuple[np.ndarray, np.ndarray]:
