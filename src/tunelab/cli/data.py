@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -140,7 +140,9 @@ def check(
     report: Annotated[Path | None, typer.Option(help="Also save the JSON report here.")] = None,
     card: Annotated[Path | None, typer.Option(help="Also write a data card (Markdown) here.")] = None,
     workers: Annotated[int, typer.Option(min=1, help="Processes for the near-duplicate signatures.")] = 1,
-    backend: Annotated[str, typer.Option(help="local, or ray: the near-duplicate signatures on Ray Data.")] = "local",
+    backend: Annotated[
+        Literal["local", "ray"], typer.Option(help="local, or ray: the near-duplicate signatures on Ray Data.")
+    ] = "local",
 ) -> None:
     """Find schema errors, duplicates, near-duplicates, leakage, PII and label conflicts. Exits 1 on errors.
 
