@@ -2,7 +2,8 @@
 floor, on generated alpaca data (10k / 100k / 1M records), per size and tool: CPU s, wall s, peak RSS.
 
     python bench/data_scale.py --sizes 10000 100000            # what `make bench-data` runs
-    python bench/data_scale.py --sizes 1000000 --tools tunelab-cold tunelab-warm check   # the long one, once
+    python bench/data_scale.py --sizes 1000000 --tools tunelab-cold tunelab-warm check --name data-scale-1m
+    python bench/data_scale.py --merge data-scale-1m     # the long one, made once, merged into data-scale
 
 Each tool runs in its own process, started by this script; CPU is user + system time of that process and its
 children (worker processes included), peak RSS the largest resident set of any one of them (`wait4`), wall the
@@ -147,8 +148,8 @@ def measure(cmd: list[str]) -> dict[str, Any]:
             "tail": proc.stderr.decode(errors="replace")[-400:] if not ok else ""}  # fmt: skip
 
 
-def run(sizes: list[int], tools: list[str]) -> dict[str, Any]:
-    results_path = RESULTS / "data-scale.json"
+def run(sizes: list[int], tools: list[str], name: str = "data-scale") -> dict[str, Any]:
+    results_path = RESULTS / f"{name}.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {"runs": {}}
     for n in sizes:
         data = generate(n, WORK / f"alpaca-{n}.jsonl")
@@ -164,8 +165,20 @@ def run(sizes: list[int], tools: list[str]) -> dict[str, Any]:
             results_path.write_text(json.dumps(results, indent=1) + "\n")
     results["machine"] = machine()
     results_path.write_text(json.dumps(results, indent=1) + "\n")
-    (RESULTS / "data-scale.md").write_text(markdown(results))
+    (RESULTS / f"{name}.md").write_text(markdown(results))
     return results
+
+
+def merge(names: list[str], into: str = "data-scale") -> None:
+    """Runs recorded under other names (a long run made beside a short one) merged into `into` (.json and .md)."""
+    target = RESULTS / f"{into}.json"
+    results = json.loads(target.read_text()) if target.is_file() else {"runs": {}}
+    for name in names:
+        other = json.loads((RESULTS / f"{name}.json").read_text())
+        results["runs"].update(other["runs"])
+        results.setdefault("machine", other.get("machine"))
+    target.write_text(json.dumps(results, indent=1) + "\n")
+    (RESULTS / f"{into}.md").write_text(markdown(results))
 
 
 def measure_isolated(cmd: list[str]) -> dict[str, Any]:
@@ -212,8 +225,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--tools", nargs="+", default=list(TOOLS), choices=TOOLS)
+    ap.add_argument("--name", default="data-scale", help="Results file name (bench/results/NAME.json and .md).")
+    ap.add_argument("--merge", nargs="+", default=[], help="Merge these results files into --name and stop.")
     args = ap.parse_args()
-    run(args.sizes, args.tools)
+    if args.merge:
+        merge(args.merge, args.name)
+        return
+    run(args.sizes, args.tools, args.name)
 
 
 if __name__ == "__main__":
