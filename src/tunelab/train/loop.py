@@ -23,7 +23,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -76,8 +76,8 @@ class Job:
     model: torch.nn.Module  # HF or peft model with trainable parameters marked
     tokenizer: Any
     method: Method
-    train_items: list[Any]
-    eval_items: list[Any]
+    train_items: Sequence[Any]  # a prepared kind's items (Examples read from a memory-mapped store, ...)
+    eval_items: Sequence[Any]
     eval_tasks: list[str] = field(default_factory=list)  # task of each eval item (multi-task runs)
 
 

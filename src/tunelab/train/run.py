@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from tunelab.config import RunConfig, asks_reward, dump_config, eval_settings
 from tunelab.data.collate import pack
 from tunelab.data.heads import resolve_formats
 from tunelab.data.prepare import prepare_data
+from tunelab.data.prepared import Joined
 from tunelab.data.tokenize import chat_template_for
 from tunelab.errors import TunelabError
 from tunelab.eval.card import write_run_card
@@ -75,7 +77,7 @@ def train_one(cfg: RunConfig, resume: bool = False, hooks: Hooks | None = None,
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = apply_tuning(model, cfg.tuning, spec.head)
     acc.print(f"{describe_trainable(model)}; {acc.num_processes} process(es), {threads} torch threads each")
-    method = build_method(cfg, model, prepared.train + prepared.eval, tokenizer.pad_token_id, tokenizer)
+    method = build_method(cfg, model, Joined(prepared.train, prepared.eval), tokenizer.pad_token_id, tokenizer)
     items = _maybe_pack(cfg, method, prepared.train)
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -165,7 +167,7 @@ def _load_model(cfg: RunConfig, tokenizer: Any, labels: list[str], log: Any) -> 
     return model
 
 
-def _maybe_pack(cfg: RunConfig, method: Any, items: list[Any]) -> list[Any]:
+def _maybe_pack(cfg: RunConfig, method: Any, items: Sequence[Any]) -> Sequence[Any]:
     if not cfg.data.packing:
         return items
     if not method.supports_packing:
