@@ -105,6 +105,7 @@ EXTRA = {
     "quickstart": ["--epochs", "0.2"],  # a fifth of an epoch: the whole lifecycle, a fifth of the training time
     "serve": ["--port", "FREE_PORT"],  # the default 8000 may be taken on a shared machine
     "studio": ["--port", "FREE_PORT"],
+    "tune": ["tune.trials=3"],  # three trials run the same search, pruning and best-vs-default path as six
 }
 
 # Commands that do not run here -> why.
@@ -113,15 +114,24 @@ SKIP = {
         "needs Ollama (not installed here); tests/unit/export/test_modelfile.py renders the Modelfile's template"
     ),
     "accelerate launch --config_file examples/accelerate/ddp.yaml -m tunelab.cli train CONFIG": "needs CUDA GPUs",
-    "accelerate launch --config_file examples/accelerate/fsdp.yaml -m tunelab.cli train CONFIG": "needs CUDA GPUs",
+    "accelerate launch --config_file examples/accelerate/fsdp.yaml -m tunelab.cli train CONFIG": (
+        "8 processes (num_processes: 8); tests/unit/train/test_sharded.py runs this config with 2 CPU processes"
+    ),
     "accelerate launch --config_file examples/accelerate/deepspeed_zero3.yaml -m tunelab.cli train CONFIG": (
-        "needs CUDA GPUs and deepspeed"
+        "8 processes and deepspeed; tests/unit/train/test_deepspeed_cpu.py runs this config with 2 CPU processes"
     ),
     "tunelab train CONFIG [a.b=c ...] [--resume]": "a synopsis; its concrete forms follow it in training.md",
+    "tunelab tune examples/tune.yaml tune.storage=postgresql+psycopg://tunelab@db-host/tunelab --worker": (
+        "needs a PostgreSQL server that several machines reach; tests/integration/test_tune_cli.py runs two "
+        "processes on one SQLite study"
+    ),
 }
 
 # Programs other than tunelab in shell fences -> why they are not run.
-OTHER_PROGRAMS = {"make": "Makefile targets (make setup, make test): CI runs them on a fresh machine"}
+OTHER_PROGRAMS = {
+    "make": "Makefile targets (make setup, make test): CI runs them on a fresh machine",
+    "python3": "scripts/gpu_check.py, for a lent GPU machine; tests/unit/test_gpu_check.py runs its CPU mode",
+}
 
 # Shell lines the test performs itself -> what it does.
 SHELL = {"echo alice <sha256> >> keys.txt": "appends the keys-file line that `tunelab serve-key alice` printed"}
@@ -144,6 +154,11 @@ EXPECTED = {
     "tunelab data check ../shared/data/banking77/train.csv --test ../shared/data/banking77/test.csv": (
         1,
         "[error] leak_exact: 7 test records",
+    ),
+    # data.md: a file whose fields fit no format gets the likely format and mapping.
+    "tunelab data check reviews.csv": (
+        1,
+        "did you mean `format: labelled, columns: {text: sentence, label: sentiment}`?",
     ),
     # export.md: K-quants need llama.cpp's tools (not installed here: the documented "not found" message).
     "tunelab export runs/my-run --format gguf --gguf-type q4_k_m --llama-cpp ~/llama.cpp": (
@@ -180,6 +195,10 @@ SANDBOX: list[tuple[str, Any]] = [
     ("runs/big", Train("full.yaml", ("output.name=big",))),  # a full fine-tune: methods.md's teacher
     ("base-model-folder", Copy("runs/big/final")),  # a plain model folder
     ("serve.yaml", DocFence("docs/serving.md", "## serve.yaml")),  # serving.md's own example
+    ("news.tsv", DocFence("docs/data.md", "**A TSV, two columns made into one text.**")),  # data.md's real-data files
+    ("ner.conll", DocFence("docs/data.md", "**A column file.**")),
+    ("hh.jsonl", DocFence("docs/data.md", "**A transcript file.**")),
+    ("reviews.csv", DocFence("docs/data.md", "**When a file does not fit**")),
 ]
 
 

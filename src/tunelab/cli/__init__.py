@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from tunelab.cli import data, evaluate, export, project, serve, studio, train
+from tunelab.cli import data, evaluate, export, project, serve, studio, train, tune
 from tunelab.console import quiet_libraries
 from tunelab.errors import TunelabError
 
@@ -34,6 +34,8 @@ app.command("export")(export.export_cmd)
 app.command("verify")(export.verify_cmd)
 app.command("studio")(studio.studio_cmd)
 app.add_typer(studio.jobs_app, name="jobs", help="The studio's job queue: submit, list, show, cancel.")
+app.command("tune")(tune.tune_command)
+app.command("plan")(tune.plan_command)
 
 
 def main(argv: list[str] | None = None) -> None:

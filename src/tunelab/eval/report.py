@@ -29,10 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import DataError
+from tunelab.eval.card_text import setup_line
 from tunelab.eval.perplexity import forgetting_verdict, perplexity_text
 from tunelab.eval.runner import EVAL_DIR, EvalResult
 
 MAX_FLIPPED_SHOWN = 8  # of each direction
+PREFERENCE_RESULTS = ("preference_baseline.json", "preference_final.json")  # tunelab.eval.preference writes them
 LOSS_NOTE = ("Loss and perplexity in this table are token-weighted over all answer tokens; the comparison below "
              "averages each example's own mean loss (what the paired bootstrap resamples), so the two differ a little.")  # fmt: skip
 
@@ -49,6 +51,7 @@ class ReportData:
     manifest: Any = None
     config: str | None = None  # the resolved config YAML
     notes: list[str] = field(default_factory=list)
+    setup: str | None = None  # the distributed setup that ran (environment.json), one line
 
 
 # --------------------------------------------------------------------------- collecting
@@ -75,12 +78,20 @@ def result_summary(result: EvalResult) -> tuple[dict[str, float], list[str]]:
         for count in ("unparseable", "failed", "invalid", "truncated", "empty"):
             if m.details.get(count):
                 notes.append(f"{result.model}: {name}: {m.details[count]} of {len(result.examples)} {count}")
+    p = result.prompts
+    if p.get("truncated"):
+        notes.append(f"{result.model}: {p['truncated']} of {len(result.examples)} prompts were longer than "
+                     f"{p['max_tokens']} tokens (data.max_length); generation kept their end")  # fmt: skip
+    if p.get("dropped"):
+        notes.append(f"{result.model}: {len(p['dropped'])} prompts longer than {p['max_tokens']} tokens were left "
+                     f"out (data.truncation: drop), first {p['dropped'][0]}")  # fmt: skip
     return scores, notes
 
 
 def add_result(data: ReportData, result: EvalResult) -> None:
     """One model's aggregate scores, notes and per-field JSON accuracy into `data`."""
-    data.results[result.model], notes = result_summary(result)
+    scores, notes = result_summary(result)
+    data.results.setdefault(result.model, {}).update(scores)  # a run's preference results join its others
     data.notes += notes
     for name, m in result.metrics.items():
         if isinstance(m.details.get("per_field_accuracy"), dict):
@@ -98,6 +109,9 @@ def collect_run(run_dir: str | Path) -> ReportData:
         data.loss_log = read_metrics_log(log)
     if (cfg := run / "config.yaml").is_file():
         data.config = cfg.read_text(encoding="utf-8")
+    if (env := run / "environment.json").is_file():
+        setup = json.loads(env.read_text(encoding="utf-8")).get("distributed")
+        data.setup = setup_line(setup) if setup else None
     if (card := run / "data_card.md").is_file():
         data.data_card = card.read_text(encoding="utf-8")
     for name in ("data_manifest.json", "manifest.json"):
@@ -108,6 +122,9 @@ def collect_run(run_dir: str | Path) -> ReportData:
     loaded = {k: EvalResult.load(ev / f"{k}.json") for k in ("baseline", "final") if (ev / f"{k}.json").is_file()}
     for res in loaded.values():
         add_result(data, res)
+    for name in PREFERENCE_RESULTS:  # held-out preference accuracy of a dpo/simpo/orpo run (eval.preference)
+        if (ev / name).is_file():
+            add_result(data, EvalResult.load(ev / name))
     if (cmp := ev / "comparison.json").is_file():
         data.comparison = json.loads(cmp.read_text(encoding="utf-8"))
     elif len(loaded) == 2:
@@ -361,6 +378,8 @@ def render_markdown(d: ReportData) -> str:
         out += ["## Notes", "", *[f"- {n}" for n in d.notes], ""]
     if d.data_card:
         out += [demote(d.data_card), ""]
+    if d.setup:
+        out += ["## Training setup", "", d.setup, ""]
     if d.manifest is not None:
         out += ["## Data manifest", "", "```json", json.dumps(d.manifest, indent=1), "```", ""]
     if d.config:

@@ -20,7 +20,7 @@ from fastapi.responses import FileResponse
 
 from tunelab.config import CheckOptions
 from tunelab.quality.check import check
-from tunelab.quality.report import CheckReport
+from tunelab.quality.report import CheckReport, Problem
 from tunelab.serve.deps import rate_limited
 from tunelab.serve.errors import ApiError
 from tunelab.studio.openai_jobs import file_object
@@ -124,12 +124,19 @@ def safe_name(name: str) -> str:
 
 def findings(report: CheckReport, folder: Path, name: str) -> str:
     """The data check's errors, by file name and line (not the server's path)."""
-    errors = report.errors
+    errors = [entry for p in report.errors for entry in _entries(p)]
     if not errors:
         return f"{name}: no valid records"
-    lines = [f"[{p.code}] {_local(p.message, folder)}" for p in errors[:MAX_LISTED]]
+    lines = [_local(e, folder) for e in errors[:MAX_LISTED]]
     more = f" (and {len(errors) - MAX_LISTED} more)" if len(errors) > MAX_LISTED else ""
     return f"{name} failed the data check with {len(errors)} error(s){more}: " + "; ".join(lines)
+
+
+def _entries(problem: Problem) -> list[str]:
+    """One entry per bad record where the check groups them (its schema finding names only the first)."""
+    if problem.locations and all("error" in loc for loc in problem.locations):
+        return [f"[{problem.code}] {loc['error']}" for loc in problem.locations]
+    return [f"[{problem.code}] {problem.message}"]
 
 
 def warnings(report: CheckReport, folder: Path) -> str | None:
