@@ -23,7 +23,7 @@ pin() { local v; v=$(lock "$1"); echo "${v:-$1${2:+==$2}}"; }
 
 # tunelab's own imports on the `tunelab train` path (config, CLI, data checks, export, the app it imports)
 CORE=(pydantic pydantic-core annotated-types typing-inspection datasketch gguf uvicorn fastapi starlette
-      annotated-doc sqlalchemy click h11)
+      annotated-doc sqlalchemy click h11 opentelemetry-api)  # fastapi >= 0.16x imports opentelemetry
 # DeepSpeed's pure-Python requirements (its own wheel is built below)
 DEEPSPEED_REQS=(hjson==3.1.0 msgpack==1.2.4 ninja==1.13.2 py-cpuinfo==9.0.0 einops==0.8.2)
 DEEPSPEED=deepspeed==0.19.8
