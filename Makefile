@@ -11,7 +11,7 @@ LOCK ?= requirements.lock
 PIP_VERSION ?= $(shell grep -m1 "^pip==" $(LOCK) 2>/dev/null || echo pip)
 
 
-.PHONY: setup system-deps lock test test-all lint docs bench bench-quick bench-deps quickstart deepspeed-deps \
+.PHONY: setup system-deps lock test test-all lint docs bench bench-data bench-quick bench-deps quickstart deepspeed-deps \
 	gpu-wheels gpu-check
 
 setup: system-deps
@@ -92,6 +92,9 @@ bench: bench-deps
 	$(BIN)/python bench/train_bench.py --sizes tiny-4m
 	$(BIN)/python bench/train_bench.py --sizes tiny-30m --limit $(BENCH_LIMIT_30M)
 	$(BIN)/python bench/generate.py
+
+bench-data:  # the data path and the data check at 10k and 100k records (bench/data_scale.py; LLaMA-Factory: bench/setup_llamafactory.sh)
+	$(BIN)/python bench/data_scale.py --sizes 10000 100000
 
 bench-quick: bench-deps
 	$(BIN)/python bench/train_bench.py --quick

@@ -11,7 +11,8 @@ elapsed time. The machine is shared: CPU seconds move less with other jobs' load
 merged into bench/results/data-scale.json (one entry per size and tool, newest wins) and written as .md.
 
 Tools:
-- `tunelab-cold`: `tunelab validate` on a fresh cache (read, encode, split, write the memory-mapped cache).
+- `tunelab-cold`: `tunelab validate` on a fresh cache (read, encode, split, write the memory-mapped cache), with
+  `data.check: null` (validate runs the pre-flight data check by default; that is the `check` tool's figure).
 - `tunelab-warm`: the same command again: the cache is mapped, no record parsed.
 - `tunelab-np2`: cold with data.num_proc=2.
 - `llamafactory`: LLaMA-Factory 0.9.5's `get_dataset` (bench/lf_preprocess.py) in the bench-only venv of
@@ -102,7 +103,7 @@ def tunelab_config(data: Path, cache: Path, num_proc: int = 1) -> Path:
     cfg = WORK / f"{data.stem}-np{num_proc}.yaml"
     cfg.write_text(
         f"model: {{name_or_path: tiny-4m}}\ndata:\n  train: [{{path: {data}}}]\n  max_length: 512\n"
-        f"  cache_dir: {cache}\n  num_proc: {num_proc}\n"
+        f"  cache_dir: {cache}\n  num_proc: {num_proc}\n  check: null\n"  # the data path alone (`check` is its own tool)
     )
     return cfg
 

@@ -83,3 +83,20 @@ def test_every_field_has_a_description():
 def test_config_reference_doc_is_current():
     doc = REPO / "docs" / "config-reference.md"
     assert doc.read_text() == config_reference(), "docs/config-reference.md is stale: run `make docs`"
+
+
+@pytest.mark.parametrize(
+    ("method", "key", "expected"),
+    [
+        ("dpo", "beta: 0.2", "method.beta moved: write method.dpo.beta (or method.simpo/orpo/kto.beta)"),
+        ("kto", "beta: 0.2", "method.beta moved: write method.kto.beta (or method.dpo/simpo/orpo.beta)"),
+        ("sft", "loss_type: sigmoid", "method.loss_type moved: write method.dpo.loss_type"),
+        ("simpo", "gamma: 1.0", "method.gamma moved: write method.simpo.gamma"),
+        ("grpo", "beta: 0.1", "method.beta: grpo's KL weight is method.grpo.kl_beta"),
+    ],
+)
+def test_round_one_flat_method_keys_name_their_new_place(tmp_path, method, key, expected):
+    text = GOOD.replace("train:", f"method:\n  name: {method}\n  {key}\ntrain:", 1)
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text))
+    assert expected in str(e.value)

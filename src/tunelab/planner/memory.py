@@ -26,12 +26,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tunelab.config import RunConfig
+from tunelab.methods import METHODS
 from tunelab.methods.sft import CHUNK_ELEMENTS as CHUNK
 from tunelab.planner.devices import Device
 from tunelab.planner.shape import ModelShape
 
 CUDA_CONTEXT = 0.6 * 2**30
-REFERENCE_METHODS = ("dpo", "kto", "grpo")
 # glibc raises its mmap threshold after the first large frees (up to 32 MB), so the forward pass's freed temporaries
 # (norm products, rotations, adapter sums: about as many bytes as the saved activations) stay in the heap and in
 # the resident set. Measured on tiny-4m, b=8, s=512: +948 MB after the forward with the default allocator, +398 MB
@@ -54,7 +54,7 @@ def weight_bytes(cfg: RunConfig, shape: ModelShape, dev: Device) -> float:
         per = 4 if cfg.model.dtype in ("auto", "float32") else 2
     else:
         per = 4 if cfg.model.dtype == "float32" or (cfg.model.dtype == "auto" and not (dev.gpu and dev.bf16)) else 2
-    copies = 2 if mode == "full" and cfg.method.name in REFERENCE_METHODS and _keeps_copy(cfg) else 1
+    copies = 2 if mode == "full" and METHODS[cfg.method.name].reference and _keeps_copy(cfg) else 1
     return shape.base_params * per * copies
 
 
