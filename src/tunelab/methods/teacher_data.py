@@ -232,19 +232,24 @@ def summary(report: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- inside a training run
 
 
-def prepare_teacher(cfg: RunConfig, tokenizer: Any, run_dir: Path, acc: Any) -> RunConfig:
-    """Before data preparation: logits mode checks the teacher's vocabulary now (before minutes of data work and
-    the baseline eval); completions mode has the teacher write RUN/teacher/ and returns the config whose
-    data.train is that output (data.eval and eval.data stay the user's own references)."""
+def check_teacher(cfg: RunConfig, tokenizer: Any) -> None:
+    """Logits mode: the teacher's vocabulary must be the student's; checked first (tokenizers only: seconds, before
+    the data check, data work and the baseline eval)."""
     m = cfg.method
-    if m.name != "distill":
-        return cfg
-    if m.distill.mode == "logits":
+    if m.name == "distill" and m.distill.mode == "logits":
         from tunelab.methods.distill import check_vocab, teacher_tokenizer
 
         check_vocab(
             tokenizer, teacher_tokenizer(str(m.distill.teacher)), cfg.model.name_or_path, str(m.distill.teacher)
         )
+
+
+def prepare_teacher(cfg: RunConfig, tokenizer: Any, run_dir: Path, acc: Any) -> RunConfig:
+    """Before data preparation: completions mode has the teacher write RUN/teacher/ and returns the config whose
+    data.train is that output (data.eval and eval.data stay the user's own references); other methods and logits
+    mode (checked by `check_teacher`) keep `cfg`."""
+    m = cfg.method
+    if m.name != "distill" or m.distill.mode == "logits":
         return cfg
     folder = run_dir / "teacher"
     if acc.is_main_process:

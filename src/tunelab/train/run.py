@@ -29,7 +29,7 @@ from tunelab.eval.card import write_run_card
 from tunelab.eval.card_text import setup_line
 from tunelab.eval.lifecycle import after_training, before_training
 from tunelab.methods import METHODS, build_method, implicit_reward
-from tunelab.methods.teacher_data import prepare_teacher
+from tunelab.methods.teacher_data import check_teacher, prepare_teacher
 from tunelab.models.heads import load_head_model, write_head_info
 from tunelab.models.load import load_tokenizer
 from tunelab.models.loader import load
@@ -63,6 +63,7 @@ def train_one(cfg: RunConfig, resume: bool = False, hooks: Hooks | None = None,
     cfg = resolve_formats(cfg, spec.data)  # labelled/tagged data: format auto is saved as what was read
     tokenizer = load_tokenizer(cfg.model)
     asked = cfg  # saved as config.yaml; distill from completions trains on the teacher's replies instead
+    check_teacher(cfg, tokenizer)
     cfg = _check_data(cfg, tokenizer, run_dir, acc, resume)  # before any model loads: a failed check costs seconds
     cfg = prepare_teacher(cfg, tokenizer, run_dir, acc)
     with acc.main_process_first():

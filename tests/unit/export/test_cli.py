@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 import typer
+from archs import trained_model
 from run_factory import make_run
 from typer.testing import CliRunner
 
 from tunelab.cli.export import export_cmd, verify_cmd
+from tunelab.config import ModelConfig, RunConfig, TuningConfig, dump_config
 from tunelab.cli.serve import _adapters, serve_key_cmd
 from tunelab.errors import TunelabError
 from tunelab.serve.security import hash_key
@@ -21,8 +23,20 @@ app.command("verify")(verify_cmd)
 app.command("serve-key")(serve_key_cmd)
 
 
+def trained_run(root: Path) -> Path:
+    """A full-tuning run folder whose model predicts confidently (a random tiny model's near-uniform logits let
+    q8_0's rounding flip greedy choices, which verify rightly reports)."""
+    run = root / "run"
+    model, tok = trained_model("llama")
+    model.save_pretrained(run / "final")
+    tok.save_pretrained(run / "final")
+    cfg = RunConfig(model=ModelConfig(name_or_path=str(run / "final")), tuning=TuningConfig(mode="full"))
+    (run / "config.yaml").write_text(dump_config(cfg))
+    return run
+
+
 def test_export_then_verify(tmp_path: Path) -> None:
-    run = make_run(tmp_path, "run", lora_seed=3)
+    run = trained_run(tmp_path)
     r = CliRunner().invoke(app, ["export", str(run), "--format", "gguf", "--gguf-type", "q8_0", "--no-check"])
     assert r.exit_code == 0, r.output
     out = run / "exports" / "gguf-q8_0"
