@@ -25,15 +25,21 @@ from tunelab.console import progress as progress_bar
 from tunelab.data.tokenize import chat_template_for, prompt_text
 from tunelab.errors import TunelabError
 
-Prompt = str | Sequence[Mapping[str, str]]
+Prompt = str | Sequence[Mapping[str, Any]]
 
 
-def render_prompt(tokenizer: Any, prompt: Prompt, template: str | None = None) -> str:
-    """Prompt text for generation; `template` is a model.chat_template override (None: the model's own)."""
+MESSAGE_KEYS = ("role", "content", "tool_calls", "tool_call_id", "name")  # what chat templates read of a message
+
+
+def render_prompt(
+    tokenizer: Any, prompt: Prompt, template: str | None = None, tools: list[dict[str, Any]] | None = None
+) -> str:
+    """Prompt text for generation, rendered as training renders it; `template` is a model.chat_template override
+    (None: the model's own), `tools` the function definitions the template shows."""
     if isinstance(prompt, str):
         return prompt
-    messages = [{"role": m["role"], "content": m["content"]} for m in prompt]
-    return prompt_text(tokenizer, messages, chat_template_for(tokenizer, template))
+    messages = [{k: m[k] for k in MESSAGE_KEYS if k in m} for m in prompt]
+    return prompt_text(tokenizer, messages, chat_template_for(tokenizer, template), tools)
 
 
 @dataclass(frozen=True)
@@ -47,9 +53,12 @@ class DecodingConfig:
     max_prompt_tokens: int | None = None  # longer prompts keep their end (and BOS): data.max_length in evaluation
 
 
-def encode_prompt(tokenizer: Any, prompt: Prompt, template: str | None = None) -> list[int]:
-    """Prompt token ids, with BOS exactly once as tunelab.data.tokenize.Encoder does for training."""
-    ids = list(tokenizer(render_prompt(tokenizer, prompt, template), add_special_tokens=False)["input_ids"])
+def encode_prompt(
+    tokenizer: Any, prompt: Prompt, template: str | None = None, tools: list[dict[str, Any]] | None = None
+) -> list[int]:
+    """Prompt token ids, with BOS exactly once as tunelab.data.tokenize.Encoder does for training (evaluation,
+    generation and serving all encode prompts here, so what a model is asked matches what it was trained on)."""
+    ids = list(tokenizer(render_prompt(tokenizer, prompt, template, tools), add_special_tokens=False)["input_ids"])
     bos = tokenizer.bos_token_id
     if bos is not None and ids[:1] != [bos] and tokenizer("a")["input_ids"][:1] == [bos]:
         ids.insert(0, bos)

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tunelab.errors import TunelabError
+from tunelab.models.generate import encode_prompt
 from tunelab.serve.batcher import Batcher, FairQueue, Request
 from tunelab.serve.constrain import Constraint, Grammars, response_format_constraint
 from tunelab.serve.core import BASE_ADAPTER, Choice, DecodeCore, GenResult, Job, SamplingError
@@ -133,9 +134,7 @@ class HFEngine:
         if not self.has_chat_template():
             raise TunelabError("this model has no chat template; use /v1/completions with a plain prompt")
         _check_text(messages, "messages")
-        extra = {"tools": tools} if tools else {}  # no `tools` key without tools: renders as it always did
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **extra)
-        return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+        return encode_prompt(self.tokenizer, messages, None, tools or None)  # as training rendered it
 
     def encode_text(self, prompt: str) -> list[int]:
         _check_text(prompt, "prompt")

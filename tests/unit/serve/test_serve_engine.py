@@ -298,3 +298,26 @@ def test_invalid_unicode_is_a_clear_error(engine) -> None:
     model, tok = build_preset("tiny")
     with pytest.raises(TunelabError, match=r"messages\[0\]\.content: not valid Unicode"):
         HFEngine.encode_chat(engine, [{"role": "user", "content": "\udfff"}])
+
+
+def test_served_prompts_are_the_ids_training_used() -> None:
+    """A template without a BOS on a tokenizer that adds one (a model.chat_template override, saved with the run):
+    the server asks the model exactly what training put before the answer, BOS included once."""
+    from tunelab.data.records import Conversation, Message
+    from tunelab.data.tokenize import IGNORE, Encoder
+
+    model, tok = build_preset("tiny")
+    assert tok("a")["input_ids"][0] == tok.bos_token_id  # this tokenizer adds a BOS itself
+    chatml = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+              "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")  # fmt: skip
+    tok.chat_template = chatml
+    turns = (Message("system", "Be brief."), Message("user", "Reverse the word: kite"))
+    example = Encoder(tok, chatml).encode(Conversation((*turns, Message("assistant", "etik"))))
+    trained_prompt = example.input_ids[: next(i for i, y in enumerate(example.labels) if y != IGNORE)]
+    eng = HFEngine(model, tok, max_batch_size=2, wait_ms=1)
+    try:
+        served = eng.encode_chat([{"role": m.role, "content": m.content} for m in turns])
+    finally:
+        eng.batcher.close()
+    assert served == trained_prompt
+    assert served.count(tok.bos_token_id) == 1
