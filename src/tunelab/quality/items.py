@@ -40,8 +40,9 @@ from tunelab.data.sources import MAX_RECORD_BYTES, BadRow, Row, iter_csv, iter_j
 from tunelab.errors import DataError, format_location
 
 LABEL_COLUMNS = ("label", "category", "intent", "class", "labels")
-# Keys whose string values are structure, not content: never scanned, trimmed or redacted.
-STRUCTURAL_KEYS = {"role", "from", "type", "_synthetic"}
+# Keys whose string values are structure, not content: never scanned, trimmed or redacted. `provenance` is what a
+# feedback export (tunelab.feedback) records about each row: request ids, reviewer, times; never training text.
+STRUCTURAL_KEYS = {"role", "from", "type", "_synthetic", "provenance"}
 
 
 @dataclass
