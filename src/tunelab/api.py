@@ -25,6 +25,8 @@ from tunelab.models import generate as gen
 from tunelab.models.generate import DecodingConfig
 from tunelab.models.load import load_tokenizer
 from tunelab.models.loader import is_run_dir, load
+from tunelab.planner import DataCounts, Estimate, estimate
+from tunelab.quality.check import check as check_data
 from tunelab.serve import runtime
 from tunelab.serve.config import ServeConfig
 from tunelab.stages import run_stages
@@ -32,7 +34,7 @@ from tunelab.train.loop import Hooks, TrainingInterrupted
 from tunelab.train.run import train_one
 
 __all__ = ["Hooks", "TrainingInterrupted", "compare", "create_app", "debug_examples", "evaluate", "export", "generate",
-           "load_config", "load_generator", "report", "serve", "stream", "train", "validate", "verify"]  # fmt: skip
+           "load_config", "load_generator", "plan", "report", "serve", "stream", "train", "validate", "verify"]  # fmt: skip
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
@@ -51,8 +53,26 @@ def train(
 
 
 def validate(cfg: RunConfig, tokenizer: Any = None) -> dict[str, Any]:
-    """Build the whole data pipeline of `cfg` without training: counts and problems (`tunelab validate`)."""
-    return preview.validate(cfg, tokenizer or load_tokenizer(cfg.model), METHODS[cfg.method.name].data)
+    """Build the whole data pipeline of `cfg` without training: counts and problems (`tunelab validate`), and
+    what the pre-flight data check (data.check: labels, leakage, duplicates, ...) would find."""
+    tokenizer = tokenizer or load_tokenizer(cfg.model)
+    report = preview.validate(cfg, tokenizer, METHODS[cfg.method.name].data)
+    if cfg.data.check is not None:
+        found = check_data(cfg.data.train, [*cfg.data.eval, *cfg.eval.data], options=cfg.data.check,
+                           tokenizer=tokenizer, max_record_bytes=cfg.data.max_record_bytes)  # fmt: skip
+        report["data_check"] = {"errors": len(found.errors), "warnings": len(found.by_severity("warning")),
+                                "problems": [{"severity": p.severity, "code": p.code, "message": p.message}
+                                             for p in found.problems if p.severity != "info"]}  # fmt: skip
+    return report
+
+
+def plan(cfg: RunConfig, device: str | None = None, price_per_hour: float | None = None,
+         calibrate: bool = False) -> Estimate:  # fmt: skip
+    """Peak memory, time and cost of training `cfg` (tunelab.planner), from the data pipeline's own counts
+    (`validate`); `device` names a row of tunelab.planner.DEVICES (default: this machine), `calibrate` measures
+    this machine's throughput with a short run instead of assuming it."""
+    counts = DataCounts.from_report(validate(cfg), cfg.data.max_length)
+    return estimate(cfg, counts, device, price_per_hour, calibrate)
 
 
 def debug_examples(cfg: RunConfig, n: int, tokenizer: Any = None) -> list[tuple[str, str, Any]]:

@@ -17,16 +17,17 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunelab.errors import ConfigError, DataError
-from tunelab.textio import MAX_RECORD_BYTES, read_text
+from tunelab.textio import MAX_RECORD_BYTES, codec_name, read_text
 from tunelab.yamlio import DuplicateKeyError, safe_load
 
 FORMAT_NAMES = (
-    "auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text", "preference", "kto", "prompt", "labelled",
-    "token_tags",
+    "auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text", "preference", "transcript", "kto", "prompt",
+    "labelled", "token_tags",
 )  # fmt: skip
+READER_NAMES = ("auto", "jsonl", "json", "csv", "parquet", "conll")  # how a file is read (tunelab.data.sources)
 
 
 MAX_TOKENS = 1 << 22  # 4M tokens: past any model's context
@@ -61,7 +62,7 @@ class MetricSpec(Section):
     )
 
 
-PII_KINDS = ("email", "phone", "card", "iban", "ip", "secret")  # what tunelab.quality.pii finds
+PII_KINDS = ("email", "phone", "card", "iban", "ip", "secret", "address", "name")  # what tunelab.quality.pii finds
 
 
 class CheckOptions(Section):
@@ -76,6 +77,9 @@ class CheckOptions(Section):
     )
     pii: bool = Field(True, description="Scan text fields for PII and secrets.")
     pii_kinds: list[str] = Field(default_factory=lambda: list(PII_KINDS), description="PII kinds to scan for.")
+    pii_ner: bool = Field(
+        False, description="Also find names and places with Presidio's NER (needs presidio-analyzer and a spaCy model)."
+    )
     tokenizer: str | None = Field(
         None,
         description="Tokenizer (preset name, local folder or hub id) for token lengths; none: characters.",
@@ -86,6 +90,15 @@ class CheckOptions(Section):
         description="Classification label column; default: label, category, intent or class when present.",
     )
     strict: bool = Field(False, description="Treat warnings as errors (exit status and pre-flight).")
+    leakage: Literal["error", "drop", "warn"] = Field(
+        "error",
+        description="Eval/test records whose input is in train: stop (error), leave them out of the run and list "
+        "them in the data card (drop), or only warn.",
+    )
+    min_label_count: int = Field(5, ge=1, description="Warn about classes with fewer training examples than this.")
+    max_label_imbalance: float = Field(
+        20.0, ge=1, description="Warn when the largest class has more than this many times the smallest's examples."
+    )
 
 
 class ModelConfig(Section):
@@ -290,14 +303,32 @@ class MethodConfig(Section):
 
 
 class DatasetConfig(Section):
-    path: str = Field(description="A .jsonl/.json/.csv/.parquet file, a local datasets folder, or a hub dataset id.")
+    path: str = Field(
+        description="A .jsonl/.json/.csv/.tsv/.parquet/.conll file, a local datasets folder, or a hub dataset id."
+    )
     format: Literal[FORMAT_NAMES] = Field(  # type: ignore[valid-type]
         "auto",
         description="Record format; auto detects it from the first row's fields (method classify/ner: labelled/token_tags).",
     )
     columns: dict[str, str] | None = Field(
         None,
-        description="Map the format's field names to yours, e.g. {instruction: question, output: answer}.",
+        description="Map the format's field names to yours, e.g. {instruction: question, output: answer}; a value "
+        'with {field} is a template over several fields, e.g. {text: "{title}. {description}"}.',
+    )
+    reader: Literal[READER_NAMES] = Field(  # type: ignore[valid-type]
+        "auto",
+        description="How the file is read; auto: by its suffix (.jsonl .json .csv .tsv .parquet .conll).",
+    )
+    encoding: str = Field(
+        "utf-8",
+        description="Text encoding of the file (utf-8, latin-1, cp1252, utf-16, ...); auto detects it (charset-normalizer).",
+    )
+    delimiter: str | None = Field(
+        None, description="Field separator of a CSV file (one character); default: a tab for .tsv, else a comma."
+    )
+    skip_records: list[int] = Field(
+        default_factory=list,
+        description="0-based record indices to leave out; data.check.leakage: drop sets them on leaked eval records.",
     )
     split: str = Field("train", description="Split to read from a datasets folder or hub dataset.")
     weight: float = Field(1.0, gt=0, description="Mixing weight: examples drawn per epoch relative to its size.")
@@ -314,6 +345,9 @@ class DatasetConfig(Section):
     def _check_metrics(self) -> DatasetConfig:
         for m in self.metrics or []:
             check_metric_name(m)
+        codec_name(self.encoding)  # an unknown encoding fails at load time, naming it
+        if self.delimiter is not None and len(self.delimiter) != 1:
+            raise ValueError(f"delimiter must be one character, got {self.delimiter!r}")
         return self
 
     def task_name(self) -> str:
@@ -636,6 +670,159 @@ class StageConfig(Section):
     tuning: dict[str, Any] | None = Field(None, description="Overrides merged into the run's tuning section.")
 
 
+# --------------------------------------------------------------------------- tune (hyperparameter search)
+
+LOOP_METRIC_PREFIX = "eval_"  # keys of the training loop's eval records (eval_loss, eval_ppl, eval_<method metric>)
+MEASURED_OBJECTIVES = ("time", "cost")  # measured per trial: wall seconds, and seconds x tune.price_per_hour
+LOWER_IS_BETTER_WORDS = ("loss", "ppl", "perplexity", "time", "cost")
+
+
+class SearchParam(Section):
+    """One dimension of the search space: a config key's distribution (tunelab.tune.space)."""
+
+    type: Literal["float", "int", "categorical"] = Field(description="float (uniform or log), int, or categorical.")
+    low: float | None = Field(None, description="float/int: the smallest value.")
+    high: float | None = Field(None, description="float/int: the largest value (inclusive).")
+    log: bool = Field(False, description="float/int: sample on a log scale (low must be above 0).")
+    step: float | None = Field(None, gt=0, description="float/int: the spacing of values (int default 1).")
+    choices: list[Any] | None = Field(None, description="categorical: the values to choose from.")
+    values: list[Any] | None = Field(
+        None, description="grid sampler: the values of a float (ints and categoricals enumerate their own)."
+    )
+    when: dict[str, Any] | None = Field(
+        None,
+        description="Condition: sample this key only when these other keys (config keys, earlier in the space or "
+        "fixed in the config) have these values (a value or a list of values), e.g. {tuning.mode: lora}.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> SearchParam:
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs choices: [...]")
+            return self
+        if self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"a {self.type} parameter needs low < high (got low {self.low}, high {self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log: true needs low > 0 (got {self.low})")
+        if self.log and self.step is not None:
+            raise ValueError("log and step cannot be combined (optuna samples one or the other)")
+        if self.type == "int" and any(v is not None and v != int(v) for v in (self.low, self.high, self.step)):
+            raise ValueError("an int parameter needs whole numbers for low, high and step")
+        return self
+
+
+class TuneObjective(Section):
+    metric: str = Field(
+        "eval_loss",
+        description="What a trial is scored by: a key of the training loop's last eval record (eval_loss, eval_ppl, "
+        "eval_<method metric>), '<metric>.<score>' of eval/final.json (json.json_field_accuracy), time (wall "
+        "seconds) or cost (time x tune.price_per_hour).",
+    )
+    direction: Literal["auto", "minimize", "maximize"] = Field(
+        "auto", description="auto: minimize losses, perplexity, time and cost; maximize everything else."
+    )
+
+    def resolved_direction(self) -> Literal["minimize", "maximize"]:
+        if self.direction != "auto":
+            return self.direction
+        return "minimize" if any(w in self.metric.lower() for w in LOWER_IS_BETTER_WORDS) else "maximize"
+
+
+class TunePruner(Section):
+    kind: Literal["none", "median", "halving", "hyperband"] = Field(
+        "median",
+        description="Stop unpromising trials early on their intermediate eval values: median (below the median of "
+        "earlier trials at the same step), halving (successive halving) or hyperband; none keeps every trial.",
+    )
+    metric: str | None = Field(
+        None,
+        description="The intermediate value: a key of the loop's eval records (train.eval_every); default: the first "
+        "objective when it is one, else eval_loss.",
+    )
+    startup_trials: int = Field(2, ge=0, description="median: finished trials before any trial is pruned.")
+    warmup_steps: int = Field(0, ge=0, description="median: optimizer steps of a trial before it can be pruned.")
+    min_resource: int | None = Field(
+        None, ge=1, description="halving/hyperband: steps every trial gets first; default: train.eval_every."
+    )
+    reduction_factor: int = Field(3, ge=2, description="halving/hyperband: 1/factor of the trials go on each rung.")
+
+
+class TuneConfig(Section):
+    space: dict[str, SearchParam] = Field(
+        description="Config keys (dotted, as in overrides: train.lr, tuning.lora.r) -> their distributions."
+    )
+    sampler: Literal["tpe", "random", "grid"] = Field(
+        "tpe", description="tpe (Bayesian, Optuna's TPE), random, or grid (every combination)."
+    )
+    startup_trials: int = Field(4, ge=1, description="tpe: random trials before the model of good values is used.")
+    seed: int = Field(0, description="Seed of the sampler.")
+    trials: int | None = Field(
+        20,
+        ge=1,
+        description="Budget: finished (complete or pruned) trials of the study, over every process; null: no "
+        "limit (grid: the grid's size).",
+    )
+    timeout: float | None = Field(
+        None, gt=0, description="Budget: wall seconds of this invocation (a running trial finishes)."
+    )
+    objectives: list[TuneObjective] = Field(
+        default_factory=lambda: [TuneObjective()],
+        min_length=1,
+        description="One objective, or several (e.g. eval_loss and time: a Pareto front; no pruning then).",
+    )
+    pruner: TunePruner = Field(default_factory=TunePruner, description="Early stopping of unpromising trials.")
+    study: str | None = Field(
+        None, description="Study name and folder under output.dir; default: output.name, else the config file's stem."
+    )
+    storage: str | None = Field(
+        None,
+        description="Optuna storage: a SQLite file, sqlite:///FILE or postgresql+psycopg://... (shared by machines); "
+        "default: study.db in the study folder.",
+    )
+    workers: int = Field(1, ge=1, le=256, description="Trials in parallel on this machine (processes).")
+    heartbeat: int | None = Field(
+        60,
+        ge=1,
+        description="Seconds between a running trial's heartbeats in the storage; a trial silent for 3 beats (its "
+        "machine died) is failed and retried; null: off.",
+    )
+    price_per_hour: float | None = Field(
+        None, gt=0, description="Price of this machine per hour, for the cost objective (and the plan)."
+    )
+    compare: bool = Field(
+        True,
+        description="After the search: train the config as written (the default) and compare it with the best "
+        "trial on eval.data (the test split) with paired bootstrap CIs.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> TuneConfig:
+        if not self.space:
+            raise ValueError("tune.space: name at least one config key to search, e.g. {train.lr: {type: float, ...}}")
+        keys = list(self.space)
+        for i, (key, param) in enumerate(self.space.items()):
+            for other in param.when or {}:
+                if other == key or (other in self.space and keys.index(other) > i):
+                    raise ValueError(f"tune.space.{key}.when: {other} must come before {key} in the space")
+        if self.sampler == "grid":
+            for key, param in self.space.items():
+                if param.type == "float" and not param.values and param.step is None:
+                    raise ValueError(f"tune.space.{key}: the grid sampler needs values: [...] (or a step) for a float")
+        if len(self.objectives) > 1 and self.pruner.kind != "none":
+            raise ValueError("tune.pruner: Optuna prunes single-objective studies only; set pruner: {kind: none} "
+                             "with several objectives")  # fmt: skip
+        if any(o.metric == "cost" for o in self.objectives) and self.price_per_hour is None:
+            raise ValueError("tune.objectives: cost needs tune.price_per_hour")
+        return self
+
+    def prune_metric(self) -> str:
+        if self.pruner.metric:
+            return self.pruner.metric
+        first = self.objectives[0].metric
+        return first if first.startswith(LOOP_METRIC_PREFIX) else "eval_loss"
+
+
 class RunConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig, description="Which model to start from.")
     tuning: TuningConfig = Field(default_factory=TuningConfig, description="Which parameters train.")
@@ -649,6 +836,17 @@ class RunConfig(Section):
         description="Run several trainings in sequence (e.g. sft then dpo); each stage overrides sections of "
         "this config and starts from the previous stage's final model (adapters merged).",
     )
+    tune: TuneConfig | None = Field(
+        None, description="Hyperparameter search for `tunelab tune` (docs/tuning.md); `train` ignores it."
+    )
+
+    @field_validator("tune")
+    @classmethod
+    def _tune_keys(cls, tune: TuneConfig | None) -> TuneConfig | None:
+        for key, param in (tune.space if tune else {}).items():
+            for name in (key, *(param.when or {})):
+                check_key(name, f"space.{key}")
+        return tune
 
     @model_validator(mode="after")
     def _check(self) -> RunConfig:
@@ -659,8 +857,40 @@ class RunConfig(Section):
                              "(a grpo run uses its method.grpo.rewards)")  # fmt: skip
         for i in range(len(self.stages)):
             stage_config(self, i)  # every stage must validate now, not hours into the run
+        if self.tune is not None:
+            _check_tune(self)
         _check_task_names(self)
         return self
+
+
+def _check_tune(cfg: RunConfig) -> None:
+    """What the search needs from the rest of the config: one run (no stages), intermediate evals to prune on."""
+    tune = cfg.tune
+    assert tune is not None
+    if cfg.stages:
+        raise ValueError("tune: a search tunes one run; remove stages: (tune each stage's config on its own)")
+    if tune.pruner.kind != "none" and not cfg.train.eval_every:
+        raise ValueError("tune.pruner: pruning reads intermediate eval values; set train.eval_every "
+                         "(or tune.pruner.kind: none)")  # fmt: skip
+    if not (cfg.data.eval or cfg.data.eval_ratio > 0):
+        raise ValueError("tune: trials are scored on a validation split; set data.eval or data.eval_ratio")
+
+
+def check_key(key: str, where: str) -> None:
+    """`key` (dotted) names a field of the run config, e.g. train.lr or tuning.lora.r."""
+    cls: Any = RunConfig
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        fields = cls.model_fields if cls is not None else {}
+        if part not in fields:
+            close = difflib.get_close_matches(part, list(fields), n=1, cutoff=0.5)
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; expected one of: {', '.join(fields)}"
+            raise ValueError(
+                f"{where}: {key} is not a config key: no {part!r} in {'.'.join(parts[:i]) or 'the config'}{hint}"
+            )
+        cls = _section_type(fields[part].annotation) if i < len(parts) - 1 else None
+        if i < len(parts) - 1 and cls is None:
+            raise ValueError(f"{where}: {key} is not a config key: {'.'.join(parts[: i + 1])} is not a section")
 
 
 def asked_metrics(cfg: RunConfig) -> list[MetricSpec]:

@@ -104,6 +104,7 @@ EXTRA = {
     "train": ["train.max_steps=2"],  # full training takes minutes; two steps run the same path, save and evaluate
     "quickstart": ["--epochs", "0.2"],  # a fifth of an epoch: the whole lifecycle, a fifth of the training time
     "serve": ["--port", "FREE_PORT"],  # the default 8000 may be taken on a shared machine
+    "tune": ["tune.trials=3"],  # three trials run the same search, pruning and best-vs-default path as six
 }
 
 # Commands that do not run here -> why.
@@ -117,6 +118,10 @@ SKIP = {
         "needs CUDA GPUs and deepspeed"
     ),
     "tunelab train CONFIG [a.b=c ...] [--resume]": "a synopsis; its concrete forms follow it in training.md",
+    "tunelab tune examples/tune.yaml tune.storage=postgresql+psycopg://tunelab@db-host/tunelab --worker": (
+        "needs a PostgreSQL server that several machines reach; tests/integration/test_tune_cli.py runs two "
+        "processes on one SQLite study"
+    ),
 }
 
 # Programs other than tunelab in shell fences -> why they are not run.
@@ -143,6 +148,11 @@ EXPECTED = {
     "tunelab data check ../shared/data/banking77/train.csv --test ../shared/data/banking77/test.csv": (
         1,
         "[error] leak_exact: 7 test records",
+    ),
+    # data.md: a file whose fields fit no format gets the likely format and mapping.
+    "tunelab data check reviews.csv": (
+        1,
+        "did you mean `format: labelled, columns: {text: sentence, label: sentiment}`?",
     ),
     # export.md: K-quants need llama.cpp's tools (not installed here: the documented "not found" message).
     "tunelab export runs/my-run --format gguf --gguf-type q4_k_m --llama-cpp ~/llama.cpp": (
@@ -179,6 +189,10 @@ SANDBOX: list[tuple[str, Any]] = [
     ("runs/big", Train("full.yaml", ("output.name=big",))),  # a full fine-tune: methods.md's teacher
     ("base-model-folder", Copy("runs/big/final")),  # a plain model folder
     ("serve.yaml", DocFence("docs/serving.md", "## serve.yaml")),  # serving.md's own example
+    ("news.tsv", DocFence("docs/data.md", "**A TSV, two columns made into one text.**")),  # data.md's real-data files
+    ("ner.conll", DocFence("docs/data.md", "**A column file.**")),
+    ("hh.jsonl", DocFence("docs/data.md", "**A transcript file.**")),
+    ("reviews.csv", DocFence("docs/data.md", "**When a file does not fit**")),
 ]
 
 

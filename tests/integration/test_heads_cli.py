@@ -166,3 +166,30 @@ def test_banking77_minilm_cli_beats_majority_baseline(tmp_path: Path) -> None:
     print(f"banking77 MiniLM (16/intent, 4 epochs): base {base}\nfinal {final}")
     assert base["accuracy"] < 0.05 and final["majority_baseline"] < 0.05
     assert final["accuracy"] > 0.5 and final["f1_macro"] > 0.45, final
+
+
+def test_eval_rescores_trained_heads_on_new_files(tmp_path: Path) -> None:
+    """`tunelab eval RUN --data FILE` scores a classify or ner head with its own labels; a CoNLL file and a TSV
+    are read as they are. The end of training says what it is doing (final save, evaluation)."""
+    common = ["train.max_steps=3", "train.threads=1", f"output.dir={tmp_path / 'runs'}", "data.check=null"]
+    out = run_cli("train", str(EXAMPLES / "ner-tiny.yaml"), *common).stdout
+    assert "saving the final model to" in out and "saved the final model (" in out and "evaluating it" in out
+    conll = tmp_path / "new.conll"
+    conll.write_text("Anna B-PER\nvisited O\nParis B-LOC\n\nOmar B-PER\nleft O\n")
+    res = run_cli(
+        "eval", str(tmp_path / "runs" / "ner-tiny"), "--data", str(conll), "--out", str(tmp_path / "ner.json")
+    )
+    assert "ner: precision" in res.stdout and "token_accuracy" in res.stdout
+    saved = json.loads((tmp_path / "ner.json").read_text())
+    assert [e["reference"] for e in saved["examples"]] == ["B-PER O B-LOC", "B-PER O"]
+    run_cli("train", str(EXAMPLES / "classify-lora.yaml"), *common)
+    tsv = tmp_path / "new.tsv"
+    tsv.write_text("text\tlabel\nthe flight was late\ttravel\nwhere is my refund\tbilling\n")
+    res = run_cli(
+        "eval", str(tmp_path / "runs" / "classify-lora"), "--data", str(tsv), "--out", str(tmp_path / "c.json")
+    )
+    assert "classification: accuracy" in res.stdout and "majority_baseline" not in res.stdout
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("text\tlabel\nhello\tweather\n")
+    res = run_cli("eval", str(tmp_path / "runs" / "classify-lora"), "--data", str(bad), check=False)
+    assert res.returncode == 2 and f"{bad}, line 2" in res.stderr and "Traceback" not in res.stderr

@@ -72,3 +72,22 @@ def test_a_failed_checkpoint_write_is_named_and_leaves_no_partial_folder(tmp_pat
     )
     assert "Traceback" not in out.stderr
     assert list((tmp_path / "sft-lora" / "checkpoints").iterdir()) == []  # no .tmp-step-2
+
+
+def test_the_data_check_stops_a_run_before_any_model_loads(tmp_path: Path) -> None:
+    """A folder with only a tokenizer: loading the model from it would fail, so the leakage error can only come
+    first if the check runs before the model loads."""
+    from tunelab.config import ModelConfig
+    from tunelab.models.load import load_tokenizer
+
+    load_tokenizer(ModelConfig(name_or_path="tiny")).save_pretrained(tmp_path / "tokenizer-only")
+    rows = (REPO / "examples" / "data" / "tiny_sft.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "train.jsonl").write_text("".join(rows[:20]))
+    (tmp_path / "test.jsonl").write_text("".join(rows[:2]))  # both leak
+    args = [f"model.name_or_path={tmp_path / 'tokenizer-only'}", f"output.dir={tmp_path / 'runs'}",
+            f"data.train=[{{path: {tmp_path / 'train.jsonl'}}}]", f"data.eval=[{{path: {tmp_path / 'test.jsonl'}}}]"]  # fmt: skip
+    out = run_cli("train", str(EXAMPLE), *args, check=False)
+    assert (
+        out.returncode == 2 and "[error] leak_exact: 2 eval records have the same input as a train record" in out.stderr
+    )
+    assert "Traceback" not in out.stderr

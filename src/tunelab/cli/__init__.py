@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from tunelab.cli import data, evaluate, export, feedback, project, serve, train
+from tunelab.cli import data, evaluate, export, feedback, project, serve, train, tune
 from tunelab.console import quiet_libraries
 from tunelab.errors import TunelabError
 
@@ -33,6 +33,8 @@ app.command("serve")(serve.serve_cmd)
 app.command("serve-key")(serve.serve_key_cmd)
 app.command("export")(export.export_cmd)
 app.command("verify")(export.verify_cmd)
+app.command("tune")(tune.tune_command)
+app.command("plan")(tune.plan_command)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,11 +7,13 @@ it can gate CI; user mistakes raise `TunelabError`, which the main CLI prints wi
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from tunelab.api import load_config
 from tunelab.config import CheckOptions, DatasetConfig, ModelConfig, TeacherGeneration
 from tunelab.errors import TunelabError
 from tunelab.methods.teacher_data import Teacher, check_failures, distill_dataset, summary
@@ -24,7 +26,7 @@ from tunelab.quality.clean import CleanOptions
 from tunelab.quality.clean import clean as run_clean
 from tunelab.quality.inspect import inspect_dataset, plot_lengths, public
 from tunelab.quality.io import derived_path
-from tunelab.quality.items import load_dataset
+from tunelab.quality.items import Dataset, load_dataset
 from tunelab.quality.split import SplitOptions
 from tunelab.quality.split import split as run_split
 
@@ -55,11 +57,51 @@ def _columns(items: list[str] | None) -> dict[str, str] | None:
     return dict(c.split("=", 1) for c in items)
 
 
+FILE_OPTIONS = ("format", "reader", "encoding", "delimiter", "split", "max_samples")
+
+
 def _inputs(paths: list[str] | None, fmt: str, columns: list[str] | None) -> list[Any]:
+    """Datasets from `PATH` or `PATH::key=value,...` (a file's own format, reader, encoding, delimiter, ... and
+    column mapping); --format and --column apply where a file names none."""
     mapping = _columns(columns)
-    if fmt == "auto" and not mapping:
-        return list(paths or [])
-    return [DatasetConfig(path=p, format=fmt, columns=mapping) for p in paths or []]
+    out: list[Any] = []
+    for spec in paths or []:
+        path, _, extra = spec.partition("::")
+        own = _file_options(spec, extra)
+        if not own and fmt == "auto" and not mapping:
+            out.append(path)
+            continue
+        own.setdefault("format", fmt)
+        own["columns"] = own.get("columns") or mapping
+        try:
+            out.append(DatasetConfig(path=path, **own))
+        except ValueError as e:
+            raise TunelabError(f"{spec}: {e}") from None
+    return out
+
+
+def _file_options(spec: str, extra: str) -> dict[str, Any]:
+    """`format=labelled,text=sentence,label=sentiment` -> {format: labelled, columns: {text: sentence, ...}};
+    commas inside a {template} do not split."""
+    out: dict[str, Any] = {}
+    for item in re.split(r",(?![^{]*})", extra) if extra else []:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise TunelabError(f"{spec}: expected PATH::key=value,... (a dataset option such as encoding=latin-1, "
+                               f"or a column mapping such as text=sentence), got {item!r}")  # fmt: skip
+        key = key.strip()
+        if key in FILE_OPTIONS:
+            out[key] = "\t" if (key, value) == ("delimiter", "\\t") else value
+        else:
+            out.setdefault("columns", {})[key] = value
+    return out
+
+
+def _readable(ds: Dataset) -> Dataset:
+    """A file with no record at all (empty, blank lines, a header only) or one that cannot be read is an error."""
+    if ds.file_error and not ds.items:
+        raise TunelabError(ds.file_error)
+    return ds
 
 
 def _tokenizer(name: str | None) -> Any:
@@ -89,7 +131,8 @@ def inspect(
     """
     tok = _tokenizer(tokenizer)
     mapping = _columns(column)
-    stats = [inspect_dataset(load_dataset(p, "train", fmt, mapping, label_column), tok, max_length) for p in paths]
+    stats = [inspect_dataset(_readable(load_dataset(p, "train", fmt, mapping, label_column)), tok, max_length)
+             for p in paths]  # fmt: skip
     if plot:
         plot_lengths(stats, plot, max_length)
     if as_json:
@@ -124,7 +167,13 @@ def _inspect_text(s: dict[str, Any]) -> str:
 
 @data_app.command()
 def check(
-    train: Annotated[list[str], typer.Argument(help="Training data files.")],
+    train: Annotated[
+        list[str],
+        typer.Argument(
+            help="Training data files (PATH or PATH::key=value,... with its own options), or a run config (.yaml): "
+            "its data.train, data.eval and eval.data, each read with its own options, with its data.check settings."
+        ),
+    ],
     eval: Annotated[list[str] | None, typer.Option("--eval", help="Eval/validation file (repeatable).")] = None,
     test: Annotated[list[str] | None, typer.Option("--test", help="Test file (repeatable).")] = None,
     fmt: Format = "auto",
@@ -133,31 +182,47 @@ def check(
     near_threshold: Annotated[float, typer.Option(help="Near-duplicate Jaccard threshold (0-1).")] = 0.85,
     near: Annotated[bool, typer.Option(help="Look for near-duplicates and near leakage.")] = True,
     pii: Annotated[bool, typer.Option(help="Scan for PII and secrets.")] = True,
+    pii_ner: Annotated[bool, typer.Option(help="Also find names and places with Presidio (when installed).")] = False,
     tokenizer: Tokenizer = None,
     max_length: MaxLength = None,
     strict: Annotated[bool, typer.Option(help="Fail on warnings too.")] = False,
     as_json: AsJson = False,
     report: Annotated[Path | None, typer.Option(help="Also save the JSON report here.")] = None,
     card: Annotated[Path | None, typer.Option(help="Also write a data card (Markdown) here.")] = None,
+    leakage: Annotated[str, typer.Option(help="Exact leakage: error, warn, or drop (reported as left out).")] = "error",
 ) -> None:
-    """Find schema errors, duplicates, near-duplicates, leakage, PII and label conflicts. Exits 1 on errors.
+    """Find schema errors, duplicates, near-duplicates, leakage, PII and label problems. Exits 1 on errors.
 
     \b
     Examples:
       tunelab data check train.jsonl --eval val.jsonl --test test.jsonl
       tunelab data check train.csv --test test.csv --json > report.json
       tunelab data check train.jsonl --near-threshold 0.9 --strict --card data_card.md
+      tunelab data check train.csv::text=sentence,label=sentiment --test test.tsv::text=utterance,label=intent
+      tunelab data check run.yaml
     """
+    if leakage not in ("error", "warn", "drop"):
+        raise TunelabError(f"--leakage {leakage!r}: expected error, warn or drop")
     opts = CheckOptions(
         near_duplicates=near,
         near_threshold=near_threshold,
         pii=pii,
+        pii_ner=pii_ner,
         tokenizer=tokenizer,
         max_length=max_length,
         label_column=label_column,
         strict=strict,
+        leakage=leakage,  # type: ignore[arg-type]
     )
-    result = run_check(_inputs(train, fmt, column), _inputs(eval, fmt, column), _inputs(test, fmt, column), opts)
+    if len(train) == 1 and Path(train[0]).suffix.lower() in (".yaml", ".yml"):  # a run config
+        cfg = load_config(train[0])
+        trains, evals, tests = list(cfg.data.train), [*cfg.data.eval, *cfg.eval.data], _inputs(test, fmt, column)
+        opts = cfg.data.check or opts
+    else:
+        trains, evals, tests = _inputs(train, fmt, column), _inputs(eval, fmt, column), _inputs(test, fmt, column)
+    if not trains:
+        raise TunelabError(f"data check: {train[0]} has no data.train datasets")
+    result = run_check(trains, evals, tests, opts)
     typer.echo(result.to_json() if as_json else result.format_text())
     if report:
         report.write_text(result.to_json() + "\n", encoding="utf-8")
@@ -180,6 +245,7 @@ def clean(
     near: Annotated[bool, typer.Option(help="Drop near-duplicates (keep the first).")] = False,
     near_threshold: Annotated[float, typer.Option(help="Near-duplicate Jaccard threshold.")] = 0.85,
     pii: Annotated[str, typer.Option(help="PII: keep, redact or drop.")] = "keep",
+    pii_ner: Annotated[bool, typer.Option(help="Also find names and places with Presidio (when installed).")] = False,
     leak_against: Annotated[
         list[str] | None,
         typer.Option(help="Drop records whose input is in this eval/test file (repeatable)."),
@@ -202,6 +268,7 @@ def clean(
         near_dedup=near,
         near_threshold=near_threshold,
         pii=pii,  # type: ignore[arg-type]
+        pii_ner=pii_ner,
         leak_against=leak_against or [],
     )
     res = run_clean(path, output, opts, fmt, _columns(column), label_column)

@@ -62,6 +62,8 @@ def _default(f: Any) -> str:
     value = f.default_factory() if f.default_factory is not None else f.default
     if isinstance(value, BaseModel):
         return "(section)"
+    if isinstance(value, list) and any(isinstance(v, BaseModel) for v in value):  # tune.objectives
+        value = [v.model_dump(mode="json") if isinstance(v, BaseModel) else v for v in value]
     return f"`{json.dumps(value)}`"
 
 

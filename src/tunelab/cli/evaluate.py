@@ -13,6 +13,7 @@ import typer
 
 from tunelab import api
 from tunelab.eval.perplexity import forgetting_line
+from tunelab.eval.report import agg_label, row_label
 
 app = typer.Typer()
 
@@ -23,9 +24,13 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Config ov
 
 def _print_scores(result: Any) -> None:
     for name, m in result.metrics.items():
-        scores = ", ".join(f"{k}={v:.4g}" for k, v in m.scores.items())
+        scores = ", ".join(f"{agg_label(k)}={v:.4g}" for k, v in m.scores.items())
         counts = {k: m.details[k] for k in ("unparseable", "failed", "invalid", "truncated") if m.details.get(k)}
         typer.echo(f"{name}: {scores}" + (f"  ({counts})" if counts else ""))
+    p = getattr(result, "prompts", {})
+    if p.get("truncated") or p.get("dropped"):
+        what = f"{p['truncated']} kept their end" if p.get("truncated") else f"{len(p['dropped'])} left out"
+        typer.echo(f"prompts longer than {p['max_tokens']} tokens (data.max_length): {what}")
 
 
 @app.command("eval")
@@ -63,7 +68,7 @@ def compare(
     cfg = api.resolve_config(b, config, overrides or [])
     res = api.compare(a, b, data, config, overrides or [], out)
     for row in res.comparison["rows"]:
-        typer.echo(f"{row['key']}: {row['value_a']:.4g} -> {row['value_b']:.4g} (diff {row['diff']:+.4g}, "
+        typer.echo(f"{row_label(row)}: {row['value_a']:.4g} -> {row['value_b']:.4g} (diff {row['diff']:+.4g}, "
                    f"95% CI [{row['ci_low']:.4g}, {row['ci_high']:.4g}]) {row['verdict']}")  # fmt: skip
     if res.forgetting:
         typer.echo(f"forgetting: {forgetting_line(res.forgetting)}")

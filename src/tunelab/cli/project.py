@@ -53,6 +53,13 @@ def validate(
     if "labels" in report:
         names = report["label_names"]
         typer.echo(f"labels: {report['labels']} ({', '.join(names[:10])}{', ...' if len(names) > 10 else ''})")
+    if found := report.get("data_check"):
+        typer.echo(f"data check: {found['errors']} error(s), {found['warnings']} warning(s)")
+        for p in found["problems"]:
+            typer.echo(f"  [{p['severity']}] {p['code']}: {p['message']}")
+        if found["errors"]:
+            typer.echo("the data check found errors: training would stop at them (see data.check)")
+            raise typer.Exit(1)
 
 
 @app.command()

@@ -2,7 +2,8 @@
 
 A format raises `FieldError(field, expected)` for a bad row; the pipeline adds the file and line. The
 `columns:` mapping renames the user's fields to the format's names before the format sees the row, so
-custom field names need no code. `detect_format` picks a format from a row's keys.
+custom field names need no code; a mapping value with `{field}` in it is a template over several fields
+(`{text: "{title}. {description}"}`). `detect_format` picks a format from a row's keys.
 
 | format            | fields                                                                  | record             |
 |-------------------|-------------------------------------------------------------------------|--------------------|
@@ -13,6 +14,7 @@ custom field names need no code. `detect_format` picks a format from a row's key
 | text              | text                                                                    | Text               |
 | preference        | prompt?, chosen, rejected (strings, messages, or sharegpt {from, value});
 |                   | or OpenAI: input.messages, preferred_output, non_preferred_output       | Preference         |
+| transcript        | chosen, rejected: whole "\n\nHuman: ...\n\nAssistant: ..." dialogues   | Preference         |
 | kto               | messages + label, or prompt + completion + label                        | UnpairedPreference |
 | prompt            | prompt (a string or messages); other fields are not read; tools refused | Prompt             |
 | labelled          | text, label (a string, number or true/false; kept as its string)        | Labelled           |
@@ -25,6 +27,7 @@ Tool use (tool_calls, tool results, tools) is parsed by `tool_rows`; formats tha
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from string import Formatter
 from typing import Any
 
 from tunelab.data import tool_rows
@@ -43,6 +46,7 @@ from tunelab.data.records import (
     ToolCall,
     UnpairedPreference,
 )
+from tunelab.data.transcript import is_transcript, transcript
 
 SHAREGPT_ROLES = {
     "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant",
@@ -251,6 +255,8 @@ def preference(row: Mapping[str, Any]) -> Preference:
         chosen = _reply(_get(row, "preferred_output", list), "preferred_output", prompt, tools)
         rejected = _reply(_get(row, "non_preferred_output", list), "non_preferred_output", prompt, tools)
         return Preference(prompt, chosen, rejected, tools)
+    if "prompt" not in row and "conversations" not in row and is_transcript(row.get("chosen")):
+        return transcript(row)  # Human:/Assistant: dialogues: the shared part is the prompt
     tools = _tools(row)
     if "conversations" in row:  # sharegpt style
         prompt = _messages(_get(row, "conversations", list), "conversations", "from", "value", tools=tools)
@@ -326,11 +332,33 @@ FORMATS: dict[str, Callable[[Mapping[str, Any]], Record]] = {
     "prompt_completion": prompt_completion,
     "text": text,
     "preference": preference,
+    "transcript": transcript,
     "kto": kto,
     "prompt": prompt,
     "labelled": labelled,
     "token_tags": token_tags,
 }
+
+
+# The top-level fields each format reads as text: what a model trains on (PII scans, trimming and redaction act
+# on these, through a `columns:` mapping, and never on ids or other columns the format does not read).
+TEXT_FIELDS: dict[str, tuple[str, ...]] = {
+    "alpaca": ("instruction", "input", "output", "system", "history"), "messages": ("messages",),
+    "sharegpt": ("conversations", "system"), "prompt_completion": ("prompt", "completion"), "text": ("text",),
+    "preference": ("prompt", "chosen", "rejected", "conversations", "input", "preferred_output", "non_preferred_output"),
+    "transcript": ("chosen", "rejected"), "kto": ("messages", "prompt", "completion"), "prompt": ("prompt",),
+    "labelled": ("text",), "token_tags": ("tokens",),
+}  # fmt: skip
+
+
+def text_sources(fmt: str, columns: Mapping[str, str] | None) -> set[str]:
+    """The user's top-level fields that `fmt` reads as text, after the `columns:` mapping (templates: every field
+    they name)."""
+    out: set[str] = set()
+    for name in TEXT_FIELDS.get(fmt, ()):
+        source = (columns or {}).get(name, name)
+        out |= set(template_fields(source)) if is_template(source) else {source}
+    return out
 
 
 def detect_format(keys: set[str]) -> str | None:
@@ -349,13 +377,47 @@ def detect_format(keys: set[str]) -> str | None:
 
 
 def rename_columns(row: Mapping[str, Any], columns: Mapping[str, str] | None) -> dict[str, Any]:
-    """Apply a `columns:` mapping {format_field: user_field}; a missing user column is an error."""
+    """Apply a `columns:` mapping {format_field: user_field or template}; a missing user column is an error."""
     if not columns:
         return dict(row)
     out = {k: v for k, v in row.items() if k not in columns.values()}
     for target, source in columns.items():
+        if is_template(source):
+            out[target] = fill_template(source, row, target)
+            continue
         if source not in row:
             raise FieldError(source, f"column {source!r} (mapped to {target!r} in columns:) not found; "
                              f"the record has: {', '.join(map(str, row))}")  # fmt: skip
         out[target] = row[source]
     return out
+
+
+def is_template(source: str) -> bool:
+    return "{" in source
+
+
+def template_fields(template: str) -> list[str]:
+    """The field names a `columns:` template reads, in order ("{title}. {description}" -> title, description)."""
+    try:
+        return [name for _, name, _, _ in Formatter().parse(template) if name is not None]
+    except ValueError as e:
+        raise FieldError(
+            "columns", f"bad template {template!r}: {e} (write {{{{ and }}}} for literal braces)"
+        ) from None
+
+
+def fill_template(template: str, row: Mapping[str, Any], target: str) -> str:
+    """The template with each {field} replaced by that field's value (numbers as written, a format spec such as
+    {score:.1f} applied); a missing or null field, or a {field.attr}/{field[0]} lookup, is an error."""
+    out = []
+    for literal, name, spec, conv in Formatter().parse(template):
+        out.append(literal)
+        if name is None:
+            continue
+        if not name or not name.replace("_", "").replace("-", "").replace(" ", "").isalnum() or conv:
+            raise FieldError("columns", f"template for {target!r}: {{{name}}} is not a plain field name")
+        if row.get(name) is None:
+            what = "is null" if name in row else f"not found; the record has: {', '.join(map(str, row))}"
+            raise FieldError(name, f"column {name!r} (in the template for {target!r} in columns:) {what}")
+        out.append(format(row[name], spec) if spec else str(row[name]))
+    return "".join(out)

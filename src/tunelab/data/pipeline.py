@@ -28,12 +28,13 @@ import numpy as np
 from tunelab import __version__
 from tunelab.config import DataConfig, DatasetConfig, RunConfig
 from tunelab.data.formats import FORMATS, FieldError, detect_format, rename_columns
+from tunelab.data.hints import mapping_hint
 from tunelab.data.records import SFT_RECORDS, Record
-from tunelab.data.sources import MAX_RECORD_BYTES, Row, read_rows
+from tunelab.data.sources import MAX_RECORD_BYTES, ReadOptions, Row, read_rows
 from tunelab.data.tokenize import Encoder, Example, TemplateError, chat_template_for, truncate
 from tunelab.errors import DataError
 
-MAX_LISTED_ERRORS = 20
+MAX_LISTED_ERRORS = 10
 T = TypeVar("T")
 ENCODING_VERSION = "3"  # bump when tokenization changes, to invalidate caches (3: tool calls and tools)
 
@@ -92,28 +93,34 @@ class Prepared:
 def load_records(ds: DatasetConfig, max_record_bytes: int = MAX_RECORD_BYTES) -> tuple[str, list[tuple[Record, Row]]]:
     """All records of one dataset with their rows; every invalid row is reported at once (a record over
     `max_record_bytes`, data.max_record_bytes, stops the reading before it is parsed)."""
-    rows = read_rows(ds.path, ds.split, max_record_bytes)
+    rows = read_rows(ds.path, ds.split, max_record_bytes, ReadOptions.of(ds))
     fmt = ds.format
     out: list[tuple[Record, Row]] = []
     errors: list[str] = []
-    n_errors = 0
+    n_errors, hint = 0, ""
+    skip = set(ds.skip_records)
     for row in _limit(rows, ds.max_samples):
+        if row.index in skip:
+            continue
+        data = row.data
         try:
             data = rename_columns(row.data, ds.columns)
             if fmt == "auto":
                 fmt = detect_format(set(data)) or "auto"
                 if fmt == "auto":
-                    raise FieldError("", f"cannot detect the format from fields {sorted(data)}; set format: "
-                                     f"one of {', '.join(FORMATS)} (and columns: to map your field names)")  # fmt: skip
+                    raise FieldError("", f"cannot detect the format from fields {', '.join(map(str, data))}; set "
+                                     f"format: one of {', '.join(FORMATS)} (and columns: to map your field names)"
+                                     + mapping_hint(None, data))  # fmt: skip
             out.append((FORMATS[fmt](data), row))
         except FieldError as e:
             n_errors += 1
+            hint = hint or (mapping_hint(fmt, data) if "missing required field" in str(e) else "")
             if len(errors) < MAX_LISTED_ERRORS:
                 errors.append(str(row.error(str(e), e.field or None)))
     if n_errors:
         more = f"\n  ... and {n_errors - len(errors)} more" if n_errors > len(errors) else ""
         head = errors[0] if n_errors == 1 else f"{n_errors} invalid records in {ds.path}:\n  " + "\n  ".join(errors)
-        raise DataError(head + more)
+        raise DataError(head + more + (f"\n  {hint[2:]}" if hint else ""))
     return fmt, out
 
 

@@ -1,23 +1,53 @@
-"""Read rows from a user's data: JSONL, JSON (array), CSV, Parquet, local `datasets` folders, hub ids.
+"""Read rows from a user's data: JSONL, JSON (array), CSV/TSV, Parquet, CoNLL column files, local `datasets`
+folders, hub ids.
 
 Every row comes with where it came from (file, 1-based line for line-oriented files, 0-based record index
-otherwise) so that any later error can point at it. Reading is lazy where the format allows.
+otherwise) so that any later error can point at it. Reading is lazy where the format allows. `ReadOptions` (a
+dataset's `reader`, `encoding` and `delimiter`) say how a file is read when its suffix and UTF-8 do not; a CSV
+whose header holds another separator (a TSV named .csv) is one error that names the `delimiter:` to set.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from tunelab import textio
+from tunelab.config import DatasetConfig
 from tunelab.errors import DataError
 from tunelab.textio import MAX_RECORD_BYTES, size_text
 
-SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".tsv": "csv", ".tab": "csv",
+            ".parquet": "parquet", ".conll": "conll"}  # fmt: skip
+_TABBED = (".tsv", ".tab")
+_SEPARATORS = {"\t": "a tab", ",": "a comma", ";": "a semicolon", "|": "a bar"}
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    """How to read a file: `reader` (auto: by suffix), its text `encoding` (auto: detected) and CSV `delimiter`
+    (None: a tab for .tsv/.tab, else a comma)."""
+
+    reader: str = "auto"
+    encoding: str = "utf-8"
+    delimiter: str | None = None
+
+    @classmethod
+    def of(cls, ds: DatasetConfig) -> ReadOptions:
+        return cls(ds.reader, ds.encoding, ds.delimiter)
+
+    def kind(self, p: Path) -> str | None:
+        return self.reader if self.reader != "auto" else SUFFIXES.get(p.suffix.lower())
+
+    def separator(self, p: Path) -> str:
+        return self.delimiter or ("\t" if p.suffix.lower() in _TABBED else ",")
+
+
+PLAIN = ReadOptions()
 
 
 @dataclass(frozen=True)
@@ -33,7 +63,8 @@ class Row:
         )
 
 
-def read_rows(path: str, split: str = "train", max_record_bytes: int = MAX_RECORD_BYTES) -> Iterator[Row]:
+def read_rows(path: str, split: str = "train", max_record_bytes: int = MAX_RECORD_BYTES,
+              options: ReadOptions = PLAIN) -> Iterator[Row]:  # fmt: skip
     """Yield rows of a file, a saved `datasets` folder, or a hub dataset id; a record over `max_record_bytes`
     (data.max_record_bytes) is an error, found before it is parsed where the format has lines."""
     p = Path(path).expanduser()
@@ -45,15 +76,16 @@ def read_rows(path: str, split: str = "train", max_record_bytes: int = MAX_RECOR
             yield from _bounded(_read_hub(path, split), max_record_bytes)
             return
         raise DataError(
-            "file not found (expected a .jsonl/.json/.csv/.parquet file, a datasets folder or a hub id)",
+            "file not found (expected a .jsonl/.json/.csv/.tsv/.parquet/.conll file, a datasets folder or a hub id)",
             where=path,
         )
-    kind = SUFFIXES.get(p.suffix.lower())
+    kind = options.kind(p)
     if kind is None:
-        raise DataError(f"unsupported file type {p.suffix!r}; expected one of {', '.join(SUFFIXES)}", where=path)
+        raise DataError(f"unsupported file type {p.suffix!r}; expected one of {', '.join(SUFFIXES)}, or name the "
+                        "reader (reader: jsonl, json, csv, parquet or conll)", where=path)  # fmt: skip
     if p.stat().st_size == 0:
         raise DataError("file is empty", where=path)
-    yield from READERS[kind](p, max_record_bytes)
+    yield from READERS[kind](p, max_record_bytes, options)
 
 
 @dataclass(frozen=True)
@@ -71,11 +103,13 @@ def too_big(size: int, limit: int) -> str:
             "if records this big are intended)")  # fmt: skip
 
 
-def iter_jsonl(p: Path, max_record_bytes: int = MAX_RECORD_BYTES) -> Iterator[Row | BadRow]:
+def iter_jsonl(
+    p: Path, max_record_bytes: int = MAX_RECORD_BYTES, options: ReadOptions = PLAIN
+) -> Iterator[Row | BadRow]:
     """Every non-blank line as a Row or a BadRow: the data toolkit reports all bad lines, training stops at one.
     A line's size is checked before it is read whole or parsed; binary data stops the file at once."""
     index = 0
-    with p.open("rb") as f:
+    with textio.open_utf8(p, options.encoding) as f:
         for ln in textio.lines(f, max_record_bytes):
             if ln.raw is not None and not ln.raw.strip():
                 continue
@@ -120,17 +154,19 @@ class _CsvLines:
             yield decode_line(ln, self.where) + ln.end.decode()  # quoted cells keep their own line breaks
 
 
-def iter_csv(p: Path, max_record_bytes: int = MAX_RECORD_BYTES) -> Iterator[Row | BadRow]:
+def iter_csv(p: Path, max_record_bytes: int = MAX_RECORD_BYTES, options: ReadOptions = PLAIN) -> Iterator[Row | BadRow]:
     """Every CSV row (after the header) as a Row or, with too many or too few fields or over the size limit, a
     BadRow. Binary data, a line over the limit or broken quoting stop the file (the rows after it cannot be
     told apart)."""
     csv.field_size_limit(max(csv.field_size_limit(), max_record_bytes))  # ours is the limit that counts
-    with p.open("rb") as f:
+    sep = options.separator(p)
+    with textio.open_utf8(p, options.encoding) as f:
         lines = _CsvLines(f, str(p), max_record_bytes)
-        reader = csv.DictReader(lines, restkey="\0extra")
+        reader = csv.DictReader(lines, restkey="\0extra", delimiter=sep)
         try:
             if not reader.fieldnames:
                 raise DataError("CSV has no header row", where=str(p))
+            _check_separator(reader.fieldnames, sep, p)
             width = len(reader.fieldnames)
             index, start, lines.used = 0, reader.line_num + 1, 0
             for data in reader:
@@ -138,6 +174,18 @@ def iter_csv(p: Path, max_record_bytes: int = MAX_RECORD_BYTES) -> Iterator[Row 
                 index, start, lines.used = index + 1, reader.line_num + 1, 0
         except csv.Error as e:
             raise DataError(f"not valid CSV ({e})", where=str(p), line=reader.line_num) from None
+
+
+def _check_separator(header: Sequence[str], sep: str, p: Path) -> None:
+    """A one-field header that holds another separator is a file with that separator (a TSV named .csv)."""
+    if len(header) != 1:
+        return
+    other = next((c for c in _SEPARATORS if c != sep and c in header[0]), None)
+    if other is not None:
+        raise DataError(f"the header row has {_SEPARATORS[other]}, not {_SEPARATORS.get(sep, repr(sep))}, between "
+                        f"its field names: the fields look separated by {_SEPARATORS[other]}; set delimiter: "
+                        f"{repr(other).replace(chr(39), chr(34))} on the dataset"
+                        + (" (or name the file .tsv)" if other == "\t" else ""), where=str(p), line=1)  # fmt: skip
 
 
 def _csv_row(
@@ -164,16 +212,20 @@ def _strict(rows: Iterator[Row | BadRow], p: Path, empty: str) -> Iterator[Row]:
         raise DataError(empty, where=str(p))
 
 
-def _read_jsonl(p: Path, limit: int) -> Iterator[Row]:
-    return _strict(iter_jsonl(p, limit), p, "file has no records (only blank lines)")
+def _read_jsonl(p: Path, limit: int, options: ReadOptions = PLAIN) -> Iterator[Row]:
+    return _strict(iter_jsonl(p, limit, options), p, "file has no records (only blank lines)")
 
 
-def _read_csv(p: Path, limit: int) -> Iterator[Row]:
-    return _strict(iter_csv(p, limit), p, "CSV has a header but no rows")
+def _read_csv(p: Path, limit: int, options: ReadOptions = PLAIN) -> Iterator[Row]:
+    return _strict(iter_csv(p, limit, options), p, "CSV has a header but no rows")
 
 
-def _read_json(p: Path, limit: int) -> Iterator[Row]:
-    text = textio.read_text(p, "JSON file")
+def _read_conll(p: Path, limit: int, options: ReadOptions = PLAIN) -> Iterator[Row]:
+    return _strict(iter_conll(p, limit, options), p, "column file has no sentences (only blank lines)")
+
+
+def _read_json(p: Path, limit: int, options: ReadOptions = PLAIN) -> Iterator[Row]:
+    text = textio.read_text(p, "JSON file", options.encoding)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -190,7 +242,7 @@ def _read_json(p: Path, limit: int) -> Iterator[Row]:
     yield from _bounded((Row(item, str(p), i) for i, item in enumerate(data)), limit)
 
 
-def _read_parquet(p: Path, limit: int) -> Iterator[Row]:
+def _read_parquet(p: Path, limit: int, options: ReadOptions = PLAIN) -> Iterator[Row]:
     import pyarrow.parquet as pq
 
     try:
@@ -261,4 +313,65 @@ def _read_hub(repo_id: str, split: str) -> Iterator[Row]:
         yield Row(dict(data), repo_id, i)
 
 
-READERS = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet}
+def iter_conll(
+    p: Path, max_record_bytes: int = MAX_RECORD_BYTES, options: ReadOptions = PLAIN
+) -> Iterator[Row | BadRow]:
+    """CoNLL-style column files: one `word ... TAG` line per token (whitespace-separated, or `delimiter`), a blank
+    line between sentences, `-DOCSTART-` lines skipped. Each sentence is a row {tokens, tags}: the first column
+    and the last; the line of its first token locates it. A line with another number of columns than the file's
+    first token line makes its sentence a BadRow (left out and reported)."""
+    sent = _Sentence()
+    index, width = 0, None
+    with textio.open_utf8(p, options.encoding) as f:
+        for ln in textio.lines(f, max_record_bytes):
+            cols = None if ln.raw is None else _columns(decode_line(ln, str(p)), options.delimiter)
+            if cols is not None and (not cols or cols[0] == "-DOCSTART-"):
+                if sent.started:
+                    yield sent.row(p, index)
+                    index += 1
+                sent = _Sentence()
+                continue
+            width = width or (len(cols) if cols else None)
+            sent.add(ln, cols, width, max_record_bytes)
+    if sent.started:
+        yield sent.row(p, index)
+
+
+def _columns(text: str, delimiter: str | None) -> list[str]:
+    if not text.strip():
+        return []
+    return [c.strip() for c in text.split(delimiter)] if delimiter else text.split()
+
+
+class _Sentence:
+    def __init__(self) -> None:
+        self.tokens: list[str] = []
+        self.tags: list[str] = []
+        self.start, self.size = 0, 0
+        self.problem: str | None = None
+
+    @property
+    def started(self) -> bool:
+        return bool(self.start)
+
+    def add(self, ln: textio.Line, cols: list[str] | None, width: int | None, limit: int) -> None:
+        self.start, self.size = self.start or ln.number, self.size + ln.size
+        if self.problem:
+            return
+        if cols is None or self.size > limit:
+            self.problem = too_big(max(self.size, ln.size), limit)
+        elif len(cols) < 2:
+            self.problem = f"line {ln.number}: expected at least two columns (a word and its tag), got {len(cols)}"
+        elif len(cols) != width:
+            self.problem = f"line {ln.number}: {len(cols)} columns, but the file's first token line has {width}"
+        else:
+            self.tokens.append(cols[0])
+            self.tags.append(cols[-1])
+
+    def row(self, p: Path, index: int) -> Row | BadRow:
+        if self.problem:
+            return BadRow(str(p), index, self.start, self.problem)
+        return Row({"tokens": self.tokens, "tags": self.tags}, str(p), index, self.start)
+
+
+READERS = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet, "conll": _read_conll}

@@ -75,8 +75,9 @@ def check_comparable(a: EvalResult, b: EvalResult) -> None:
         if x.prompt != y.prompt or x.reference != y.reference:
             raise TunelabError(f"cannot compare: example {i} differs ({x.source or i} vs {y.source or i}); "
                                "both evaluations must use the same eval data in the same order")  # fmt: skip
-    if a.decoding and b.decoding and a.decoding != b.decoding:
-        diff = {k: (a.decoding.get(k), b.decoding.get(k)) for k in a.decoding if a.decoding.get(k) != b.decoding.get(k)}
+    shared = set(a.decoding) & set(b.decoding)  # a setting one result predates is not a difference
+    diff = {k: (a.decoding[k], b.decoding[k]) for k in sorted(shared) if a.decoding[k] != b.decoding[k]}
+    if diff:
         raise TunelabError(f"cannot compare: decoding differs {diff}; evaluate both with the same eval settings")
 
 

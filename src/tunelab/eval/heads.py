@@ -13,6 +13,7 @@ eval/comparison.json, and rendered by the report), so the report reads the same 
   zero head scores chance, 0.5) and the mean margin r_chosen - r_rejected. Per example: both.
 Eval items: `eval.data` if set, else the run's eval split (data.eval plus the data.eval_ratio split-off).
 There is no forgetting check: a head model has no LM head to measure general-text perplexity with.
+`rescore` scores a trained head on new files (`tunelab eval RUN --data FILE`) with the labels in its head.json.
 """
 
 from __future__ import annotations
@@ -26,10 +27,19 @@ from typing import Any
 
 import torch
 
-from tunelab.config import RunConfig
-from tunelab.data.heads import ClassItem, TagItem, encode_datasets, prepare_heads, resolve_formats
+from tunelab.config import DatasetConfig, RunConfig
+from tunelab.data.heads import (
+    FORMAT_OF,
+    ClassItem,
+    TagItem,
+    encode_datasets,
+    prepare_heads,
+    resolve_formats,
+    with_format,
+)
 from tunelab.data.preference import collate_pairs, prepare_preference
 from tunelab.data.tokenize import IGNORE
+from tunelab.errors import DataError
 from tunelab.eval.compare import compare_results
 from tunelab.eval.report import report_run
 from tunelab.eval.runner import EVAL_DIR, EvalExample, EvalResult
@@ -84,7 +94,9 @@ def _classify(model: Any, items: Sequence[ClassItem], labels: list[str], majorit
     p, r, f, _ = precision_recall_fscore_support(gold, pred, labels=classes, average="macro", zero_division=0)
     pc, rc, fc, sc = precision_recall_fscore_support(gold, pred, labels=classes, average=None, zero_division=0)
     scores = {"accuracy": sum(correct) / len(correct), "precision_macro": float(p), "recall_macro": float(r),
-              "f1_macro": float(f), "majority_baseline": sum(g == majority for g in gold) / len(gold)}  # fmt: skip
+              "f1_macro": float(f)}  # fmt: skip
+    if majority is not None:  # the training labels are known (not when re-scoring on new files)
+        scores["majority_baseline"] = sum(g == majority for g in gold) / len(gold)
     per_class = {c: {"precision": float(pc[i]), "recall": float(rc[i]), "f1": float(fc[i]), "support": int(sc[i])}
                  for i, c in enumerate(classes)}  # fmt: skip
     details = {"majority_label": majority, "labels": len(labels), "per_class": per_class}
@@ -138,6 +150,25 @@ def _reward(model: Any, tokenizer: Any, items: Sequence[Any], pad: int, bs: int,
     scores = {"pairwise_accuracy": sum(acc) / len(acc), "mean_margin": sum(margin) / len(margin)}
     return EvalResult(name, examples, preds, {"reward": MetricResult("reward", scores,
                       {"pairwise_accuracy": acc, "margin": margin}, {"pairs": len(acc)})})  # fmt: skip
+
+
+def rescore(cfg: RunConfig, model: Any, tokenizer: Any, datasets: Sequence[DatasetConfig], info: dict[str, Any],
+            name: str) -> EvalResult:  # fmt: skip
+    """A trained head's metrics on `datasets` (read as its kind's format), with the labels it was trained on."""
+    head = str(info.get("head") or ("scalar" if info.get("method") == "reward" else info["task"]))
+    if head == "scalar":
+        data = cfg.data.model_copy(update={"train": list(datasets), "eval": [], "eval_ratio": 0.0})
+        items = prepare_preference(cfg.model_copy(update={"data": data}), tokenizer, "pairs").train
+        return evaluate_head(cfg, model, tokenizer, items, [], None, name, head)
+    labels = list(info.get("labels") or [])
+    if not labels:
+        raise DataError("the model's head.json names no labels, so its outputs cannot be read as classes")
+    kind = KIND_OF[head]
+    sets = [with_format(ds, FORMAT_OF[kind]) for ds in datasets]
+    items = encode_datasets(cfg, tokenizer, sets, labels, kind)
+    if not items:
+        raise DataError(f"no {FORMAT_OF[kind]} records to score in {', '.join(ds.path for ds in sets)}")
+    return evaluate_head(cfg, model, tokenizer, items, labels, None, name, head)
 
 
 # --------------------------------------------------------------------------- around training

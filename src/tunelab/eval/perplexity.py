@@ -87,23 +87,30 @@ def text_loss(model: Any, tokenizer: Any, texts: Sequence[str], *, batch_size: i
     return _loss(model, seqs, batch_size, truncated, progress)
 
 
-def _loss(model: Any, seqs: list[tuple[list[int], list[bool]]], batch_size: int, truncated: int,
-          progress: bool) -> LossResult:  # fmt: skip
-    """seqs: (token ids, whether each token counts). Token 0 never counts: nothing predicts it."""
+def sequence_nll(model: Any, seqs: Sequence[tuple[list[int], list[bool]]], batch_size: int,
+                 progress: bool = False, desc: str = "loss") -> tuple[list[float], list[int]]:  # fmt: skip
+    """(summed NLL, counted tokens) per sequence; seqs: (token ids, whether each token counts). Token 0 never
+    counts: nothing predicts it. A sequence's log-probability is minus its summed NLL."""
     device = next(model.parameters()).device
     sums, counts = [0.0] * len(seqs), [0] * len(seqs)
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            for start in progress_bar(range(0, len(seqs), batch_size), desc="loss", unit="batch", disable=not progress):
-                batch = seqs[start : start + batch_size]
+            for start in progress_bar(range(0, len(seqs), batch_size), desc=desc, unit="batch", disable=not progress):
+                batch = list(seqs[start : start + batch_size])
                 nll, mask = _batch_nll(model, batch, device)
                 for j in range(len(batch)):
                     sums[start + j] = float(nll[j][mask[j]].sum())
                     counts[start + j] = int(mask[j].sum())
     finally:
         model.train(was_training)
+    return sums, counts
+
+
+def _loss(model: Any, seqs: list[tuple[list[int], list[bool]]], batch_size: int, truncated: int,
+          progress: bool) -> LossResult:  # fmt: skip
+    sums, counts = sequence_nll(model, seqs, batch_size, progress)
     per = [s / c if c else float("nan") for s, c in zip(sums, counts)]
     total = sum(counts)
     loss = sum(sums) / total if total else float("nan")

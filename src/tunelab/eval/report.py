@@ -33,6 +33,7 @@ from tunelab.eval.perplexity import forgetting_verdict, perplexity_text
 from tunelab.eval.runner import EVAL_DIR, EvalResult
 
 MAX_FLIPPED_SHOWN = 8  # of each direction
+PREFERENCE_RESULTS = ("preference_baseline.json", "preference_final.json")  # tunelab.eval.preference writes them
 LOSS_NOTE = ("Loss and perplexity in this table are token-weighted over all answer tokens; the comparison below "
              "averages each example's own mean loss (what the paired bootstrap resamples), so the two differ a little.")  # fmt: skip
 
@@ -75,12 +76,20 @@ def result_summary(result: EvalResult) -> tuple[dict[str, float], list[str]]:
         for count in ("unparseable", "failed", "invalid", "truncated", "empty"):
             if m.details.get(count):
                 notes.append(f"{result.model}: {name}: {m.details[count]} of {len(result.examples)} {count}")
+    p = result.prompts
+    if p.get("truncated"):
+        notes.append(f"{result.model}: {p['truncated']} of {len(result.examples)} prompts were longer than "
+                     f"{p['max_tokens']} tokens (data.max_length); generation kept their end")  # fmt: skip
+    if p.get("dropped"):
+        notes.append(f"{result.model}: {len(p['dropped'])} prompts longer than {p['max_tokens']} tokens were left "
+                     f"out (data.truncation: drop), first {p['dropped'][0]}")  # fmt: skip
     return scores, notes
 
 
 def add_result(data: ReportData, result: EvalResult) -> None:
     """One model's aggregate scores, notes and per-field JSON accuracy into `data`."""
-    data.results[result.model], notes = result_summary(result)
+    scores, notes = result_summary(result)
+    data.results.setdefault(result.model, {}).update(scores)  # a run's preference results join its others
     data.notes += notes
     for name, m in result.metrics.items():
         if isinstance(m.details.get("per_field_accuracy"), dict):
@@ -108,6 +117,9 @@ def collect_run(run_dir: str | Path) -> ReportData:
     loaded = {k: EvalResult.load(ev / f"{k}.json") for k in ("baseline", "final") if (ev / f"{k}.json").is_file()}
     for res in loaded.values():
         add_result(data, res)
+    for name in PREFERENCE_RESULTS:  # held-out preference accuracy of a dpo/simpo/orpo run (eval.preference)
+        if (ev / name).is_file():
+            add_result(data, EvalResult.load(ev / name))
     if (cmp := ev / "comparison.json").is_file():
         data.comparison = json.loads(cmp.read_text(encoding="utf-8"))
     elif len(loaded) == 2:

@@ -15,7 +15,7 @@ import inspect
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from tunelab.data.records import Prompt as PromptRecord
 from tunelab.data.sources import MAX_RECORD_BYTES
 from tunelab.errors import ConfigError, DataError
 from tunelab.eval.perplexity import LossResult, answer_loss, load_probe_texts, text_loss
-from tunelab.models.generate import DecodingConfig, Prompt, generate
+from tunelab.models.generate import DecodingConfig, Prompt, encode_prompt, generate
 from tunelab.scoring.metrics import METRICS, MetricResult
 from tunelab.scoring.rewards import check_sources
 
@@ -51,6 +51,7 @@ class EvalResult:
     predictions: list[str] | None
     metrics: dict[str, MetricResult]
     decoding: dict[str, Any] = field(default_factory=dict)
+    prompts: dict[str, Any] = field(default_factory=dict)  # prompt length policy: max_tokens, truncated, dropped
 
     def save(self, path: str | Path) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -68,6 +69,7 @@ class EvalResult:
                 predictions=raw["predictions"],
                 metrics={k: MetricResult(**v) for k, v in raw["metrics"].items()},
                 decoding=raw.get("decoding", {}),
+                prompts=raw.get("prompts", {}),
             )
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
             raise DataError(f"not a tunelab eval result ({type(e).__name__}: {e})", where=str(path)) from None
@@ -150,14 +152,20 @@ def question_text(prompt: Prompt) -> str:
 
 def evaluate(model: Any, tokenizer: Any, examples: Sequence[EvalExample], cfg: EvalConfig, *, name: str = "model",
              chat_template: str | None = None, max_length: int = 1024, progress: bool = True,
-             task_metrics: dict[str, list[MetricSpec]] | None = None) -> EvalResult:  # fmt: skip
+             task_metrics: dict[str, list[MetricSpec]] | None = None, truncation: str = "truncate") -> EvalResult:  # fmt: skip
     """Every metric on `examples`; outputs are generated once and shared by all metrics.
 
     Examples of one task get `cfg.metrics` under their plain names. With several tasks (EvalExample.task),
     each task gets its own metrics (`task_metrics[task]`, else cfg.metrics) under "<task>/<metric>", with
-    per-example scores spread over all examples (NaN outside the task) so comparisons stay paired by index."""
+    per-example scores spread over all examples (NaN outside the task) so comparisons stay paired by index.
+    Prompts longer than `max_length` tokens follow training's policy (data.truncation): generation keeps their
+    end (truncate) or they are left out (drop); both are counted in the result's `prompts`."""
     if not examples:
         raise DataError("no eval examples (set data.eval or data.eval_ratio)")
+    examples, prompts = prompt_policy(tokenizer, examples, chat_template, max_length, truncation)
+    if not examples:
+        raise DataError(f"every eval prompt is longer than data.max_length ({max_length} tokens) and "
+                        "data.truncation is drop")  # fmt: skip
     groups: dict[str, list[int]] = {}
     for i, ex in enumerate(examples):
         groups.setdefault(ex.task, []).append(i)
@@ -167,7 +175,7 @@ def evaluate(model: Any, tokenizer: Any, examples: Sequence[EvalExample], cfg: E
             metric_options(spec, cfg)  # fail on bad options or reward sources before generating
             if spec.name == "reward":
                 check_reward_sources(cfg)
-    decoding = decoding_from(cfg, chat_template)
+    decoding = replace(decoding_from(cfg, chat_template), max_prompt_tokens=max_length)
     needs_outputs = [i for t, idx in groups.items() if any(s.name not in LOSS_METRICS for s in specs[t]) for i in idx]
     predictions = None
     if needs_outputs:  # examples of loss-only tasks keep "" (nothing was generated for them)
@@ -186,7 +194,20 @@ def evaluate(model: Any, tokenizer: Any, examples: Sequence[EvalExample], cfg: E
             else:
                 results[f"{task}/{key}"] = _spread(r, task, idx, len(examples))
     dec = asdict(decoding) if predictions is not None else {}
-    return EvalResult(name, list(examples), predictions, results, dec)
+    return EvalResult(name, list(examples), predictions, results, dec, prompts)
+
+
+def prompt_policy(tokenizer: Any, examples: Sequence[EvalExample], chat_template: str | None, max_length: int,
+                  truncation: str) -> tuple[list[EvalExample], dict[str, Any]]:  # fmt: skip
+    """(the examples evaluated, counts): prompts over `max_length` tokens are counted, and left out for drop."""
+    long = [i for i, ex in enumerate(examples)
+            if len(encode_prompt(tokenizer, ex.prompt, chat_template)) > max_length]  # fmt: skip
+    info: dict[str, Any] = {"max_tokens": max_length, "policy": truncation, "longer": len(long)}
+    if truncation == "drop":
+        info["dropped"] = [examples[i].source for i in long]
+        gone = set(long)
+        return [ex for i, ex in enumerate(examples) if i not in gone], info
+    return list(examples), info | {"truncated": len(long)}
 
 
 def _task_metrics(model: Any, tokenizer: Any, examples: list[EvalExample], predictions: list[str] | None,

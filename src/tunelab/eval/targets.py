@@ -1,7 +1,7 @@
 """Evaluate and compare models by name: what `tunelab eval` and `tunelab compare` (and tunelab.api) run.
 
 A TARGET is a run directory (config.yaml + final/), a model folder, a preset name or, for compare, a saved eval
-result (.json). The eval data is the given files, else the config's data.eval. Everything written is plain JSON
+result (.json). A head model (classify, ner, reward) is scored by its head (tunelab.eval.heads.rescore). The eval data is the given files, else the config's data.eval. Everything written is plain JSON
 next to a report, so `tunelab report` can regenerate pages without a model.
 """
 
@@ -14,10 +14,12 @@ from typing import Any
 
 from tunelab.config import DatasetConfig, RunConfig, eval_settings
 from tunelab.errors import ConfigError
+from tunelab.eval import heads
 from tunelab.eval.compare import compare_results, pairwise_row
 from tunelab.eval.perplexity import LossResult, forgetting_check, not_applicable_reason
 from tunelab.eval.report import ReportData, add_result, write_report
 from tunelab.eval.runner import EvalResult, evaluate, forgetting_probe, load_examples, question_text
+from tunelab.models.heads import read_head_info
 from tunelab.models.loader import is_run_dir, load, run_of
 from tunelab.scoring.judge import Judge
 
@@ -33,10 +35,14 @@ def eval_datasets(cfg: RunConfig, data: list[str] | None) -> list[DatasetConfig]
 def evaluate_target(target: str, cfg: RunConfig, data: list[str] | None = None,
                     probe: bool = False) -> tuple[EvalResult, LossResult | None]:  # fmt: skip
     """(result, forgetting-probe loss or None) of one model, loaded once."""
+    if (info := read_head_info(target)) is not None:  # classify, ner, reward: scored by the head, not generation
+        model, tok = load(target, like=None if run_of(target) else cfg.model)
+        return heads.rescore(cfg, model, tok, eval_datasets(cfg, data), info, Path(target).name or target), None
     examples = [ex for ds in eval_datasets(cfg, data) for ex in load_examples(ds, cfg.data.max_record_bytes)]
     model, tok = load(target, like=None if run_of(target) else cfg.model, purpose="eval")
     result = evaluate(model, tok, examples, eval_settings(cfg), name=Path(target).name or target,
-                      chat_template=cfg.model.chat_template, max_length=cfg.data.max_length)  # fmt: skip
+                      chat_template=cfg.model.chat_template, max_length=cfg.data.max_length,
+                      truncation=cfg.data.truncation)  # fmt: skip
     return result, (forgetting_probe(model, tok, cfg.eval) if probe else None)
 
 

@@ -35,13 +35,27 @@ class MethodSpec:
     reference: bool = False  # keeps a reference model (adapters off, a frozen copy, or precomputed log-probs)
     head: HeadKind | None = None  # trains a new task head instead of the LM head
     perplexity: bool | Callable[[MethodConfig], bool] = False  # the loss is the token cross-entropy of the text
+    # A preference method's implicit reward, for held-out preference accuracy (tunelab.eval.preference):
+    # beta * (log pi - log pi_ref) ("reference") or beta * mean log pi over the reply ("normalized").
+    implicit_reward: Literal["reference", "normalized"] | None = None
 
 
 METHODS: dict[str, MethodSpec] = {
     "sft": MethodSpec(sft.build, "sft", "causal LM loss on the trained tokens", perplexity=True),
-    "dpo": MethodSpec(dpo.build, "pairs", "DPO / IPO / rDPO / APO-zero on preference pairs", "dpo", reference=True),
-    "simpo": MethodSpec(simpo.build, "pairs", "reference-free, length-normalized preference loss", "simpo"),
-    "orpo": MethodSpec(orpo.build, "pairs", "SFT on chosen plus an odds-ratio preference term", "orpo"),
+    "dpo": MethodSpec(
+        dpo.build,
+        "pairs",
+        "DPO / IPO / rDPO / APO-zero on preference pairs",
+        "dpo",
+        reference=True,
+        implicit_reward="reference",
+    ),
+    "simpo": MethodSpec(
+        simpo.build, "pairs", "reference-free, length-normalized preference loss", "simpo", implicit_reward="normalized"
+    ),
+    "orpo": MethodSpec(
+        orpo.build, "pairs", "SFT on chosen plus an odds-ratio preference term", "orpo", implicit_reward="normalized"
+    ),
     "kto": MethodSpec(kto.build, "unpaired", "unpaired good/bad completions (prospect theory)", "kto", reference=True),
     "reward": MethodSpec(reward.build, "pairs", "a scalar reward model on preference pairs", head="scalar"),
     "classify": MethodSpec(classify.build, "labelled", "a sequence-classification head on text + label", head="seq"),
@@ -65,6 +79,14 @@ def logs_perplexity(method: MethodConfig) -> bool:
     """Whether the training loop logs eval_ppl: only where the loss is token cross-entropy."""
     p = METHODS[method.name].perplexity
     return p(method) if callable(p) else p
+
+
+def implicit_reward(cfg: RunConfig) -> tuple[str, float] | None:
+    """(kind, beta) of the run's implicit reward (from its settings section), or None for other methods."""
+    spec = METHODS[cfg.method.name]
+    if spec.implicit_reward is None or spec.settings is None:
+        return None
+    return spec.implicit_reward, float(getattr(cfg.method, spec.settings).beta)
 
 
 def head_of(cfg: RunConfig) -> HeadKind | None:
@@ -113,4 +135,4 @@ def check_run(cfg: RunConfig) -> RunConfig:
 
 
 __all__ = ["METHODS", "BuildContext", "Method", "MethodModule", "MethodSpec", "StepOutput", "build_method",
-           "check_run", "default_method", "head_of", "logs_perplexity", "spec"]  # fmt: skip
+           "check_run", "default_method", "head_of", "implicit_reward", "logs_perplexity", "spec"]  # fmt: skip

@@ -44,6 +44,7 @@ class DecodingConfig:
     seed: int = 0
     batch_size: int = 16
     chat_template: str | None = None  # model.chat_template override
+    max_prompt_tokens: int | None = None  # longer prompts keep their end (and BOS): data.max_length in evaluation
 
 
 def encode_prompt(tokenizer: Any, prompt: Prompt, template: str | None = None) -> list[int]:
@@ -55,10 +56,21 @@ def encode_prompt(tokenizer: Any, prompt: Prompt, template: str | None = None) -
     return ids
 
 
+def keep_end(ids: list[int], limit: int | None, tokenizer: Any) -> list[int]:
+    """The last `limit` prompt tokens (the question is usually last; generation continues from the end), a
+    leading BOS kept; `ids` unchanged when it fits or there is no limit."""
+    if limit is None or len(ids) <= limit:
+        return ids
+    bos = tokenizer.bos_token_id
+    head = ids[:1] if bos is not None and ids[:1] == [bos] else []
+    return head + ids[len(ids) - (limit - len(head)) :]
+
+
 def generate_ids(model: Any, tokenizer: Any, prompts: Sequence[Prompt], decoding: DecodingConfig,
                  progress: bool = True) -> list[list[int]]:  # fmt: skip
     """New token ids per prompt, in input order, cut at the first EOS."""
-    encoded = [encode_prompt(tokenizer, p, decoding.chat_template) for p in prompts]
+    encoded = [keep_end(encode_prompt(tokenizer, p, decoding.chat_template), decoding.max_prompt_tokens, tokenizer)
+               for p in prompts]  # fmt: skip
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     out: list[list[int]] = [[] for _ in encoded]
     eos, pad = eos_ids(model, tokenizer), _pad_id(tokenizer)

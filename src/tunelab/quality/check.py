@@ -5,7 +5,10 @@ is also in an eval/test file (exact leakage), and a secret (API key, private key
 near leakage, PII, conflicting labels, empty fields and missing labels are warnings; near-duplicates
 inside a split and over-long records are info. Duplicates compare the whole record (plus its label);
 leakage and label conflicts compare the input side only, because the same question in train and test
-leaks even when the answers differ. Every problem carries the lines of every record involved.
+leaks even when the answers differ. Every problem carries the lines of every record involved; a file's bad
+records are one `schema` problem (with the likely mapping when a required field is missing everywhere).
+`data.check.leakage` makes exact leakage a warning (`drop`: the run leaves those eval records out, `warn`).
+Label checks (case variants, eval labels unseen in train, rare classes, imbalance) are in quality.labels.
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.config import CheckOptions, DatasetConfig, ModelConfig
-from tunelab.data.sources import MAX_RECORD_BYTES
+from tunelab.data.hints import mapping_hint
+from tunelab.data.sources import MAX_RECORD_BYTES, ReadOptions
 from tunelab.quality.dedup import exact_groups, near_pairs
 from tunelab.quality.inspect import empty_fields, inspect_dataset, public
 from tunelab.quality.io import sha256_file
 from tunelab.quality.items import Dataset, Item, load_dataset, text_hash
+from tunelab.quality.labels import label_problems
 from tunelab.quality.pii import find_pii
 from tunelab.quality.report import CheckReport, Problem
 
@@ -57,8 +62,12 @@ def check(
 def load(d: DataInput, role: str, options: CheckOptions, max_record_bytes: int = MAX_RECORD_BYTES) -> Dataset:
     if isinstance(d, str):
         return load_dataset(d, role, label_column=options.label_column, max_record_bytes=max_record_bytes)
-    return load_dataset(d.path, role, d.format, d.columns, options.label_column, d.split, d.max_samples,
-                        max_record_bytes)  # fmt: skip
+    ds = load_dataset(d.path, role, d.format, d.columns, options.label_column, d.split, d.max_samples,
+                      max_record_bytes, ReadOptions.of(d))  # fmt: skip
+    if d.skip_records:  # left out of the run (data.check.leakage: drop, or by hand): not checked either
+        skip = set(d.skip_records)
+        ds.items = [it for it in ds.items if it.index not in skip]
+    return ds
 
 
 def check_datasets(datasets: list[Dataset], options: CheckOptions, tokenizer: Any = None) -> CheckReport:
@@ -71,8 +80,9 @@ def check_datasets(datasets: list[Dataset], options: CheckOptions, tokenizer: An
         problems += file_problems(ds, st, options)
     valid = [(ds, it) for ds in datasets for it in ds.valid]
     problems += duplicate_problems(valid)
-    problems += leak_problems(valid)
+    problems += apply_leakage_policy(leak_problems(valid), options.leakage)
     problems += conflict_problems(valid)
+    problems += label_problems(valid, options)
     if options.near_duplicates:
         problems += near_problems(valid, options.near_threshold)
     report = CheckReport([public(s) for s in stats], problems, options.model_dump(), strict=options.strict)
@@ -88,7 +98,8 @@ def file_problems(ds: Dataset, st: dict[str, Any], options: CheckOptions) -> lis
     out = []
     if ds.file_error:
         out.append(_problem("file_error", ds.file_error, [{"file": ds.path, "line": None, "record": None}]))
-    out += [_problem("schema", it.error or "", [it.location()]) for it in ds.items if it.error]
+    if bad := [it for it in ds.items if it.error and ds.format]:  # no format: the file error says why
+        out.append(schema_problem(ds, bad))
     if empty := empty_fields(ds.items):
         locs = [{**it.location(), "field": f} for it, f in empty]
         out.append(_problem("empty_field", f"{len(locs)} empty or whitespace-only text fields in {ds.path}", locs))
@@ -99,16 +110,34 @@ def file_problems(ds: Dataset, st: dict[str, Any], options: CheckOptions) -> lis
         n, unit = len(st["truncated"]), st["length_unit"]
         out.append(_problem("truncated", f"{n} records longer than {options.max_length} {unit}", st["truncated"]))
     if options.pii:
-        out += pii_problems(ds, options.pii_kinds)
+        out += pii_problems(ds, options.pii_kinds, options.pii_ner)
     return out
 
 
-def pii_problems(ds: Dataset, kinds: Sequence[str]) -> list[Problem]:
+def schema_problem(ds: Dataset, bad: list[Item]) -> Problem:
+    """All bad records of a file as one problem (a file in the wrong format is one finding, not one per row),
+    with the likely format or `columns:` mapping when a required field is missing from every record."""
+    hint = ""
+    if ds.format and len(bad) == len(ds.items) and "missing required field" in (bad[0].error or ""):
+        hint = mapping_hint(ds.format, bad[0].row)
+    msg = f"{len(bad)} of {len(ds.items)} records of {ds.path} are invalid{hint}; first: {bad[0].error}"
+    return _problem("schema", msg, [{**it.location(), "error": it.error} for it in bad])
+
+
+def apply_leakage_policy(problems: list[Problem], policy: str) -> list[Problem]:
+    """data.check.leakage: exact leakage is an error, or a warning whose records are dropped (drop) or kept (warn)."""
+    if policy == "error":
+        return problems
+    what = "left out of the run's eval data (data.check.leakage: drop)" if policy == "drop" else "kept (leakage: warn)"
+    return [Problem("warning", p.code, f"{p.message}; {what}", p.locations) for p in problems]
+
+
+def pii_problems(ds: Dataset, kinds: Sequence[str], ner: bool = False) -> list[Problem]:
     """One problem per PII kind per file, with a location for every finding."""
     found: dict[str, list[dict[str, Any]]] = {}
     for it in ds.items:
         for path, text in it.fields.items():
-            for f in find_pii(text, kinds):
+            for f in find_pii(text, kinds, ner):
                 found.setdefault(f.kind, []).append({**it.location(), "field": path, "kind": f.kind})
     out = []
     for kind, locs in found.items():

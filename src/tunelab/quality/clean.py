@@ -38,6 +38,7 @@ class CleanOptions(BaseModel):
         "keep", description="What to do with PII: keep, redact ([EMAIL], ...), or drop the record."
     )
     pii_kinds: list[str] = Field(default_factory=lambda: list(PII_KINDS), description="PII kinds to act on.")
+    pii_ner: bool = Field(False, description="Also find names and places with the NER backend (Presidio).")
     leak_against: list[str] = Field(
         default_factory=list, description="Eval/test files: drop records whose input also appears there."
     )
@@ -126,7 +127,7 @@ def _fix_fields(it: Item, options: CleanOptions, changes: list[Change]) -> None:
         if new != text:
             changes.append(_change(it, "trim", "leading/trailing whitespace", path))
         if options.pii == "redact":
-            new, found = redact_pii(new, options.pii_kinds)
+            new, found = redact_pii(new, options.pii_kinds, options.pii_ner)
             if found:
                 changes.append(_change(it, "redact", "PII: " + ", ".join(f.kind for f in found), path))
         if new != text:
@@ -141,7 +142,7 @@ def _keep_fixed(it: Item, options: CleanOptions, changes: list[Change]) -> bool:
         changes.append(_change(it, "drop", f"empty text field {', '.join(empty)}", empty[0]))
         return False
     if options.pii == "drop":
-        kinds = sorted({f.kind for t in it.fields.values() for f in find_pii(t, options.pii_kinds)})
+        kinds = sorted({f.kind for t in it.fields.values() for f in find_pii(t, options.pii_kinds, options.pii_ner)})
         if kinds:
             changes.append(_change(it, "drop", f"PII: {', '.join(kinds)}"))
             return False

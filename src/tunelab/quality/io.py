@@ -15,7 +15,7 @@ from typing import Any
 
 from tunelab.errors import TunelabError
 
-WRITABLE = (".jsonl", ".ndjson", ".json", ".csv", ".parquet")
+WRITABLE = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet")
 
 
 def write_rows(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
@@ -29,10 +29,10 @@ def write_rows(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     elif suffix == ".json":
         p.write_text(json.dumps(list(rows), ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    elif suffix == ".csv":
+    elif suffix in (".csv", ".tsv"):
         columns = list(dict.fromkeys(k for r in rows for k in r))
         with p.open("w", encoding="utf-8", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
+            writer = csv.DictWriter(f, fieldnames=columns, delimiter="\t" if suffix == ".tsv" else ",")
             writer.writeheader()
             writer.writerows({k: _cell(v) for k, v in r.items()} for r in rows)
     else:

@@ -6,8 +6,9 @@ CSV are read here row by row so that one bad row does not hide the rest; other f
 `tunelab.data.sources.read_rows`, where a broken file is one file-level error).
 
 Text is taken two ways. `fields` are the string leaves of the raw row with their paths
-(`messages[1].content`), which is what PII scans, trimming and redaction act on, so a cleaned row keeps its
-shape. `input_text`/`full_text` come from the parsed record (prompt side, and everything), which is what
+(`messages[1].content`) in the fields the format reads as text (through the `columns:` mapping and its
+templates; never ids or other columns), which is what PII scans, trimming and redaction act on, so a cleaned
+row keeps its shape and its other columns untouched. `input_text`/`full_text` come from the parsed record (prompt side, and everything), which is what
 duplicates, leakage and label conflicts compare. A label is a classification column (`label`, `category`,
 `intent`, `class`, or one named by the user) that the format does not consume, or a KTO label.
 """
@@ -22,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tunelab.data.formats import FORMATS, FieldError, detect_format, rename_columns
+from tunelab.data.formats import FORMATS, FieldError, detect_format, is_template, rename_columns, text_sources
+from tunelab.data.hints import mapping_hint
 from tunelab.data.records import (
     Conversation,
     Labelled,
@@ -36,13 +38,23 @@ from tunelab.data.records import (
     UnpairedPreference,
     message_text,
 )
-from tunelab.data.sources import MAX_RECORD_BYTES, BadRow, Row, iter_csv, iter_jsonl, read_rows
+from tunelab.data.sources import (
+    MAX_RECORD_BYTES,
+    PLAIN,
+    BadRow,
+    ReadOptions,
+    Row,
+    iter_conll,
+    iter_csv,
+    iter_jsonl,
+    read_rows,
+)
 from tunelab.errors import DataError, format_location
 
 LABEL_COLUMNS = ("label", "category", "intent", "class", "labels")
 # Keys whose string values are structure, not content: never scanned, trimmed or redacted. `provenance` is what a
 # feedback export (tunelab.feedback) records about each row: request ids, reviewer, times; never training text.
-STRUCTURAL_KEYS = {"role", "from", "type", "_synthetic", "provenance"}
+STRUCTURAL_KEYS = {"role", "from", "type", "_synthetic", "id", "tool_call_id", "name", "provenance"}
 
 
 @dataclass
@@ -100,40 +112,47 @@ def load_dataset(
     split: str = "train",
     max_samples: int | None = None,
     max_record_bytes: int = MAX_RECORD_BYTES,
+    options: ReadOptions = PLAIN,
 ) -> Dataset:
     """Read and parse every row of `path`, keeping bad rows (and records over `max_record_bytes`) as items
-    with an error."""
+    with an error; a file with no record at all is a file error."""
     items: list[Item] = []
     file_error = None
     try:
-        for entry in _rows(path, split, max_record_bytes):
+        for entry in _rows(path, split, max_record_bytes, options):
             if max_samples is not None and len(items) >= max_samples:
                 break
             items.append(entry if isinstance(entry, Item) else Item(entry.source, entry.index, entry.line, entry.data))
     except DataError as e:
         file_error = str(e)
+    if not items and file_error is None:
+        file_error = f"{path}: no records (the file is empty or holds only blank lines or a header)"
     first = next((it.row for it in items if it.error is None), None)
-    name = fmt if fmt != "auto" else (detect_format(set(rename_columns(first, columns))) if first else None)
+    try:
+        name = fmt if fmt != "auto" else (detect_format(set(rename_columns(first, columns))) if first else None)
+    except FieldError as e:
+        name, file_error = None, file_error or f"{path}: {e}"
     if first is not None and name is None:
         file_error = file_error or (
             f"{path}: cannot detect the format from the fields {', '.join(map(str, first))}; "
-            f"name one of {', '.join(FORMATS)} (and map columns if the names differ)"
+            f"name one of {', '.join(FORMATS)} (and map columns if the names differ)" + mapping_hint(None, first)
         )
-    label = label_column or _detect_label(first, name)
+    mapped = (columns or {}).get("label")
+    label = label_column or (mapped if mapped and not is_template(mapped) else None) or _detect_label(first, name)
     for it in items:
         if it.error is None:
             _parse(it, name, columns, label)
     return Dataset(path, role, name, label, items, file_error)
 
 
-def _rows(path: str, split: str, limit: int) -> Iterator[Row | Item]:
+def _rows(path: str, split: str, limit: int, options: ReadOptions) -> Iterator[Row | Item]:
     """Line-oriented files keep every bad line as an item with its error; other sources stop at the first."""
     p = Path(path)
-    tolerant = {".jsonl": iter_jsonl, ".ndjson": iter_jsonl, ".csv": iter_csv}.get(p.suffix.lower())
-    if tolerant is None or not p.is_file():
-        yield from read_rows(path, split, limit)
+    tolerant = {"jsonl": iter_jsonl, "csv": iter_csv, "conll": iter_conll}.get(options.kind(p) or "")
+    if tolerant is None or not p.is_file() or p.stat().st_size == 0:
+        yield from read_rows(path, split, limit, options)
         return
-    for row in tolerant(p, limit):
+    for row in tolerant(p, limit, options):
         if isinstance(row, BadRow):
             yield Item(row.source, row.index, row.line, {}, error=format_location(row.source, row.line) + row.problem)
         else:
@@ -149,7 +168,9 @@ def _detect_label(row: dict[str, Any] | None, fmt: str | None) -> str | None:
 
 
 def _parse(it: Item, fmt: str | None, columns: Mapping[str, str] | None, label_column: str | None) -> None:
-    it.fields = dict(string_leaves(it.row))
+    used = text_sources(fmt, columns) if fmt else set()
+    it.fields = {path: text for key, value in it.row.items() if key in used and key not in STRUCTURAL_KEYS
+                 for path, text in string_leaves(value, str(key))}  # fmt: skip
     if label_column:
         it.fields.pop(label_column, None)
         value = it.row.get(label_column)

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 SEVERITIES = ("error", "warning", "info")
+SHOWN = {"schema": 10}  # locations listed in text per problem code (default: format_text's max_locations)
 
 
 @dataclass
@@ -90,10 +91,11 @@ class CheckReport:
         order = {s: i for i, s in enumerate(SEVERITIES)}
         for p in sorted(self.problems, key=lambda p: order[p.severity]):
             out.append(f"[{p.severity}] {p.code}: {p.message}")
-            for loc in p.locations[:max_locations]:
+            shown = SHOWN.get(p.code, max_locations)
+            for loc in p.locations[:shown]:
                 out.append(f"    {describe(loc)}")
-            if len(p.locations) > max_locations:
-                out.append(f"    ... and {len(p.locations) - max_locations} more")
+            if len(p.locations) > shown:
+                out.append(f"    ... and {len(p.locations) - shown} more")
         s = self.summary()
         out.append(f"{s['error']} errors, {s['warning']} warnings, {s['info']} info ({self.seconds:.1f}s)")
         return "\n".join(out)

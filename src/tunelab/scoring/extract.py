@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from typing import Any
 
 UNPARSEABLE = "<unparseable>"
+LAST_NUMBER = "last_number"
+_NUMBER = re.compile(r"[-−]?\$?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?![\d,]*\d)")
 EXTRACT_METHODS = ("regex", "json", "first_line", "label_set")
 _EDGE_PUNCT = " \t\r\n.,;:!?\"'`*()[]{}<>"
 
@@ -87,6 +89,35 @@ def _by_label_set(text: str, labels: Sequence[str], case_sensitive: bool) -> str
         if m and (best is None or (m.start(), -len(lab)) < (best[0], best[1])):
             best = (m.start(), -len(lab), lab)
     return best[2] if best else None
+
+
+def extract_answer(text: str, how: str) -> str | None:
+    """The final answer in `text`: the last number (`last_number`), or what a regex finds (its group `answer`,
+    else group 1, else the whole match; the LAST match, as an answer follows its working); None when absent."""
+    if how == LAST_NUMBER:
+        found = _NUMBER.findall(text)
+        return found[-1] if found else None
+    try:
+        matches = list(re.finditer(how, text))  # `.` stops at a line end: one answer per match
+    except re.error as e:
+        raise ValueError(f"answer pattern {how!r} is not a valid regex: {e}") from None
+    if not matches:
+        return None
+    m = matches[-1]
+    value = m.group("answer") if "answer" in m.groupdict() else m.group(1) if m.re.groups else m.group(0)
+    return value.strip() if value is not None else None
+
+
+def as_number(text: str) -> float | None:
+    """`text` as a number when it is one: '1,000' -> 1000.0, '$72.50' -> 72.5, '-3.' -> -3.0; else None."""
+    cleaned = text.strip().replace("−", "-").replace("$", "").rstrip(".").strip()
+    if re.fullmatch(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?", cleaned) is None:
+        return None
+    return float(cleaned.replace(",", ""))
+
+
+def same_number(a: float, b: float) -> bool:
+    return abs(a - b) <= 1e-9 * max(1.0, abs(a), abs(b))
 
 
 def find_json(text: str) -> Any:

@@ -9,6 +9,9 @@ classification, macro/micro F1 are corpus-level; the per-example score is 1/0 co
 ROUGE comes from `rouge-score`, BLEU/chrF from `sacrebleu`, classification scores from scikit-learn:
 nothing here re-implements them. Exact match and token F1 follow the SQuAD v1.1 evaluation script.
 A reference may be a string or a list of acceptable strings (best match counts) for EM, F1 and ROUGE.
+EM and F1 can compare only the final answer (`answer: last_number`, or a regex such as `"####\\s*(.+)"`): it is
+read from the output and from the reference (a reference without one is taken whole), two numbers are compared as
+numbers (`1,000` equals `1000.0`), and an output with no answer scores 0 and is counted as unparseable.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tunelab.errors import DataError
-from tunelab.scoring.extract import UNPARSEABLE, extract_label, find_json
+from tunelab.scoring.extract import UNPARSEABLE, as_number, extract_answer, extract_label, find_json, same_number
 
 Reference = str | Sequence[str]
 _PUNCT = frozenset(string.punctuation)
@@ -88,8 +91,10 @@ def exact_match(
     strip_punctuation: bool = True,
     strip_articles: bool = True,
     strip_whitespace: bool = True,
+    answer: str | None = None,
 ) -> MetricResult:
-    """1 when the normalized prediction equals a normalized reference. normalize_mode "none" compares raw."""
+    """1 when the normalized prediction equals a normalized reference. normalize_mode "none" compares raw.
+    `answer`: compare only the final answers (last_number or a regex; see the module docstring)."""
     _check_lengths(predictions, references)
     if normalize_mode == "none":
         norm: Callable[[str], str] = lambda s: s  # noqa: E731
@@ -99,8 +104,32 @@ def exact_match(
         norm = lambda s: normalize(s, **opts)  # noqa: E731
     else:
         raise ValueError(f"exact_match normalize_mode must be 'squad' or 'none', got {normalize_mode!r}")
-    per = [float(any(norm(p) == norm(r) for r in _refs(ref))) for p, ref in zip(predictions, references)]
-    return MetricResult("exact_match", {"exact_match": _mean(per)}, {"exact_match": per})
+    preds, refs, details = _answers(predictions, references, answer)
+    per = [_match(p, ref, lambda a, b: float(norm(a) == norm(b))) for p, ref in zip(preds, refs)]
+    return MetricResult("exact_match", {"exact_match": _mean(per)}, {"exact_match": per}, details)
+
+
+def _answers(predictions: Sequence[str], references: Sequence[Reference],
+             answer: str | None) -> tuple[list[str | None], list[list[str]], dict[str, Any]]:  # fmt: skip
+    """(predicted answers, reference answers, details): the final answers when `answer` is set, else the texts."""
+    if answer is None:
+        return list(predictions), [_refs(r) for r in references], {}
+    preds = [extract_answer(p, answer) for p in predictions]
+    refs = [
+        [a if (a := extract_answer(r, answer)) is not None else r.strip() for r in _refs(ref)] for ref in references
+    ]
+    return preds, refs, {"answer": answer, "unparseable": preds.count(None), "extracted": preds}
+
+
+def _match(pred: str | None, refs: list[str], score: Callable[[str, str], float]) -> float:
+    """Best score over the references; an absent answer scores 0; two numbers are compared as numbers."""
+    if pred is None:
+        return 0.0
+    best = 0.0
+    for ref in refs:
+        a, b = as_number(pred), as_number(ref)
+        best = max(best, float(same_number(a, b)) if a is not None and b is not None else score(pred, ref))
+    return best
 
 
 def _token_f1(prediction: str, reference: str) -> float:
@@ -114,11 +143,13 @@ def _token_f1(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def f1(predictions: Sequence[str], references: Sequence[Reference]) -> MetricResult:
-    """SQuAD token F1 on normalized whitespace tokens, best over the references."""
+def f1(predictions: Sequence[str], references: Sequence[Reference], *, answer: str | None = None) -> MetricResult:
+    """SQuAD token F1 on normalized whitespace tokens, best over the references; `answer`: only the final
+    answers (numbers compared as numbers: 1 or 0)."""
     _check_lengths(predictions, references)
-    per = [max(_token_f1(p, r) for r in _refs(ref)) for p, ref in zip(predictions, references)]
-    return MetricResult("f1", {"f1": _mean(per)}, {"f1": per})
+    preds, refs, details = _answers(predictions, references, answer)
+    per = [_match(p, ref, _token_f1) for p, ref in zip(preds, refs)]
+    return MetricResult("f1", {"f1": _mean(per)}, {"f1": per}, details)
 
 
 # --------------------------------------------------------------------------- ROUGE, BLEU, chrF

@@ -1,137 +1,122 @@
-"""What the HTTP layer asks of the engine beyond the first `Engine` protocol, in one place.
+"""OpenAI request fields -> the engine's `SamplingParams`, and the engine's logprobs -> OpenAI's shapes.
 
-The engine grows features (penalties, logprobs, constrained decoding for `response_format`, tool calls,
-fair scheduling by tenant, validation of sampling values). The server learns whether the engine it was
-given has one from the engine itself: a field of `SamplingParams`, a keyword of `generate` or
-`encode_chat`, a `validate` method. A request that needs a missing one gets a 400 naming the field ("not
-supported by this server's engine yet"); it is never silently ignored. Neutral values (penalties 0,
-`logprobs: false`, `response_format: text`) are always accepted, which is what OpenAI clients send.
-
-The interface looked for (what the engine work provides):
-  SamplingParams fields  presence_penalty, frequency_penalty (float), logprobs (bool), top_logprobs (int),
-                         response_format (OpenAI's dict), tools (list of OpenAI tool dicts), tool_choice
-  engine.validate(params)             raises TunelabError for values that cannot be sampled (-> 400)
-  engine.generate(..., tenant=KEY)    the key a request is scheduled fairly under
-  engine.encode_chat(messages, tools=[...])
-  GenResult.logprobs     [{"token": str, "logprob": float, "top_logprobs": [{"token", "logprob"}]}] | None
-  GenResult.tool_calls   [{"id", "type": "function", "function": {"name", "arguments": str}}] | None
+Every OpenAI sampling field the engine decodes maps onto one `SamplingParams` field (engine.py, decode.py):
+`n` (one prefill, n rows), penalties, `logit_bias` (token-id strings -> ints), `logprobs`/`top_logprobs`
+(completions: `logprobs: k`; with `echo` the prompt's logprobs too), `response_format` and a forcing
+`tool_choice` (a constraint for llguidance), `tools` (the function names whose calls are parsed). A value
+the engine cannot decode is a 400 naming the field: the schema's ranges first (schemas.py), then
+`engine.validate` (say `temperature: 1e-45`, a schema llguidance cannot compile), before the request is
+queued, so a bad request never reaches a batch it would share.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import inspect
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tunelab.errors import TunelabError
-from tunelab.serve.decode import SamplingParams
-from tunelab.serve.engine import Engine, GenResult
+from tunelab.serve import schemas as S
+from tunelab.serve.engine import (
+    Constraint,
+    Engine,
+    SamplingParams,
+    TokenLogprob,
+    response_format_constraint,
+    tool_choice_constraint,
+    tool_names,
+)
 from tunelab.serve.errors import ApiError
 
-NEUTRAL: dict[str, Any] = {
-    "presence_penalty": 0.0,
-    "frequency_penalty": 0.0,
-    "logprobs": False,
-    "top_logprobs": 0,
-    "response_format": None,
-    "tools": None,
-    "tool_choice": None,
-}
+Body = S.ChatRequest | S.CompletionRequest
 
 
-def _accepts(fn: Callable[..., Any], name: str) -> bool:
-    params = inspect.signature(fn).parameters
-    return name in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+def tools_of(body: Body) -> list[dict[str, Any]] | None:
+    """The tools the chat template renders: none for completions or `tool_choice: "none"` (text answer)."""
+    if not isinstance(body, S.ChatRequest) or not body.tools or body.tool_choice == "none":
+        return None
+    return [t.model_dump(exclude_none=True) for t in body.tools]
 
 
-def build_params(
-    engine: Engine,
-    temperature: float,
-    top_p: float,
-    max_tokens: int,
-    stop: tuple[str, ...],
-    seed: int | None,
-    extras: dict[str, Any],
-) -> SamplingParams:
-    """SamplingParams for the engine, refusing what it cannot do and what it says cannot be sampled."""
-    have = {f.name for f in dataclasses.fields(SamplingParams)}
-    for name, value in extras.items():
-        if name not in have and value not in (None, NEUTRAL[name]):
-            raise ApiError(
-                400, f"{name}: not supported by this server's engine yet", code="unsupported_parameter", param=name
-            )
+def sampling(engine: Engine, body: Body, max_tokens: int, stop: tuple[str, ...]) -> SamplingParams:
+    """The request's SamplingParams, validated by the engine (400 naming the field when they cannot be decoded)."""
+    if isinstance(body, S.ChatRequest):
+        if body.top_logprobs and not body.logprobs:
+            raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+        logprobs, top = bool(body.logprobs), body.top_logprobs or 0
+    else:
+        logprobs, top = body.logprobs is not None, body.logprobs or 0
+    tools = tools_of(body)
     params = SamplingParams(
-        temperature, top_p, max_tokens, stop, seed, **{k: v for k, v in extras.items() if k in have}
+        temperature=body.temperature,
+        top_p=body.top_p,
+        max_tokens=max_tokens,
+        stop=stop,
+        seed=body.seed,
+        n=body.n,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        logit_bias=_bias(body.logit_bias),
+        logprobs=logprobs,
+        top_logprobs=top,
+        prompt_logprobs=logprobs and bool(getattr(body, "echo", False)),
+        constraint=_constraint(body, tools),
+        tools=tool_names(tools),
     )
-    validate = getattr(engine, "validate", None)
-    if validate is not None:
-        try:
-            validate(params)
-        except TunelabError as e:
-            raise ApiError(400, str(e), code="invalid_sampling_parameter") from None
+    if err := engine.validate(params):
+        field = err.split(":", 1)[0] if ":" in err else None
+        raise ApiError(400, err, code="invalid_sampling_parameter", param=field)
     return params
 
 
-def with_seed(params: SamplingParams, choice: int) -> SamplingParams:
-    """Choice j of a seeded request uses seed + j: the choices differ and each is reproducible."""
-    if params.seed is None or choice == 0:
-        return params
-    seed = params.seed + choice if params.seed + choice < 2**64 else params.seed - choice
-    return dataclasses.replace(params, seed=seed)
+def _bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
+    out = []
+    for key, value in (bias or {}).items():
+        if not key.strip().lstrip("-").isdigit():
+            raise ApiError(400, f"logit_bias: key {key!r} is not a token id (an integer)", param="logit_bias")
+        out.append((int(key), value))
+    return tuple(out)
 
 
-def encode_chat(engine: Engine, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[int]:
-    if not tools:
-        return engine.encode_chat(messages)
-    if not _accepts(engine.encode_chat, "tools"):
-        raise ApiError(
-            400, "tools: not supported by this server's engine yet", code="unsupported_parameter", param="tools"
-        )
-    return engine.encode_chat(messages, tools=tools)  # type: ignore[call-arg]  # feature-detected above
-
-
-def generate(
-    engine: Engine,
-    model: str,
-    ids: list[int],
-    params: SamplingParams,
-    on_delta: Callable[[str], None] | None,
-    is_cancelled: Callable[[], bool],
-    tenant: str,
-) -> Awaitable[GenResult]:
-    extra = {"tenant": tenant} if _accepts(engine.generate, "tenant") else {}
-    return engine.generate(model, ids, params, on_delta=on_delta, is_cancelled=is_cancelled, **extra)
-
-
-def tool_calls(result: GenResult) -> list[dict[str, Any]] | None:
-    return getattr(result, "tool_calls", None) or None
-
-
-def chat_logprobs(result: GenResult) -> dict[str, Any] | None:
-    entries = getattr(result, "logprobs", None)
-    if not entries:
+def _constraint(body: Body, tools: list[dict[str, Any]] | None) -> Constraint | None:
+    if not isinstance(body, S.ChatRequest):
         return None
-    content = [{**_entry(e), "top_logprobs": [_entry(t) for t in e.get("top_logprobs", [])]} for e in entries]
+    if body.tool_choice is not None and not body.tools:
+        raise ApiError(400, "tool_choice needs tools", param="tool_choice")
+    choice = body.tool_choice.model_dump() if isinstance(body.tool_choice, S.NamedToolChoice) else body.tool_choice
+    fmt = body.response_format.model_dump(by_alias=True, exclude_none=True) if body.response_format else None
+    try:
+        forced = tool_choice_constraint(tools, choice, body.parallel_tool_calls is not False) if tools else None
+        shaped = response_format_constraint(fmt)
+    except TunelabError as e:
+        raise ApiError(400, str(e), param=str(e).split(":", 1)[0].split(".", 1)[0]) from None
+    if forced is not None and shaped is not None:
+        raise ApiError(
+            400, "response_format and a forced tool_choice cannot both shape the output", param="response_format"
+        )
+    return forced or shaped
+
+
+# --------------------------------------------------------------------------- logprobs in OpenAI's shapes
+
+
+def chat_logprobs(entries: tuple[TokenLogprob, ...] | list[TokenLogprob]) -> dict[str, Any]:
+    """`choice.logprobs` of chat: {content: [{token, logprob, bytes, top_logprobs: [...]}], refusal}."""
+    content = [{**_entry(e), "top_logprobs": [_entry(t) for t in e.top]} for e in entries]
     return {"content": content, "refusal": None}
 
 
-def completion_logprobs(result: GenResult, offset: int) -> dict[str, Any] | None:
-    """The legacy completions shape: parallel lists, text offsets counted from `offset`."""
-    entries = getattr(result, "logprobs", None)
-    if not entries:
-        return None
+def completion_logprobs(entries: tuple[TokenLogprob, ...] | list[TokenLogprob], offset: int) -> dict[str, Any]:
+    """The legacy completions shape: parallel lists; text offsets count from `offset` (text already sent)."""
     offsets, pos = [], offset
     for e in entries:
         offsets.append(pos)
-        pos += len(e["token"])
+        pos += len(e.token)
     return {
-        "tokens": [e["token"] for e in entries],
-        "token_logprobs": [e["logprob"] for e in entries],
-        "top_logprobs": [{t["token"]: t["logprob"] for t in e.get("top_logprobs", [])} for e in entries],
+        "tokens": [e.token for e in entries],
+        "token_logprobs": [e.logprob for e in entries],
+        "top_logprobs": [{t.token: t.logprob for t in e.top} if e.logprob is not None else None for e in entries],
         "text_offset": offsets,
     }
 
 
-def _entry(e: dict[str, Any]) -> dict[str, Any]:
-    return {"token": e["token"], "logprob": e["logprob"], "bytes": list(e["token"].encode("utf-8"))}
+def _entry(e: TokenLogprob) -> dict[str, Any]:
+    return {"token": e.token, "logprob": e.logprob, "bytes": list(e.bytes)}

@@ -1,20 +1,25 @@
 """The completion flow behind /v1/chat/completions and /v1/completions.
 
-Order of checks: model id (404) -> n and prompt counts (400) -> fields the engine cannot honour (400) ->
-input guard over every message or prompt (400 on block) -> encoding -> max_tokens and prompt length
-(400; without max_tokens the server's default, cut to what the context leaves) -> the engine's own
-validation of the sampling values (400) -> generation under the request timeout (504) -> output guard ->
-row -> answer. Every step after the route starts ends in exactly one row (entry.py).
+Order of checks: model id (404) -> n and prompt counts (400) -> input guard over every message or prompt
+(400 on block) -> encoding -> max_tokens and prompt length (400; without max_tokens the server's default,
+cut to what the context leaves) -> the sampling values, mapped and validated by the engine (bridge.py,
+400 naming the field) -> generation under the request timeout (504) -> output guard -> row -> answer.
+Every step after the route starts ends in exactly one row (entry.py).
 
-`n` choices and list prompts fan out into one engine request per choice (they batch together); choice
-`i * n + j` is prompt i's j-th sample. A client that disconnects stops its decoding: a non-streamed
-request watches the connection while it waits; a streamed one is stopped by the server (streaming.py).
+Each prompt is one engine request with its `n` choices (one prefill, n rows of the running batch); a list
+prompt is one engine request per prompt, and choice `i * n + j` is prompt i's j-th sample. The engine
+request is scheduled under the caller's key (the fairness tenant; an open server: the model id). A client
+that disconnects stops its decoding: a non-streamed request watches the connection while it waits; a
+streamed one is stopped by the server (streaming.py).
+
+Logprobs are withheld (null) for a choice whose output the guard redacted or blocked: the token texts
+would show what was taken out.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,11 +28,10 @@ from fastapi.responses import JSONResponse, Response
 
 from tunelab.serve import bridge
 from tunelab.serve import schemas as S
-from tunelab.serve.decode import SamplingParams
-from tunelab.serve.engine import GenResult
+from tunelab.serve.engine import Choice, Chunk, GenResult, SamplingParams, TokenLogprob
 from tunelab.serve.entry import CLIENT_CLOSED, ChoiceOut, Entry
 from tunelab.serve.errors import ApiError
-from tunelab.serve.guard import blocked
+from tunelab.serve.guard import Decision, blocked
 from tunelab.serve.state import ServerState
 
 Body = S.ChatRequest | S.CompletionRequest
@@ -43,9 +47,7 @@ class Call:
     prompts: list[list[int]]
     prompt_texts: list[str]
     params: SamplingParams
-    n: int
     echo: bool = False
-    logprobs: bool = False
     cancelled: bool = False  # read by the decoding thread
     stopped: set[int] = field(default_factory=set)  # choices whose output was blocked: stop decoding them
     aborted: str | None = None  # why the server ended it (its adapter was unloaded)
@@ -64,19 +66,27 @@ class Call:
         return self.entry.model
 
     @property
+    def n(self) -> int:
+        return self.params.n
+
+    @property
+    def logprobs(self) -> bool:
+        return self.params.logprobs
+
+    @property
     def indices(self) -> list[int]:
         return list(range(len(self.prompts) * self.n))
 
-    def start(self, index: int, on_delta: Any = None) -> Awaitable[GenResult]:
-        prompt, j = divmod(index, self.n)
-        return bridge.generate(
-            self.state.engine,
+    def start(self, prompt: int, on_chunk: Callable[[Chunk], None] | None = None) -> Awaitable[GenResult]:
+        """The engine request of one prompt (its n choices)."""
+        mine = range(prompt * self.n, (prompt + 1) * self.n)
+        return self.state.engine.generate(
             self.model,
             self.prompts[prompt],
-            bridge.with_seed(self.params, j),
-            on_delta,
-            lambda: self.cancelled or index in self.stopped,
-            self.entry.ctx.tenant,
+            self.params,
+            is_cancelled=lambda: self.cancelled or all(i in self.stopped for i in mine),
+            tenant=self.entry.ctx.key_id,
+            on_chunk=on_chunk,
         )
 
     def prompt_tokens(self) -> int:
@@ -84,6 +94,9 @@ class Call:
 
     def prefix(self, index: int) -> str:
         return self.prompt_texts[index // self.n] if self.echo else ""
+
+    def logprobs_of(self, entries: list[TokenLogprob], offset: int) -> dict[str, Any]:
+        return bridge.chat_logprobs(entries) if self.chat else bridge.completion_logprobs(entries, offset)
 
 
 async def prepare(state: ServerState, entry: Entry, body: Body) -> Call:
@@ -94,7 +107,6 @@ async def prepare(state: ServerState, entry: Entry, body: Body) -> Call:
     if body.n > cfg.max_n:
         raise ApiError(400, f"n {body.n} is over this server's limit of {cfg.max_n}", param="n")
     texts = [m.text() for m in body.messages] if isinstance(body, S.ChatRequest) else _prompts(body, cfg.max_prompts)
-    extras = _extras(body)
     texts, decisions = await _guard(state, texts)
     entry.count(decisions)
     entry.record = record_of(body, texts)
@@ -102,7 +114,7 @@ async def prepare(state: ServerState, entry: Entry, body: Body) -> Call:
         raise ApiError(400, f"request refused by the guard ({hit.rule}: {hit.detail})", code="content_filter")
     if isinstance(body, S.ChatRequest):
         msgs = [m.for_template(t) for m, t in zip(body.messages, texts, strict=True)]
-        prompts = [bridge.encode_chat(state.engine, msgs, extras.get("tools"))]
+        prompts = [state.engine.encode_chat(msgs, tools=bridge.tools_of(body))]
     else:
         prompts = [state.engine.encode_text(t) for t in texts]
     max_tokens = _max_tokens(state, body, prompts)
@@ -110,10 +122,10 @@ async def prepare(state: ServerState, entry: Entry, body: Body) -> Call:
         stops = body.stops()
     except ValueError as e:
         raise ApiError(400, str(e), param="stop") from None
-    params = bridge.build_params(state.engine, body.temperature, body.top_p, max_tokens, stops, body.seed, extras)
+    params = bridge.sampling(state.engine, body, max_tokens, stops)
     state.metrics.prompt_tokens.labels(body.model).inc(sum(len(p) for p in prompts))
     echo = bool(getattr(body, "echo", False))
-    return Call(state, entry, chat, prompts, texts, params, body.n, echo, bool(extras.get("logprobs")))
+    return Call(state, entry, chat, prompts, texts, params, echo)
 
 
 def _prompts(body: S.CompletionRequest, most: int) -> list[str]:
@@ -125,27 +137,6 @@ def _prompts(body: S.CompletionRequest, most: int) -> list[str]:
     if body.suffix:
         raise ApiError(400, "suffix: not supported", code="unsupported_parameter", param="suffix")
     return prompts
-
-
-def _extras(body: Body) -> dict[str, Any]:
-    """The request's optional features, as the engine's SamplingParams would name them."""
-    if body.logit_bias:
-        raise ApiError(400, "logit_bias: not supported", code="unsupported_parameter", param="logit_bias")
-    out: dict[str, Any] = {"presence_penalty": body.presence_penalty, "frequency_penalty": body.frequency_penalty}
-    if isinstance(body, S.CompletionRequest):
-        return out | {"logprobs": body.logprobs is not None, "top_logprobs": body.logprobs or 0}
-    out |= {"logprobs": bool(body.logprobs), "top_logprobs": body.top_logprobs or 0}
-    if body.top_logprobs and not body.logprobs:
-        raise ApiError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
-    if body.response_format is not None and body.response_format.type != "text":
-        out["response_format"] = body.response_format.model_dump(by_alias=True, exclude_none=True)
-    if body.tool_choice is not None and not body.tools:
-        raise ApiError(400, "tool_choice needs tools", param="tool_choice")
-    if body.tools and body.tool_choice != "none":  # "none": the model answers in text, tools unused
-        out["tools"] = [t.model_dump(exclude_none=True) for t in body.tools]
-        choice = body.tool_choice
-        out["tool_choice"] = choice.model_dump() if isinstance(choice, S.NamedToolChoice) else (choice or "auto")
-    return out
 
 
 async def _guard(state: ServerState, texts: list[str]) -> tuple[list[str], list[Any]]:
@@ -195,33 +186,26 @@ async def respond(call: Call, request: Request) -> Response:
     results = await _run(call, request)
     if results is None:  # the client went away; nobody reads this answer
         return Response(status_code=CLIENT_CLOSED)
-    outs = [finish_choice(call, i, r) for i, r in zip(call.indices, results, strict=True)]
+    done = [finish_choice(call, i * call.n + c.index, c, r) for i, r in enumerate(results) for c in r.choices]
+    outs = [o for o, _ in done]
     entry.write(200, outs, call.prompt_tokens())
     await entry.stored()  # never raises: a failed write is counted, the answer still goes out
     usage = S.usage(call.prompt_tokens(), sum(o.completion_tokens for o in outs))
     if call.chat:
         choices = [
             S.chat_choice(o.index, (o.text or None) if o.tool_calls else o.text, o.finish_reason, o.tool_calls, lp)
-            for o, lp in _lps(call, results, outs)
+            for o, lp in done
         ]
         return JSONResponse(S.chat_response(entry.ctx.request_id, call.model, choices, usage))
-    choices = [S.completion_choice(o.index, o.text, o.finish_reason, lp) for o, lp in _lps(call, results, outs)]
+    choices = [S.completion_choice(o.index, o.text, o.finish_reason, lp) for o, lp in done]
     return JSONResponse(S.completion_response(entry.ctx.request_id, call.model, choices, usage))
 
 
-def _lps(call: Call, results: list[GenResult], outs: list[ChoiceOut]) -> list[tuple[ChoiceOut, Any]]:
-    if not call.logprobs:
-        return [(o, None) for o in outs]
-    if call.chat:
-        return [(o, bridge.chat_logprobs(r)) for o, r in zip(outs, results, strict=True)]
-    return [(o, bridge.completion_logprobs(r, len(call.prefix(o.index)))) for o, r in zip(outs, results, strict=True)]
-
-
 async def _run(call: Call, request: Request) -> list[GenResult] | None:
-    """Every choice's result; None when the client disconnected first (the row is written here)."""
+    """Every prompt's result; None when the client disconnected first (the row is written here)."""
     state = call.state
     state.begin(call)
-    gathered = asyncio.gather(*(call.start(i) for i in call.indices), return_exceptions=True)
+    gathered = asyncio.gather(*(call.start(i) for i in range(len(call.prompts))), return_exceptions=True)
     gathered.add_done_callback(lambda _: state.end(call))
     watch = asyncio.ensure_future(_disconnected(request))
     both: set[asyncio.Future[Any]] = {gathered, watch}
@@ -234,8 +218,7 @@ async def _run(call: Call, request: Request) -> list[GenResult] | None:
         call.cancelled = True
         if watch in done:
             ended = await gathered
-            outs = [_cancelled_choice(i, r) for i, r in zip(call.indices, ended, strict=True)]
-            call.entry.write(CLIENT_CLOSED, outs, call.prompt_tokens(), finish="cancelled")
+            call.entry.write(CLIENT_CLOSED, cancelled_choices(call, ended), call.prompt_tokens(), finish="cancelled")
             return None
         raise ApiError(504, f"generation took over {timeout}s", "timeout")
     call.check_aborted()
@@ -253,18 +236,34 @@ async def _disconnected(request: Request) -> None:
         pass
 
 
-def _cancelled_choice(index: int, r: GenResult | BaseException) -> ChoiceOut:
-    if isinstance(r, BaseException):
-        return ChoiceOut(index, "", "cancelled")
-    return ChoiceOut(index, "", "cancelled", r.completion_tokens)
+def cancelled_choices(call: Call, ended: list[GenResult | BaseException], text: str = "") -> list[ChoiceOut]:
+    """The choices of requests that ended early, with their token counts where the engine answered."""
+    out = []
+    for i, r in enumerate(ended):
+        for j in range(call.n):
+            c = r.choices[j] if isinstance(r, GenResult) and j < len(r.choices) else None
+            out.append(ChoiceOut(i * call.n + j, text, "cancelled", len(c.token_ids) if c else 0))
+    return out
 
 
-def finish_choice(call: Call, index: int, result: GenResult) -> ChoiceOut:
-    """Output guard over one choice's whole text; a block withholds it (finish_reason content_filter)."""
-    text, decisions = call.state.guard.check_output(result.text)
+def finish_choice(call: Call, index: int, choice: Choice, result: GenResult) -> tuple[ChoiceOut, Any]:
+    """Output guard over one choice's whole text (a block withholds it: finish_reason content_filter), and its
+    logprobs in OpenAI's shape when asked for and nothing was redacted."""
+    text, decisions = call.state.guard.check_output(choice.text)
     call.entry.count(decisions)
-    calls = bridge.tool_calls(result)
+    tokens, calls = len(choice.token_ids), list(choice.tool_calls) or None
     if blocked(decisions):
-        return ChoiceOut(index, "", "content_filter", result.completion_tokens)
-    finish = "tool_calls" if calls else result.finish_reason
-    return ChoiceOut(index, call.prefix(index) + text, finish, result.completion_tokens, calls)
+        return ChoiceOut(index, "", "content_filter", tokens), None
+    prefix = call.prefix(index)
+    out = ChoiceOut(index, prefix + text, choice.finish_reason, tokens, calls)
+    if not call.logprobs or changed(decisions):
+        return out, None
+    entries = list(choice.logprobs or ())
+    if call.echo and result.prompt_logprobs:
+        entries = list(result.prompt_logprobs) + entries
+    return out, call.logprobs_of(entries, 0)
+
+
+def changed(decisions: list[Decision]) -> bool:
+    """Whether the guard took anything out of the text (then its token logprobs would reveal it)."""
+    return any(d.action in ("redact", "block") for d in decisions)

@@ -46,6 +46,12 @@ class LimitsConfig(_Section):
     default_max_tokens: int = Field(128, ge=1, description="max_tokens when a request does not set it.")
     max_prompt_tokens: int = Field(2048, ge=1, description="Longest prompt (in tokens) accepted; longer gets 400.")
     request_timeout_s: float = Field(60, gt=0, description="A request still generating after this gets 504.")
+    read_timeout_s: float = Field(
+        30, gt=0, description="Longest time a request's headers and body may take to arrive; slower gets 408."
+    )
+    idle_timeout_s: float = Field(
+        10, gt=0, description="Longest silence while a request arrives, or between kept-alive requests; then closed."
+    )
     max_n: int = Field(8, ge=1, description="Most choices (`n`) one request may ask for.")
     max_prompts: int = Field(16, ge=1, description="Most prompts in one /v1/completions list prompt.")
     drain_timeout_s: float = Field(
@@ -54,8 +60,16 @@ class LimitsConfig(_Section):
 
 
 class BatchConfig(_Section):
-    max_batch_size: int = Field(16, ge=1, description="Most requests generated together in one forward pass.")
-    wait_ms: float = Field(5, ge=0, description="How long the batcher waits to collect more requests.")
+    max_batch_size: int = Field(16, ge=1, description="Rows (choices) decoded together in one forward pass.")
+    wait_ms: float = Field(
+        5, ge=0, description="When idle, how long the first request waits for others to share its prefill."
+    )
+    extra_slots: int | None = Field(
+        None, ge=0, description="Rows above max_batch_size for keys under their fair share (default max_batch_size/4)."
+    )
+    max_prefill_tokens: int = Field(
+        8192, ge=1, description="Most prompt tokens prefilled per decode step (at least one request always joins)."
+    )
 
 
 class ClassifierConfig(_Section):
@@ -76,7 +90,10 @@ class GuardConfig(_Section):
         default_factory=list,
         description="Extra regexes (case-insensitive) added to the built-in injection patterns.",
     )
-    pii_input: GuardAction = Field("redact", description="PII (email, phone, card, IBAN, IP, secrets) in the input.")
+    pii_input: GuardAction = Field(
+        "redact",
+        description="PII (email, phone, card, IBAN, IP, secrets, street addresses, marked names) in the input.",
+    )
     pii_output: GuardAction = Field("redact", description="PII in the model's output.")
     pii_kinds: list[str] | None = Field(None, description="PII kinds to check (default: all of tunelab.quality.pii).")
     blocklist: list[str] = Field(default_factory=list, description="Words/phrases (case-insensitive, whole words).")

@@ -27,6 +27,7 @@ from tunelab.serve.decode import (
     prompt_logprobs,
     push,
     sample_rows,
+    text_decoder,
 )
 from tunelab.serve.kvbatch import Lane, prefill, repeat_rows
 
@@ -56,7 +57,7 @@ class GenResult:
     prompt_tokens: int
     completion_tokens: int
     choices: tuple[Choice, ...] = ()
-    prompt_logprobs: tuple[TokenLogprob | None, ...] | None = None  # params.prompt_logprobs (echo); first is None
+    prompt_logprobs: tuple[TokenLogprob, ...] | None = None  # params.prompt_logprobs (echo); first's logprob None
 
 
 @dataclass(eq=False)
@@ -70,7 +71,7 @@ class Job:
     done: Callable[[GenResult | BaseException], None]
     make_row: Callable[[int], Row]  # choice index -> its Row (callbacks attached)
     rows: list[Row] = field(default_factory=list)
-    prompt_lp: list[TokenLogprob | None] | None = None
+    prompt_lp: list[TokenLogprob] | None = None
     answered: bool = False
 
 
@@ -81,6 +82,8 @@ class DecodeCore:
         self.rows: list[Row] = []
         self.reqs: list[Request] = []  # the request of each row, aligned with self.rows
         self._bytes: dict[int, bytes] = {}
+        self.decode = text_decoder(engine.tokenizer)
+        self.prefills = 0  # prefill forward passes (joins), for benchmarks beside engine.batch_sizes
 
     # ------------------------------------------------------------------ Core protocol
 
@@ -154,6 +157,7 @@ class DecodeCore:
 
     def _prefill(self, requests: list[Request]) -> None:
         jobs: list[Job] = [r.payload for r in requests]
+        self.prefills += 1
         want_all = any(j.params.prompt_logprobs for j in jobs)
         extra = self._extra([j.rows[0] for j in jobs])
         lane, logits = prefill(
@@ -164,6 +168,8 @@ class DecodeCore:
             if j.params.prompt_logprobs:
                 k = j.params.top_logprobs
                 j.prompt_lp = prompt_logprobs(j.prompt_ids, logits[i, width - len(j.prompt_ids) :], k, self.token_bytes)
+                for row in j.rows:
+                    row.prompt_lp = tuple(j.prompt_lp)
         last = logits[:, -1] if want_all else logits
         counts = [j.params.n for j in jobs]
         lane = repeat_rows(lane, counts)
@@ -179,16 +185,16 @@ class DecodeCore:
         """Sample one token for each row and push it; `lane.last` gets the tokens (rows at index `at`)."""
         target = lane if lane is not None else self.lane
         outcomes = sample_rows(rows, logits, self.token_bytes)
-        last = target.last.clone()
+        last = target.last.tolist()
         for k, (row, out) in enumerate(zip(rows, outcomes, strict=True)):
             if isinstance(out, str):
                 fail(row, out)
                 emit(row)
                 continue
             token, lp = out
-            push(row, token, lp, self.engine.tokenizer, self.engine.eos_ids)
+            push(row, token, lp, self.decode, self.engine.eos_ids)
             last[k if lane is not None else at[k]] = token
-        target.last = last
+        target.last = torch.tensor(last, dtype=torch.long)
 
     def _extra(self, rows: list[Row]) -> dict[str, Any]:
         return {"adapter_names": [r.adapter or BASE_ADAPTER for r in rows]} if self.engine.is_peft() else {}

@@ -59,7 +59,7 @@ class SamplingParams:
 class TokenLogprob:
     token: str  # the token's text (U+FFFD where it is part of a multi-byte character; see `bytes`)
     token_id: int
-    logprob: float
+    logprob: float | None  # None only for the first prompt token (echo): nothing precedes it
     bytes: tuple[int, ...]
     top: tuple[TokenLogprob, ...] = ()  # the most likely alternatives, best first (their `top` is empty)
 
@@ -73,6 +73,7 @@ class Chunk:
     logprobs: tuple[TokenLogprob, ...] = ()  # of the tokens generated since the previous chunk
     finish_reason: str | None = None  # set on the last chunk of a choice
     tool_calls: tuple[dict[str, Any], ...] = ()  # OpenAI-shaped, on the last chunk when the output held calls
+    prompt_logprobs: tuple[TokenLogprob, ...] = ()  # on a choice's first chunk with params.prompt_logprobs (echo)
 
 
 def check_params(p: SamplingParams, vocab_size: int, max_n: int) -> str | None:
@@ -144,6 +145,8 @@ class Row:
     content: str | None = None  # the text without tool-call markup, once finished
     tool_calls: list[dict[str, Any]] = field(default_factory=list)
     gen: torch.Generator | None = None
+    prompt_lp: tuple[TokenLogprob, ...] = ()  # the prompt's logprobs, sent with the first chunk, then cleared
+    detok: Detok = field(default_factory=lambda: Detok())
 
     def __post_init__(self) -> None:
         if self.params.seed is not None and self.gen is None:
@@ -178,13 +181,23 @@ def sample_rows(rows: list[Row], logits: torch.Tensor, token_bytes: TokenBytes) 
 
 
 def _sample(rows: list[Row], logits: torch.Tensor, token_bytes: TokenBytes) -> list[tuple[int, Any] | str]:
-    x = logits.float().clone()
+    # Per-row Python only where a row needs it: most rows have no bias, penalty or constraint, and the
+    # checks and the greedy choice are one tensor op for the whole batch (this runs every decode step).
+    busy = [
+        i
+        for i, r in enumerate(rows)
+        if r.matcher is not None or r.params.logit_bias or (r.counts and _penalized(r.params))
+    ]
+    x = logits.float().clone() if busy else logits.float()  # the caller's logits stay untouched
     errors: dict[int, str] = {}
-    for i, r in enumerate(rows):
-        if msg := _process(r, x[i]):
+    for i in busy:
+        if msg := _process(rows[i], x[i]):
             errors[i] = msg
+    dead = (~torch.isfinite(x).any(-1)).nonzero().flatten().tolist()
+    for i in dead:
+        errors.setdefault(i, "every token has -inf logit (logit_bias or constraint left nothing to sample)")
     lp = torch.log_softmax(x, dim=-1) if any(r.wants_logprobs for r in rows) else None
-    tokens = x.argmax(-1)
+    tokens = x.argmax(-1).tolist()
     hot = [i for i, r in enumerate(rows) if r.params.temperature > 0 and i not in errors]
     if hot:
         temps = torch.tensor([rows[i].params.temperature for i in hot], dtype=torch.float32)
@@ -196,22 +209,20 @@ def _sample(rows: list[Row], logits: torch.Tensor, token_bytes: TokenBytes) -> l
             if not bool(torch.isfinite(p).all()) or float(p.sum()) <= 0:
                 errors[i] = f"no token can be sampled (temperature {rows[i].params.temperature})"
                 continue
-            tokens[i] = torch.multinomial(p, 1, generator=rows[i].gen)[0]
+            tokens[i] = int(torch.multinomial(p, 1, generator=rows[i].gen)[0])
     out: list[tuple[int, Any] | str] = []
     for i, r in enumerate(rows):
         if i in errors:
             out.append(errors[i])
-            continue
-        tok = int(tokens[i])
-        out.append(
-            (
-                tok,
-                _logprob(lp[i], tok, r.params.top_logprobs, token_bytes)
-                if lp is not None and r.wants_logprobs
-                else None,
-            )
-        )
+        elif lp is not None and r.wants_logprobs:
+            out.append((tokens[i], _logprob(lp[i], tokens[i], r.params.top_logprobs, token_bytes)))
+        else:
+            out.append((tokens[i], None))
     return out
+
+
+def _penalized(p: SamplingParams) -> bool:
+    return bool(p.presence_penalty or p.frequency_penalty)
 
 
 def _process(r: Row, x: torch.Tensor) -> str | None:
@@ -229,8 +240,6 @@ def _process(r: Row, x: torch.Tensor) -> str | None:
         if allowed is None:
             return f"constraint: {r.matcher.error() or 'no token is allowed'}"
         x.masked_fill_(~allowed, float("-inf"))
-    if not bool(torch.isfinite(x).any()):
-        return "every token has -inf logit (logit_bias or constraint left nothing to sample)"
     return None
 
 
@@ -254,13 +263,12 @@ def _entry(tok: int, logprob: float, token_bytes: TokenBytes) -> TokenLogprob:
     return TokenLogprob(b.decode("utf-8", errors="replace"), tok, logprob, tuple(b))
 
 
-def prompt_logprobs(
-    prompt_ids: list[int], logits: torch.Tensor, k: int, token_bytes: TokenBytes
-) -> list[TokenLogprob | None]:
+def prompt_logprobs(prompt_ids: list[int], logits: torch.Tensor, k: int, token_bytes: TokenBytes) -> list[TokenLogprob]:
     """Logprobs of each prompt token given the ones before it (`logits`: one row per prompt position); the
-    first token has none (OpenAI's `echo` shows null for it)."""
+    first token's logprob is None (OpenAI's `echo` shows null for it), its text is there."""
     lp = torch.log_softmax(logits[:-1].float(), dim=-1)
-    out: list[TokenLogprob | None] = [None]
+    first = _entry(prompt_ids[0], 0.0, token_bytes)
+    out: list[TokenLogprob] = [TokenLogprob(first.token, first.token_id, None, first.bytes)]
     for pos, tok in enumerate(prompt_ids[1:]):
         out.append(_logprob(lp[pos], tok, k, token_bytes))
     return out
@@ -269,7 +277,7 @@ def prompt_logprobs(
 # ---------------------------------------------------------------------------------------------- text state
 
 
-def push(r: Row, token: int, lp: TokenLogprob | None, tokenizer: Any, eos_ids: set[int]) -> None:
+def push(r: Row, token: int, lp: TokenLogprob | None, decode: Decode, eos_ids: set[int]) -> None:
     """Add one sampled token to the row: text, stop strings, constraint, limits; then stream what is final."""
     if token in eos_ids:
         r.finish_reason = "stop"
@@ -278,8 +286,11 @@ def push(r: Row, token: int, lp: TokenLogprob | None, tokenizer: Any, eos_ids: s
         r.counts[token] = r.counts.get(token, 0) + 1
         if lp is not None:
             r.logprobs.append(lp)
-        r.text = tokenizer.decode(r.ids, skip_special_tokens=True)
-        cut = min((i for i in (r.text.find(s) for s in r.params.stop if s) if i >= 0), default=-1)
+        settled = r.detok.settled
+        r.text = r.detok.add(r.ids, decode)
+        # a stop string can only begin where the text could have changed, less the longest stop string
+        since = max(0, settled - max((len(s) for s in r.params.stop), default=0))
+        cut = min((i for i in (r.text.find(s, since) for s in r.params.stop if s) if i >= 0), default=-1)
         if r.matcher is not None and not r.matcher.consume(token):
             fail(r, f"constraint: {r.matcher.error() or f'token {token} is not allowed'}")
             return
@@ -290,6 +301,44 @@ def push(r: Row, token: int, lp: TokenLogprob | None, tokenizer: Any, eos_ids: s
         elif len(r.ids) >= r.params.max_tokens:
             r.finish_reason = "length"
     emit(r)
+
+
+Decode = Callable[[list[int]], str]
+
+
+def text_decoder(tokenizer: Any) -> Decode:
+    """`tokenizer.decode(ids, skip_special_tokens=True)`; straight to the Rust tokenizer when that is the same thing
+    (the Python wrapper walks the id list in Python on every call)."""
+    backend = getattr(tokenizer, "_tokenizer", None)
+    cleanup = getattr(tokenizer, "clean_up_tokenization_spaces", False)
+    if backend is not None and hasattr(backend, "decode") and not cleanup:
+        return lambda ids: str(backend.decode(ids, skip_special_tokens=True))
+    return lambda ids: str(tokenizer.decode(ids, skip_special_tokens=True))
+
+
+@dataclass
+class Detok:
+    """Incremental detokenization: each token decodes a short window, not the whole output (that made every step
+    O(length) per row). The window starts a few tokens back, so merges, leading-space rules and multi-byte
+    characters resolve as in a full decode; it moves on once its text no longer ends in a partial character."""
+
+    text: str = ""  # the settled text (cannot change any more)
+    settled: int = 0  # len(text)
+    start: int = 0  # window start: tokens before it only give context
+    read: int = 0  # tokens up to here are in `text`
+    context: str = ""  # decode(ids[start:read])
+
+    def add(self, ids: list[int], decode: Decode) -> str:
+        """The whole text so far (settled + the window's new part, which may end in a partial character)."""
+        window = decode(ids[self.start :])
+        new = window[len(self.context) :]
+        if new and not new.endswith("\ufffd"):
+            self.text += new
+            self.settled = len(self.text)
+            self.start, self.read = self.read, len(ids)
+            self.context = decode(ids[self.start : self.read])
+            return self.text
+        return self.text + new
 
 
 def cancel(r: Row) -> None:
@@ -317,11 +366,10 @@ def emit(r: Row) -> None:
             end -= 1
     new = final[r.emitted : end] if end > r.emitted else ""
     done = r.finish_reason is not None
-    if r.on_chunk is not None and (new or done or len(r.logprobs) > r.lp_sent):
-        if new or done:
-            r.on_chunk(Chunk(r.index, new, tuple(r.logprobs[r.lp_sent :]), r.finish_reason if done else None,
-                             tuple(r.tool_calls) if done else ()))  # fmt: skip
-            r.lp_sent = len(r.logprobs)
+    if r.on_chunk is not None and (new or done):
+        lps, calls = tuple(r.logprobs[r.lp_sent :]), tuple(r.tool_calls) if done else ()
+        r.on_chunk(Chunk(r.index, new, lps, r.finish_reason if done else None, calls, r.prompt_lp))
+        r.lp_sent, r.prompt_lp = len(r.logprobs), ()
     elif new and r.on_delta is not None:
         r.on_delta(new)
     r.emitted = max(r.emitted, end)
@@ -352,6 +400,7 @@ def run_batch(model: Any, tokenizer: Any, rows: list[Row], eos_ids: set[int]) ->
     from tunelab.serve.kvbatch import prefill
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
+    decode = text_decoder(tokenizer)
 
     def token_bytes(t: int) -> bytes:
         return str(tokenizer.decode([t])).encode("utf-8", errors="replace")
@@ -367,7 +416,7 @@ def run_batch(model: Any, tokenizer: Any, rows: list[Row], eos_ids: set[int]) ->
                 elif isinstance(out, str):
                     fail(r, out)
                 else:
-                    push(r, out[0], out[1], tokenizer, eos_ids)
+                    push(r, out[0], out[1], decode, eos_ids)
                     lane.last[i] = out[0]
             if all(r.finish_reason is not None for r in rows):
                 return

@@ -2,6 +2,8 @@
 rights and a request context (request id, key, endpoint, start time).
 
 Order for an API route: key (401) -> rate limit (429 + Retry-After) -> body validation (400) -> route.
+They are `async def` although none awaits: FastAPI runs a plain `def` dependency in a worker thread, and
+four thread hops per request cost more than the checks themselves (and contend for the GIL with the engine).
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from tunelab.serve.errors import ApiError
 from tunelab.serve.state import ServerState
 
 
-def get_state(request: Request) -> ServerState:
+async def get_state(request: Request) -> ServerState:
     return request.app.state.tunelab
 
 
-def caller(request: Request, state: ServerState = Depends(get_state)) -> str | None:
+async def caller(request: Request, state: ServerState = Depends(get_state)) -> str | None:
     """The key id of the bearer token; 401 when the server has keys and this is not one of them."""
     key_id = state.keys.identify(request.headers.get("authorization"))
     if key_id is None and not state.keys.open:
@@ -27,7 +29,7 @@ def caller(request: Request, state: ServerState = Depends(get_state)) -> str | N
     return key_id
 
 
-def rate_limited(key_id: str | None = Depends(caller), state: ServerState = Depends(get_state)) -> str | None:
+async def rate_limited(key_id: str | None = Depends(caller), state: ServerState = Depends(get_state)) -> str | None:
     wait = state.limiter.take(key_id or "anonymous")
     if wait > 0:
         state.metrics.rate_limited.labels(key_id or "anonymous").inc()
@@ -41,13 +43,13 @@ def rate_limited(key_id: str | None = Depends(caller), state: ServerState = Depe
     return key_id
 
 
-def admin(key_id: str | None = Depends(rate_limited), state: ServerState = Depends(get_state)) -> str | None:
+async def admin(key_id: str | None = Depends(rate_limited), state: ServerState = Depends(get_state)) -> str | None:
     if not state.keys.open and key_id not in state.keys.admin_ids:
         raise ApiError(403, "this key may not manage the server", "permission_error")
     return key_id
 
 
-def is_admin(request: Request, state: ServerState = Depends(get_state)) -> bool:
+async def is_admin(request: Request, state: ServerState = Depends(get_state)) -> bool:
     """Whether the caller holds an admin key (an open server counts everyone); never refuses."""
     return state.keys.open or state.keys.identify(request.headers.get("authorization")) in state.keys.admin_ids
 
@@ -59,11 +61,6 @@ class RequestContext:
     endpoint: str
     start: float
 
-    @property
-    def tenant(self) -> str:
-        """Who the engine's fair scheduling shares time between: the key."""
-        return self.key_id or "anonymous"
 
-
-def context(request: Request, key_id: str | None = Depends(rate_limited)) -> RequestContext:
+async def context(request: Request, key_id: str | None = Depends(rate_limited)) -> RequestContext:
     return RequestContext(request.state.request_id, key_id, request.url.path, time.perf_counter())

@@ -123,9 +123,11 @@ class Lane:
     def step(self, model: Any, extra: dict[str, Any]) -> torch.Tensor:
         """One decode step for every row (their `last` tokens) -> next-token logits [B, V]."""
         self.mask = torch.cat([self.mask, torch.ones((len(self), 1), dtype=self.mask.dtype)], dim=1)
+        # The 4D mask [B, 1, 1, L] (True: attend) is what transformers would build from the 2D one for a single
+        # query position; given ready-made, its mask-building code (a fair part of a small model's step) is skipped.
         out = model(
             input_ids=self.last[:, None],
-            attention_mask=self.mask,
+            attention_mask=self.mask.bool()[:, None, None, :],
             position_ids=self.pos[:, None],
             use_cache=True,
             **{cache_kw(model): self.cache},

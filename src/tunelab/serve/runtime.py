@@ -24,10 +24,11 @@ from tunelab.models.load import load_model, load_tokenizer
 from tunelab.models.loader import is_run_dir, resolve
 from tunelab.serve.adapters import validate_adapter
 from tunelab.serve.app import create_app
-from tunelab.serve.config import ServeConfig
+from tunelab.serve.config import LimitsConfig, ServeConfig
 from tunelab.serve.engine import HFEngine
 from tunelab.serve.security import KeyRing, load_key_hashes
 from tunelab.serve.store import Store
+from tunelab.serve.timeouts import uvicorn_options
 
 log = logging.getLogger("tunelab.serve")
 
@@ -49,7 +50,10 @@ def build_engine(target: str | Path, cfg: ServeConfig, adapters: dict[str, str] 
     first = None if t.adapter is None else ((t.run or t.adapter).resolve().name, t.adapter)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    engine = HFEngine(model, tokenizer, cfg.base_name or "base", cfg.batch.max_batch_size, cfg.batch.wait_ms)
+    b = cfg.batch
+    engine = HFEngine(
+        model, tokenizer, cfg.base_name or "base", b.max_batch_size, b.wait_ms, b.extra_slots, b.max_prefill_tokens
+    )
     todo = ([first] if first else []) + [
         (n, _adapter_folder(p)) for n, p in {**cfg.adapters, **(adapters or {})}.items()
     ]
@@ -109,7 +113,9 @@ class ServerThread:
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int | None = None) -> None:
         self.port = port or free_port()
         self.url = f"http://{host}:{self.port}"
-        config = uvicorn.Config(app, host=host, port=self.port, log_level="warning", lifespan="on")
+        limits = app.state.tunelab.cfg.limits if hasattr(app.state, "tunelab") else LimitsConfig()
+        options = uvicorn_options(limits)
+        config = uvicorn.Config(app, host=host, port=self.port, log_level="warning", lifespan="on", **options)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -132,4 +138,4 @@ def serve(target: str, cfg: ServeConfig, adapters: dict[str, str] | None = None)
     engine = build_engine(target, cfg, adapters)
     app = build_app(engine, cfg)
     log.info("serving %s on http://%s:%d", ", ".join(engine.model_ids()), cfg.host, cfg.port)
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info")
+    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info", **uvicorn_options(cfg.limits))

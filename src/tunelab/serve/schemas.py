@@ -1,9 +1,8 @@
 """OpenAI API request bodies (what clients send) and the response, chunk and error builders.
 
 Fields OpenAI defines are accepted; a field the server does not know is refused with a 400 naming it,
-so a client never believes an option took effect when it did not. Whether a feature the request asks
-for (penalties, logprobs, JSON mode, tools) can be honoured is the engine's answer (bridge.py), not the
-schema's. Strings with lone surrogates (`"\\ud800"` in JSON) cannot be encoded as UTF-8 by anything
+so a client never believes an option took effect when it did not. The schema checks ranges; whether the
+values can be decoded is the engine's answer (bridge.py: `engine.validate`). Strings with lone surrogates (`"\\ud800"` in JSON) cannot be encoded as UTF-8 by anything
 downstream, so they are refused here with the field's path.
 """
 
@@ -154,7 +153,7 @@ class _Sampling(_Request):
     user: str | None = Field(None, description="End-user id (stored, PII-redacted, when logging is on).")
     presence_penalty: float = Field(0.0, ge=-2, le=2, description="Penalty for tokens already present.")
     frequency_penalty: float = Field(0.0, ge=-2, le=2, description="Penalty by how often a token occurred.")
-    logit_bias: dict[str, float] | None = Field(None, description="Token id -> bias (only empty is accepted).")
+    logit_bias: dict[str, float] | None = Field(None, description="Token id (as a string) -> bias, -100..100.")
 
     def stops(self) -> tuple[str, ...]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

@@ -81,9 +81,11 @@ def _function(tool: dict[str, Any]) -> dict[str, Any]:
     return f
 
 
-def tool_choice_constraint(tools: list[dict[str, Any]] | None, tool_choice: Any) -> Constraint | None:
+def tool_choice_constraint(
+    tools: list[dict[str, Any]] | None, tool_choice: Any, parallel: bool = True
+) -> Constraint | None:
     """The grammar `tool_choice` asks for: None for "auto"/"none"/absent; one call of the named function;
-    one or more calls for "required"."""
+    one or more calls for "required" (exactly one when `parallel` is False: `parallel_tool_calls: false`)."""
     if tool_choice in (None, "auto", "none"):
         return None
     funcs = [_function(t) for t in tools or []]
@@ -91,7 +93,8 @@ def tool_choice_constraint(tools: list[dict[str, Any]] | None, tool_choice: Any)
         raise TunelabError("tool_choice: requires `tools`")
     if tool_choice == "required":
         call = _call_schema(funcs)
-        return Constraint("lark", f'start: call ("\\n" call)*\ncall: {_tags()}\nbody: %json {json.dumps(call)}')
+        more = ' ("\\n" call)*' if parallel else ""
+        return Constraint("lark", f"start: call{more}\ncall: {_tags()}\nbody: %json {json.dumps(call)}")
     name = tool_choice.get("function", {}).get("name") if isinstance(tool_choice, dict) else None
     chosen = [f for f in funcs if f["name"] == name]
     if not chosen:
@@ -117,4 +120,4 @@ def _call_schema(funcs: list[dict[str, Any]]) -> dict[str, Any]:
         for f in funcs
     ]
     schema = options[0] if len(options) == 1 else {"anyOf": options}
-    return {**schema, "x-guidance": JSON_OPTIONS}  # the same bounded whitespace as JSON mode
+    return {**schema, "x-guidance": JSON_OPTIONS}  # the same JSON layout as JSON mode

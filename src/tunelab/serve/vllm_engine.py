@@ -102,8 +102,11 @@ class VllmEngine:
                 await self.engine.abort(rid)
                 break
             new = out.outputs[0].text
-            if on_delta is not None and len(new) > len(text):
-                on_delta(new[len(text) :])
+            if len(new) > len(text):
+                if on_chunk is not None:
+                    on_chunk(Chunk(0, new[len(text) :]))
+                elif on_delta is not None:
+                    on_delta(new[len(text) :])
             text, final = new, out
         done = final.outputs[0] if final is not None else None
         finish = (done.finish_reason if done else None) or "cancelled"
@@ -111,6 +114,8 @@ class VllmEngine:
         finish = "tool_calls" if calls else finish
         ids = tuple(done.token_ids) if done else ()
         choice = Choice(0, content, finish, ids, None, tuple(calls))
+        if on_chunk is not None:  # the whole text went out as it came (no holdback of tool-call markup here)
+            on_chunk(Chunk(0, "", (), finish, tuple(calls)))
         return GenResult(content, finish, len(prompt_ids), len(ids), (choice,))
 
     async def load_adapter(self, name: str, path: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from tunelab.data.tokenize import chat_template_for
 from tunelab.errors import TunelabError
 from tunelab.eval.card import write_run_card
 from tunelab.eval.lifecycle import after_training, before_training
-from tunelab.methods import METHODS, build_method
+from tunelab.methods import METHODS, build_method, implicit_reward
 from tunelab.methods.teacher_data import prepare_teacher
 from tunelab.models.heads import load_head_model, write_head_info
 from tunelab.models.load import load_tokenizer
@@ -35,7 +36,8 @@ from tunelab.models.tuning import (
     describe_trainable,
     load_for_tuning,
 )
-from tunelab.quality.card import preflight
+from tunelab.planner import DataCounts, estimate
+from tunelab.quality.card import CHECK_REPORT, leaked_eval_records, preflight, skip_records
 from tunelab.scoring.rewards import check_sources
 from tunelab.train import rundir
 from tunelab.train.loop import Hooks, Job, Trainer
@@ -57,10 +59,12 @@ def train_one(cfg: RunConfig, resume: bool = False, hooks: Hooks | None = None,
     cfg = resolve_formats(cfg, spec.data)  # labelled/tagged data: format auto is saved as what was read
     tokenizer = load_tokenizer(cfg.model)
     asked = cfg  # saved as config.yaml; distill from completions trains on the teacher's replies instead
+    cfg = _check_data(cfg, tokenizer, run_dir, acc, resume)  # before any model loads: a failed check costs seconds
     cfg = prepare_teacher(cfg, tokenizer, run_dir, acc)
     with acc.main_process_first():
         prepared = prepare_data(cfg, tokenizer, spec.data)
     _attach_chat_template(tokenizer, cfg, [s.format for s in prepared.stats])
+    acc.print(_plan_line(cfg, prepared))
     labels = getattr(prepared, "labels", [])
     model = _load_model(cfg, tokenizer, labels, acc.print)
     if acc.is_main_process and not resume:
@@ -85,16 +89,34 @@ def train_one(cfg: RunConfig, resume: bool = False, hooks: Hooks | None = None,
         trainer.run()
         if cfg.train.load_best_at_end:
             trainer.load_best()
+        acc.print(f"saving the final model to {run_dir / 'final'} ...")
+        started = time.perf_counter()
         trainer.save_final()
+        acc.print(f"saved the final model ({time.perf_counter() - started:.1f} s); evaluating it")
         if acc.is_main_process:
             if spec.head:
                 write_head_info(run_dir / "final", cfg.method.name, spec.head, labels)
             try:
-                after_training(cfg, acc.unwrap_model(trainer.module).model, tokenizer, run_dir, acc.print, spec.head)
+                after_training(cfg, acc.unwrap_model(trainer.module).model, tokenizer, run_dir, acc.print, spec.head,
+                               implicit_reward(cfg))  # fmt: skip
             finally:  # after the closing evaluation, whose comparison it shows (and even when that fails the run)
                 write_run_card(run_dir)
     acc.wait_for_everyone()
     return run_dir
+
+
+def _plan_line(cfg: RunConfig, prepared: Any) -> str:
+    """The planner's one-line summary (no calibration: table throughput; memory from this process's RSS now)."""
+    m = METHODS[cfg.method.name]
+    if m.data != "sft" or not prepared.train or not hasattr(prepared.train[0], "input_ids"):
+        return "plan: not estimated for this method's data (`tunelab plan` covers sft-style data)"
+    train = [len(x.input_ids) for x in prepared.train]
+    labelled = sum(x.n_trainable for x in prepared.train)
+    counts = DataCounts.from_lengths(train, [len(x.input_ids) for x in prepared.eval], labelled)
+    try:
+        return estimate(cfg, counts).summary()
+    except Exception as e:  # the plan informs; it never stops a run (e.g. an architecture it cannot build on meta)
+        return f"plan: not estimated ({type(e).__name__}: {str(e)[:200]})"
 
 
 def _start(cfg: RunConfig, config_path: str | Path | None, resume: bool) -> tuple[Any, Path, int]:
@@ -148,14 +170,33 @@ def _maybe_pack(cfg: RunConfig, method: Any, items: list[Any]) -> list[Any]:
     return pack(shuffled, cfg.data.max_length)
 
 
+def _check_data(cfg: RunConfig, tokenizer: Any, run_dir: Path, acc: Any, resume: bool) -> RunConfig:
+    """The data pre-flight check (data.check), on the main process, before any model loads; errors stop the run.
+    With data.check.leakage: drop, every process goes on with the leaked eval records left out (read back from
+    the saved report, which a resumed run reuses)."""
+    if cfg.data.check is None:
+        return cfg
+    saved = run_dir / CHECK_REPORT
+    with acc.main_process_first():
+        if acc.is_main_process and not (resume and saved.is_file()):
+            report = preflight(cfg.data.train, [*cfg.data.eval, *cfg.eval.data], options=cfg.data.check,
+                               tokenizer=tokenizer, run_dir=run_dir, max_record_bytes=cfg.data.max_record_bytes)  # fmt: skip
+            acc.print(
+                f"data check: {len(report.by_severity('warning'))} warning(s); card in {run_dir / 'data_card.md'}"
+            )
+    if cfg.data.check.leakage != "drop":
+        return cfg
+    left_out = leaked_eval_records(saved)
+    if left_out:
+        n = sum(len(v) for v in left_out.values())
+        acc.print(f"data check: {n} leaked eval record(s) left out (data.check.leakage: drop; listed in data_card.md)")
+    return skip_records(cfg, left_out)
+
+
 def _before_training(cfg: RunConfig, model: Any, tokenizer: Any, run_dir: Path, log: Any) -> None:
-    """Data pre-flight check, then the base model's evaluation (before any adapter exists)."""
+    """The base model's evaluation (before any adapter exists)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.data.check is not None:
-        report = preflight(cfg.data.train, [*cfg.data.eval, *cfg.eval.data], options=cfg.data.check,
-                           tokenizer=tokenizer, run_dir=run_dir, max_record_bytes=cfg.data.max_record_bytes)  # fmt: skip
-        log(f"data check: {len(report.by_severity('warning'))} warning(s); card in {run_dir / 'data_card.md'}")
-    before_training(cfg, model, tokenizer, run_dir, log, METHODS[cfg.method.name].head)
+    before_training(cfg, model, tokenizer, run_dir, log, METHODS[cfg.method.name].head, implicit_reward(cfg))
 
 
 def _load_dtype(cfg: RunConfig) -> torch.dtype | None:

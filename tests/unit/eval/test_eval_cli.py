@@ -36,7 +36,7 @@ def test_eval_compare_report(tmp_path) -> None:
     res = runner.invoke(app, ["eval", "tiny", "--data", str(data), "-s", METRICS, "-s", "eval.max_new_tokens=6",
                               "--out", str(tmp_path / "tiny.json")])  # fmt: skip
     assert res.exit_code == 0, res.output
-    assert "exact_match: exact_match=0" in res.output and "loss: loss=" in res.output
+    assert "exact_match: exact_match=0" in res.output and "loss: loss (token-weighted)=" in res.output
     saved = EvalResult.load(tmp_path / "tiny.json")
     assert len(saved.examples) == 6 and saved.decoding["max_new_tokens"] == 6
 
@@ -72,6 +72,6 @@ def test_compare_saved_results_and_missing_data(tmp_path) -> None:
         app, ["compare", str(tmp_path / "s0.json"), str(tmp_path / "s1.json"), "--out", str(tmp_path / "c")]
     )
     assert res.exit_code == 0, res.output
-    assert "loss:" in res.output and "forgetting" not in res.output  # saved results carry no model to probe
+    assert "loss (mean over examples):" in res.output and "forgetting" not in res.output  # saved: no model to probe
     res = runner.invoke(app, ["eval", "tiny"])
     assert res.exit_code != 0 and "no eval data" in str(res.exception)

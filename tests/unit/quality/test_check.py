@@ -22,9 +22,10 @@ def _lines(problems) -> list:
 
 def test_planted_problems_are_found_at_their_lines(planted: Planted) -> None:
     report = check([str(planted.train)], test=[str(planted.test)])
-    assert sorted(p.lines()[0] for p in report.find("schema")) == [5, 6]
-    assert "invalid JSON" in report.find("schema")[0].message
-    assert 'field "output"' in report.find("schema")[1].message
+    [schema] = report.find("schema")  # every bad record of a file is one problem, each with its own error
+    assert schema.lines() == [5, 6] and schema.message.startswith(f"2 of 15 records of {planted.train} are invalid")
+    assert "invalid JSON" in schema.locations[0]["error"]
+    assert 'field "output"' in schema.locations[1]["error"]
     [dup] = report.find("duplicate")
     assert dup.lines() == [1, 2] and dup.severity == "warning"
     [near] = report.find("near_duplicate")

@@ -70,12 +70,13 @@ def test_look_alikes_are_not_pii(text: str) -> None:
 
 def test_redact_replaces_every_kind_with_its_placeholder() -> None:
     text = (
-        "Jane (jane@example.com, +1 415-555-0132) paid with 4111-1111-1111-1111 from "
-        "DE89 3704 0044 0532 0130 00 at 10.0.0.7 using AKIAIOSFODNN7EXAMPLE."
+        "Ms. Jane Roe (jane@example.com, +1 415-555-0132) paid with 4111-1111-1111-1111 from "
+        "DE89 3704 0044 0532 0130 00 at 10.0.0.7 using AKIAIOSFODNN7EXAMPLE; she lives at 12 Elm Street."
     )
     redacted, findings = redact_pii(text)
-    assert redacted == "Jane ([EMAIL], [PHONE]) paid with [CARD] from [IBAN] at [IP] using [SECRET]."
-    assert [f.kind for f in findings] == ["email", "phone", "card", "iban", "ip", "secret"]
+    assert redacted == ("Ms. [NAME] ([EMAIL], [PHONE]) paid with [CARD] from [IBAN] at [IP] using [SECRET]; she "
+                        "lives at [ADDRESS].")  # fmt: skip
+    assert [f.kind for f in findings] == ["name", "email", "phone", "card", "iban", "ip", "secret", "address"]
     assert sorted(f.kind for f in findings) == sorted(PII_KINDS)
 
 

@@ -1,9 +1,8 @@
-"""The OpenAI surface with the real `openai` client: n, echo, list prompts, developer role, penalties, models,
-the error shape of every refusal, the default max_tokens, and the features the engine may not have yet."""
+"""The OpenAI surface with the real `openai` client: n, echo, list prompts, developer role, models, the error
+shape of every refusal, the default max_tokens. Decoding features (logprobs, JSON, tools): test_openai_features.py."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -12,8 +11,6 @@ import openai
 import pytest
 from servers import serving
 
-from tunelab.serve.decode import SamplingParams
-
 CHAT = [{"role": "user", "content": "Say something."}]
 
 
@@ -21,10 +18,6 @@ CHAT = [{"role": "user", "content": "Say something."}]
 def api(runs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
     with serving(runs["lora"], tmp_path_factory.mktemp("api")) as s:
         yield s
-
-
-def engine_has(field: str) -> bool:
-    return field in {f.name for f in dataclasses.fields(SamplingParams)}
 
 
 def sse(r: httpx.Response) -> list[dict]:
@@ -55,18 +48,6 @@ def test_n_streamed_equals_n_whole(api) -> None:
                 finishes[c.index] = c.finish_reason
     assert texts == {c.index: c.message.content for c in whole.choices}
     assert finishes == {c.index: c.finish_reason for c in whole.choices}
-
-
-def test_zero_penalties_are_accepted_and_others_need_the_engine(api) -> None:
-    r = api.client.chat.completions.create(
-        model="base", messages=CHAT, max_tokens=4, presence_penalty=0, frequency_penalty=0.0, temperature=0
-    )
-    assert r.choices[0].finish_reason in ("length", "stop")
-    if engine_has("presence_penalty"):
-        api.client.chat.completions.create(model="base", messages=CHAT, max_tokens=4, presence_penalty=1.0)
-    else:
-        with pytest.raises(openai.BadRequestError, match="presence_penalty: not supported by this server's engine"):
-            api.client.chat.completions.create(model="base", messages=CHAT, max_tokens=4, presence_penalty=1.0)
 
 
 def test_developer_role_is_the_system_role(api) -> None:
@@ -121,7 +102,10 @@ def test_request_without_max_tokens_uses_the_configured_limit(api) -> None:
         ("POST", "/v1/chat/completions", {"model": "base", "messages": CHAT, "temperature": 5}, 400, "temperature"),
         ("POST", "/v1/chat/completions", {"model": "zzz", "messages": CHAT}, 404, "model 'zzz' not found"),
         ("POST", "/v1/chat/completions", {"model": "base", "messages": CHAT, "seed": 2**64}, 400, "seed"),
-        ("POST", "/v1/completions", {"model": "base", "prompt": "a", "logit_bias": {"5": 1}}, 400, "logit_bias"),
+        ("POST", "/v1/completions", {"model": "base", "prompt": "a", "logit_bias": {"x": 1}}, 400, "logit_bias"),
+        ("POST", "/v1/completions", {"model": "base", "prompt": "a", "logit_bias": {"99999": 1}}, 400, "logit_bias"),
+        ("POST", "/v1/chat/completions", {"model": "base", "messages": CHAT, "temperature": 1e-45}, 400, "temperature"),
+        ("POST", "/v1/completions", {"model": "base", "prompt": "a", "suffix": "b"}, 400, "suffix"),
         ("POST", "/v1/chat/completions", {"model": "base", "messages": CHAT, "tool_choice": "auto"}, 400, "tools"),
         ("GET", "/v1/nothing-here", None, 404, "/v1/nothing-here"),
         ("GET", "/v1/chat/completions", None, 405, "GET /v1/chat/completions"),
@@ -146,69 +130,6 @@ def test_lone_surrogates_are_400_naming_the_field(api) -> None:
         api.url + "/v1/chat/completions", content=raw, headers={**api.auth, "content-type": "application/json"}
     )
     assert r.status_code == 400 and "messages.0.content: text with a lone surrogate" in r.json()["error"]["message"]
-
-
-def test_unsamplable_values_are_400_when_the_engine_validates(api) -> None:
-    if not hasattr(api.state.engine, "validate"):
-        pytest.skip("the engine has no validate() yet (engine work); the server calls it once it exists")
-    with pytest.raises(openai.BadRequestError):
-        api.client.chat.completions.create(model="base", messages=CHAT, max_tokens=2, temperature=1e-45)
-
-
-def test_logprobs(api) -> None:
-    kw = dict(model="base", messages=CHAT, max_tokens=4, logprobs=True, top_logprobs=2)
-    if not engine_has("logprobs"):
-        with pytest.raises(openai.BadRequestError, match="logprobs: not supported by this server's engine yet"):
-            api.client.chat.completions.create(**kw)
-        return
-    r = api.client.chat.completions.create(**kw)
-    content = r.choices[0].logprobs.content
-    assert len(content) == r.usage.completion_tokens and all(len(t.top_logprobs) == 2 for t in content)
-
-
-@pytest.mark.parametrize(
-    "fmt",
-    [
-        {"type": "json_object"},
-        {
-            "type": "json_schema",
-            "json_schema": {
-                "name": "x",
-                "schema": {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]},
-            },
-        },
-    ],
-)
-def test_json_mode(api, fmt) -> None:
-    kw = dict(model="base", messages=CHAT, max_tokens=48, response_format=fmt, temperature=0)
-    if not engine_has("response_format"):
-        with pytest.raises(openai.BadRequestError, match="response_format: not supported by this server's engine yet"):
-            api.client.chat.completions.create(**kw)
-        return
-    r = api.client.chat.completions.create(**kw)
-    assert r.choices[0].finish_reason == "stop", "constrained decoding closes the JSON within max_tokens"
-    value = json.loads(r.choices[0].message.content)
-    assert isinstance(value, dict) and (fmt["type"] == "json_object" or isinstance(value["a"], int))
-
-
-def test_tools(api) -> None:
-    tools = [
-        {
-            "type": "function",
-            "function": {"name": "add", "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}}},
-        }
-    ]
-    kw = dict(model="base", messages=CHAT, max_tokens=48, tools=tools, tool_choice="required", temperature=0)
-    none = api.client.chat.completions.create(**{**kw, "tool_choice": "none", "max_tokens": 4})
-    assert none.choices[0].message.tool_calls is None  # "none": answered in text, tools unused
-    if not engine_has("tools"):
-        with pytest.raises(openai.BadRequestError, match="tools: not supported by this server's engine yet"):
-            api.client.chat.completions.create(**kw)
-        return
-    r = api.client.chat.completions.create(**kw)
-    call = r.choices[0].message.tool_calls[0]
-    assert r.choices[0].finish_reason == "tool_calls" and call.function.name == "add"
-    assert isinstance(json.loads(call.function.arguments), dict)
 
 
 def test_user_stop_and_tool_messages_are_accepted(api) -> None:

@@ -162,7 +162,8 @@ def test_logprobs_match_a_direct_forward(engine) -> None:
         assert entry.token_id == int(lp[pos].argmax())  # greedy took the most likely token
         assert abs(entry.logprob - float(lp[pos, entry.token_id])) < 1e-4
         assert [t.token_id for t in entry.top] == lp[pos].topk(3).indices.tolist()
-    assert r.prompt_logprobs is not None and r.prompt_logprobs[0] is None
+    assert r.prompt_logprobs is not None and r.prompt_logprobs[0].logprob is None
+    assert r.prompt_logprobs[0].token_id == prompt[0]
     for pos, entry in enumerate(r.prompt_logprobs[1:]):
         assert entry.token_id == prompt[pos + 1] and abs(entry.logprob - float(lp[pos, prompt[pos + 1]])) < 1e-4
 
@@ -203,7 +204,7 @@ def test_json_schema_output_parses_and_validates(engine) -> None:
 def test_forced_tool_call_is_parsed_into_tool_calls(engine) -> None:
     tools = [
         {"type": "function", "function": {"name": "get_weather", "parameters": {
-            "type": "object", "properties": {"city": {"type": "string", "maxLength": 10}}, "required": ["city"]}}},
+            "type": "object", "properties": {"city": {"type": "string", "maxLength": 10}}, "required": ["city"], "additionalProperties": False}}},
         {"type": "function", "function": {"name": "noop"}},
     ]  # fmt: skip
     choice = {"type": "function", "function": {"name": "get_weather"}}
