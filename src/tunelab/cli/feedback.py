@@ -50,11 +50,16 @@ def _filt(rating: int | None, model: str | None, adapter: str | None, since: dat
     return QueueFilter(rating, with_feedback, model, adapter, since, until, flag, **more)
 
 
-def _queue(store: str | None) -> ReviewQueue:
+def existing_store(store: str | None) -> str:
+    """The store's URL; a SQLite file must exist (reading must not create an empty database)."""
     url = store_url(store)
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         raise TunelabError(f"--store {url}: no such database (the server writes it with store.enabled: true)")
-    return ReviewQueue(Store(url))
+    return url
+
+
+def _queue(store: str | None) -> ReviewQueue:
+    return ReviewQueue(Store(existing_store(store)))
 
 
 # --------------------------------------------------------------------------- feedback stats | list | review | export
@@ -143,7 +148,7 @@ def export_cmd(
     options = ExportOptions(_filt(None, model, adapter, since, until, None, None),
                             against, tuple(k.strip() for k in kinds.split(",") if k.strip()),
                             not reviewed_only, near, overwrite)  # fmt: skip
-    m = export(store_url(store), out, options)
+    m = export(existing_store(store), out, options)
     for kind, f in m["files"].items():
         dropped = ", ".join(f"{k} {v}" for k, v in m["dropped"][kind].items() if v) or "none"
         typer.echo(f"{kind}: {f['rows']} rows -> {out / f['path']} (dropped: {dropped})")
