@@ -43,7 +43,11 @@ def make_runs(root: Path, v0_steps: int, v1_steps: int, eval_n: int) -> Runs:
     config = write_project(root, "tiny-1m", 1.0, preset=True)
     for split in ("train", "eval", "test"):
         path = root / "data" / f"{split}.jsonl"
-        rows = [r for r in path.read_text().splitlines() if json.loads(json.loads(r)["messages"][2]["content"])["item"] != NEW_ITEM]
+        rows = [
+            r
+            for r in path.read_text().splitlines()
+            if json.loads(json.loads(r)["messages"][2]["content"])["item"] != NEW_ITEM
+        ]
         path.write_text("\n".join(rows) + "\n")
     common = [f"output.dir={root / 'runs'}", "train.log_every=1000", "eval.baseline=false",
               f"eval.data=[{{path: {root / 'data' / 'test.jsonl'}, max_samples: {eval_n}}}]"]  # fmt: skip
@@ -63,7 +67,9 @@ def messages(n: int, seed: int, new_share: float = 0.5) -> list[dict[str, Any]]:
         row = make_example(rng, str(rng.randint(100000, 999999)), f"{rng.choice(first)} {rng.choice(last)}")
         answer = json.loads(row["messages"][2]["content"])
         new = sum(m["answer"]["item"] == NEW_ITEM for m in out)
-        if (answer["item"] == NEW_ITEM and new < want_new) or (answer["item"] != NEW_ITEM and len(out) - new < n - want_new):
+        if (answer["item"] == NEW_ITEM and new < want_new) or (
+            answer["item"] != NEW_ITEM and len(out) - new < n - want_new
+        ):
             out.append({"messages": row["messages"][:2], "answer": answer})
     return out
 

@@ -267,4 +267,3 @@ def drift_cmd(
     typer.echo(json.dumps(report.to_dict(), indent=1) if as_json else text)
     if report.drift:
         raise typer.Exit(1)
-

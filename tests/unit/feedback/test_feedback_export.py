@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
 
+from conftest import run_cli
 from tunelab.config import RunConfig, dump_config
 from tunelab.errors import TunelabError
 from tunelab.feedback.export import ExportOptions, export
@@ -73,8 +73,15 @@ def run(tmp_path: Path) -> Path:
     for name, text in (("train", TRAIN_PROMPT), ("eval", EVAL_PROMPT)):
         row = {"messages": [*chat(text), {"role": "assistant", "content": '{"intent": "x"}'}]}
         (tmp_path / f"{name}.jsonl").write_text(json.dumps(row) + "\n")
-    cfg = RunConfig.model_validate({"model": {"name_or_path": "tiny"}, "data": {
-        "train": [{"path": str(tmp_path / "train.jsonl")}], "eval": [{"path": str(tmp_path / "eval.jsonl")}]}})
+    cfg = RunConfig.model_validate(
+        {
+            "model": {"name_or_path": "tiny"},
+            "data": {
+                "train": [{"path": str(tmp_path / "train.jsonl")}],
+                "eval": [{"path": str(tmp_path / "eval.jsonl")}],
+            },
+        }
+    )
     (run / "config.yaml").write_text(dump_config(cfg))
     return run
 
@@ -93,11 +100,16 @@ def test_rows_counts_and_provenance(store_url: str, run: Path, tmp_path: Path) -
     assert m["items"] == 11 and m["not_exported"] == {"not_reviewed": 1, "skipped": 1, "unsupported_prompt": 1}
     sft = rows(out / "sft.jsonl")
     assert [(r["provenance"]["request_id"], r["completion"]) for r in sft] == [
-        ("r-edit", '{"intent": "refund"}'), ("r-ok", '{"intent": "cancel"}'), ("r-pii", '{"intent": "order_status"}')]
+        ("r-edit", '{"intent": "refund"}'),
+        ("r-ok", '{"intent": "cancel"}'),
+        ("r-pii", '{"intent": "order_status"}'),
+    ]
     assert m["dropped"]["sft"] == {"duplicate": 1, "in_training": 1, "leak_exact": 1, "leak_near": 0}
     assert "jane.doe@example.com" not in (out / "sft.jsonl").read_text() and m["redacted"] == {"email": 1}
     edit = sft[0]["provenance"]
-    assert edit["source"] == "review" and edit["decision"] == "edit" and edit["reviewer"] == "ana" and edit["decided_at"]
+    assert (
+        edit["source"] == "review" and edit["decision"] == "edit" and edit["reviewer"] == "ana" and edit["decided_at"]
+    )
 
     pairs = rows(out / "preference.jsonl")
     assert [(r["chosen"], r["rejected"]) for r in pairs] == [
@@ -132,7 +144,9 @@ def test_nothing_to_export_says_why(tmp_path: Path) -> None:
     store = Store(url)
     log(store, "r1", chat("Hi"), "{}")
     store.close()
-    with pytest.raises(TunelabError, match=r"nothing to export: 1 item\(s\) matched, none gave a row \(not_reviewed 1\)"):
+    with pytest.raises(
+        TunelabError, match=r"nothing to export: 1 item\(s\) matched, none gave a row \(not_reviewed 1\)"
+    ):
         export(url, tmp_path / "fb")
 
 
@@ -144,4 +158,6 @@ def test_cli_export(store_url: str, run: Path, tmp_path: Path) -> None:
     stats = run_cli("feedback", "stats", "--store", db, check=False)
     assert "11 requests, 11 answered" in stats.stdout, stats.stdout + stats.stderr
     missing = run_cli("feedback", "export", str(tmp_path / "x"), "--store", str(tmp_path / "nope.db"), check=False)
-    assert missing.returncode == 2 and "nope.db: no such database" in missing.stderr and "Traceback" not in missing.stderr
+    assert (
+        missing.returncode == 2 and "nope.db: no such database" in missing.stderr and "Traceback" not in missing.stderr
+    )
