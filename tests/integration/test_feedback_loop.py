@@ -19,9 +19,12 @@ from tunelab.errors import TunelabError
 from tunelab.eval.stats import paired_bootstrap
 from tunelab.feedback.deploy import deploy, rollback
 from tunelab.feedback.export import ExportOptions, export
+from tunelab.feedback.lineage import lineage, render
 from tunelab.feedback.retrain import RetrainOptions, retrain
 
 pytestmark = pytest.mark.slow
+TRAFFIC = int(os.environ.get("TUNELAB_LOOP_TRAFFIC", 160))  # messages users send, half about the new product
+EPOCHS = float(os.environ.get("TUNELAB_LOOP_EPOCHS", 4))
 
 
 def score(srv, msgs) -> tuple[list[str], list[float]]:
@@ -34,7 +37,7 @@ def test_feedback_to_deployed_improvement_and_back(tmp_path: Path) -> None:
     runs = make_runs(tmp_path, v0_steps=150, v1_steps=30, eval_n=30)
     with serving(runs.v0, tmp_path) as srv:
         deploy(runs.v1, srv.url, "support", srv.store, srv.admin_key, promoted_by="ops", skip_gates=True)
-        traffic, held_out = messages(60, seed=11), messages(40, seed=12)
+        traffic, held_out = messages(TRAFFIC, seed=11), messages(40, seed=12)
         before, right_before = score(srv, held_out)
 
         corrected = 0
@@ -59,23 +62,33 @@ def test_feedback_to_deployed_improvement_and_back(tmp_path: Path) -> None:
         assert manifest["files"]["sft"]["rows"] == len(traffic) - sum(manifest["dropped"]["sft"].values())
         assert manifest["files"]["preference"]["rows"] <= corrected
 
-        result = retrain(runs.v1, tmp_path / "fb", RetrainOptions(holdout=0.3, epochs=3, name="v2"))
+        result = retrain(runs.v1, tmp_path / "fb", RetrainOptions(holdout=0.3, epochs=EPOCHS, name="v2"))
         gates = json.loads((result.run / "gates.json").read_text())
         assert gates["passed"] == all(c["passed"] for c in gates["checks"]) == result.gates.passed
         assert [c["name"] for c in gates["checks"]][0] == "feedback_gain"
         record = json.loads((result.run / "retrain.json").read_text())
         assert record["method"] == "sft" and record["continues"] == str((runs.v1 / "final").resolve())
 
-        if result.gates.passed:
-            deploy(result.run, srv.url, "support", srv.store, srv.admin_key, promoted_by="ana")
-        else:
-            with pytest.raises(TunelabError, match="its gates failed"):
-                deploy(result.run, srv.url, "support", srv.store, srv.admin_key)
-            deploy(result.run, srv.url, "support", srv.store, srv.admin_key, skip_gates=True)
+        if not result.gates.passed:  # a stopped run is never deployed (--skip-gates covers runs without gates only)
+            for skip in (False, True):
+                with pytest.raises(TunelabError, match="its gates failed"):
+                    deploy(result.run, srv.url, "support", srv.store, srv.admin_key, skip_gates=skip)
+            assert score(srv, held_out)[0] == before
+            pytest.fail(f"the retrained run's gates failed: {[c['detail'] for c in gates['checks']]}")
+        deploy(result.run, srv.url, "support", srv.store, srv.admin_key, promoted_by="ana")
         after, right_after = score(srv, held_out)
         assert after != before  # v2 serves now
         rollback("support", srv.url, srv.store, srv.admin_key, promoted_by="ana")
         assert score(srv, held_out)[0] == before  # v1's answers, exactly
+        chain = lineage(str(result.run), srv.store)
+        by_name = lineage("support", srv.store)
+
+    assert chain["parent"]["run"] == str(runs.v1.resolve()) and chain["parent"]["parent"]["run"] == str(runs.v0)
+    assert chain["feedback"]["unchanged"] is True and chain["eval"]["gates"]["passed"] is True
+    assert [d["action"] for d in chain["deployments"]] == ["deploy"] and chain["deployments"][0]["until"]
+    assert by_name["serving"] == str(runs.v1.resolve()) and by_name["run"]["run"] == str(runs.v1.resolve())
+    assert [d["action"] for d in by_name["deployments"]] == ["deploy", "deploy", "rollback"]
+    assert "feedback " in render(chain) and "unchanged) from run" in render(chain)
 
     ci = paired_bootstrap(right_before, right_after, seed=0)
     note = {"gates_passed": result.gates.passed, "gates": [c["detail"] for c in gates["checks"]],

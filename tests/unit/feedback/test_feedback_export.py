@@ -161,3 +161,29 @@ def test_cli_export(store_url: str, run: Path, tmp_path: Path) -> None:
     assert (
         missing.returncode == 2 and "nope.db: no such database" in missing.stderr and "Traceback" not in missing.stderr
     )
+
+
+def test_terminal_review(store_url: str) -> None:
+    """`tunelab feedback review` in-process, one line per decision from stdin, stored as the API stores them."""
+    from typer.testing import CliRunner
+
+    from tunelab.cli import app
+
+    keys = 'c\na looks right\ne\n{"intent": "greeting"}\n.\nr\n'  # r-rated has no correction: c is refused
+    db = store_url.removeprefix("sqlite:///")
+    r = CliRunner().invoke(app, ["feedback", "review", "--store", db, "--reviewer", "cy"], input=keys)
+    assert r.exit_code == 0, r.output
+    assert "3 item(s) to review as cy" in r.output and "no corrected answer from the user" in r.output
+    assert "reviewed: approve 1, edit 1, reject 1; 0 left in the queue" in r.output
+    store = Store(store_url)
+    try:
+        q = ReviewQueue(store)
+        got = {rid: q.item(rid)["review"] for rid in ("r-rated", "r-none", "r-skip")}
+    finally:
+        store.close()
+    assert [(v["decision"], v["reviewer"]) for v in got.values()] == [
+        ("approve", "cy"),
+        ("edit", "cy"),
+        ("reject", "cy"),
+    ]
+    assert got["r-rated"]["note"] == "looks right" and got["r-none"]["answer"] == '{"intent": "greeting"}'
