@@ -70,6 +70,9 @@ def retrain(run: str | Path, feedback: str | Path, options: RetrainOptions | Non
     if not is_run_dir(run):
         raise TunelabError(f"{run}: not a run directory (expected config.yaml and final/)")
     old = api.load_config(run / "config.yaml")
+    if not (old.eval.data or old.data.eval):
+        raise TunelabError(f"{run}: no eval set files (data.eval or eval.data); the gates check the retrained run "
+                           "for regressions on them, and a data.eval_ratio split is not kept as a file")  # fmt: skip
     manifest = read_manifest(feedback)
     kind = pick_kind(manifest, options.kind)
     name = options.name or next_name(run, Path(options.out) if options.out else run.parent)
