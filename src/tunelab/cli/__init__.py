@@ -25,7 +25,12 @@ def _before_any_command() -> None:
     quiet_libraries()
 
 
-for verbs in (project.app, train.app, evaluate.app, feedback.app):  # top-level verbs: validate, train, eval, compare, ...
+for verbs in (
+    project.app,
+    train.app,
+    evaluate.app,
+    feedback.app,
+):  # top-level verbs: validate, train, eval, compare, ...
     app.registered_commands += verbs.registered_commands
 app.add_typer(data.data_app, name="data", help="Inspect, check, clean, split and augment data.")
 app.add_typer(feedback.feedback_app, name="feedback", help="Review production feedback and export it as data.")

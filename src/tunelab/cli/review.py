@@ -47,7 +47,9 @@ def review_loop(queue: ReviewQueue, filt: QueueFilter, reviewer: str) -> dict[st
 def show(item: dict[str, Any], n: int, total: int) -> None:
     flags = ", ".join(item["guard_flags"]) or "none"
     where = item["model"] + (f" (adapter {item['adapter']})" if item["adapter"] else "")
-    typer.secho(f"\n--- {n}/{total}  {item['request_id']}  {item['created_at'][:19]}  {where}  flags: {flags}", bold=True)
+    typer.secho(
+        f"\n--- {n}/{total}  {item['request_id']}  {item['created_at'][:19]}  {where}  flags: {flags}", bold=True
+    )
     typer.echo("prompt:")
     prompt = item["prompt"]
     for m in prompt if isinstance(prompt, list) else [{"role": "prompt", "content": prompt}]:

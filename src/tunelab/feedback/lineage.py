@@ -85,12 +85,24 @@ def _eval(run: Path) -> dict[str, Any]:
     gates = _json(run / GATES, None)
     return {
         "final": {k: m["scores"] for k, m in final["metrics"].items()} if final else None,
-        "vs_base": [f"{r['label'] if 'label' in r else r['key']}: {r['value_a']:.4g} -> {r['value_b']:.4g} "
-                    f"({r['verdict']})" for r in cmp["rows"]] if cmp else [],  # fmt: skip
-        "forgetting": None if fg is None else ("not applicable" if not fg.get("applicable", True)
-                                                else "REGRESSION" if fg["regressed"] else "ok"),  # fmt: skip
-        "gates": None if gates is None else {"passed": gates["passed"], "against": gates["against"],
-                                              "checks": {c["name"]: c["passed"] for c in gates["checks"]}},  # fmt: skip
+        "vs_base": [
+            f"{r['label'] if 'label' in r else r['key']}: {r['value_a']:.4g} -> {r['value_b']:.4g} ({r['verdict']})"
+            for r in cmp["rows"]
+        ]
+        if cmp
+        else [],  # fmt: skip
+        "forgetting": None
+        if fg is None
+        else (
+            "not applicable" if not fg.get("applicable", True) else "REGRESSION" if fg["regressed"] else "ok"
+        ),  # fmt: skip
+        "gates": None
+        if gates is None
+        else {
+            "passed": gates["passed"],
+            "against": gates["against"],
+            "checks": {c["name"]: c["passed"] for c in gates["checks"]},
+        },  # fmt: skip
     }
 
 
@@ -169,7 +181,9 @@ def render(chain: dict[str, Any]) -> str:
             lines.append(f"{pad}  gates vs {g['against']}: {'passed' if g['passed'] else 'FAILED'} {g['checks']}")
         for e in chain["exports"]:
             files = ", ".join(f"{n} {h[:16]}" for n, h in e["files"].items())
-            lines.append(f"{pad}  export {e['folder']} ({e['format']}) {files}; parity: {e['parity'] or 'not verified'}")
+            lines.append(
+                f"{pad}  export {e['folder']} ({e['format']}) {files}; parity: {e['parity'] or 'not verified'}"
+            )
         lines += [f"{pad}  {_dep(d)}" for d in chain["deployments"]]
         chain, depth = chain.get("parent") or {}, depth + 1
     return "\n".join(lines)
