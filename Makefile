@@ -11,7 +11,8 @@ LOCK ?= requirements.lock
 PIP_VERSION ?= $(shell grep -m1 "^pip==" $(LOCK) 2>/dev/null || echo pip)
 
 
-.PHONY: setup system-deps lock test test-all lint docs bench bench-quick bench-deps quickstart
+.PHONY: setup system-deps lock test test-all lint docs bench bench-quick bench-deps quickstart deepspeed-deps \
+	gpu-wheels gpu-check
 
 setup: system-deps
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -47,8 +48,26 @@ lock:
 test:
 	$(BIN)/python -m pytest -q
 
-test-all:
+test-all: deepspeed-deps
 	$(BIN)/python -m pytest -q -m "not gpu"
+
+# DeepSpeed for its tests on CPU processes (tests/unit/train/test_deepspeed_cpu.py, part of test-all), kept out of
+# .venv in .deps/deepspeed: transformers' save_pretrained imports deepspeed whenever it is installed (~2 s and a log
+# line per save, in every other test). deepspeed publishes no wheel; pip builds it from source without its ops, and
+# its CPU communication op is compiled on first use (minutes, once: into .deps/torch_extensions by the tests).
+DEEPSPEED_PKGS ?= deepspeed==0.19.8 hjson==3.1.0 msgpack==1.2.4 ninja==1.13.2 py-cpuinfo==9.0.0 einops==0.8.2
+deepspeed-deps:
+	@test -d .deps/deepspeed/deepspeed || $(BIN)/python -m pip install -q --no-deps --target .deps/deepspeed \
+		$(DEEPSPEED_PKGS) || echo "warning: DeepSpeed could not be installed into .deps/deepspeed; its tests skip"
+
+# The check for a lent GPU machine (docs/training.md, "Checking on a GPU"): `make gpu-wheels` here (PyPI reachable)
+# puts the wheels it needs into .whl/, which travels with the working tree; `make gpu-check` there runs it with the
+# machine's own python3 (no .venv there) and writes the table to $OUT or bench/results/.
+GPU_PY ?= python3
+gpu-wheels:
+	bash scripts/gpu_wheels.sh
+gpu-check:
+	$(GPU_PY) scripts/gpu_check.py $(GPU_CHECK_ARGS)
 
 lint:
 	$(BIN)/ruff check src tests bench scripts

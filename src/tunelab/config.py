@@ -99,6 +99,10 @@ class CheckOptions(Section):
     max_label_imbalance: float = Field(
         20.0, ge=1, description="Warn when the largest class has more than this many times the smallest's examples."
     )
+    workers: int = Field(1, ge=1, description="Processes that compute near-duplicate signatures (same result).")
+    backend: Literal["local", "ray"] = Field(
+        "local", description="Where near-duplicate signatures are computed: local processes, or Ray Data."
+    )
 
 
 class ModelConfig(Section):
@@ -382,6 +386,12 @@ class DataConfig(Section):
         "file, line and size, measured before it is parsed or tokenized.",
     )
     cache_dir: str | None = Field(None, description="Tokenized-data cache; default ~/.cache/tunelab/tokenized.")
+    num_proc: int = Field(
+        1, ge=1, description="Worker processes that tokenize SFT data (the result is the same for any number)."
+    )
+    backend: Literal["local", "ray"] = Field(
+        "local", description="Where SFT tokenization runs: local processes, or Ray Data (pip install 'ray[data]')."
+    )
     check: CheckOptions | None = Field(
         default_factory=CheckOptions,
         description="Data check before training (duplicates, leakage, PII...): errors stop the run; null skips it.",

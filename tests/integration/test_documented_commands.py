@@ -142,9 +142,11 @@ SKIP = {
         "needs Ollama (not installed here); tests/unit/export/test_modelfile.py renders the Modelfile's template"
     ),
     "accelerate launch --config_file examples/accelerate/ddp.yaml -m tunelab.cli train CONFIG": "needs CUDA GPUs",
-    "accelerate launch --config_file examples/accelerate/fsdp.yaml -m tunelab.cli train CONFIG": "needs CUDA GPUs",
+    "accelerate launch --config_file examples/accelerate/fsdp.yaml -m tunelab.cli train CONFIG": (
+        "8 processes (num_processes: 8); tests/unit/train/test_sharded.py runs this config with 2 CPU processes"
+    ),
     "accelerate launch --config_file examples/accelerate/deepspeed_zero3.yaml -m tunelab.cli train CONFIG": (
-        "needs CUDA GPUs and deepspeed"
+        "8 processes and deepspeed; tests/unit/train/test_deepspeed_cpu.py runs this config with 2 CPU processes"
     ),
     "tunelab train CONFIG [a.b=c ...] [--resume]": "a synopsis; its concrete forms follow it in training.md",
     "tunelab tune examples/tune.yaml tune.storage=postgresql+psycopg://tunelab@db-host/tunelab --worker": (
@@ -154,7 +156,10 @@ SKIP = {
 }
 
 # Programs other than tunelab in shell fences -> why they are not run.
-OTHER_PROGRAMS = {"make": "Makefile targets (make setup, make test): CI runs them on a fresh machine"}
+OTHER_PROGRAMS = {
+    "make": "Makefile targets (make setup, make test): CI runs them on a fresh machine",
+    "python3": "scripts/gpu_check.py, for a lent GPU machine; tests/unit/test_gpu_check.py runs its CPU mode",
+}
 
 # Shell lines the test performs itself -> what it does.
 SHELL = {"echo alice <sha256> >> keys.txt": "appends the keys-file line that `tunelab serve-key alice` printed"}

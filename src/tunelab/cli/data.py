@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
@@ -190,6 +190,10 @@ def check(
     report: Annotated[Path | None, typer.Option(help="Also save the JSON report here.")] = None,
     card: Annotated[Path | None, typer.Option(help="Also write a data card (Markdown) here.")] = None,
     leakage: Annotated[str, typer.Option(help="Exact leakage: error, warn, or drop (reported as left out).")] = "error",
+    workers: Annotated[int, typer.Option(min=1, help="Processes for the near-duplicate signatures.")] = 1,
+    backend: Annotated[
+        Literal["local", "ray"], typer.Option(help="local, or ray: the near-duplicate signatures on Ray Data.")
+    ] = "local",
 ) -> None:
     """Find schema errors, duplicates, near-duplicates, leakage, PII and label problems. Exits 1 on errors.
 
@@ -213,6 +217,8 @@ def check(
         label_column=label_column,
         strict=strict,
         leakage=leakage,  # type: ignore[arg-type]
+        workers=workers,
+        backend=backend,
     )
     if len(train) == 1 and Path(train[0]).suffix.lower() in (".yaml", ".yml"):  # a run config
         cfg = load_config(train[0])

@@ -23,11 +23,20 @@ import torch
 
 from tunelab.config import DataConfig, DatasetConfig, RunConfig
 from tunelab.data.collate import collate
-from tunelab.data.pipeline import DatasetStats, Prepared, file_manifest, load_records, split_and_mix
-from tunelab.data.records import Labelled, TokenTags
+from tunelab.data.prepared import (
+    DROPPED,
+    MASKED,
+    TRUNCATED,
+    DatasetStats,
+    Kind,
+    Outcome,
+    Prepared,
+    encode_only,
+    prepare_kind,
+)
+from tunelab.data.records import Labelled, Record, TokenTags
 from tunelab.data.sources import Row
 from tunelab.data.tokenize import IGNORE
-from tunelab.errors import DataError
 
 FORMAT_OF = {"labelled": "labelled", "tagged": "token_tags"}  # data kind (tunelab.methods) -> the record format
 RECORD_OF = {"labelled": Labelled, "token_tags": TokenTags}
@@ -55,8 +64,11 @@ class TagItem:
         return sum(1 for i in self.first if i >= 0)
 
 
+HeadItem = ClassItem | TagItem
+
+
 @dataclass
-class HeadPrepared(Prepared):
+class HeadPrepared(Prepared[HeadItem]):
     labels: list[str] = field(default_factory=list)  # id -> name: the head's outputs
 
     def report(self) -> dict[str, Any]:
@@ -90,8 +102,8 @@ def resolve_formats(cfg: RunConfig, kind: str) -> RunConfig:
 def label_names(records: Sequence[Labelled | TokenTags]) -> list[str]:
     """classify: sorted label names; ner: O, then B-/I- of each entity type (both, so I- is predictable)."""
     if records and isinstance(records[0], Labelled):
-        return sorted({r.label for r in records})  # type: ignore[union-attr]
-    types = sorted({t[2:] for r in records for t in r.tags if t != "O"})  # type: ignore[union-attr]
+        return sorted({r.label for r in records if isinstance(r, Labelled)})
+    types = sorted({t[2:] for r in records if isinstance(r, TokenTags) for t in r.tags if t != "O"})
     return ["O"] + [f"{p}-{t}" for t in types for p in ("B", "I")]
 
 
@@ -149,32 +161,47 @@ def encode_record(tokenizer: Any, rec: Labelled | TokenTags, label2id: dict[str,
     return TagItem(ids, labels, tuple(first), rec.tokens, rec.tags, where), cut
 
 
-def _encode_all(tokenizer: Any, pairs: list[tuple[int, tuple[Any, Row]]], stats: list[HeadStats], data: DataConfig,
-                split: str, label2id: dict[str, int], max_length: int) -> list[Any]:  # fmt: skip
-    out = []
-    for d, (rec, row) in pairs:
-        s = stats[d]
+class HeadKind(Kind[HeadItem]):
+    """Labelled (classify) or TokenTags (ner) records -> ClassItems / TagItems, with the label set of all
+    training records (read first: `plan`), or a given one (eval.data of a trained run)."""
+
+    stats_type = HeadStats
+
+    def __init__(self, tokenizer: Any, data: DataConfig, fmt: str, method: str, labels: list[str] | None = None):
+        self.tok, self.data, self.fmt, self.method = tokenizer, data, fmt, method
+        self.max_length = max_length_for(tokenizer, data)
+        self.labels = labels or []
+        self.needs_plan = labels is None
+
+    def check(self, ds: DatasetConfig, fmt: str, record: Record, row: Row) -> None:
+        if not isinstance(record, RECORD_OF[self.fmt]):
+            fields = "text, label" if self.fmt == "labelled" else "tokens, tags"
+            raise row.error(f"method {self.method} needs {self.fmt} records ({fields}), got "
+                            f"{type(record).__name__} (format {fmt}) in {ds.path}")  # fmt: skip
+
+    def plan(self, records: list[Record]) -> None:
+        self.labels = label_names([r for r in records if isinstance(r, (Labelled, TokenTags))])
+
+    def encode(self, batch: list[tuple[Record, Row]]) -> list[Outcome[HeadItem]]:
+        label2id = {name: i for i, name in enumerate(self.labels)}
+        return [self._encode(rec, row, label2id) for rec, row in batch]
+
+    def _encode(self, rec: Record, row: Row, label2id: dict[str, int]) -> Outcome[HeadItem]:
+        assert isinstance(rec, (Labelled, TokenTags))
         if (bad := _unknown(rec, label2id)) is not None:
             field_name = "label" if isinstance(rec, Labelled) else "tags"
             raise row.error(f"{bad[1]}{bad[0]!r} is not among the {len(label2id)} labels of the training data "
                             f"({', '.join(list(label2id)[:8])}{', ...' if len(label2id) > 8 else ''}): the head "
                             "could never predict it", field_name)  # fmt: skip
-        item, cut = encode_record(tokenizer, rec, label2id, max_length, _where(row))
-        if cut and data.truncation == "drop":
-            s.dropped_too_long += 1
-            continue
-        s.truncated += cut
+        item, cut = encode_record(self.tok, rec, label2id, self.max_length, _where(row))
+        if cut and self.data.truncation == "drop":
+            return Outcome(None, flags=DROPPED)
+        flags = TRUNCATED if cut else 0
         n_units = item.n_words if isinstance(item, TagItem) else 1
         if n_units == 0:  # every word cut (a tiny max_length): nothing to learn or score
-            s.fully_masked += 1
-            continue
-        s.words_cut += len(item.first) - n_units if isinstance(item, TagItem) else 0
-        setattr(s, split, getattr(s, split) + 1)
-        s.tokens += len(item.input_ids)
-        s.trainable_tokens += n_units
-        s.lengths.append(len(item.input_ids))
-        out.append(item)
-    return out
+            return Outcome(None, flags=flags | MASKED)
+        cut_words = len(item.first) - n_units if isinstance(item, TagItem) else 0
+        return Outcome(item, len(item.input_ids), n_units, len(item.input_ids), flags, cut_words)
 
 
 def _where(row: Row) -> str:
@@ -190,49 +217,23 @@ def max_length_for(tokenizer: Any, data: DataConfig) -> int:
     return min(data.max_length, limit) if isinstance(limit, int) and limit < 1_000_000 else data.max_length
 
 
-def _load(ds: DatasetConfig, fmt: str, method: str, limit: int) -> tuple[str, list[tuple[Any, Row]]]:
-    name, recs = load_records(with_format(ds, fmt), limit)
-    want = RECORD_OF[fmt]
-    for rec, row in recs[:1]:
-        if not isinstance(rec, want):
-            raise row.error(f"method {method} needs {fmt} records ({'text, label' if fmt == 'labelled' else 'tokens, tags'}"
-                            f"), got {type(rec).__name__} (format {name}) in {ds.path}")  # fmt: skip
-    return name, recs
-
-
 def prepare_heads(cfg: RunConfig, tokenizer: Any, kind: str) -> HeadPrepared:
     """Read, split/mix, label, encode and count labelled or tagged data (not cached: tokenizing short texts is
     fast)."""
     data, fmt = cfg.data, FORMAT_OF[kind]
-    if not data.train:
-        raise DataError("no training data: add at least one dataset under data.train", where="config")
-    manifest = [file_manifest(ds.path) for ds in (*data.train, *data.eval)]
-    loaded = [_load(ds, fmt, cfg.method.name, cfg.data.max_record_bytes) for ds in data.train]
-    stats = [HeadStats(ds.path, name, records=len(recs)) for ds, (name, recs) in zip(data.train, loaded)]
-    labels = label_names([rec for _, recs in loaded for rec, _ in recs])
-    label2id = {name: i for i, name in enumerate(labels)}
-    per_dataset: list[Any] = [recs for _, recs in loaded]  # (record, row) pairs: rows name the line in errors
-    train_pairs, eval_pairs = split_and_mix(per_dataset, [ds.weight for ds in data.train], data.eval_ratio, data.seed)
-    for ds in data.eval:
-        name, recs = _load(ds, fmt, cfg.method.name, cfg.data.max_record_bytes)
-        stats.append(HeadStats(ds.path, name, records=len(recs)))
-        eval_pairs += [(len(stats) - 1, r) for r in recs]  # type: ignore[misc]
-    max_length = max_length_for(tokenizer, data)
-    train = _encode_all(tokenizer, train_pairs, stats, data, "train", label2id, max_length)  # type: ignore[arg-type]
-    evals = _encode_all(tokenizer, eval_pairs, stats, data, "eval", label2id, max_length)  # type: ignore[arg-type]
-    return HeadPrepared(train, evals, stats, manifest, labels=labels)  # type: ignore[arg-type]
+    cfg = cfg.model_copy(update={"data": data.model_copy(update={k: [with_format(d, fmt) for d in getattr(data, k)]
+                                                                  for k in ("train", "eval")})})  # fmt: skip
+    head = HeadKind(tokenizer, cfg.data, fmt, cfg.method.name)
+    p = prepare_kind(cfg, head)
+    return HeadPrepared(p.train, p.eval, p.stats, p.manifest, eval_tasks=p.eval_tasks, labels=head.labels)
 
 
 def encode_datasets(cfg: RunConfig, tokenizer: Any, datasets: Sequence[DatasetConfig], labels: list[str],
-                    kind: str) -> list[Any]:  # fmt: skip
+                    kind: str) -> list[HeadItem]:  # fmt: skip
     """Eval items of extra datasets (eval.data) with the run's label set."""
-    fmt, label2id = FORMAT_OF[kind], {name: i for i, name in enumerate(labels)}
-    stats, pairs = [], []
-    for ds in datasets:
-        name, recs = _load(ds, fmt, cfg.method.name, cfg.data.max_record_bytes)
-        stats.append(HeadStats(ds.path, name, records=len(recs)))
-        pairs += [(len(stats) - 1, r) for r in recs]
-    return _encode_all(tokenizer, pairs, stats, cfg.data, "eval", label2id, max_length_for(tokenizer, cfg.data))
+    fmt = FORMAT_OF[kind]
+    head = HeadKind(tokenizer, cfg.data, fmt, cfg.method.name, labels)
+    return encode_only(cfg, head, [with_format(ds, fmt) for ds in datasets])
 
 
 # --------------------------------------------------------------------------- batches
@@ -251,4 +252,4 @@ def collate_labelled(items: Sequence[ClassItem], pad_id: int) -> dict[str, torch
 
 def collate_tagged(items: Sequence[TagItem], pad_id: int) -> dict[str, torch.Tensor]:
     """Like an Example batch: input_ids + labels (a tag id on each word's first token, IGNORE elsewhere)."""
-    return collate(list(items), pad_id)  # type: ignore[arg-type]
+    return collate(list(items), pad_id)  # type: ignore[arg-type]  # a TagItem has an Example's fields

@@ -24,16 +24,18 @@ from typing import Any
 
 import torch
 
-from tunelab.config import DataConfig, RunConfig
+from tunelab.config import DataConfig, DatasetConfig, RunConfig
 from tunelab.data.collate import collate
-from tunelab.data.pipeline import (
+from tunelab.data.prepared import (
+    DROPPED,
+    MASKED,
+    TRUNCATED,
     DatasetStats,
+    Kind,
+    Outcome,
     Prepared,
     at_row,
-    file_manifest,
-    load_records,
-    split_and_mix,
-    task_names,
+    prepare_kind,
 )
 from tunelab.data.records import Conversation, Message, Preference, Record, UnpairedPreference
 from tunelab.data.sources import Row
@@ -118,44 +120,38 @@ def collate_unpaired(items: Sequence[UnpairedItem], pad_id: int) -> dict[str, to
 # --------------------------------------------------------------------------- pipeline
 
 KINDS: dict[str, type] = {"pairs": Preference, "unpaired": UnpairedPreference}
+Item = PairItem | UnpairedItem
 
 
-def prepare_preference(cfg: RunConfig, tokenizer: Any, kind: str) -> Prepared:
-    """Like `pipeline.prepare` for preference methods: read, split/mix, encode, truncate, count, report.
-    `kind` is 'pairs' (Preference records) or 'unpaired' (UnpairedPreference). Not cached (pairs are few)."""
-    data = cfg.data
-    if not data.train:
-        raise DataError("no training data: add at least one dataset under data.train", where="config")
+class PreferenceKind(Kind[Item]):
+    """Preference (pairs) or UnpairedPreference (unpaired) records -> PairItems / UnpairedItems."""
+
+    def __init__(self, encoder: Encoder, data: DataConfig, kind: str, method: str) -> None:
+        self.encoder, self.data, self.kind, self.method = encoder, data, kind, method
+
+    def check(self, ds: DatasetConfig, fmt: str, record: Record, row: Row) -> None:
+        if not isinstance(record, KINDS[self.kind]):
+            want = (
+                "preference (prompt, chosen, rejected)" if self.kind == "pairs" else "kto (prompt, completion, label)"
+            )
+            raise row.error(f"method {self.method} needs {want} records, got {type(record).__name__} in {ds.path}")
+
+    def encode(self, batch: list[tuple[Record, Row]]) -> list[Outcome[Item]]:
+        return [_encode(self.encoder, rec, row, self.data) for rec, row in batch]
+
+    def check_stats(self, stats: list[DatasetStats], data: DataConfig) -> None:
+        for s in stats:
+            seen = s.train + s.eval + s.fully_masked + s.dropped_too_long
+            if seen and s.fully_masked / seen > data.max_fully_masked:
+                raise DataError(f"{s.fully_masked} of {seen} records lose a whole reply to max_length "
+                                f"{data.max_length}; raise data.max_length", where=s.path)  # fmt: skip
+
+
+def prepare_preference(cfg: RunConfig, tokenizer: Any, kind: str) -> Prepared[Item]:
+    """Read, split/mix, encode, truncate, count, report preference data (`kind` 'pairs': Preference records,
+    'unpaired': UnpairedPreference). Not cached (pairs are few)."""
     encoder = Encoder(tokenizer, chat_template_for(tokenizer, cfg.model.chat_template), train_on_inputs=False)
-    manifest = [file_manifest(ds.path) for ds in (*data.train, *data.eval)]
-    loaded = [load_records(ds, data.max_record_bytes) for ds in data.train]
-    stats = [DatasetStats(ds.path, fmt, records=len(recs)) for ds, (fmt, recs) in zip(data.train, loaded)]
-    for ds, (_, recs) in zip(data.train, loaded):
-        _require(kind, ds.path, recs, cfg.method.name)
-    per_dataset = [recs for _, recs in loaded]  # (record, row) pairs: rows name the line in errors
-    train_pairs, eval_pairs = split_and_mix(per_dataset, [ds.weight for ds in data.train], data.eval_ratio, data.seed)
-    for ds in data.eval:
-        fmt, recs = load_records(ds, data.max_record_bytes)
-        _require(kind, ds.path, recs, cfg.method.name)
-        stats.append(DatasetStats(ds.path, fmt, records=len(recs)))
-        eval_pairs += [(len(stats) - 1, r) for r in recs]
-    train = [x for d, r in train_pairs if (x := _encode(encoder, r, stats[d], data, "train")) is not None]
-    kept = [(d, x) for d, r in eval_pairs if (x := _encode(encoder, r, stats[d], data, "eval")) is not None]
-    evals, sources = [x for _, x in kept], [d for d, _ in kept]
-    for s in stats:
-        seen = s.train + s.eval + s.fully_masked + s.dropped_too_long
-        if seen and s.fully_masked / seen > data.max_fully_masked:
-            raise DataError(f"{s.fully_masked} of {seen} records lose a whole reply to max_length "
-                            f"{data.max_length}; raise data.max_length", where=s.path)  # fmt: skip
-    return Prepared(train, evals, stats, manifest, eval_tasks=task_names(data, sources))  # type: ignore[arg-type]
-
-
-def _require(kind: str, path: str, recs: list[tuple[Record, Any]], method: str) -> None:
-    want = KINDS[kind]
-    for rec, row in recs[:1]:
-        if not isinstance(rec, want):
-            fmt = "preference (prompt, chosen, rejected)" if kind == "pairs" else "kto (prompt, completion, label)"
-            raise row.error(f"method {method} needs {fmt} records, got {type(rec).__name__} in {path}")
+    return prepare_kind(cfg, PreferenceKind(encoder, cfg.data, kind, cfg.method.name))
 
 
 def clip(ex: Example, max_length: int, bos: int | None) -> Example:
@@ -170,9 +166,9 @@ def clip(ex: Example, max_length: int, bos: int | None) -> Example:
     return truncate(Example(ids, labels), max_length)
 
 
-def _encode(encoder: Encoder, source: tuple[Record, Row], s: DatasetStats, data: DataConfig, split: str) -> Any:
-    """One record -> item, or None when dropped (too long with truncation: drop, or a reply truncated away)."""
-    rec, row = source
+def _encode(encoder: Encoder, rec: Record, row: Row, data: DataConfig) -> Outcome[Item]:
+    """One record -> its item and facts; no item when dropped (too long with truncation: drop) or when a reply
+    was truncated away."""
     with at_row(row):
         if isinstance(rec, Preference):
             pair = encode_pair(encoder, rec)
@@ -181,18 +177,13 @@ def _encode(encoder: Encoder, source: tuple[Record, Row], s: DatasetStats, data:
             assert isinstance(rec, UnpairedPreference)
             single = encode_unpaired(encoder, rec)
             exs = [single.example]
+    flags = 0
     if any(len(e.input_ids) > data.max_length for e in exs):
         if data.truncation == "drop":
-            s.dropped_too_long += 1
-            return None
-        s.truncated += 1
+            return Outcome(None, flags=DROPPED)
+        flags = TRUNCATED
         exs = [clip(e, data.max_length, encoder.bos) for e in exs]
     if any(e.n_trainable == 0 for e in exs):
-        s.fully_masked += 1  # counted and checked against max_fully_masked, never silent
-        return None
+        return Outcome(None, flags=flags | MASKED)  # counted and checked against max_fully_masked, never silent
     item = PairItem(exs[0], exs[1]) if isinstance(rec, Preference) else UnpairedItem(exs[0], single.label)
-    setattr(s, split, getattr(s, split) + 1)
-    s.tokens += sum(len(e.input_ids) for e in exs)
-    s.trainable_tokens += sum(e.n_trainable for e in exs)
-    s.lengths.append(item.length)
-    return item
+    return Outcome(item, sum(len(e.input_ids) for e in exs), sum(e.n_trainable for e in exs), item.length, flags)

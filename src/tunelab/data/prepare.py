@@ -10,9 +10,11 @@ from tunelab.config import RunConfig
 from tunelab.data.heads import prepare_heads
 from tunelab.data.pipeline import prepare
 from tunelab.data.preference import prepare_preference
+from tunelab.data.prepared import Prepared
 from tunelab.data.prompts import prepare_prompts
 
-PREPARERS: dict[str, Callable[[RunConfig, Any], Any]] = {
+# Every kind runs the one skeleton (tunelab.data.prepared.prepare_kind) with its own Kind: record type and encoder.
+PREPARERS: dict[str, Callable[[RunConfig, Any], Prepared[Any]]] = {
     "sft": prepare,  # conversations, alpaca, prompt/completion, text -> Examples (cached)
     "pairs": lambda cfg, tok: prepare_preference(cfg, tok, "pairs"),
     "unpaired": lambda cfg, tok: prepare_preference(cfg, tok, "unpaired"),
@@ -31,6 +33,6 @@ DATA_DESCRIPTIONS = {
 }
 
 
-def prepare_data(cfg: RunConfig, tokenizer: Any, kind: str) -> Any:
+def prepare_data(cfg: RunConfig, tokenizer: Any, kind: str) -> Prepared[Any]:
     """The prepared train/eval items of data `kind` (a Prepared, or a HeadPrepared with the label names)."""
     return PREPARERS[kind](cfg, tokenizer)

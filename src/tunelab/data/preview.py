@@ -8,9 +8,10 @@ import numpy as np
 
 from tunelab.config import RunConfig
 from tunelab.data.heads import FORMAT_OF, ClassItem, prepare_heads, resolve_formats
-from tunelab.data.pipeline import at_row, load_records, prepare
+from tunelab.data.pipeline import prepare
+from tunelab.data.prepared import at_row, iter_records, load_records
 from tunelab.data.prompts import prepare_prompts
-from tunelab.data.records import SFT_RECORDS
+from tunelab.data.records import SFT_RECORDS, Record
 from tunelab.data.tokenize import IGNORE, Encoder, Example, chat_template_for
 
 TRAINED_OPEN, TRAINED_CLOSE = "\u27e6", "\u27e7"  # ⟦ trained ⟧
@@ -24,15 +25,13 @@ def validate(cfg: RunConfig, tokenizer: Any, kind: str) -> dict[str, Any]:
     if kind in FORMAT_OF:  # labelled or tagged rows: label set and alignment
         return prepare_heads(resolve_formats(cfg, kind), tokenizer, kind).report() | {"kind": cfg.method.name}
     datasets = [*cfg.data.train, *cfg.data.eval]
-    loaded = [load_records(ds, cfg.data.max_record_bytes) for ds in datasets]
-    if all(isinstance(r, SFT_RECORDS) for _, recs in loaded for r, _ in recs[:1]):
-        report = prepare(cfg, tokenizer).report()
-        report["kind"] = "sft"
-        return report
+    if all(isinstance(rec, SFT_RECORDS) for rec in _first_records(datasets, cfg.data.max_record_bytes)):
+        return prepare(cfg, tokenizer).report() | {"kind": "sft"}  # each record read once, streamed
     # Preference data: every record parsed and each side tokenized; training them is a preference method's job.
     encoder = Encoder(tokenizer, chat_template_for(tokenizer, cfg.model.chat_template), cfg.data.train_on_inputs)
     out = []
-    for ds, (fmt, recs) in zip(datasets, loaded):
+    for ds in datasets:
+        fmt, recs = load_records(ds, cfg.data.max_record_bytes)
         lengths, too_long, masked = [], 0, 0
         for rec, row in recs:
             with at_row(row):
@@ -46,6 +45,15 @@ def validate(cfg: RunConfig, tokenizer: Any, kind: str) -> dict[str, Any]:
                     "longer_than_max_length": too_long, "fully_masked": masked,
                     "length": {"min": int(arr.min()), "mean": round(float(arr.mean()), 1), "max": int(arr.max())}})  # fmt: skip
     return {"kind": "preference", "datasets": out}
+
+
+def _first_records(datasets: list[Any], max_record_bytes: int) -> list[Record]:
+    """The first record of each dataset (the rest is not read: the pipeline reads it once)."""
+    out = []
+    for ds in datasets:
+        for _, rec, _ in iter_records(ds.model_copy(update={"max_samples": 1}), max_record_bytes):
+            out.append(rec)
+    return out
 
 
 def debug_examples(cfg: RunConfig, tokenizer: Any, n: int, kind: str) -> list[tuple[str, str, Example]]:

@@ -17,13 +17,13 @@ batches are tensors, so a batch names its prompts by index and the method looks 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
-from tunelab.config import RunConfig
-from tunelab.data.pipeline import DatasetStats, Prepared, file_manifest, load_records, split_and_mix
+from tunelab.config import DatasetConfig, RunConfig
+from tunelab.data.prepared import DROPPED, TRUNCATED, Kind, Outcome, Prepared, prepare_kind
 from tunelab.data.records import Conversation, Message, Preference, Prompt, PromptCompletion, Record, UnpairedPreference
 from tunelab.data.sources import Row
 from tunelab.data.tokenize import chat_template_for, prompt_text
@@ -83,34 +83,37 @@ def collate_prompts(items: Sequence[PromptItem], pad_id: int) -> dict[str, torch
     return {"prompt_ids": ids, "prompt_mask": mask, "index": torch.tensor([it.index for it in items])}
 
 
-def prepare_prompts(cfg: RunConfig, tokenizer: Any) -> Prepared:
+class PromptKind(Kind[PromptItem]):
+    """Records with a prompt -> PromptItems (the prompt's tokens, cut to `budget`)."""
+
+    def __init__(self, tokenizer: Any, template: str, budget: int, truncation: str) -> None:
+        self.encoder = _Encoder(tokenizer, template, budget, truncation)
+
+    def check(self, ds: DatasetConfig, fmt: str, record: Record, row: Row) -> None:
+        _prompt(record, row)
+
+    def encode(self, batch: list[tuple[Record, Row]]) -> list[Outcome[PromptItem]]:
+        return [self.encoder(_prompt(rec, row)) for rec, row in batch]
+
+    def finish(
+        self, train: Sequence[PromptItem], evals: Sequence[PromptItem]
+    ) -> tuple[list[PromptItem], list[PromptItem]]:
+        """A copy per pick (a repeated record is two items), each with its unique index."""
+        items = [replace(it) for it in [*train, *evals]]
+        for i, item in enumerate(items):
+            item.index = i
+        return items[: len(train)], items[len(train) :]
+
+
+def prepare_prompts(cfg: RunConfig, tokenizer: Any) -> Prepared[PromptItem]:
     """Like `pipeline.prepare` for grpo: read, split/mix, render and tokenize prompts, count, report."""
     data = cfg.data
-    if not data.train:
-        raise DataError("no training data: add at least one dataset under data.train", where="config")
-    template = chat_template_for(tokenizer, cfg.model.chat_template)
     budget = data.max_length - cfg.method.grpo.max_new_tokens
-    if budget < 8:
+    if data.train and budget < 8:
         raise DataError(f"data.max_length {data.max_length} leaves {budget} prompt tokens after "
                         f"method.grpo.max_new_tokens {cfg.method.grpo.max_new_tokens}; raise max_length", where="config")  # fmt: skip
-    manifest = [file_manifest(ds.path) for ds in (*data.train, *data.eval)]
-    stats: list[DatasetStats] = []
-    per_dataset: list[list[PromptSpec]] = []
-    for ds in data.train:
-        fmt, recs = load_records(ds, data.max_record_bytes)
-        stats.append(DatasetStats(ds.path, fmt, records=len(recs)))
-        per_dataset.append([_prompt(rec, row) for rec, row in recs])
-    train_pairs, eval_pairs = split_and_mix(per_dataset, [ds.weight for ds in data.train], data.eval_ratio, data.seed)  # type: ignore[arg-type]
-    for ds in data.eval:
-        fmt, recs = load_records(ds, data.max_record_bytes)
-        stats.append(DatasetStats(ds.path, fmt, records=len(recs)))
-        eval_pairs += [(len(stats) - 1, _prompt(rec, row)) for rec, row in recs]  # type: ignore[misc]
-    encode = _Encoder(tokenizer, template, budget, data.truncation)
-    train = [x for d, p in train_pairs if (x := encode(p, stats[d], "train")) is not None]  # type: ignore[arg-type]
-    evals = [x for d, p in eval_pairs if (x := encode(p, stats[d], "eval")) is not None]  # type: ignore[arg-type]
-    for i, item in enumerate(train + evals):
-        item.index = i
-    return Prepared(train, evals, stats, manifest)  # type: ignore[arg-type]
+    template = chat_template_for(tokenizer, cfg.model.chat_template)
+    return prepare_kind(cfg, PromptKind(tokenizer, template, budget, data.truncation))
 
 
 def _prompt(record: Record, row: Row) -> PromptSpec:
@@ -133,16 +136,12 @@ class _Encoder:
         ids = list(self.tok(prompt_text(self.tok, prompt, self.template), add_special_tokens=False).input_ids)
         return [self.bos, *ids] if self.bos is not None and ids[:1] != [self.bos] else ids
 
-    def __call__(self, prompt: PromptSpec, s: DatasetStats, split: str) -> PromptItem | None:
-        ids = self.ids(prompt)
+    def __call__(self, prompt: PromptSpec) -> Outcome[PromptItem]:
+        ids, flags = self.ids(prompt), 0
         if len(ids) > self.budget:
             if self.truncation == "drop":
-                s.dropped_too_long += 1
-                return None
-            s.truncated += 1
+                return Outcome(None, flags=DROPPED)
+            flags = TRUNCATED
             head = 1 if self.bos is not None and ids[:1] == [self.bos] else 0
             ids = ids[:head] + ids[len(ids) - self.budget + head :]
-        setattr(s, split, getattr(s, split) + 1)
-        s.tokens += len(ids)
-        s.lengths.append(len(ids))
-        return PromptItem(ids, prompt)
+        return Outcome(PromptItem(ids, prompt), len(ids), 0, len(ids), flags)

@@ -33,6 +33,9 @@ class TemplateError(TunelabError):
         self.field = field
         super().__init__(message)
 
+    def __reduce__(self) -> tuple[type, tuple[str, str | None]]:  # from a worker process with its field
+        return TemplateError, (str(self), self.field)
+
 
 def check_tools_shown(with_tools: str, without: str, tools: Sequence[str]) -> None:
     names = tool_names(tools)

@@ -20,9 +20,12 @@ without a word, so `template_checks` verifies each rendering and refuses the rec
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from tunelab.data import template_checks
 from tunelab.data.records import (
@@ -77,6 +80,17 @@ class Example:
         return sum(1 for x in self.labels if x != IGNORE)
 
 
+class Encoded(NamedTuple):
+    """An Example as arrays (the batched path): int32 ids and a boolean loss mask (label = id where True)."""
+
+    ids: np.ndarray
+    mask: np.ndarray
+
+    def example(self) -> Example:
+        ids = self.ids.tolist()
+        return Example(ids, np.where(self.mask, self.ids, IGNORE).tolist())
+
+
 def chat_template_for(tokenizer: Any, override: str | None = None) -> str:
     """The template to use: an override (fallback | Jinja string | .jinja path), the model's, or the fallback."""
     if override == "fallback":
@@ -105,6 +119,45 @@ def render(
         raise TemplateError(f"chat template failed on a conversation with roles [{roles}]: {e}") from None
 
 
+class RecordRenderer:
+    """`render` for records' messages, the same text with less work per call: the template is compiled once and
+    rendered with the arguments apply_chat_template would give it (a record's message dicts are plain JSON,
+    without the None values and message objects apply_chat_template prepares). Where transformers does not
+    offer its compiled templates, the canonical `render` is used."""
+
+    def __init__(self, tokenizer: Any, template: str) -> None:
+        self.tok, self.template = tokenizer, template
+        self.specials = dict(tokenizer.special_tokens_map)
+        self.compiled = _compiled(template)
+
+    def __getstate__(self) -> dict[str, Any]:  # shipped to Ray workers: compiled templates do not pickle
+        return {**self.__dict__, "compiled": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self.compiled = _compiled(self.template)
+
+    def __call__(self, messages: tuple[Message, ...], generation_prompt: bool, tools: Any) -> str:
+        if self.compiled is None:
+            return render(self.tok, messages, self.template, generation_prompt, tools)
+        msgs = [message_dict(m) for m in messages]
+        try:
+            return str(self.compiled.render(messages=msgs, tools=tools or None, documents=None,
+                                            add_generation_prompt=generation_prompt, **self.specials))  # fmt: skip
+        except Exception as e:  # jinja raises TemplateError / exceptions the template itself raises
+            roles = ", ".join(m["role"] for m in msgs) + (" and tools" if tools else "")
+            raise TemplateError(f"chat template failed on a conversation with roles [{roles}]: {e}") from None
+
+
+def _compiled(template: str) -> Any:
+    try:
+        from transformers.utils.chat_template_utils import _compile_jinja_template
+
+        return _compile_jinja_template(template)
+    except Exception:  # another transformers: no fast path (and a bad template fails in `render`)
+        return None
+
+
 def prompt_text(
     tokenizer: Any,
     messages: tuple[Message, ...] | list[dict[str, Any]],
@@ -123,11 +176,20 @@ class Encoder:
             raise TemplateError("tunelab needs a fast (Rust) tokenizer to map characters to tokens; this one is slow")
         self.tok = tokenizer
         self.template = template
+        self.renderer = RecordRenderer(tokenizer, template)
         self.train_on_inputs = train_on_inputs
         bos = tokenizer.bos_token_id
         self.bos = bos if bos is not None and tokenizer("a").input_ids[:1] == [bos] else None
 
     def encode(self, record: Record) -> Example:
+        return self.encode_many([record])[0].example()
+
+    def encode_many(self, records: Sequence[Record]) -> list[Encoded]:
+        """Each record rendered once per span boundary it needs and all of them tokenized in one batched call."""
+        return self.tokenize_many([self.text(r) for r in records])
+
+    def text(self, record: Record) -> tuple[str, list[tuple[int, int]]]:
+        """The text to tokenize and its trained character spans."""
         if isinstance(record, Conversation):
             text, spans = self._conversation(record)
         elif isinstance(record, PromptCompletion):
@@ -141,7 +203,7 @@ class Encoder:
             raise TypeError(f"{type(record).__name__} records are not used for SFT tokenization")
         if self.train_on_inputs:
             spans = [(0, len(text))]
-        return self._tokenize(text, spans)
+        return text, spans
 
     def encode_views(self, record: Record) -> list[tuple[str, Example]]:
         """Every tokenized view of any record: one for SFT records, chosen and rejected for preference
@@ -160,7 +222,7 @@ class Encoder:
         return [("", self.encode(record))]
 
     def _render(self, msgs: tuple[Message, ...], tools: Any, generation_prompt: bool = False) -> str:
-        return render(self.tok, msgs, self.template, generation_prompt, tools)
+        return self.renderer(msgs, generation_prompt, tools)
 
     def _conversation(self, conv: Conversation) -> tuple[str, list[tuple[int, int]]]:
         msgs, tools = conv.messages, tool_schemas(conv.tools)
@@ -174,7 +236,7 @@ class Encoder:
             if not (trains or m.tool_calls):
                 continue
             before = self._render(msgs[:i], tools, generation_prompt=True)
-            upto = self._render(msgs[: i + 1], tools)
+            upto = full if i == len(msgs) - 1 else self._render(msgs[: i + 1], tools)  # the last turn: all of it
             if not (upto.startswith(before) and full.startswith(upto)):
                 if not trains:  # context only: its calls were found in the whole text above
                     continue
@@ -188,12 +250,51 @@ class Encoder:
         return full, spans
 
     def _tokenize(self, text: str, spans: list[tuple[int, int]]) -> Example:
-        enc = self.tok(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-        ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
-        labels = [tid if any(s <= start < e for s, e in spans) else IGNORE for tid, (start, _) in zip(ids, offsets)]
-        if self.bos is not None and ids[:1] != [self.bos]:
-            ids, labels = [self.bos, *ids], [IGNORE, *labels]
-        return Example(ids, labels)
+        return self.tokenize_many([(text, spans)])[0].example()
+
+    def tokenize_many(self, texts: Sequence[tuple[str, list[tuple[int, int]]]]) -> list[Encoded]:
+        """Tokenize texts in one call; a token carries loss when its start offset lies in one of its text's
+        spans. The spans' token bounds are looked up in the encoding (no per-token Python work)."""
+        encs = self._backend().encode_batch([t for t, _ in texts], add_special_tokens=False)
+        return [self._arrays(enc, text, spans) for enc, (text, spans) in zip(encs, texts)]
+
+    def _backend(self) -> Any:
+        """The Rust tokenizer, set up as `tokenizer(text, add_special_tokens=False)` sets it up (no truncation,
+        no padding, its own special-token splitting), so the ids are the same as that call's."""
+        from transformers.tokenization_utils_base import PaddingStrategy, TruncationStrategy
+
+        tok = self.tok
+        tok.set_truncation_and_padding(padding_strategy=PaddingStrategy.DO_NOT_PAD, max_length=None, stride=0,
+                                       truncation_strategy=TruncationStrategy.DO_NOT_TRUNCATE,
+                                       pad_to_multiple_of=None, padding_side=None)  # fmt: skip
+        backend = tok.backend_tokenizer
+        if backend.encode_special_tokens != bool(tok.split_special_tokens):
+            backend.encode_special_tokens = bool(tok.split_special_tokens)
+        return backend
+
+    def _arrays(self, enc: Any, text: str, spans: list[tuple[int, int]]) -> Encoded:
+        ids = np.array(enc.ids, dtype=np.int32)
+        mask = np.zeros(len(ids), dtype=bool)
+        for s, e in spans:
+            a, b = _first_at(enc, s, len(text)), _first_at(enc, e, len(text))
+            if a is None or b is None:  # a character no token covers: compare every token's start
+                starts = np.array([o[0] for o in enc.offsets], dtype=np.int64)
+                mask |= (starts >= s) & (starts < e)
+            else:
+                mask[a:b] = True
+        if self.bos is not None and ids[:1].tolist() != [self.bos]:
+            ids, mask = np.concatenate([[self.bos], ids]).astype(np.int32), np.concatenate([[False], mask])
+        return Encoded(ids, mask)
+
+
+def _first_at(enc: Any, pos: int, size: int) -> int | None:
+    """Index of the first token whose start offset is >= pos (token offsets only grow)."""
+    if pos >= size:
+        return len(enc)
+    t = enc.char_to_token(pos)
+    if t is None:
+        return None
+    return t if enc.token_to_chars(t)[0] >= pos else t + 1
 
 
 def truncate(example: Example, max_length: int) -> Example:

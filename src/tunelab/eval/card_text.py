@@ -102,6 +102,18 @@ def _check_text(check: dict[str, Any] | None) -> str:
     return text + "\nThe full findings are in the run's data_check.json and data_card.md."
 
 
+def setup_line(d: dict[str, Any]) -> str:
+    """One line for a run's distributed setup (environment.json "distributed", written by tunelab.train)."""
+    kind, sh, world = str(d.get("type", "?")), d.get("sharding") or {}, d.get("world_size")
+    names = {"NO": "one process", "FSDP": f"FSDP{sh.get('fsdp_version', '')} {sh.get('strategy', '')}",
+             "DEEPSPEED": f"DeepSpeed {sh.get('strategy', '')}"}  # fmt: skip
+    name = names.get(kind, "DDP" if kind.startswith("MULTI_") else kind)
+    where = f"{world} process(es) ({d.get('backend') or 'no process group'}, {d.get('device')})"
+    batch = (f"batch {d.get('per_process_batch')} per process x {d.get('grad_accum')} accumulation x {world} "
+             f"process(es) = {d.get('global_batch')}")  # fmt: skip
+    return f"{name} on {where}; mixed precision {d.get('mixed_precision')}; {batch}"
+
+
 def training_section(run: dict[str, Any]) -> str:
     tr, data = _cfg(run, "train") or {}, _cfg(run, "data") or {}
     length = tr.get("max_steps") and f"{tr['max_steps']} steps" or f"{num(tr.get('epochs'))} epochs"
@@ -121,6 +133,9 @@ def training_section(run: dict[str, Any]) -> str:
         ),  # fmt: skip
         ("seed", tr.get("seed")),
     ]
+    setup = ((run.get("environment") or {}).get("distributed")) or None
+    if setup:
+        rows.insert(2, ("distributed setup", setup_line(setup)))
     out = "## Training procedure\n\n| setting | value |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
     losses = [m for m in run["metrics"] if "loss" in m]
     evals = [m for m in run["metrics"] if "eval_loss" in m]

@@ -55,15 +55,17 @@ def eval_items(cfg: RunConfig, tokenizer: Any, head: str) -> tuple[list[Any], li
         if cfg.eval.data:  # the eval datasets through the training pipeline, unsplit
             data = cfg.data.model_copy(update={"train": list(cfg.eval.data), "eval": [], "eval_ratio": 0.0})
             cfg = cfg.model_copy(update={"data": data})
-        prepared = prepare_preference(cfg, tokenizer, "pairs")
-        return (prepared.train if cfg.eval.data else prepared.eval), [], None
+        pairs = prepare_preference(cfg, tokenizer, "pairs")
+        return list(pairs.train if cfg.eval.data else pairs.eval), [], None
     kind = KIND_OF[head]
     cfg = resolve_formats(cfg, kind)
     prepared = prepare_heads(cfg, tokenizer, kind)
-    items = encode_datasets(cfg, tokenizer, cfg.eval.data, prepared.labels, kind) if cfg.eval.data else prepared.eval
+    items = (
+        encode_datasets(cfg, tokenizer, cfg.eval.data, prepared.labels, kind) if cfg.eval.data else list(prepared.eval)
+    )
     majority = None
     if head == "seq" and prepared.train:
-        labelled: list[ClassItem] = prepared.train  # type: ignore[assignment]  # a head kind's items (Prepared[T])
+        labelled = [it for it in prepared.train if isinstance(it, ClassItem)]
         majority = prepared.labels[Counter(it.label for it in labelled).most_common(1)[0][0]]
     return items, prepared.labels, majority
 
@@ -158,8 +160,8 @@ def rescore(cfg: RunConfig, model: Any, tokenizer: Any, datasets: Sequence[Datas
     head = str(info.get("head") or ("scalar" if info.get("method") == "reward" else info["task"]))
     if head == "scalar":
         data = cfg.data.model_copy(update={"train": list(datasets), "eval": [], "eval_ratio": 0.0})
-        items = prepare_preference(cfg.model_copy(update={"data": data}), tokenizer, "pairs").train
-        return evaluate_head(cfg, model, tokenizer, items, [], None, name, head)
+        pairs = list(prepare_preference(cfg.model_copy(update={"data": data}), tokenizer, "pairs").train)
+        return evaluate_head(cfg, model, tokenizer, pairs, [], None, name, head)
     labels = list(info.get("labels") or [])
     if not labels:
         raise DataError("the model's head.json names no labels, so its outputs cannot be read as classes")

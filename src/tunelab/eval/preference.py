@@ -35,10 +35,10 @@ def eval_pairs(cfg: RunConfig, tokenizer: Any) -> list[PairItem]:
     """The run's held-out pairs: eval.data if set, else its eval split (data.eval plus the eval_ratio share)."""
     if cfg.eval.data:
         data = cfg.data.model_copy(update={"train": list(cfg.eval.data), "eval": [], "eval_ratio": 0.0})
-        items: list[Any] = prepare_preference(cfg.model_copy(update={"data": data}), tokenizer, "pairs").train
+        items = prepare_preference(cfg.model_copy(update={"data": data}), tokenizer, "pairs").train
     else:
         items = prepare_preference(cfg, tokenizer, "pairs").eval
-    return items  # a "pairs" preparation holds PairItems
+    return list(items)  # type: ignore[arg-type]  # a "pairs" preparation holds PairItems only
 
 
 def reply_logps(model: Any, items: Sequence[PairItem], batch_size: int) -> tuple[list[float], list[int]]:

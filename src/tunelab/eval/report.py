@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.errors import DataError
+from tunelab.eval.card_text import setup_line
 from tunelab.eval.perplexity import forgetting_verdict, perplexity_text
 from tunelab.eval.runner import EVAL_DIR, EvalResult
 
@@ -50,6 +51,7 @@ class ReportData:
     manifest: Any = None
     config: str | None = None  # the resolved config YAML
     notes: list[str] = field(default_factory=list)
+    setup: str | None = None  # the distributed setup that ran (environment.json), one line
 
 
 # --------------------------------------------------------------------------- collecting
@@ -107,6 +109,9 @@ def collect_run(run_dir: str | Path) -> ReportData:
         data.loss_log = read_metrics_log(log)
     if (cfg := run / "config.yaml").is_file():
         data.config = cfg.read_text(encoding="utf-8")
+    if (env := run / "environment.json").is_file():
+        setup = json.loads(env.read_text(encoding="utf-8")).get("distributed")
+        data.setup = setup_line(setup) if setup else None
     if (card := run / "data_card.md").is_file():
         data.data_card = card.read_text(encoding="utf-8")
     for name in ("data_manifest.json", "manifest.json"):
@@ -373,6 +378,8 @@ def render_markdown(d: ReportData) -> str:
         out += ["## Notes", "", *[f"- {n}" for n in d.notes], ""]
     if d.data_card:
         out += [demote(d.data_card), ""]
+    if d.setup:
+        out += ["## Training setup", "", d.setup, ""]
     if d.manifest is not None:
         out += ["## Data manifest", "", "```json", json.dumps(d.manifest, indent=1), "```", ""]
     if d.config:

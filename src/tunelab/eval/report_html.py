@@ -130,6 +130,8 @@ def render_html(d: ReportData) -> str:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li>{escape(n)}</li>" for n in d.notes) + "</ul>")
     if d.data_card:
         parts.append(f"<section class='card'>{_markdown(demote(d.data_card))}</section>")
+    if d.setup:
+        parts.append(f"<h2>Training setup</h2><p>{escape(d.setup)}</p>")
     if d.manifest is not None:
         parts.append(f"<h2>Data manifest</h2><pre>{escape(json.dumps(d.manifest, indent=1))}</pre>")
     if d.config:

@@ -1,8 +1,9 @@
 """Training objectives: one registry, `METHODS = {name: MethodSpec}`, is all the code knows about a method.
 
 A spec says what the method trains on (`data`: the records it reads), whether it keeps a reference model, which
-task head it trains (none: the LM head), whether exp(eval loss) is a perplexity, which section of `method:` holds
-its settings, and how to build it (`build(ctx) -> Method`). The config's method names, the head tables, the
+task head it trains (none: the LM head), whether exp(eval loss) is a perplexity, whether it needs
+whole weights during training (it generates), which section of `method:` holds its settings, and how to build it
+(`build(ctx) -> Method`). The config's method names, the head tables, the
 perplexity rule, the data preparation and the docs table (docs/methods.md) are read from here; a test checks
 that every method has an example config, a doc section, data it reads and a CLI run. The config layer sits
 below this one, so it keeps its own tuple of names and the settings sections (config.METHOD_NAMES, DPOSettings,
@@ -38,6 +39,7 @@ class MethodSpec:
     # A preference method's implicit reward, for held-out preference accuracy (tunelab.eval.preference):
     # beta * (log pi - log pi_ref) ("reference") or beta * mean log pi over the reply ("normalized").
     implicit_reward: Literal["reference", "normalized"] | None = None
+    whole_weights: bool = False  # generates with the trained model during training: refused where weights are sharded
 
 
 METHODS: dict[str, MethodSpec] = {
@@ -60,7 +62,9 @@ METHODS: dict[str, MethodSpec] = {
     "reward": MethodSpec(reward.build, "pairs", "a scalar reward model on preference pairs", head="scalar"),
     "classify": MethodSpec(classify.build, "labelled", "a sequence-classification head on text + label", head="seq"),
     "ner": MethodSpec(ner.build, "tagged", "a token-classification head on BIO-tagged tokens", head="token"),
-    "grpo": MethodSpec(grpo.build, "prompts", "online RL from rewards on prompts", "grpo", reference=True),
+    "grpo": MethodSpec(
+        grpo.build, "prompts", "online RL from rewards on prompts", "grpo", reference=True, whole_weights=True
+    ),
     "distill": MethodSpec(
         distill.build,
         "sft",

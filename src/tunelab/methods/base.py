@@ -81,10 +81,25 @@ class MethodModule(nn.Module):
     """Model + objective as one module, so `accelerate.prepare` (DDP/FSDP/DeepSpeed) wraps the whole
     loss computation and its gradient hooks fire even though we call inner submodules directly."""
 
+    model: Any  # a transformers or peft model (nn.Module's __getattr__ would type it Tensor | Module)
+
     def __init__(self, model: nn.Module, method: Method) -> None:
         super().__init__()
         self.model = model
         self.method = method
+
+    # accelerate's FSDP2 preparation asks the prepared module itself for these: with cpu_ram_efficient_loading it
+    # moves the module to the meta device, which unties shared weights (embeddings = LM head), and re-ties them
+    # only through `tie_weights`; the embeddings also decide how it groups the outer layers into shards.
+    def tie_weights(self, *args: Any, **kwargs: Any) -> None:
+        if hasattr(self.model, "tie_weights"):
+            self.model.tie_weights(*args, **kwargs)
+
+    def get_input_embeddings(self) -> nn.Module | None:
+        return self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        return self.model.get_output_embeddings() if hasattr(self.model, "get_output_embeddings") else None
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         fn = self.method.evaluate if not self.training and self.method.evaluate else self.method.loss

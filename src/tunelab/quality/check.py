@@ -24,7 +24,7 @@ from tunelab.data.sources import MAX_RECORD_BYTES, ReadOptions
 from tunelab.quality.dedup import exact_groups, near_pairs
 from tunelab.quality.inspect import empty_fields, inspect_dataset, public
 from tunelab.quality.io import sha256_file
-from tunelab.quality.items import Dataset, Item, load_dataset, text_hash
+from tunelab.quality.items import Dataset, Item, TextView, load_dataset, text_hash
 from tunelab.quality.labels import label_problems
 from tunelab.quality.pii import find_pii
 from tunelab.quality.report import CheckReport, Problem
@@ -61,9 +61,9 @@ def check(
 
 def load(d: DataInput, role: str, options: CheckOptions, max_record_bytes: int = MAX_RECORD_BYTES) -> Dataset:
     if isinstance(d, str):
-        return load_dataset(d, role, label_column=options.label_column, max_record_bytes=max_record_bytes)
+        return load_dataset(d, role, label_column=options.label_column, max_record_bytes=max_record_bytes, lean=True)
     ds = load_dataset(d.path, role, d.format, d.columns, options.label_column, d.split, d.max_samples,
-                      max_record_bytes, ReadOptions.of(d))  # fmt: skip
+                      max_record_bytes, ReadOptions.of(d), lean=True)  # fmt: skip
     if d.skip_records:  # left out of the run (data.check.leakage: drop, or by hand): not checked either
         skip = set(d.skip_records)
         ds.items = [it for it in ds.items if it.index not in skip]
@@ -84,7 +84,7 @@ def check_datasets(datasets: list[Dataset], options: CheckOptions, tokenizer: An
     problems += conflict_problems(valid)
     problems += label_problems(valid, options)
     if options.near_duplicates:
-        problems += near_problems(valid, options.near_threshold)
+        problems += near_problems(valid, options.near_threshold, options.workers, options.backend)
     report = CheckReport([public(s) for s in stats], problems, options.model_dump(), strict=options.strict)
     report.seconds = time.perf_counter() - start
     return report
@@ -196,12 +196,18 @@ def conflict_problems(valid: list[tuple[Dataset, Item]]) -> list[Problem]:
     return out
 
 
-def near_problems(valid: list[tuple[Dataset, Item]], threshold: float) -> list[Problem]:
+def near_problems(
+    valid: list[tuple[Dataset, Item]], threshold: float, workers: int = 1, backend: str = "local"
+) -> list[Problem]:
     """Near-duplicates within a role compare whole records (what clean would drop); near leakage across
-    roles compares inputs, like exact leakage. One MinHash pass serves both when inputs are the records."""
-    full = near_pairs([it.full_text for _, it in valid], threshold)
-    same_text = all(it.input_text == it.full_text for _, it in valid)
-    inputs = full if same_text else near_pairs([it.input_text for _, it in valid], threshold)
+    roles compares inputs, like exact leakage. One MinHash pass serves both when inputs are the records.
+    The texts are read as the pass needs them (`TextView`), never all held at once."""
+    items = [it for _, it in valid]
+    full = near_pairs(TextView(items, "full_text"), threshold, workers=workers, backend=backend)
+    same_text = all(it.input_text == it.full_text for it in items)
+    inputs = (
+        full if same_text else near_pairs(TextView(items, "input_text"), threshold, workers=workers, backend=backend)
+    )
     rank = {r: i for i, r in enumerate(ROLES)}
     inside = [
         {**valid[j][1].location(), "near": valid[i][1].where, "similarity": sim}

@@ -16,12 +16,13 @@ duplicates, leakage and label conflicts compare. A label is a classification col
 from __future__ import annotations
 
 import hashlib
+import marshal
 import re
 import unicodedata
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tunelab.data.formats import FORMATS, FieldError, detect_format, is_template, rename_columns, text_sources
 from tunelab.data.hints import mapping_hint
@@ -57,7 +58,7 @@ LABEL_COLUMNS = ("label", "category", "intent", "class", "labels")
 STRUCTURAL_KEYS = {"role", "from", "type", "_synthetic", "id", "tool_call_id", "name", "provenance"}
 
 
-@dataclass
+@dataclass(slots=True)
 class Item:
     source: str
     index: int
@@ -76,6 +77,94 @@ class Item:
 
     def location(self) -> dict[str, Any]:
         return {"file": self.source, "line": self.line, "record": self.index}
+
+
+class Parse(NamedTuple):
+    """How a dataset's rows were parsed: what a LeanItem needs to parse its row again."""
+
+    fmt: str | None
+    columns: Mapping[str, str] | None
+    label_column: str | None
+
+
+class LeanItem(Item):
+    """An Item for checking big files (`load_dataset(lean=True)`, `data check`): the row is kept packed and its
+    fields, record and texts are derived again on each access, so a million records fit in about a gigabyte.
+    Setting them is accepted and dropped (they follow from the row)."""
+
+    __slots__ = ("_packed", "_parse")
+
+    def __init__(self, source: str, index: int, line: int | None, row: dict[str, Any]) -> None:
+        self._parse: Parse | None = None
+        Item.__init__(self, source, index, line, row)
+
+    @property  # type: ignore[override]
+    def row(self) -> dict[str, Any]:
+        packed = self._packed
+        return marshal.loads(packed) if isinstance(packed, bytes) else packed
+
+    @row.setter
+    def row(self, value: dict[str, Any]) -> None:
+        try:
+            self._packed: bytes | dict[str, Any] = marshal.dumps(value)
+        except ValueError:  # a value marshal cannot write (a Parquet timestamp): kept as it is
+            self._packed = value
+
+    @property  # type: ignore[override]
+    def record(self) -> Record | None:
+        p = self._parse
+        if self.error is not None or p is None or p.fmt is None:
+            return None
+        return FORMATS[p.fmt](rename_columns(self.row, p.columns))
+
+    @record.setter
+    def record(self, value: Record | None) -> None:
+        pass
+
+    @property  # type: ignore[override]
+    def fields(self) -> dict[str, str]:
+        p = self._parse
+        return text_fields(self.row, p.fmt, p.columns, p.label_column) if p else {}
+
+    @fields.setter
+    def fields(self, value: dict[str, str]) -> None:
+        pass
+
+    @property  # type: ignore[override]
+    def input_text(self) -> str:
+        rec = self.record
+        return "" if rec is None else record_texts(rec)[0]
+
+    @input_text.setter
+    def input_text(self, value: str) -> None:
+        pass
+
+    @property  # type: ignore[override]
+    def full_text(self) -> str:
+        rec = self.record
+        if rec is None:
+            return ""
+        text, output = record_texts(rec)
+        return f"{text}\n{output}" if output else text
+
+    @full_text.setter
+    def full_text(self, value: str) -> None:
+        pass
+
+
+class TextView(Sequence[str]):
+    """The input_text or full_text of items, computed when read (LeanItems hold no text)."""
+
+    def __init__(self, items: Sequence[Item], attr: str) -> None:
+        self.items, self.attr = items, attr
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [getattr(it, self.attr) for it in self.items[i]]
+        return getattr(self.items[i], self.attr)
 
 
 @dataclass
@@ -113,16 +202,19 @@ def load_dataset(
     max_samples: int | None = None,
     max_record_bytes: int = MAX_RECORD_BYTES,
     options: ReadOptions = PLAIN,
+    lean: bool = False,
 ) -> Dataset:
     """Read and parse every row of `path`, keeping bad rows (and records over `max_record_bytes`) as items
-    with an error; a file with no record at all is a file error."""
+    with an error; a file with no record at all is a file error. `lean`: LeanItems (for checks of big files;
+    slower to read, a fraction of the memory)."""
     items: list[Item] = []
     file_error = None
+    make = LeanItem if lean else Item
     try:
         for entry in _rows(path, split, max_record_bytes, options):
             if max_samples is not None and len(items) >= max_samples:
                 break
-            items.append(entry if isinstance(entry, Item) else Item(entry.source, entry.index, entry.line, entry.data))
+            items.append(entry if isinstance(entry, Item) else make(entry.source, entry.index, entry.line, entry.data))
     except DataError as e:
         file_error = str(e)
     if not items and file_error is None:
@@ -139,7 +231,10 @@ def load_dataset(
         )
     mapped = (columns or {}).get("label")
     label = label_column or (mapped if mapped and not is_template(mapped) else None) or _detect_label(first, name)
+    parse = Parse(name, columns, label)
     for it in items:
+        if isinstance(it, LeanItem):
+            it._parse = parse
         if it.error is None:
             _parse(it, name, columns, label)
     return Dataset(path, role, name, label, items, file_error)
@@ -167,12 +262,21 @@ def _detect_label(row: dict[str, Any] | None, fmt: str | None) -> str | None:
     return next((c for c in LABEL_COLUMNS if c in row and isinstance(row[c], (str, int, bool))), None)
 
 
-def _parse(it: Item, fmt: str | None, columns: Mapping[str, str] | None, label_column: str | None) -> None:
+def text_fields(
+    row: dict[str, Any], fmt: str | None, columns: Mapping[str, str] | None, label_column: str | None
+) -> dict[str, str]:
+    """The string leaves (by path) of the fields the format reads as text; never ids, labels or other columns."""
     used = text_sources(fmt, columns) if fmt else set()
-    it.fields = {path: text for key, value in it.row.items() if key in used and key not in STRUCTURAL_KEYS
-                 for path, text in string_leaves(value, str(key))}  # fmt: skip
+    out = {path: text for key, value in row.items() if key in used and key not in STRUCTURAL_KEYS
+           for path, text in string_leaves(value, str(key))}  # fmt: skip
     if label_column:
-        it.fields.pop(label_column, None)
+        out.pop(label_column, None)
+    return out
+
+
+def _parse(it: Item, fmt: str | None, columns: Mapping[str, str] | None, label_column: str | None) -> None:
+    it.fields = text_fields(it.row, fmt, columns, label_column)
+    if label_column:
         value = it.row.get(label_column)
         it.label = None if value is None or value == "" else str(value)
     if fmt is None:

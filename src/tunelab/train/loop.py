@@ -23,7 +23,7 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -35,6 +35,7 @@ from tunelab.config import RunConfig
 from tunelab.errors import TunelabError
 from tunelab.methods import Method, MethodModule
 from tunelab.train import checkpoint as ckpt
+from tunelab.train import distributed
 from tunelab.train.optim import build_optimizer, build_scheduler
 from tunelab.train.plan import Plan, eval_batches, packing_note
 from tunelab.train.progress import TrainProgress
@@ -75,8 +76,8 @@ class Job:
     model: torch.nn.Module  # HF or peft model with trainable parameters marked
     tokenizer: Any
     method: Method
-    train_items: list[Any]
-    eval_items: list[Any]
+    train_items: Sequence[Any]  # a prepared kind's items (Examples read from a memory-mapped store, ...)
+    eval_items: Sequence[Any]
     eval_tasks: list[str] = field(default_factory=list)  # task of each eval item (multi-task runs)
 
 
@@ -363,11 +364,12 @@ class Trainer:
             self.acc.print(f"final/ takes the best checkpoint (step {best}, eval loss {state.best_eval_loss:.4f})")
 
     def _check_weights(self) -> None:
-        """The trained weights are finite (a last update can diverge after the last loss was read)."""
+        """The trained weights are finite (a last update can diverge after the last loss was read). Where the
+        weights are sharded each process checks its shard and the counts are summed."""
         bad = torch.zeros((), device=self.acc.device)
         for p in self.params:
-            bad += (~torch.isfinite(p.detach())).sum()
-        n = int(self._sum(bad))
+            bad += (~torch.isfinite(distributed.local_part(p).detach())).sum()
+        n = int(self._sum(bad) if distributed.sharded_params(self.acc) else bad.item())
         if n:
             raise TunelabError(f"train: {n:,} trained weights are NaN or infinite at step "
                                f"{self.state.step}: training diverged, final/ is not written. Lower train.lr.")  # fmt: skip
@@ -376,11 +378,12 @@ class Trainer:
         """final/: standard HF format (peft adapter folder or full model) with the tokenizer, atomically."""
         acc, job = self.acc, self.job
         acc.wait_for_everyone()
-        model = acc.unwrap_model(self.module).model
+        model: Any = distributed.unwrap(acc, self.module).model
         kwargs: dict[str, Any] = {}
-        if acc.distributed_type.value in ("FSDP", "DEEPSPEED"):  # weights are sharded: gather them
+        if distributed.gathers_final(acc):  # weights (or their latest values) are spread over processes: gather
             full = acc.get_state_dict(self.module)
-            kwargs["state_dict"] = {k.removeprefix("model."): v for k, v in full.items()}
+            aliases = distributed.tied_aliases(model)  # gathered once per name: keep one, as save_pretrained does
+            kwargs["state_dict"] = {n: v for k, v in full.items() if (n := k.removeprefix("model.")) not in aliases}
         final = job.run_dir / "final"
         self._check_weights()
         if acc.is_main_process:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +22,17 @@ from tunelab.config import RunConfig, asks_reward, dump_config, eval_settings
 from tunelab.data.collate import pack
 from tunelab.data.heads import resolve_formats
 from tunelab.data.prepare import prepare_data
+from tunelab.data.prepared import Joined
 from tunelab.data.tokenize import chat_template_for
 from tunelab.errors import TunelabError
 from tunelab.eval.card import write_run_card
+from tunelab.eval.card_text import setup_line
 from tunelab.eval.lifecycle import after_training, before_training
 from tunelab.methods import METHODS, build_method, implicit_reward
 from tunelab.methods.teacher_data import prepare_teacher
 from tunelab.models.heads import load_head_model, write_head_info
 from tunelab.models.load import load_tokenizer
+from tunelab.models.loader import load
 from tunelab.models.tuning import (
     PROMPT_LEARNING_MODES,
     apply_tuning,
@@ -39,7 +43,7 @@ from tunelab.models.tuning import (
 from tunelab.planner import DataCounts, estimate
 from tunelab.quality.card import CHECK_REPORT, leaked_eval_records, preflight, skip_records
 from tunelab.scoring.rewards import check_sources
-from tunelab.train import rundir
+from tunelab.train import distributed, rundir
 from tunelab.train.loop import Hooks, Job, Trainer
 from tunelab.train.optim import configure_threads, resolve_precision
 from tunelab.train.tracking import check_installed, tracked
@@ -54,7 +58,7 @@ def train_one(cfg: RunConfig, resume: bool = False, hooks: Hooks | None = None,
     spec = METHODS[cfg.method.name]
     check_installed(cfg)
     _check_rewards(cfg)  # before a run directory exists
-    acc, run_dir, threads = _start(cfg, config_path, resume)
+    acc, run_dir, threads, setup = _start(cfg, config_path, resume)
     set_seed(cfg.train.seed)
     cfg = resolve_formats(cfg, spec.data)  # labelled/tagged data: format auto is saved as what was read
     tokenizer = load_tokenizer(cfg.model)
@@ -73,11 +77,11 @@ def train_one(cfg: RunConfig, resume: bool = False, hooks: Hooks | None = None,
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = apply_tuning(model, cfg.tuning, spec.head)
     acc.print(f"{describe_trainable(model)}; {acc.num_processes} process(es), {threads} torch threads each")
-    method = build_method(cfg, model, prepared.train + prepared.eval, tokenizer.pad_token_id, tokenizer)
+    method = build_method(cfg, model, Joined(prepared.train, prepared.eval), tokenizer.pad_token_id, tokenizer)
     items = _maybe_pack(cfg, method, prepared.train)
     if acc.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_run_files(run_dir, asked, prepared, resume)
+        _write_run_files(run_dir, asked, prepared, resume, setup)
     acc.wait_for_everyone()
     job = Job(cfg, run_dir, acc, model, tokenizer, method, items, prepared.eval, getattr(prepared, "eval_tasks", []))
     trainer = Trainer(job, hooks)
@@ -97,7 +101,7 @@ def train_one(cfg: RunConfig, resume: bool = False, hooks: Hooks | None = None,
             if spec.head:
                 write_head_info(run_dir / "final", cfg.method.name, spec.head, labels)
             try:
-                after_training(cfg, acc.unwrap_model(trainer.module).model, tokenizer, run_dir, acc.print, spec.head,
+                after_training(cfg, _trained_model(acc, trainer, run_dir), tokenizer, run_dir, acc.print, spec.head,
                                implicit_reward(cfg))  # fmt: skip
             finally:  # after the closing evaluation, whose comparison it shows (and even when that fails the run)
                 write_run_card(run_dir)
@@ -119,20 +123,17 @@ def _plan_line(cfg: RunConfig, prepared: Any) -> str:
         return f"plan: not estimated ({type(e).__name__}: {str(e)[:200]})"
 
 
-def _start(cfg: RunConfig, config_path: str | Path | None, resume: bool) -> tuple[Any, Path, int]:
-    """(accelerator, run directory, torch threads): the run directory is chosen by the main process and shared."""
-    from accelerate import Accelerator
+def _start(cfg: RunConfig, config_path: str | Path | None, resume: bool) -> tuple[Any, Path, int, dict[str, Any]]:
+    """(accelerator, run directory, torch threads, the distributed setup): the run directory is chosen by the main
+    process and shared; a setup that differs from what the launcher asked for is refused first."""
     from accelerate.utils import broadcast_object_list
 
     threads = configure_threads(cfg.train.threads, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    acc = Accelerator(  # no log_with: trackers need the run directory, chosen below (see tunelab.train.tracking)
-        mixed_precision=resolve_precision(cfg.train.precision),
-        cpu=not torch.cuda.is_available(),  # lets torchrun-started workers on a CPU machine join as MULTI_CPU (gloo)
-    )
-    if acc.distributed_type.value == "DEEPSPEED" and cfg.train.grad_accum > 1:
-        raise TunelabError(
-            "train.grad_accum: DeepSpeed steps on every backward here; set grad_accum: 1 (raise batch_size instead)"
-        )
+    asked = distributed.requested()
+    # no log_with: trackers need the run directory, chosen below (see tunelab.train.tracking)
+    acc = distributed.accelerator(resolve_precision(cfg.train.precision), asked)
+    distributed.check(acc, asked, cfg)
+    setup = distributed.describe(acc, cfg, asked)
     holder = [rundir.choose_run_dir(cfg, config_path, resume) if acc.is_main_process else None]
     run_dir = Path(str(broadcast_object_list(holder)[0] if acc.num_processes > 1 else holder[0]))
     if acc.is_main_process and not resume and rundir.mark_starting(run_dir):
@@ -140,7 +141,13 @@ def _start(cfg: RunConfig, config_path: str | Path | None, resume: bool) -> tupl
     acc.project_configuration.set_directories(str(run_dir))
     if cfg.data.packing and cfg.tuning.mode in PROMPT_LEARNING_MODES:
         raise TunelabError(f"data.packing: not supported with tuning.mode {cfg.tuning.mode} (virtual tokens)")
-    return acc, run_dir, threads
+    if setup["type"] != "NO":
+        acc.print(f"distributed: {setup_line(setup)}")
+    launcher_mp = asked.mixed_precision
+    if launcher_mp and launcher_mp != setup["mixed_precision"]:
+        acc.print(f"note: the launcher's mixed_precision {launcher_mp} is not used: train.precision "
+                  f"{cfg.train.precision} gives {setup['mixed_precision']}")  # fmt: skip
+    return acc, run_dir, threads, setup
 
 
 def _check_rewards(cfg: RunConfig) -> None:
@@ -160,7 +167,7 @@ def _load_model(cfg: RunConfig, tokenizer: Any, labels: list[str], log: Any) -> 
     return model
 
 
-def _maybe_pack(cfg: RunConfig, method: Any, items: list[Any]) -> list[Any]:
+def _maybe_pack(cfg: RunConfig, method: Any, items: Sequence[Any]) -> Sequence[Any]:
     if not cfg.data.packing:
         return items
     if not method.supports_packing:
@@ -212,7 +219,18 @@ def _attach_chat_template(tokenizer: Any, cfg: RunConfig, formats: list[str]) ->
         tokenizer.chat_template = chat_template_for(tokenizer, cfg.model.chat_template)
 
 
-def _write_run_files(run_dir: Path, cfg: RunConfig, prepared: Any, resume: bool) -> None:
+def _trained_model(acc: Any, trainer: Trainer, run_dir: Path) -> Any:
+    """The model the closing evaluation runs on (main process only): the trained module, or where the weights are
+    spread over the processes (FSDP, DeepSpeed) final/ loaded whole, since a forward pass of a sharded module
+    needs every process."""
+    if not distributed.gathers_final(acc):
+        return distributed.unwrap(acc, trainer.module).model
+    with distributed.one_process_loading(acc):
+        model, _ = load(run_dir)
+    return model.to(acc.device)
+
+
+def _write_run_files(run_dir: Path, cfg: RunConfig, prepared: Any, resume: bool, setup: dict[str, Any]) -> None:
     text = dump_config(cfg)
     saved = run_dir / "config.yaml"
     if resume and saved.is_file() and saved.read_text() != text:
@@ -223,4 +241,5 @@ def _write_run_files(run_dir: Path, cfg: RunConfig, prepared: Any, resume: bool)
     counts = {st.path: {"records": st.records, "train": st.train, "eval": st.eval} for st in prepared.stats}
     rundir.write_json(run_dir / "data_manifest.json", [{**m, **counts.get(m["path"], {})} for m in prepared.manifest])
     rundir.write_json(run_dir / "data_report.json", prepared.report())
-    rundir.write_json(run_dir / ("environment.resumed.json" if resume else "environment.json"), rundir.environment())
+    env = rundir.environment() | {"distributed": setup}
+    rundir.write_json(run_dir / ("environment.resumed.json" if resume else "environment.json"), env)

@@ -11,6 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 from tunelab.config import RunConfig, load_config
+from tunelab.models.presets import build_preset
 
 WORDS = ["red", "kite", "boat", "seven", "green", "apple", "river", "stone", "cloud", "bird", "lamp", "tree"]
 
@@ -44,6 +45,16 @@ def make_cfg(tmp_path: Path):  # noqa: ANN201
         return load_config(None, [*base, *overrides])
 
     return make
+
+
+@pytest.fixture
+def model_folder(tmp_path: Path) -> Path:
+    """The tiny preset as a model folder (tied embeddings, like small real models)."""
+    model, tokenizer = build_preset("tiny")
+    folder = tmp_path / "base"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:

@@ -1,0 +1,60 @@
+"""Near-duplicates from chunked MinHash band keys: pairs confirmed by exact Jaccard, exact copies expanded,
+the same for any number of workers and any chunk size; LeanItems say what Items say."""
+
+import json
+import random
+
+import pytest
+
+from tunelab.quality import dedup
+from tunelab.quality.items import load_dataset
+
+
+def texts(n=300, seed=0):
+    rng = random.Random(seed)
+    words = [f"w{k}" for k in range(500)]
+    base = [" ".join(rng.choice(words) for _ in range(60)) for _ in range(n)]
+    out = list(base)
+    out[10] = base[3].replace(base[3].split()[5], "changed", 1)  # near copy of 3
+    out[20] = base[3]  # exact copy of 3
+    out[30] = "  " + base[3].upper()  # the same after normalizing
+    return out
+
+
+def brute(ts, threshold):
+    sets = [dedup.shingles(t) for t in ts]
+    norms = [dedup.normalize(t) for t in ts]
+    return {(i, j) for i in range(len(ts)) for j in range(i + 1, len(ts))
+            if norms[i] != norms[j] and dedup.jaccard(sets[i], sets[j]) >= 0.8}  # fmt: skip
+
+
+def test_pairs_match_the_exact_similarity_and_copies_are_expanded():
+    ts = texts()
+    got = dedup.near_pairs(ts, 0.8)
+    assert {(i, j) for i, j, _ in got} == brute(ts, 0.8) == {(3, 10), (10, 20), (10, 30)}
+    assert all(sim >= 0.8 for _, _, sim in got)
+
+
+def test_workers_and_chunks_change_nothing(monkeypatch):
+    ts = texts(seed=1)
+    one = dedup.near_pairs(ts, 0.8)
+    assert dedup.near_pairs(ts, 0.8, workers=2) == one
+    monkeypatch.setattr(dedup, "CHUNK", 7)
+    assert dedup.near_pairs(ts, 0.8) == one
+
+
+def test_lean_items_say_what_items_say(tmp_path):
+    rows = [{"instruction": "Q", "input": "ctx", "output": "A", "label": "x"}, {"text": "nope"},
+            {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}]  # fmt: skip
+    p = tmp_path / "d.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in rows) + "\n{bad json\n")
+    full, lean = load_dataset(str(p)), load_dataset(str(p), lean=True)
+    for a, b in zip(full.items, lean.items, strict=True):
+        assert (a.row, a.record, a.error, a.label, a.fields) == (b.row, b.record, b.error, b.label, b.fields)
+        assert (a.input_text, a.full_text, a.location()) == (b.input_text, b.full_text, b.location())
+
+
+@pytest.mark.parametrize("threshold", [0.7, 0.9])
+def test_thresholds_hold(threshold):
+    ts = texts(seed=2)
+    assert {(i, j) for i, j, _ in dedup.near_pairs(ts, threshold)} <= brute(ts, threshold)
