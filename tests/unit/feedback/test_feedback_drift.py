@@ -9,8 +9,8 @@ import random
 from pathlib import Path
 
 import pytest
+from tests.conftest import run_cli
 
-from conftest import run_cli
 from tunelab.config import RunConfig, dump_config
 from tunelab.data.quickstart_task import SYSTEM, write_splits
 from tunelab.errors import TunelabError

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
+from tests.conftest import run_cli
 
-from conftest import run_cli
 from tunelab.config import RunConfig, dump_config
 from tunelab.errors import TunelabError
 from tunelab.feedback.export import ExportOptions, export
