@@ -159,6 +159,17 @@ class TuningConfig(Section):
         None, description="Modules IA3 rescales; default: peft's choice for the architecture (k, v and down proj)."
     )
     quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type of the frozen base for qlora.")
+    init_adapter: str | None = Field(
+        None,
+        description="Continue training this LoRA adapter (a folder or an adapter run directory) instead of a fresh "
+        "one; its own rank and target modules apply (lora, dora, qlora).",
+    )
+
+    @model_validator(mode="after")
+    def _check_init(self) -> TuningConfig:
+        if self.init_adapter and self.mode not in ("lora", "dora", "qlora"):
+            raise ValueError(f"tuning.init_adapter: continues a LoRA adapter; tuning.mode {self.mode} trains none")
+        return self
 
 
 class TeacherGeneration(Section):

@@ -55,7 +55,17 @@ def test_user_errors_are_one_message_without_traceback(tmp_path):
 
 def test_config_schema_is_json_schema():
     schema = json.loads(run_cli("config-schema").stdout)
-    assert set(schema["properties"]) == {"model", "tuning", "method", "data", "train", "eval", "output", "stages", "tune"}
+    assert set(schema["properties"]) == {
+        "model",
+        "tuning",
+        "method",
+        "data",
+        "train",
+        "eval",
+        "output",
+        "stages",
+        "tune",
+    }
 
 
 def test_prepare_debug_shows_the_tool_call_trained_and_a_template_without_tools_is_refused(tmp_path):

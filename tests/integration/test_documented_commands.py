@@ -12,6 +12,7 @@ a table entry that names no documented command fails the test, so the tables can
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import socket
@@ -31,6 +32,8 @@ from tests.conftest import REPO, SHARED
 from tests.integration.doc_commands import DocCommand, fenced_blocks, inline_commands, is_mention, tunelab_args
 
 from tunelab.cli import app, main
+from tunelab.serve.review import ReviewQueue
+from tunelab.serve.store import Store
 
 DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
 
@@ -92,6 +95,32 @@ class DocFence:
         text = (REPO / self.doc).read_text()
         after = text[text.index(self.heading) :]
         dest.write_text(after.split("```", 2)[1].split("\n", 1)[1])
+
+
+@dataclass(frozen=True)
+class FeedbackStore:
+    """A serve store (SQLite) as a server writes it: answered requests for the task's test split, users' ratings
+    and corrections, and review decisions (half approved, half edited with the correction; the rest unreviewed)."""
+
+    src: str
+    n: int
+
+    def make(self, dest: Path) -> None:
+        store = Store(f"sqlite:///{dest.resolve()}")
+        queue = ReviewQueue(store)
+        for i, line in enumerate(Path(self.src).read_text().splitlines()[: self.n]):
+            msgs = json.loads(line)["messages"]
+            right, rid = msgs[2]["content"], f"req-{i}"
+            wrong = json.loads(right) | {"priority": "normal" if '"high"' in right else "high"}
+            answer = right if i % 2 else json.dumps(wrong)
+            store.log_request(rid, api_key_id="alice", endpoint="/v1/chat/completions", model="support",
+                              adapter="support", request={"messages": msgs[:2]}, response_text=answer,
+                              finish_reason="stop", prompt_tokens=40, completion_tokens=20, latency_ms=50.0,
+                              status=200, decisions=[])  # fmt: skip
+            store.add_feedback(rid, 1 if answer == right else -1, None if answer == right else right, None)
+            if i < self.n * 2 // 3:
+                queue.decide(rid, "approve" if answer == right else "edit", "ana", None if answer == right else right)
+        store.close()
 
 
 # ---------------------------------------------------------------------------------------------- the tables
@@ -165,6 +194,8 @@ EXPECTED = {
         2,
         "needs llama.cpp's llama-quantize, which was not found",
     ),
+    # feedback-loop.md: production prompts of the quickstart task against a run trained on tiny_sft: drift, exit 1.
+    "tunelab drift --store serve.db --against runs/my-run": (1, "**DRIFT**"),
     # export.md: the export is written and verified, then the upload fails offline (tests run with HF_HUB_OFFLINE).
     "tunelab export runs/my-run --format gguf --gguf-type q8_0 --push me/my-model-gguf": (
         2,
@@ -173,7 +204,7 @@ EXPECTED = {
 }
 
 # stdin for interactive verbs; the input then ends, like Ctrl-D.
-STDIN = {"chat": "hello\n/reset\nhello\n/help\n"}
+STDIN = {"chat": "hello\n/reset\nhello\n/help\n", "feedback": "c\na\nr\ns\n"}  # feedback review: one line a decision
 
 # Commands that run in a new empty folder instead of the sandbox -> why.
 EMPTY_FOLDER = {"tunelab init": "init refuses to overwrite; the sandbox was itself made by it"}
@@ -199,6 +230,7 @@ SANDBOX: list[tuple[str, Any]] = [
     ("ner.conll", DocFence("docs/data.md", "**A column file.**")),
     ("hh.jsonl", DocFence("docs/data.md", "**A transcript file.**")),
     ("reviews.csv", DocFence("docs/data.md", "**When a file does not fit**")),
+    ("serve.db", FeedbackStore("data/test.jsonl", 24)),  # feedback-loop.md's store: traffic, feedback, reviews
 ]
 
 

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from tunelab.cli import data, evaluate, export, project, serve, studio, train, tune
+from tunelab.cli import data, evaluate, export, feedback, project, serve, studio, train, tune
 from tunelab.console import quiet_libraries
 from tunelab.errors import TunelabError
 
@@ -25,9 +25,15 @@ def _before_any_command() -> None:
     quiet_libraries()
 
 
-for verbs in (project.app, train.app, evaluate.app):  # top-level verbs: validate, train, eval, compare, ...
+for verbs in (
+    project.app,
+    train.app,
+    evaluate.app,
+    feedback.app,
+):  # top-level verbs: validate, train, eval, compare, ...
     app.registered_commands += verbs.registered_commands
 app.add_typer(data.data_app, name="data", help="Inspect, check, clean, split and augment data.")
+app.add_typer(feedback.feedback_app, name="feedback", help="Review production feedback and export it as data.")
 app.command("serve")(serve.serve_cmd)
 app.command("serve-key")(serve.serve_key_cmd)
 app.command("export")(export.export_cmd)

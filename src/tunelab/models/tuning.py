@@ -16,8 +16,10 @@ wrapper. Non-obvious decisions:
 from __future__ import annotations
 
 import inspect
+import json
 import tempfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -96,12 +98,42 @@ def _peft(model: nn.Module, peft_config: Any) -> nn.Module:
         raise TunelabError(f"tuning: peft could not adapt {type(model).__name__}: {e}") from None
 
 
+def _adapt(model: nn.Module, cfg: TuningConfig, dora: bool, task: str) -> nn.Module:
+    """A fresh adapter, or the one named by tuning.init_adapter made trainable again."""
+    if cfg.init_adapter is None:
+        return _peft(model, _lora_config(cfg, dora=dora, task=task))
+    from peft import PeftModel
+
+    folder = adapter_folder(cfg.init_adapter)
+    try:
+        return PeftModel.from_pretrained(model, str(folder), is_trainable=True)
+    except (ValueError, RuntimeError, OSError, KeyError) as e:
+        raise TunelabError(f"tuning.init_adapter: {folder} does not load onto the base model: {e}") from None
+
+
+def adapter_folder(path: str) -> Path:
+    """The LoRA folder `path` names (an adapter run directory means its final/), checked for its files."""
+    p = Path(path).expanduser()
+    if (p / "final" / "adapter_config.json").is_file():
+        p = p / "final"
+    config = p / "adapter_config.json"
+    if not config.is_file():
+        raise TunelabError(f"tuning.init_adapter: {p} is not a LoRA adapter folder (no adapter_config.json)")
+    try:
+        kind = json.loads(config.read_text()).get("peft_type")
+    except (OSError, ValueError) as e:
+        raise TunelabError(f"tuning.init_adapter: {config} is not readable JSON ({e})") from None
+    if str(kind).upper() != "LORA":
+        raise TunelabError(f"tuning.init_adapter: {config} field peft_type is {kind!r}; expected LORA")
+    return p
+
+
 def _lora(model: nn.Module, cfg: TuningConfig, task: str) -> nn.Module:
-    return _peft(model, _lora_config(cfg, dora=False, task=task))
+    return _adapt(model, cfg, False, task)
 
 
 def _dora(model: nn.Module, cfg: TuningConfig, task: str) -> nn.Module:
-    return _peft(model, _lora_config(cfg, dora=True, task=task))
+    return _adapt(model, cfg, True, task)
 
 
 def _qlora(model: nn.Module, cfg: TuningConfig, task: str) -> nn.Module:
@@ -110,7 +142,7 @@ def _qlora(model: nn.Module, cfg: TuningConfig, task: str) -> nn.Module:
     from peft import prepare_model_for_kbit_training
 
     model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    return _peft(model, _lora_config(cfg, dora=False, task=task))
+    return _adapt(model, cfg, False, task)
 
 
 def _prefix(model: nn.Module, cfg: TuningConfig, task: str) -> nn.Module:

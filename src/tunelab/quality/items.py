@@ -53,8 +53,9 @@ from tunelab.data.sources import (
 from tunelab.errors import DataError, format_location
 
 LABEL_COLUMNS = ("label", "category", "intent", "class", "labels")
-# Keys whose string values are structure, not content: never scanned, trimmed or redacted.
-STRUCTURAL_KEYS = {"role", "from", "type", "_synthetic", "id", "tool_call_id", "name"}
+# Keys whose string values are structure, not content: never scanned, trimmed or redacted. `provenance` is what a
+# feedback export (tunelab.feedback) records about each row: request ids, reviewer, times; never training text.
+STRUCTURAL_KEYS = {"role", "from", "type", "_synthetic", "id", "tool_call_id", "name", "provenance"}
 
 
 @dataclass(slots=True)

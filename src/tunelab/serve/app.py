@@ -1,7 +1,7 @@
 """The FastAPI app: OpenAI-compatible completions over an `Engine`, with keys, limits, guard and logging.
 
 `create_app` builds the shared state (state.py) and mounts every router (routes/): chat, completions,
-models, feedback, admin, and ops (health, metrics). `assemble` mounts any subset on a fresh app, which is
+models, feedback, admin, ops (health, metrics) and review (the review queue). `assemble` mounts any subset on a fresh app, which is
 how a router is tested alone. Two ASGI middlewares wrap everything: the body-size limit (413 before any
 parsing) and the request id (`x-request-id` on every response; it is the key for `POST /v1/feedback`).
 Every error is in OpenAI's shape (errors.py). On shutdown the store's queue is written out, then the

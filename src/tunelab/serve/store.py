@@ -169,7 +169,7 @@ class Store:
         self.engine = create_engine(self.url, hide_parameters=True)
         if self.engine.dialect.name == "sqlite":
             _sqlite_pragmas(self.engine, busy_timeout_ms)
-        self._retrying("schema", "-", lambda: _create_or_upgrade(self.engine))
+        self.retrying("schema", "-", lambda: _create_or_upgrade(self.engine))
 
     def log_request(
         self,
@@ -215,7 +215,7 @@ class Store:
                 if events:
                     conn.execute(insert(guard_events_table), events)
 
-        self._retrying("requests", request_id, write)
+        self.retrying("requests", request_id, write)
 
     def has_request(self, request_id: str) -> bool:
         return self.request(request_id) is not None
@@ -229,7 +229,7 @@ class Store:
                 assert key is not None  # an INSERT of one row always has one
                 return int(key[0])
 
-        return self._retrying("feedback", request_id, write)
+        return self.retrying("feedback", request_id, write)
 
     def request(self, request_id: str) -> dict[str, Any] | None:
         def read() -> dict[str, Any] | None:
@@ -238,7 +238,7 @@ class Store:
                 row = conn.execute(q).mappings().first()
                 return dict(row) if row else None
 
-        return self._retrying("requests", request_id, read)
+        return self.retrying("requests", request_id, read)
 
     def requests(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
@@ -258,7 +258,9 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
-    def _retrying(self, table: str, row_id: str, fn: Callable[[], T]) -> T:
+    def retrying(self, table: str, row_id: str, fn: Callable[[], T]) -> T:
+        """`fn()` retried with backoff on errors that can pass; a `StoreError` naming table and row otherwise
+        (also used by the review queue and the deployment registry, which share this database)."""
         for attempt in range(self.retries + 1):
             try:
                 return fn()

@@ -12,8 +12,8 @@ from run_factory import make_run
 from typer.testing import CliRunner
 
 from tunelab.cli.export import export_cmd, verify_cmd
-from tunelab.config import ModelConfig, RunConfig, TuningConfig, dump_config
 from tunelab.cli.serve import _adapters, serve_key_cmd
+from tunelab.config import ModelConfig, RunConfig, TuningConfig, dump_config
 from tunelab.errors import TunelabError
 from tunelab.serve.security import hash_key
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from tunelab.serve.routes import admin, chat, completions, feedback, models, ops
+from tunelab.serve.routes import admin, chat, completions, feedback, models, ops, review
 
 ROUTERS: dict[str, APIRouter] = {
     "chat": chat.router,
@@ -17,4 +17,5 @@ ROUTERS: dict[str, APIRouter] = {
     "feedback": feedback.router,
     "admin": admin.router,
     "ops": ops.router,
+    "review": review.router,
 }
