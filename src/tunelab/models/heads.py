@@ -107,20 +107,17 @@ def load_head_model(cfg: ModelConfig, head: str, labels: list[str] | None, pad_t
 
 
 class _Held(logging.Handler):
-    def __init__(self, targets: list[logging.Handler]) -> None:
+    def __init__(self) -> None:
         super().__init__(logging.WARNING)
         self.records: list[logging.LogRecord] = []
-        self.targets = targets
+        self.kept: list[logging.LogRecord] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         self.records.append(record)
 
     def pass_on(self, drop: str | None = None) -> None:
-        """Pass the held records on, except those whose message contains `drop`."""
-        for record in self.records:
-            if drop is None or drop not in record.getMessage():
-                for target in self.targets:
-                    target.handle(record)
+        """Keep the held records for passing on when the hold ends, except those whose message contains `drop`."""
+        self.kept += [r for r in self.records if drop is None or drop not in r.getMessage()]
         self.records = []
 
 
@@ -129,20 +126,23 @@ def _held_logs() -> Iterator[_Held]:
     """Hold back what transformers logs while a head model loads. Its LOAD REPORT lists the new head's weights as
     MISSING (and a causal LM's lm_head as UNEXPECTED), which is the point of a new head; tunelab says so in one
     line. The caller passes the held records on, the report too when the load found anything else (other
-    missing, unexpected or mismatched weights, an error)."""
+    missing, unexpected or mismatched weights, an error). Propagation is held too: with it on (pytest's log
+    capture, an app's logging setup) the records would reach the root logger's handlers around the hold."""
     from transformers.utils import logging as hf_logging
 
-    root = hf_logging.get_logger()  # the "transformers" logger, which has its own handler
-    before = root.handlers[:]
-    held = _Held(before or [logging.lastResort or logging.StreamHandler()])
-    root.handlers = [held]
+    logger = hf_logging.get_logger()  # the "transformers" logger, which has its own handler
+    before, propagate = logger.handlers[:], logger.propagate
+    held = _Held()
+    logger.handlers, logger.propagate = [held], False
     try:
         yield held
     except BaseException:
         held.pass_on()  # e.g. transformers' report says which weights did not fit
         raise
     finally:
-        root.handlers = before
+        logger.handlers, logger.propagate = before, propagate
+        for record in held.kept:  # its handlers, its parents' if it propagates, else logging's last resort
+            logger.handle(record)
 
 
 # --------------------------------------------------------------------------- runs

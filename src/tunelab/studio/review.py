@@ -1,9 +1,9 @@
-"""HOOK for the feedback loop's review queue (the feedback-loop issue; its router is being built separately).
+"""The studio's feedback page (/studio/feedback) is the review queue of tunelab.serve.routes.review.
 
-The studio's feedback page (/studio/feedback) shows the review queue when the server has a review router:
-a router registered as `ROUTERS["review"]` in tunelab.serve.routes (the studio mounts every router there).
-Until then the page says "not available". When it lands, `status` lists its routes and the page shows the
-rows of its first GET route that returns a list (`{"data": [...]}` or a JSON array); wire richer views here.
+That router (`ROUTERS["review"]`, mounted by the studio like every router there) serves /admin/review; the
+page lists its items, filters them, and posts approve/edit/reject/skip decisions to it. `status` tells the
+page whether the router is there and which routes it has; a server without request logging answers the
+queue's calls with a 503 that says to set store.enabled, and the page shows that message.
 """
 
 from __future__ import annotations

@@ -6,16 +6,33 @@ from __future__ import annotations
 import json
 import shutil
 
+from collections.abc import Iterator
+
 import pytest
 from safetensors.torch import load_file, save_file
+
+from transformers.utils import logging as hf_logging
 
 from tunelab.config import ModelConfig
 from tunelab.models.heads import load_head_model
 from tunelab.models.presets import build_preset
 
 
+@pytest.fixture(params=["own handler", "propagated"])
+def transformers_logging(request: pytest.FixtureRequest) -> Iterator[None]:
+    """transformers' default (its own stderr handler) and an app's (propagated to the root logger's handlers)."""
+    if request.param == "own handler":
+        yield
+        return
+    hf_logging.enable_propagation()
+    hf_logging.disable_default_handler()
+    yield
+    hf_logging.disable_propagation()
+    hf_logging.enable_default_handler()
+
+
 def test_a_new_head_alone_is_one_line_and_a_missing_body_weight_shows(
-    tmp_path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+    tmp_path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture, transformers_logging: None
 ) -> None:
     model, _ = build_preset("tiny", seed=0)
     lm = tmp_path / "lm"

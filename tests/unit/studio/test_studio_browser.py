@@ -1,6 +1,6 @@
 """The studio's web UI in a real headless Chromium (playwright driving Debian's chromium; skipped with the reason
 where either is missing): the runs list, a run page whose curve grows while a job trains, a comparison of three
-runs, the config form's unknown-key error, the side-by-side chat, the dataset preview, the feedback hook. Every
+runs, the config form's unknown-key error, the side-by-side chat, the dataset preview, the feedback review queue. Every
 page works offline: a request to anything but the studio is recorded and fails the test.
 
 Screenshots go to $TUNELAB_SCREENSHOTS (default: the test's temporary folder)."""
@@ -50,7 +50,7 @@ def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     tmp = tmp_path_factory.mktemp("studio-ui")
     _train_runs(tmp)
     write_jsonl(tmp / "dup.jsonl", chat_rows(["red", "red", "kite"]))
-    cfg = studio_config(tmp, defaults=job_defaults(max_steps=4000, save_every=1000))
+    cfg = studio_config(tmp, store=True, defaults=job_defaults(max_steps=4000, save_every=1000))
     with running_studio(tmp, cfg, adapters={"lr-high": str(tmp / "runs" / "lr-high")}) as s:
         yield s
 
@@ -220,14 +220,36 @@ def test_dataset_preview_shows_the_data_checks_findings(page: Any, studio: Runni
     assert "outside the folders the studio may read" in page.wait_for_selector("#summary .error").inner_text()
 
 
-def test_feedback_page_says_not_available_until_the_review_router_exists(page: Any, studio: Running) -> None:
-    from tunelab.serve.routes import ROUTERS
-
+def test_feedback_page_is_the_review_queue_and_stores_decisions(page: Any, studio: Running, shots: Path) -> None:
+    asked = {}
+    for word in ("plum", "fern"):
+        r = studio.client.chat.completions.create(model="base", max_tokens=8, temperature=0,
+                                                  messages=[{"role": "user", "content": f"Say {word}."}])  # fmt: skip
+        asked[word] = r.id
+    auth = {"authorization": f"Bearer {studio.key}"}
+    fb = httpx.post(studio.url + "/v1/feedback", headers=auth, timeout=30,
+                    json={"request_id": asked["fern"], "rating": -1, "comment": "should say fern"})  # fmt: skip
+    assert fb.status_code == 200, fb.text
     page.goto(studio.url + "/studio/feedback")
-    if "review" in ROUTERS:
-        page.wait_for_selector("text=Review routes")
-    else:
-        assert "Not available" in page.wait_for_selector("#unavailable").inner_text()
+    for rid in asked.values():
+        page.wait_for_selector(f".item[data-request='{rid}']")
+    fern = page.locator(f".item[data-request='{asked['fern']}']")
+    assert "Say fern." in fern.locator(".turn.user").inner_text() and "rating -1" in fern.inner_text()
+    assert "should say fern" in fern.inner_text()
+    page.locator(f".item[data-request='{asked['plum']}'] button[data-decision='approve']").click()
+    fern.locator("textarea.answer").fill("fern")
+    fern.locator("button[data-decision='edit']").click()
+    page.wait_for_selector(f".item[data-request='{asked['fern']}'] .decided:has-text('edit by')")
+    page.screenshot(path=str(shots / "feedback-review.png"), full_page=True)
+    admin = {"authorization": f"Bearer {studio.admin_key}"}
+    stored = {w: httpx.get(f"{studio.url}/admin/review/items/{rid}", headers=admin, timeout=30).json()
+              for w, rid in asked.items()}  # fmt: skip
+    assert [(h["decision"], h["answer"], h["reviewer"]) for h in stored["fern"]["history"]] == [("edit", "fern", "ops")]
+    assert [h["decision"] for h in stored["plum"]["history"]] == ["approve"]
+    page.reload()  # the default filter shows what is not yet reviewed: both are gone
+    page.wait_for_selector("#counts")
+    assert page.locator(f".item[data-request='{asked['fern']}']").count() == 0
+    assert page.locator(f".item[data-request='{asked['plum']}']").count() == 0
 
 
 def test_without_the_key_the_studio_asks_for_it(browser: Any, studio: Running) -> None:
