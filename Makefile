@@ -45,8 +45,10 @@ lock:
 	$(BIN)/python scripts/lock_diff.py $(LOCK).old $(LOCK)
 	rm -f $(LOCK).old
 
+# Two workers on the two cores of a CI machine; loadscope keeps a module's tests (and its module-scoped fixtures:
+# trained runs, servers) in one worker.
 test:
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadscope
 
 test-all: deepspeed-deps
 	$(BIN)/python -m pytest -q -m "not gpu"

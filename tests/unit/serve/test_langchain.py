@@ -82,3 +82,16 @@ def test_bind_tools(api) -> None:
     for part in chat_model(api, max_tokens=250).bind_tools([Add], tool_choice="Add", strict=True).stream("2 + 3?"):
         streamed = part if streamed is None else streamed + part
     assert streamed is not None and [c["name"] for c in streamed.tool_calls] == ["Add"]
+
+
+def test_logprobs_reach_the_message(api) -> None:
+    msg = chat_model(api, logprobs=True, top_logprobs=2).invoke("Say something.")
+    content = msg.response_metadata["logprobs"]["content"]
+    assert len(content) == msg.usage_metadata["output_tokens"]
+    assert all(t["logprob"] <= 0 and len(t["top_logprobs"]) == 2 for t in content)
+    assert all(t["top_logprobs"][0]["logprob"] >= t["top_logprobs"][1]["logprob"] for t in content)
+
+
+def test_json_mode(api) -> None:
+    parsed = chat_model(api, max_tokens=250).with_structured_output(method="json_mode").invoke("Reply in JSON.")
+    assert isinstance(parsed, dict)  # json_object output, parsed by LangChain
