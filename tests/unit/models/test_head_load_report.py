@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 import shutil
-
 from collections.abc import Iterator
 
 import pytest
 from safetensors.torch import load_file, save_file
-
 from transformers.utils import logging as hf_logging
 
 from tunelab.config import ModelConfig

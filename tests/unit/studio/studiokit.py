@@ -44,7 +44,9 @@ def job_defaults(max_steps: int = 4, save_every: int = 2) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def studio_config(tmp: Path, url: str | None = None, keys: bool = True, store: bool = False, **jobs: Any) -> StudioConfig:
+def studio_config(
+    tmp: Path, url: str | None = None, keys: bool = True, store: bool = False, **jobs: Any
+) -> StudioConfig:
     serve: dict[str, Any] = {"limits": {"burst": 10000, "requests_per_minute": 60000, "max_tokens": 64}}
     if store:  # request logging, which the feedback review queue reads
         serve["store"] = {"enabled": True, "url": f"sqlite:///{tmp / 'serve.db'}"}
