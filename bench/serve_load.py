@@ -35,6 +35,7 @@ from typing import Any
 
 import httpx
 import openai
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results"
@@ -318,13 +319,23 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=64, help="requests per concurrency level (compare)")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=2, help="compare: rounds, servers alternating (medians reported)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a tunelab serve setting for every suite, e.g. batch.max_prefill_tokens=2048 (YAML value)")  # fmt: skip
     args = ap.parse_args()
+    for item in args.set:
+        key, _, value = item.partition("=")
+        *parents, last = key.split(".")
+        node = BASE_CFG
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = yaml.safe_load(value)
     tmp = Path(tempfile.mkdtemp(prefix="serve-load-"))
     model = tmp / "model"
     save_model(args.preset, model)
     suites = args.suite.split(",")
+    settings = f", serve settings {' '.join(args.set)}" if args.set else ""
     results: dict[str, Any] = {"machine": f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at start, "
-                                          f"preset {args.preset}, 1 torch thread per server"}  # fmt: skip
+                                          f"preset {args.preset}, 1 torch thread per server{settings}"}  # fmt: skip
     if "compare" in suites:
         levels = [int(x) for x in args.levels.split(",")]
         results["compare"] = compare(model, tmp, levels, args.requests, args.max_tokens, args.rounds)
