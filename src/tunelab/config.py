@@ -781,7 +781,10 @@ class TuneConfig(Section):
         min_length=1,
         description="One objective, or several (e.g. eval_loss and time: a Pareto front; no pruning then).",
     )
-    pruner: TunePruner = Field(default_factory=TunePruner, description="Early stopping of unpromising trials.")
+    pruner: TunePruner = Field(
+        default_factory=TunePruner,
+        description="Early stopping of unpromising trials; default median, none with several objectives.",
+    )
     study: str | None = Field(
         None, description="Study name and folder under output.dir; default: output.name, else the config file's stem."
     )
@@ -806,6 +809,15 @@ class TuneConfig(Section):
         "trial on eval.data (the test split) with paired bootstrap CIs.",
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_default_pruning_of_several_objectives(cls, data: Any) -> Any:
+        """Optuna prunes single-objective studies only: several objectives without a pruner get none (a pruner
+        asked for is an error below)."""
+        if isinstance(data, dict) and "pruner" not in data and len(data.get("objectives") or []) > 1:
+            return data | {"pruner": {"kind": "none"}}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> TuneConfig:
         if not self.space:
@@ -819,6 +831,9 @@ class TuneConfig(Section):
             for key, param in self.space.items():
                 if param.type == "float" and not param.values and param.step is None:
                     raise ValueError(f"tune.space.{key}: the grid sampler needs values: [...] (or a step) for a float")
+                if param.when:  # Optuna's grid is a product: where the condition fails, points would repeat a run
+                    raise ValueError(f"tune.space.{key}: the grid sampler cannot skip a conditional key (when:); "
+                                     "use sampler random or tpe, or one grid study per condition")  # fmt: skip
         if len(self.objectives) > 1 and self.pruner.kind != "none":
             raise ValueError("tune.pruner: Optuna prunes single-objective studies only; set pruner: {kind: none} "
                              "with several objectives")  # fmt: skip

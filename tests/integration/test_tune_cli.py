@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -11,44 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from tests.conftest import REPO, run_cli
+from tests.integration.tunekit import labels, write_config
 
 from tunelab.api import load_config, train
 from tunelab.tune import tune
-
-DATA = REPO / "src" / "tunelab" / "examples" / "data" / "tiny_sft.jsonl"
-
-
-def write_config(tmp_path: Path, **tune_over: object) -> Path:
-    cfg = {
-        "model": {"name_or_path": "tiny"},
-        "tuning": {"mode": "lora"},
-        "data": {"train": [{"path": str(DATA)}], "eval_ratio": 0.2, "check": None, "cache_dir": str(tmp_path / "c")},
-        "train": {"max_steps": 6, "eval_every": 2, "log_every": 2, "batch_size": 8, "threads": 1},
-        "eval": {"forgetting": {"enabled": False}},
-        "output": {"dir": str(tmp_path / "runs"), "name": "search"},
-        "tune": {
-            "trials": 8,
-            "sampler": "tpe",
-            "startup_trials": 3,
-            "compare": False,
-            "space": {
-                "train.lr": {"type": "float", "low": 1e-5, "high": 3e-2, "log": True},
-                "tuning.mode": {"type": "categorical", "choices": ["lora", "full"]},
-                "tuning.lora.r": {"type": "int", "low": 2, "high": 16, "when": {"tuning.mode": "lora"}},
-            },
-            "pruner": {"kind": "median", "startup_trials": 1},
-        }
-        | tune_over,
-    }
-    path = tmp_path / "tune.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
-
-
-def labels(root: Path) -> dict[int, dict]:
-    return {int(p.parent.name.split("-")[1]): json.loads(p.read_text()) for p in root.glob("trial-*/trial.json")}
 
 
 def test_tpe_with_pruning_finishes_8_trials_and_the_best_config_trains(tmp_path: Path):

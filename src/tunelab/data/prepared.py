@@ -53,6 +53,7 @@ class DatasetStats:
     fully_masked: int = 0
     tokens: int = 0
     trainable_tokens: int = 0
+    train_tokens: int = 0  # of `tokens`, those of the train split (the planner's count)
     lengths: np.ndarray | list[int] = field(default_factory=list, repr=False)  # of each kept item, train then eval
 
     def summary(self) -> dict[str, Any]:
@@ -366,6 +367,8 @@ def _count(picks: list[tuple[int, int]], table: np.ndarray, base: np.ndarray, st
         "tokens": np.bincount(d, np.where(kept, tokens, 0), n),
         "trainable_tokens": np.bincount(d, np.where(kept, trainable, 0), n),
     }
+    if split == "train":
+        sums["train_tokens"] = sums["tokens"]
     if hasattr(stats[0], "words_cut"):
         sums["words_cut"] = np.bincount(d, np.where(kept, extra, 0), n)
     for i, s in enumerate(stats):

@@ -22,7 +22,7 @@ import numpy as np
 from tunelab.data.prepared import DatasetStats, Joined, Prepared, Store
 from tunelab.data.tokenize import IGNORE, Example
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-dataset train_tokens in the stats (caches of 1 are rebuilt)
 
 
 class ExampleSeq(Sequence[Example]):

@@ -37,7 +37,8 @@ class DataCounts:
 
     @classmethod
     def from_report(cls, report: dict[str, Any], max_length: int) -> DataCounts:
-        """From tunelab.api.validate's report (per dataset: records, train, eval, tokens, trainable_tokens)."""
+        """From tunelab.api.validate's report (per dataset: records, train, eval, tokens, train_tokens,
+        trainable_tokens)."""
         sets = report.get("datasets", [])
         if not sets or "tokens" not in sets[0]:
             raise TunelabError("plan: the data report has no token counts (only sft-style data is planned)")
@@ -45,8 +46,8 @@ class DataCounts:
         for d in sets:
             total = max(d.get("train", 0) + d.get("eval", 0), 1)
             tr, ev = tr + d.get("train", 0), ev + d.get("eval", 0)
-            tt += d["tokens"] * d.get("train", 0) / total
-            et += d["tokens"] * d.get("eval", 0) / total
+            train = d["train_tokens"] if "train_tokens" in d else d["tokens"] * d.get("train", 0) / total
+            tt, et = tt + train, et + d["tokens"] - train
             lab += d.get("trainable_tokens", d["tokens"])
         longest = max(min(d["length"]["max"], max_length) for d in sets)
         n_tokens = sum(d["tokens"] for d in sets)

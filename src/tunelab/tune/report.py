@@ -1,9 +1,10 @@
 """What a search leaves in its study folder: trials.csv and trials.md (every trial: state, parameters, values,
-seconds, run folder), best.yaml (the config with the best trial's parameters, ready for `tunelab train`),
-importances.json (parameter importances by Optuna's default evaluator over the complete trials) and report.html: the trials
-table, the importances, a parallel-coordinates plot (one line per trial across the parameters, coloured by the
-first objective) and the best-vs-default comparison on the test split. One self-contained file (plots inlined as
-PNG data URIs, no scripts, no CDN).
+seconds, run folder; with several objectives, whether it is on the Pareto front), best.yaml (the config with the
+best trial's parameters, ready for `tunelab train`), importances.json (parameter importances by Optuna's default
+evaluator over the complete trials) and report.html: the trials table, the Pareto front, the importances, a
+parallel-coordinates plot (one line per trial across the parameters, coloured by the first objective) and the
+best-vs-default comparison on the test split. One self-contained file (plots inlined as PNG data URIs, no scripts,
+no CDN).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import csv
 import io
 import json
 import math
+import warnings
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -26,12 +28,15 @@ from tunelab.tune.trial import run_config
 def trial_rows(study: Any, tune: TuneConfig) -> list[dict[str, Any]]:
     """One dict per trial, in trial order: number, state, each parameter, each objective, seconds, run folder."""
     keys = list(tune.space)
+    front = {t.number for t in study.best_trials} if len(tune.objectives) > 1 else set()
     rows = []
     for t in study.get_trials(deepcopy=False):
         row: dict[str, Any] = {"trial": t.number, "state": t.state.name.lower()}
         row |= {k: t.params.get(k, "") for k in keys}
         values = t.values or []
         row |= {o.metric: values[i] if i < len(values) else "" for i, o in enumerate(tune.objectives)}
+        if len(tune.objectives) > 1:  # the Pareto front: no other complete trial is as good on all and better on one
+            row["pareto"] = "yes" if t.number in front else ""
         row["pruned_at_step"] = t.last_step if t.state.name == "PRUNED" else ""
         row["seconds"] = t.user_attrs.get("seconds", "")
         row["run"] = t.user_attrs.get("run_dir", "")
@@ -73,14 +78,26 @@ def write_best(cfg: RunConfig, study_name: str, params: dict[str, Any], root: Pa
 
 
 def importances(study: Any, tune: TuneConfig) -> dict[str, float]:
-    """Importances (Optuna's default evaluator) over the complete trials; {} when there are too few to say."""
+    """Importances (Optuna's default evaluator) over the complete trials, for the first objective in its direction;
+    {} when there are too few to say."""
     import optuna
 
-    target = (lambda t: t.values[0]) if len(tune.objectives) > 1 else None
-    try:
-        return dict(optuna.importance.get_param_importances(study, target=target))
-    except (ValueError, RuntimeError, ZeroDivisionError):  # fewer than 2 complete trials, or nothing varied
+    done = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    if len({tuple(sorted(t.params.items())) for t in done}) < 2:  # Optuna would share 1.0 out equally
         return {}
+    target = None  # one objective: Optuna reads the study's direction
+    if len(tune.objectives) > 1:  # a target is taken as lower-is-better, whatever the study's direction
+        sign = 1.0 if tune.objectives[0].resolved_direction() == "minimize" else -1.0
+        target = lambda t: sign * t.values[0]  # noqa: E731
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            imps = dict(optuna.importance.get_param_importances(study, target=target))
+    except (ValueError, RuntimeError, ZeroDivisionError):  # nothing varied
+        return {}
+    # PED-ANOVA (Optuna's default) says so when its best trials are all the trials: it returns equal shares then,
+    # which would read as a finding
+    return {} if any("importances will be equal" in str(w.message) for w in caught) else imps
 
 
 def parallel_coordinates(rows: list[dict[str, Any]], tune: TuneConfig) -> str | None:
@@ -159,6 +176,12 @@ def write_html(root: Path, title: str, rows: list[dict[str, Any]], imps: dict[st
         parts.append(
             f"<h2>Best trial: {best['trial']}</h2><pre>{escape(json.dumps(best, indent=1, default=str))}</pre>"
         )
+    if rows and "pareto" in rows[0]:
+        front = [str(r["trial"]) for r in rows if r["pareto"] == "yes"]
+        done = sum(r["state"] == "complete" for r in rows)
+        parts.append(f"<h2>Pareto front ({len(front)} of {done} complete trials: no other is as good on every "
+                     f"objective and better on one)</h2><p>trials {escape(', '.join(front))}; best.yaml takes the "
+                     "one with the best first objective</p>")  # fmt: skip
     if verdict:
         parts.append("<h2>Best vs default on the test split</h2><pre>" + escape("\n".join(verdict)) + "</pre>")
     if imps:
@@ -166,7 +189,7 @@ def write_html(root: Path, title: str, rows: list[dict[str, Any]], imps: dict[st
         parts += [f"<tr><td>{escape(k)}</td><td>{v:.3f}</td></tr>" for k, v in imps.items()]
         parts.append("</table>")
     else:
-        parts.append("<p>Parameter importances need at least two complete trials that differ.</p>")
+        parts.append("<p>Parameter importances: too few complete trials to tell the parameters apart.</p>")
     if plot:
         parts.append(
             f'<h2>Parallel coordinates</h2><img alt="parallel coordinates" src="data:image/png;base64,{plot}">'

@@ -137,10 +137,23 @@ def trials_in(study: Any, *states: str) -> list[Any]:
 
 
 def budget_spent(study: Any, tune: TuneConfig) -> bool:
+    if tune.sampler == "grid" and grid_done(study, tune):
+        return True
     if tune.trials is None:
         return False
     failed = [t for t in trials_in(study, "FAIL") if not t.user_attrs.get("interrupted")]
     return len(trials_in(study, *FINISHED)) >= tune.trials or len(failed) >= tune.trials
+
+
+def grid_done(study: Any, tune: TuneConfig) -> bool:
+    """Every point of this grid has a finished trial and no retry waits. Optuna's GridSampler, asked for a trial
+    then, runs a point again, so running a finished grid study again would repeat a trial."""
+    if trials_in(study, "WAITING"):
+        return False
+    grid = space.grid(tune.space)
+    seen = {t.system_attrs.get("grid_id") for t in trials_in(study, "COMPLETE", "PRUNED", "FAIL")
+            if t.system_attrs.get("search_space") == grid}  # fmt: skip
+    return seen >= set(range(space.grid_size(tune.space)))
 
 
 def recover(study: Any, log: Any = print) -> list[int]:

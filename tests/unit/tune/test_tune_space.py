@@ -66,7 +66,16 @@ def test_grid_enumerates_ints_categoricals_and_float_values():
         ({"space": {"train.lr": {"type": "float", "low": 0, "high": 1, "log": True}}}, {}, "low > 0"),
         ({"space": {"train.lr": {"type": "float", "low": 0.1, "high": 1}}, "sampler": "grid"}, {}, "values"),
         ({"space": SPACE, "objectives": [{"metric": "cost"}]}, {}, "price_per_hour"),
-        ({"space": SPACE, "objectives": [{"metric": "eval_loss"}, {"metric": "time"}]}, {}, "single-objective"),
+        (
+            {"space": SPACE, "objectives": [{"metric": "eval_loss"}, {"metric": "time"}], "pruner": {"kind": "median"}},
+            {},
+            "single-objective",
+        ),
+        (
+            {"space": {k: v for k, v in SPACE.items() if k != "train.lr"}, "sampler": "grid"},
+            {},
+            "tuning.lora.r: the grid sampler cannot skip a conditional key",
+        ),
         ({"space": SPACE}, {"train": {}}, "train.eval_every"),
         (
             {
@@ -95,6 +104,12 @@ def test_a_typo_in_a_space_key_names_the_file(tmp_path: Path):
         match=r"t.yaml:\d+: tune: .*tuning.lora.rank is not a config key: no 'rank' in tuning.lora; expected one of: r,",
     ):
         load_config(path)
+
+
+def test_several_objectives_are_not_pruned_unless_a_pruner_is_asked_for():
+    one = TuneConfig.model_validate({"space": SPACE})
+    two = TuneConfig.model_validate({"space": SPACE, "objectives": [{"metric": "eval_loss"}, {"metric": "time"}]})
+    assert one.pruner.kind == "median" and two.pruner.kind == "none"
 
 
 def test_directions_follow_the_metric():
