@@ -8,7 +8,7 @@ interleaved one, Gemma's norm weights are stored as 1 + w, 1-D tensors stay floa
 head is left out (readers tie it back). Config features a GGUF cannot carry for llama.cpp (RoPE scaling,
 sliding windows on every layer) are refused, not dropped.
 
-Weight types (GGUF_TYPES): f32, f16, bf16 and the block quantizations gguf's numpy code implements
+Weight types (GGUF_TYPES, from gguf_types.py): f32, f16, bf16 and the block quantizations gguf's numpy code implements
 (q8_0, q5_1, q5_0, q4_1, q4_0). A tensor whose rows are not a multiple of the 32-value block falls back to
 f16, as in llama.cpp, and in the 4- and 5-bit types the output head (the tied embedding when there is no
 separate head) is kept at q8_0, as llama-quantize keeps it at q6_K: it is the tensor quantization hurts
