@@ -6,7 +6,8 @@ decides instead); elsewhere a long phase prints a plain line at most every `LINE
 that ends sooner prints nothing. The training loop prints its own lines (tunelab.train.progress).
 
 `quiet_libraries` turns off the libraries' own progress bars and the warnings known to be harmless here; the
-`tunelab` command calls it first thing, Python API users may call it too.
+`tunelab` command calls it first thing, Python API users may call it too. tqdm (and the asyncio it imports) is
+imported where a bar is drawn, so that every `tunelab` command does not pay for it at start.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ import time
 import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
-
-from tqdm.auto import tqdm
 
 LINE_EVERY_S = 30.0
 
@@ -92,6 +91,8 @@ def progress(iterable: Iterable[Any] | None = None, *, total: int | None = None,
              disable: bool = False) -> Any:  # fmt: skip
     """A tqdm bar in a terminal, else `Lines`; both take update/close/set_postfix and iterate over `iterable`."""
     if interactive():
+        from tqdm.auto import tqdm
+
         return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, dynamic_ncols=True)
     return Lines(iterable, total, desc, unit, disable)
 

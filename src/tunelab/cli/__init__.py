@@ -36,7 +36,7 @@ app.add_typer(data.data_app, name="data", help="Inspect, check, clean, split and
 app.add_typer(feedback.feedback_app, name="feedback", help="Review production feedback and export it as data.")
 app.command("serve")(serve.serve_cmd)
 app.command("serve-key")(serve.serve_key_cmd)
-app.command("export")(export.export_cmd)
+app.command("export", cls=export.ExportCommand)(export.export_cmd)
 app.command("verify")(export.verify_cmd)
 app.command("studio")(studio.studio_cmd)
 app.add_typer(studio.jobs_app, name="jobs", help="The studio's job queue: submit, list, show, cancel.")

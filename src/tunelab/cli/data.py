@@ -2,6 +2,8 @@
 
 Thin verbs over the quality modules. `check` exits 1 when it finds errors (or warnings with --strict), so
 it can gate CI; user mistakes raise `TunelabError`, which the main CLI prints without a traceback.
+Each verb imports its machinery (tunelab.api, quality, models: torch and transformers) in its body, so that
+`tunelab --help` and the light verbs start fast.
 """
 
 from __future__ import annotations
@@ -9,26 +11,15 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
-from tunelab.api import load_config
 from tunelab.config import CheckOptions, DatasetConfig, ModelConfig, TeacherGeneration
 from tunelab.errors import TunelabError
-from tunelab.methods.teacher_data import Teacher, check_failures, distill_dataset, summary
-from tunelab.models.load import load_tokenizer
-from tunelab.quality.augment import AugmentOptions, EndpointOptions
-from tunelab.quality.augment import augment as run_augment
-from tunelab.quality.card import write_data_card
-from tunelab.quality.check import check as run_check
-from tunelab.quality.clean import CleanOptions
-from tunelab.quality.clean import clean as run_clean
-from tunelab.quality.inspect import inspect_dataset, plot_lengths, public
-from tunelab.quality.io import derived_path
-from tunelab.quality.items import Dataset, load_dataset
-from tunelab.quality.split import SplitOptions
-from tunelab.quality.split import split as run_split
+
+if TYPE_CHECKING:
+    from tunelab.quality.items import Dataset
 
 data_app = typer.Typer(
     no_args_is_help=True,
@@ -107,6 +98,7 @@ def _readable(ds: Dataset) -> Dataset:
 def _tokenizer(name: str | None) -> Any:
     if not name:
         return None
+    from tunelab.models.load import load_tokenizer
 
     return load_tokenizer(ModelConfig(name_or_path=name))
 
@@ -129,6 +121,9 @@ def inspect(
       tunelab data inspect train.jsonl
       tunelab data inspect train.csv --tokenizer tiny --max-length 512 --plot lengths.png
     """
+    from tunelab.quality.inspect import inspect_dataset, plot_lengths, public
+    from tunelab.quality.items import load_dataset
+
     tok = _tokenizer(tokenizer)
     mapping = _columns(column)
     stats = [inspect_dataset(_readable(load_dataset(p, "train", fmt, mapping, label_column)), tok, max_length)
@@ -205,6 +200,9 @@ def check(
       tunelab data check train.csv::text=sentence,label=sentiment --test test.tsv::text=utterance,label=intent
       tunelab data check run.yaml
     """
+    from tunelab.quality.card import write_data_card
+    from tunelab.quality.check import check as run_check
+
     if leakage not in ("error", "warn", "drop"):
         raise TunelabError(f"--leakage {leakage!r}: expected error, warn or drop")
     opts = CheckOptions(
@@ -221,6 +219,8 @@ def check(
         backend=backend,
     )
     if len(train) == 1 and Path(train[0]).suffix.lower() in (".yaml", ".yml"):  # a run config
+        from tunelab.api import load_config
+
         cfg = load_config(train[0])
         trains, evals, tests = list(cfg.data.train), [*cfg.data.eval, *cfg.eval.data], _inputs(test, fmt, column)
         opts = cfg.data.check or opts
@@ -264,6 +264,9 @@ def clean(
       tunelab data clean train.jsonl
       tunelab data clean train.jsonl -o train.clean.jsonl --near --pii redact --leak-against test.jsonl
     """
+    from tunelab.quality.clean import CleanOptions
+    from tunelab.quality.clean import clean as run_clean
+
     if pii not in ("keep", "redact", "drop"):
         raise TunelabError(f"--pii {pii!r}: expected keep, redact or drop")
     opts = CleanOptions(
@@ -304,6 +307,9 @@ def split(
       tunelab data split all.jsonl --out splits/
       tunelab data split tickets.csv --out splits/ --group-by customer_id --ratios 0.8,0.1,0.1 --seed 1
     """
+    from tunelab.quality.split import SplitOptions
+    from tunelab.quality.split import split as run_split
+
     try:
         shares = tuple(float(x) for x in ratios.split(","))
     except ValueError:
@@ -358,6 +364,9 @@ def augment(
       tunelab data augment intents.csv --method template --template "Hi, {text} Thanks!"
       tunelab data augment train.jsonl --method paraphrase --base-url http://127.0.0.1:8000/v1 --model local
     """
+    from tunelab.quality.augment import AugmentOptions, EndpointOptions
+    from tunelab.quality.augment import augment as run_augment
+
     endpoint = None
     if base_url or model:
         if not (base_url and model):
@@ -421,6 +430,9 @@ def distill(
       tunelab data distill train.jsonl --teacher base --base-url http://127.0.0.1:8000/v1 --api-key-env TUNELAB_KEY
     """
     from pydantic import ValidationError
+
+    from tunelab.methods.teacher_data import Teacher, check_failures, distill_dataset, summary
+    from tunelab.quality.io import derived_path
 
     try:
         gen = TeacherGeneration(base_url=base_url, api_key_env=api_key_env, max_new_tokens=max_new_tokens,

@@ -1,7 +1,8 @@
 """Evaluation verbs: `eval`, `compare`, `report` (thin over tunelab.api; the work is tunelab.eval.targets).
 
 Settings come from --config (a run config YAML; a run directory's own config.yaml by default) plus KEY=VALUE
-overrides; the eval data is --data (repeatable) or the config's data.eval.
+overrides; the eval data is --data (repeatable) or the config's data.eval. Each verb imports tunelab.api and
+tunelab.eval (torch, transformers) in its body, so that `tunelab --help` starts fast.
 """
 
 from __future__ import annotations
@@ -11,10 +12,6 @@ from typing import Annotated, Any
 
 import typer
 
-from tunelab import api
-from tunelab.eval.perplexity import forgetting_line
-from tunelab.eval.report import agg_label, row_label
-
 app = typer.Typer()
 
 DataOpt = Annotated[list[str] | None, typer.Option("--data", "-d", help="Eval dataset file or folder (repeatable).")]
@@ -23,6 +20,8 @@ SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Config ov
 
 
 def _print_scores(result: Any) -> None:
+    from tunelab.eval.report import agg_label
+
     for name, m in result.metrics.items():
         scores = ", ".join(f"{agg_label(k)}={v:.4g}" for k, v in m.scores.items())
         counts = {k: m.details[k] for k in ("unparseable", "failed", "invalid", "truncated") if m.details.get(k)}
@@ -47,6 +46,8 @@ def eval_cmd(
 
     Example: tunelab eval runs/my-run --data test.jsonl -s 'eval.metrics=[exact_match,f1,loss]'
     """
+    from tunelab import api
+
     result, path = api.evaluate(target, data, config, overrides or [], out)
     _print_scores(result)
     typer.echo(f"saved {path}")
@@ -65,6 +66,10 @@ def compare(
 
     Example: tunelab compare tiny runs/my-run --data test.jsonl --out cmp/
     """
+    from tunelab import api
+    from tunelab.eval.perplexity import forgetting_line
+    from tunelab.eval.report import row_label
+
     cfg = api.resolve_config(b, config, overrides or [])
     res = api.compare(a, b, data, config, overrides or [], out)
     for row in res.comparison["rows"]:
@@ -83,5 +88,7 @@ def report(run: Annotated[str, typer.Argument(help="Run directory (or a compare 
 
     Example: tunelab report runs/my-run
     """
+    from tunelab import api
+
     md, page = api.report(run)
     typer.echo(f"wrote {md} and {page}")

@@ -2,22 +2,36 @@
 tunelab.api).
 
 Parameters are declared with `Annotated`, so their defaults are plain values and a command stays callable as a
-Python function (a `typer.Option(...)` default would reach the body as an OptionInfo object).
+Python function (a `typer.Option(...)` default would reach the body as an OptionInfo object). tunelab.api (torch,
+transformers) is imported in the verbs' bodies, so that `tunelab --help` starts fast; the GGUF types the installed
+gguf package writes (numpy, gguf) are looked up when `export --help` is shown (ExportCommand).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand, TyperOption
 
-from tunelab import api
-from tunelab.export.gguf import GGUF_TYPES
 from tunelab.export.llamacpp import LLAMA_CPP_TYPES
-from tunelab.export.push import push as push_folder
-from tunelab.export.verify import VerifyError
+
+GGUF_TYPE_HELP = "GGUF weights: {}; with llama.cpp {}."
+
+
+class ExportCommand(TyperCommand):
+    """`export`, whose --gguf-type help names the GGUF types tunelab writes: finding them out imports numpy and gguf
+    (a quarter of a second), so it is done when the help is shown rather than at every `tunelab` start."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:  # Any: typer's own click types are private
+        from tunelab.export.gguf_types import GGUF_TYPES
+
+        for p in self.params:
+            if isinstance(p, TyperOption) and p.name == "gguf_type":
+                p.help = GGUF_TYPE_HELP.format(", ".join(GGUF_TYPES), ", ".join(LLAMA_CPP_TYPES))
+        super().format_help(ctx, formatter)
 
 
 def export_cmd(
@@ -28,9 +42,7 @@ def export_cmd(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Export folder (default RUN/exports/FORMAT).")] = None,
     gguf_type: Annotated[
         str,
-        typer.Option(
-            "--gguf-type", help=f"GGUF weights: {', '.join(GGUF_TYPES)}; with llama.cpp {', '.join(LLAMA_CPP_TYPES)}."
-        ),
+        typer.Option("--gguf-type", help=GGUF_TYPE_HELP.format("listed by `tunelab export --help`", "K-quants")),
     ] = "f16",
     gguf_converter: Annotated[
         str, typer.Option("--gguf-converter", help="tunelab (built in) or llama.cpp (its convert_hf_to_gguf.py).")
@@ -53,6 +65,9 @@ def export_cmd(
     private: Annotated[bool, typer.Option(help="With --push: create the repo as private.")] = False,
 ) -> None:
     """Export a trained run. Example: tunelab export runs/my-run --format gguf --gguf-type q4_0 --push me/my-model"""
+    from tunelab import api
+    from tunelab.export.push import push as push_folder
+
     dest = api.export(source, format, out, qtype=gguf_type, converter=gguf_converter, llama_cpp=llama_cpp,
                       modelfile=modelfile)  # fmt: skip
     typer.echo(f"exported {source} as {format} to {dest}")
@@ -78,6 +93,9 @@ def verify_cmd(
 
 def verify_and_print(export_dir: Path, against: Path, texts: list[str] | None = None, max_new_tokens: int = 32) -> None:
     """Run `verify` and print its report; a failed check prints the report, then raises VerifyError (exit 2)."""
+    from tunelab import api
+    from tunelab.export.verify import VerifyError
+
     try:
         report = api.verify(export_dir, against, texts, max_new_tokens)
     except VerifyError as e:

@@ -4,6 +4,8 @@
 --store takes a database URL (sqlite:///serve.db, postgresql+psycopg://...) or a SQLite file path; the default is
 the server's default store, $TUNELAB_HOME/serve.db. The terminal review reads one line per decision from stdin:
 its first letter is the key (a, e, c, r, s, q; ? for help), the rest of the line an optional note.
+Each verb imports its machinery (the store: sqlalchemy; retrain, lineage: tunelab.api, torch) in its body, so that
+`tunelab --help` starts fast.
 """
 
 from __future__ import annotations
@@ -11,19 +13,15 @@ from __future__ import annotations
 import json
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from tunelab.cli.review import review_loop
 from tunelab.errors import TunelabError
-from tunelab.feedback import deploy as dep
-from tunelab.feedback import drift as dr
-from tunelab.feedback import lineage as lin
-from tunelab.feedback.export import ExportOptions, export
-from tunelab.feedback.retrain import RetrainOptions, retrain
-from tunelab.serve.review import QueueFilter, ReviewQueue
-from tunelab.serve.store import Store, default_url
+from tunelab.feedback import KEY_ENV
+
+if TYPE_CHECKING:
+    from tunelab.serve.review import QueueFilter, ReviewQueue
 
 feedback_app = typer.Typer(no_args_is_help=True)
 app = typer.Typer()  # top-level verbs: retrain, deploy, rollback, lineage, drift
@@ -41,12 +39,16 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 def store_url(value: str | None) -> str:
     if value is None:
+        from tunelab.serve.store import default_url
+
         return default_url()
     return value if "://" in value else f"sqlite:///{Path(value).expanduser().resolve()}"
 
 
 def _filt(rating: int | None, model: str | None, adapter: str | None, since: datetime | None,
           until: datetime | None, flag: str | None, with_feedback: bool | None, **more: Any) -> QueueFilter:  # fmt: skip
+    from tunelab.serve.review import QueueFilter
+
     return QueueFilter(rating, with_feedback, model, adapter, since, until, flag, **more)
 
 
@@ -59,6 +61,9 @@ def existing_store(store: str | None) -> str:
 
 
 def _queue(store: str | None) -> ReviewQueue:
+    from tunelab.serve.review import ReviewQueue
+    from tunelab.serve.store import Store
+
     return ReviewQueue(Store(existing_store(store)))
 
 
@@ -95,6 +100,8 @@ def list_cmd(store: StoreOpt = None, rating: RatingOpt = None, model: ModelOpt =
 
     Example: tunelab feedback list --store serve.db --rating -1 --unreviewed
     """
+    from tunelab.feedback.drift import prompt_text
+
     filt = _filt(rating, model, adapter, since, until, flag, with_feedback, unreviewed=unreviewed)
     for it in _queue(store).items(filt, limit=limit):
         if as_json:
@@ -102,7 +109,7 @@ def list_cmd(store: StoreOpt = None, rating: RatingOpt = None, model: ModelOpt =
             continue
         review = it["review"]["decision"] if it["review"] else "-"
         rating_ = "-" if it["rating"] is None else f"{it['rating']:+d}"
-        prompt = _short(dr.prompt_text(it["prompt"]))
+        prompt = _short(prompt_text(it["prompt"]))
         typer.echo(f"{it['request_id']}  {it['created_at'][:19]}  {it['model']}  rating {rating_}  review {review}"
                    f"  {','.join(it['guard_flags']) or '-'}\n    {prompt} -> {_short(it['answer'] or '')}")  # fmt: skip
 
@@ -125,6 +132,8 @@ def review_cmd(store: StoreOpt = None, rating: RatingOpt = None, model: ModelOpt
     """
     import getpass
 
+    from tunelab.cli.review import review_loop
+
     filt = _filt(rating, model, adapter, since, until, flag, with_feedback, unreviewed=not everything)
     review_loop(_queue(store), filt, reviewer or getpass.getuser())
 
@@ -145,6 +154,8 @@ def export_cmd(
 
     Example: tunelab feedback export fb-export --store serve.db --against runs/my-run
     """
+    from tunelab.feedback.export import ExportOptions, export
+
     options = ExportOptions(_filt(None, model, adapter, since, until, None, None),
                             against, tuple(k.strip() for k in kinds.split(",") if k.strip()),
                             not reviewed_only, near, overwrite)  # fmt: skip
@@ -174,6 +185,8 @@ def retrain_cmd(
 
     Example: tunelab retrain runs/my-run --feedback fb-export
     """
+    from tunelab.feedback.retrain import RetrainOptions, retrain
+
     options = RetrainOptions(kind, replay, holdout, epochs, name=name, gate_metric=gate_metric,
                              overrides=tuple(overrides or ()))  # fmt: skip
     result = retrain(run, feedback, options)
@@ -196,7 +209,7 @@ def deploy_cmd(
     run: Annotated[str, typer.Argument(help="A LoRA run whose gates passed (tunelab retrain).")],
     server: Annotated[str, typer.Option(help="The running server, e.g. http://127.0.0.1:8000.")],
     name: Annotated[str, typer.Option(help="The model id clients use.")],
-    store: StoreOpt = None, by: ByOpt = None, key_env: KeyEnvOpt = dep.KEY_ENV,
+    store: StoreOpt = None, by: ByOpt = None, key_env: KeyEnvOpt = KEY_ENV,
     skip_gates: Annotated[bool, typer.Option(help="Deploy a run without gates (recorded as such).")] = False,
     adopt: Annotated[bool, typer.Option(help="Record that NAME already serves RUN; change nothing.")] = False,
 ) -> None:  # fmt: skip
@@ -204,6 +217,8 @@ def deploy_cmd(
 
     Example: tunelab deploy runs/my-run-fb1 --server http://127.0.0.1:8000 --name support
     """
+    from tunelab.feedback import deploy as dep
+
     row = dep.deploy(run, server, name, store_url(store), dep.admin_key(key_env), by, skip_gates, adopt)
     typer.echo(f"{name} on {row['server']} now serves {row['run']} (registry row {row['id']}, by "
                f"{row['promoted_by']}); undo: tunelab rollback {name}")  # fmt: skip
@@ -213,12 +228,14 @@ def deploy_cmd(
 def rollback_cmd(
     name: Annotated[str, typer.Argument(help="The deployed model id.")],
     server: Annotated[str | None, typer.Option(help="The server (default: the one NAME is deployed on).")] = None,
-    store: StoreOpt = None, by: ByOpt = None, key_env: KeyEnvOpt = dep.KEY_ENV,
+    store: StoreOpt = None, by: ByOpt = None, key_env: KeyEnvOpt = KEY_ENV,
 ) -> None:  # fmt: skip
     """Put back what served NAME before its current deployment (or unload NAME if nothing did).
 
     Example: tunelab rollback support
     """
+    from tunelab.feedback import deploy as dep
+
     row = dep.rollback(name, server, store_url(store), dep.admin_key(key_env), by)
     typer.echo(f"{name} on {row['server']} now serves {row['run'] or 'nothing (unloaded)'} "
                f"(registry row {row['id']})")  # fmt: skip
@@ -236,6 +253,8 @@ def lineage_cmd(
 
     Example: tunelab lineage runs/my-run
     """
+    from tunelab.feedback import lineage as lin
+
     chain = lin.lineage(target, store_url(store) if store else None)
     typer.echo(json.dumps(chain, indent=1) if as_json else lin.render(chain))
 
@@ -257,6 +276,8 @@ def drift_cmd(
 
     Example: tunelab drift --store serve.db --against runs/my-run
     """
+    from tunelab.feedback import drift as dr
+
     options = dr.DriftOptions(since, until, model, last, sample, features, permutations, alpha, bucket=bucket)
     report = dr.drift(store_url(store), against, options)
     text = dr.render(report)

@@ -1,4 +1,8 @@
-"""Project verbs: validate and prepare a config's data, the config schema and reference, the quickstart, init."""
+"""Project verbs: validate and prepare a config's data, the config schema and reference, the quickstart, init.
+
+tunelab.api, the tokenizer and the data preview (torch, transformers) are imported in the verbs that use them,
+so that `tunelab --help`, `config-schema` and `docs-config` start fast.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +12,8 @@ from typing import Annotated, Any
 
 import typer
 
-from tunelab import api
 from tunelab.cli.docs import config_reference, with_methods_table
 from tunelab.config import config_schema as schema
-from tunelab.data.preview import render_masked, token_table
-from tunelab.models.load import load_tokenizer
 from tunelab.quickstart import format_summary, init_examples
 from tunelab.quickstart import run as run_quickstart
 
@@ -23,6 +24,9 @@ Overrides = Annotated[list[str] | None, typer.Argument(help="Overrides like trai
 
 
 def _load(config: str, overrides: list[str] | None) -> tuple[Any, Any]:
+    from tunelab import api
+    from tunelab.models.load import load_tokenizer
+
     cfg = api.load_config(config, overrides or [])
     return cfg, load_tokenizer(cfg.model)
 
@@ -37,6 +41,8 @@ def validate(
 
     Example: tunelab validate examples/sft-lora.yaml data.max_length=512
     """
+    from tunelab import api
+
     cfg, tok = _load(config, overrides)
     report = api.validate(cfg, tok)
     if as_json:
@@ -75,6 +81,9 @@ def prepare(
 
     Example: tunelab prepare examples/sft-lora.yaml --debug 2
     """
+    from tunelab import api
+    from tunelab.data.preview import render_masked, token_table
+
     cfg, tok = _load(config, overrides)
     for where, view, ex in api.debug_examples(cfg, debug, tok) if debug else []:
         typer.secho(f"=== {where} {view} — {len(ex.input_ids)} tokens, {ex.n_trainable} carry loss", bold=True)

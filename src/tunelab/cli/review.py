@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from tunelab.serve.review import QueueFilter, ReviewQueue
+if TYPE_CHECKING:
+    from tunelab.serve.review import QueueFilter, ReviewQueue
 
 HELP = (
     "keys: a approve | e edit (end the answer with a line '.') | c take the user's correction | r reject | "

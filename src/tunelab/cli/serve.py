@@ -1,4 +1,8 @@
-"""Serving verbs: `serve RUN_OR_MODEL [--adapter NAME=PATH ...]` and `serve-key KEY_ID` (over tunelab.api)."""
+"""Serving verbs: `serve RUN_OR_MODEL [--adapter NAME=PATH ...]` and `serve-key KEY_ID` (over tunelab.api).
+
+`serve` imports tunelab.api (torch, transformers, fastapi) in its body, so that `tunelab --help` and `serve-key`
+start fast.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,6 @@ from typing import Annotated
 
 import typer
 
-from tunelab import api
 from tunelab.errors import TunelabError
 from tunelab.serve.config import load_serve_config
 from tunelab.serve.security import new_api_key
@@ -40,6 +43,8 @@ def serve_cmd(
     Example: tunelab serve runs/my-run --adapter support=runs/support-lora --port 8000
     then: OPENAI_BASE_URL=http://127.0.0.1:8000/v1 any OpenAI client, model="my-run" or "support".
     """
+    from tunelab import api
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = load_serve_config(config)
     update = {k: v for k, v in (("host", host), ("port", port)) if v is not None}

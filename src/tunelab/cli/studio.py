@@ -1,21 +1,23 @@
 """`tunelab studio MODEL` (the web UI, the jobs API and the server in one process) and `tunelab jobs ...`
-(submit, list, show, cancel: the same queue, from the shell; a running studio trains what is queued)."""
+(submit, list, show, cancel: the same queue, from the shell; a running studio trains what is queued).
+
+The studio app, tunelab.api (torch, transformers, fastapi) and the job store (sqlalchemy) are imported in the verbs
+that use them, so that `tunelab --help` starts fast and `jobs list|show|cancel` load no model library."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from tunelab import api
 from tunelab.cli.serve import _adapters
 from tunelab.errors import TunelabError
-from tunelab.studio import app as studio_app
 from tunelab.studio.config import StudioConfig, load_studio_config
-from tunelab.studio.store import JobStore
-from tunelab.studio.submit import submit
+
+if TYPE_CHECKING:
+    from tunelab.studio.store import JobStore
 
 jobs_app = typer.Typer(no_args_is_help=True)
 StudioYaml = Annotated[Path | None, typer.Option("--config", "-c", help="studio.yaml (server, queue, folders).")]
@@ -34,6 +36,8 @@ def studio_cmd(
 
     Example: tunelab studio tiny   (then open http://127.0.0.1:8000/studio)
     """
+    from tunelab.studio import app as studio_app
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     cfg = load_studio_config(config)
     update = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
@@ -42,6 +46,8 @@ def studio_cmd(
 
 
 def _store(cfg: StudioConfig) -> JobStore:
+    from tunelab.studio.store import JobStore
+
     return JobStore(cfg.db_url(), cfg.jobs.retries)
 
 
@@ -52,6 +58,9 @@ def submit_cmd(
     config: StudioYaml = None,
 ) -> None:
     """Queue a run: `tunelab jobs submit examples/sft-lora.yaml train.max_steps=50` (a running studio trains it)."""
+    from tunelab import api
+    from tunelab.studio.submit import submit
+
     cfg = load_studio_config(config)
     row = submit(_store(cfg), api.load_config(run_config, overrides or []), stem=run_config.stem)
     typer.echo(f"queued {row['id']}: run {row['run_dir']}")

@@ -2,6 +2,7 @@
 
 tunelab.cli mounts them as top-level verbs. Ctrl-C (SIGINT) or SIGTERM during training saves a checkpoint and exits
 with status 128 + the signal number (130, 143), as a shell reports a process ended by that signal.
+Each verb imports tunelab.api (torch, transformers) in its body, so that `tunelab --help` starts fast.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from typing import Annotated
 
 import typer
 
-from tunelab.api import TrainingInterrupted, generate, load_generator, stream, train_from_file
 from tunelab.errors import TunelabError
 
 RunArg = Annotated[str, typer.Argument(help="A run directory, a preset name or a model folder.")]
@@ -26,6 +26,7 @@ def train_command(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the run's last complete checkpoint.")] = False,
 ) -> None:
     """Fine-tune a model: `tunelab train examples/sft-lora.yaml train.max_steps=50`."""
+    from tunelab.api import TrainingInterrupted, train_from_file
 
     try:
         run_dir = train_from_file(config, overrides or [], resume=resume)
@@ -51,6 +52,7 @@ def generate_command(
     ] = False,
 ) -> None:
     """Generate a completion: `tunelab generate runs/sft-lora --prompt "Reverse the word. kite"`."""
+    from tunelab.api import generate
 
     typer.echo(generate(run, prompt=prompt, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
                         chat=False if raw else None))  # fmt: skip
@@ -70,6 +72,7 @@ def chat_command(
     temperature: Annotated[float, typer.Option(help="0 is greedy; above 0 samples.")] = 0.0,
 ) -> None:
     """Chat interactively with the chat template, streaming tokens. /reset, /help; /exit, exit, quit or Ctrl-D end."""
+    from tunelab.api import load_generator, stream
 
     model, tok = load_generator(run)
     if tok.chat_template is None:

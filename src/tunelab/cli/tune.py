@@ -1,5 +1,6 @@
 """`tunelab tune` and `tunelab plan`: thin verbs over tunelab.tune (the search sits above tunelab.api: it drives
-api.train) and tunelab.api.plan (tunelab.planner)."""
+api.train) and tunelab.api.plan (tunelab.planner). Both import them (torch, transformers) in their bodies, so that
+`tunelab --help` starts fast."""
 
 from __future__ import annotations
 
@@ -7,11 +8,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-
-from tunelab import api
-from tunelab.api import TrainingInterrupted
-from tunelab.planner import render
-from tunelab.tune import tune as run_tune
 
 
 def tune_command(
@@ -27,6 +23,10 @@ def tune_command(
     ] = False,
 ) -> None:
     """Search hyperparameters: `tunelab tune examples/tune.yaml`. Running it again resumes the study."""
+    from tunelab import api
+    from tunelab.api import TrainingInterrupted
+    from tunelab.tune import tune as run_tune
+
     cfg = api.load_config(config, overrides or [])
     try:
         result = run_tune(cfg, config, worker=worker, log=typer.echo)
@@ -63,6 +63,9 @@ def plan_command(
     ] = False,
 ) -> None:
     """Estimate peak memory, time and cost before training: `tunelab plan examples/sft-lora.yaml --device l4`."""
+    from tunelab import api
+    from tunelab.planner import render
+
     cfg = api.load_config(config, overrides or [])
     est = api.plan(cfg, device, price_per_hour, calibrate)
     for line in render(est):

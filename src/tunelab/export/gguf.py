@@ -8,7 +8,7 @@ interleaved one, Gemma's norm weights are stored as 1 + w, 1-D tensors stay floa
 head is left out (readers tie it back). Config features a GGUF cannot carry for llama.cpp (RoPE scaling,
 sliding windows on every layer) are refused, not dropped.
 
-Weight types (GGUF_TYPES): f32, f16, bf16 and the block quantizations gguf's numpy code implements
+Weight types (GGUF_TYPES, from gguf_types.py): f32, f16, bf16 and the block quantizations gguf's numpy code implements
 (q8_0, q5_1, q5_0, q4_1, q4_0). A tensor whose rows are not a multiple of the 32-value block falls back to
 f16, as in llama.cpp, and in the 4- and 5-bit types the output head (the tied embedding when there is no
 separate head) is kept at q8_0, as llama-quantize keeps it at q6_K: it is the tensor quantization hurts
@@ -26,34 +26,10 @@ import numpy as np
 import torch
 
 from tunelab.errors import TunelabError
+from tunelab.export.gguf_types import GGUF_TYPES, TYPES
 from tunelab.export.gguf_vocab import write_tokenizer
 
-# tunelab name -> (GGML tensor type, llama.cpp file type), both by their names in the gguf package
-_TYPES = {
-    "f32": ("F32", "ALL_F32"),
-    "f16": ("F16", "MOSTLY_F16"),
-    "bf16": ("BF16", "MOSTLY_BF16"),
-    "q8_0": ("Q8_0", "MOSTLY_Q8_0"),
-    "q5_1": ("Q5_1", "MOSTLY_Q5_1"),
-    "q5_0": ("Q5_0", "MOSTLY_Q5_0"),
-    "q4_1": ("Q4_1", "MOSTLY_Q4_1"),
-    "q4_0": ("Q4_0", "MOSTLY_Q4_0"),
-}
 LOW_BIT = ("q5_1", "q5_0", "q4_1", "q4_0")  # types whose output head is kept at q8_0
-
-
-def _writable(name: str) -> bool:
-    """Whether the installed gguf package can produce this type in numpy (older releases lack some)."""
-    import gguf
-
-    try:
-        gguf.quants.quantize(np.zeros((1, 32), np.float32), getattr(gguf.GGMLQuantizationType, _TYPES[name][0]))
-    except NotImplementedError:
-        return False
-    return True
-
-
-GGUF_TYPES = tuple(t for t in _TYPES if _writable(t))
 
 
 @dataclass(frozen=True)
@@ -157,7 +133,7 @@ def _write_hparams(w: Any, cfg: Any, arch: Arch, name: str, qtype: str) -> list[
     w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
     if arch.extra:
         arch.extra(w, cfg)
-    w.add_file_type(getattr(gguf.LlamaFileType, _TYPES[qtype][1]))
+    w.add_file_type(getattr(gguf.LlamaFileType, TYPES[qtype][1]))
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     return notes
 
@@ -240,7 +216,7 @@ def _add(w: Any, name: str, data: np.ndarray, qtype: str) -> str:
     if data.ndim == 1 or qtype == "f32":
         w.add_tensor(name, data.astype(np.float32))
         return "f32"
-    ggml = getattr(gguf.GGMLQuantizationType, _TYPES[qtype][0])
+    ggml = getattr(gguf.GGMLQuantizationType, TYPES[qtype][0])
     if qtype != "f16" and data.shape[-1] % gguf.GGML_QUANT_SIZES[ggml][0] == 0:
         w.add_tensor(name, gguf.quants.quantize(data, ggml), raw_dtype=ggml)
         return qtype

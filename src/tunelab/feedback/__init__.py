@@ -7,3 +7,7 @@ Modules: rows (items -> sft/preference/kto rows), export, retrain (the next run'
 gates, registry (deployments in the serve store), deploy (hot swap and rollback through the admin API),
 lineage, drift.
 """
+
+# The environment variable holding the server's admin key (deploy, rollback). Here rather than in deploy.py, so that
+# the CLI shows it as the --key-env default without importing the deploy machinery (sqlalchemy, tunelab.api).
+KEY_ENV = "TUNELAB_ADMIN_KEY"

@@ -27,12 +27,11 @@ from typing import Any
 import httpx
 
 from tunelab.errors import TunelabError
+from tunelab.feedback import KEY_ENV
 from tunelab.feedback.registry import Registry
 from tunelab.feedback.retrain import GATES
 from tunelab.quality.io import sha256_file
 from tunelab.serve.store import Store
-
-KEY_ENV = "TUNELAB_ADMIN_KEY"
 
 
 class Admin:

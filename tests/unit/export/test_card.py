@@ -13,7 +13,8 @@ from tests.conftest import REPO
 from tunelab.api import train
 from tunelab.config import load_config
 from tunelab.eval.card_text import num
-from tunelab.export import export, verify
+from tunelab.export.exporters import export
+from tunelab.export.verify import verify
 
 EVAL_ROWS = [  # not in the training file: the data check would stop the run on a leak
     {"instruction": "Reverse the word.", "input": "lamp", "output": "pmal"},

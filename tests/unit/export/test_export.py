@@ -11,7 +11,8 @@ from safetensors.torch import load_file, save_file
 from tests.conftest import shared_path
 
 from tunelab.errors import TunelabError
-from tunelab.export import VerifyError, export, verify
+from tunelab.export.exporters import export
+from tunelab.export.verify import VerifyError, verify
 
 PROMPTS_CHAT = ["What is the capital of France?", "List three prime numbers.", "Write a haiku."]
 PROMPTS_TEXT = ["Once upon a time", "The little dog ran to the park and", "Tom found a big red ball."]

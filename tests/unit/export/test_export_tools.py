@@ -12,7 +12,8 @@ from run_factory import make_run
 from tests.conftest import run_cli
 
 from tunelab.errors import TunelabError
-from tunelab.export import export, llamacpp
+from tunelab.export import llamacpp
+from tunelab.export.exporters import export
 from tunelab.export.push import push, upload_plan
 
 

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from archs import ARCH_CONFIGS, trained_model
 
-from tunelab.export import export, verify
+from tunelab.export.exporters import export
 from tunelab.export.gguf import GGUF_TYPES
+from tunelab.export.verify import verify
 
 ROWS: dict[tuple[str, str], dict[str, float]] = {}
 

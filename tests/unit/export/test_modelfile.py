@@ -12,7 +12,7 @@ from run_factory import make_run
 
 from tunelab.config import dump_config, load_config
 from tunelab.data.tokenize import FALLBACK_TEMPLATE
-from tunelab.export import export
+from tunelab.export.exporters import export
 from tunelab.export.gotemplate import render
 from tunelab.export.modelfile import FAMILIES, go_template, ollama_data, translate
 from tunelab.models.presets import byte_tokenizer

@@ -11,8 +11,9 @@ import pytest
 from tokenizers import Regex, Tokenizer, pre_tokenizers
 
 from tunelab.errors import TunelabError
-from tunelab.export import export, verify
+from tunelab.export.exporters import export
 from tunelab.export.gguf_vocab import CHECK_TEXT, KNOWN_PRE_TOKENIZERS, fingerprint, pre_tokenizer
+from tunelab.export.verify import verify
 from tunelab.models.presets import _wrap, bpe_tokenizer, build_preset, byte_tokenizer
 
 # llama.cpp's table gives this hash for BAAI/bge-small-en-v1.5 (`bert-bge`), whose vocabulary and
