@@ -84,15 +84,17 @@ docs:
 quickstart:
 	$(BIN)/tunelab quickstart
 
-# Benchmark vs TRL (bench/README.md). TRL is a benchmark-only dependency: installed into .venv without deps.
+# Benchmark vs TRL and LLaMA-Factory at equal optimizer steps (bench/README.md). TRL is a benchmark-only dependency:
+# installed into .venv without deps. LLaMA-Factory runs from its own venv (bash bench/setup_llamafactory.sh); without
+# that venv train_bench.py skips it with a note.
 BENCH_LIMIT_30M ?= 200
 bench-deps:
 	$(BIN)/python -m pip install -q --no-deps -r bench/requirements.txt
 	$(BIN)/python -m pip check
 
 bench: bench-deps
-	$(BIN)/python bench/train_bench.py --sizes tiny-4m
-	$(BIN)/python bench/train_bench.py --sizes tiny-30m --limit $(BENCH_LIMIT_30M)
+	$(BIN)/python bench/train_bench.py --sizes tiny-4m --match-steps
+	$(BIN)/python bench/train_bench.py --sizes tiny-30m --limit $(BENCH_LIMIT_30M) --match-steps
 	$(BIN)/python bench/generate.py
 
 bench-data:  # the data path and the data check at 10k and 100k records (bench/data_scale.py; LLaMA-Factory: bench/setup_llamafactory.sh)

@@ -1,11 +1,13 @@
 """One benchmark run of one tool, in its own process (so peak RSS belongs to that run alone).
 
-    python bench/worker.py --tool {tunelab,trl} --work DIR --model DIR --out result.json [--threads 2]
+    python bench/worker.py --tool {tunelab,trl,llamafactory} --work DIR --model DIR --out result.json [--threads 2]
 
 Timed region ("fit"): from handing the job to the tool until it returns trained weights: tunelab's
 `train(cfg)` (including its own tokenization into a fresh cache and writing final/), TRL's `SFTTrainer(...)`
 construction + `.train()` (its dataset arrives pre-tokenized by the shared code; its model is loaded from
-the same folder before the clock starts). Peak RSS is read right after the fit, before the shared eval.
+the same folder before the clock starts), LLaMA-Factory's whole `run_exp` in its own venv and process
+(bench/lf_train.py, which measures itself; its adapter is then loaded here with peft onto the same base model).
+Peak RSS is read right after the fit, before the shared eval.
 Both run fp32 on CPU, LoRA r16/alpha32/dropout 0 on all linear layers, AdamW lr 2e-4 (betas 0.9/0.999,
 eps 1e-8, no weight decay), cosine schedule with 3% warmup, grad-norm clip 1.0, batch 8, one epoch,
 no gradient checkpointing (TRL defaults to it on; off is its faster setting and matches tunelab's job).
@@ -15,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -59,14 +63,20 @@ def run_tunelab(work: Path, model_dir: Path, threads: int, extra: list[str], see
         *extra,
     ]  # fmt: skip
     cfg = load_config(None, overrides)
+    steps = [0]
+
+    def on_step(step: int) -> None:
+        steps[0] = step
+        trace.mark(step)
+
     trace.mark(0)
     start, cpu = time.perf_counter(), time.process_time()
-    run_dir = train(cfg, hooks=Hooks(on_step_end=trace.mark))
+    run_dir = train(cfg, hooks=Hooks(on_step_end=on_step))
     fit = time.perf_counter() - start
     cpu = time.process_time() - cpu
     rss = common.peak_rss_mb()
     model, _ = load_run(run_dir)
-    return model, fit, rss, {"fit_cpu_s": cpu}
+    return model, fit, rss, {"fit_cpu_s": cpu, "steps": steps[0]}
 
 
 def run_trl(work: Path, model_dir: Path, threads: int, examples: list[Any], seed: int, trace: Trace) -> Any:
@@ -107,12 +117,40 @@ def run_trl(work: Path, model_dir: Path, threads: int, examples: list[Any], seed
     fit = time.perf_counter() - start
     cpu = time.process_time() - cpu
     rss = common.peak_rss_mb()
-    return trainer.model, fit, rss, {"fit_cpu_s": cpu, "trl_train_runtime_s": out.metrics.get("train_runtime")}
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    return trainer.model, fit, rss, {"fit_cpu_s": cpu, "trl_train_runtime_s": out.metrics.get("train_runtime"),
+                                     "steps": trainer.state.global_step, "trainable_params": trainable}  # fmt: skip
+
+
+def run_llamafactory(work: Path, model_dir: Path, threads: int, seed: int, lf: argparse.Namespace) -> Any:
+    """bench/lf_train.py in LF's own venv (a subprocess that times itself), then its adapter on the base model."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = work / "lf-result.json"
+    cmd = [str(lf.lf_python), str(Path(__file__).resolve().parent / "lf_train.py"), "--work", str(work),
+           "--model", str(model_dir), "--out", str(out), "--threads", str(threads), "--seed", str(seed),
+           "--batch", str(lf.lf_batch), "--packing", lf.lf_packing]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing of tunelab's venv in LF's
+    env |= {"OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-6000:])
+        raise SystemExit(f"lf_train.py failed (exit {proc.returncode})")
+    res = json.loads(out.read_text())
+    base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype="float32")
+    model = PeftModel.from_pretrained(base, res.pop("adapter"))
+    lora_b = [p for n, p in model.named_parameters() if "lora_B" in n]  # zero at init: all zero = nothing loaded
+    if not lora_b or all(not p.any() for p in lora_b):
+        raise SystemExit("LLaMA-Factory's adapter did not load onto the base model (no trained lora_B weights)")
+    res["trainable_params_loaded"] = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    fit, rss = res.pop("fit_s"), res.pop("peak_rss_mb")
+    return model, fit, rss, res
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tool", choices=["tunelab", "trl"], required=True)
+    p.add_argument("--tool", choices=["tunelab", "trl", "llamafactory"], required=True)
     p.add_argument("--work", type=Path, required=True)
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
@@ -120,6 +158,9 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], help="extra tunelab config overrides (ablations)")
     p.add_argument("--seed", type=int, default=J["seed"], help="training seed (adapter init, data order)")
     p.add_argument("--trace", action="store_true", help="record memory after every optimizer step (Trace)")
+    p.add_argument("--lf-python", type=Path, default=None, help="LLaMA-Factory's venv python (--tool llamafactory)")
+    p.add_argument("--lf-batch", type=int, default=J["batch_size"], help="LLaMA-Factory's rows per optimizer step")
+    p.add_argument("--lf-packing", choices=["neat", "none"], default="neat", help="LLaMA-Factory: neat_packing or not")
     a = p.parse_args()
 
     import torch
@@ -133,8 +174,10 @@ def main() -> None:
     trace = Trace(a.trace)
     if a.tool == "tunelab":
         model, fit, rss, extra = run_tunelab(a.work, a.model, a.threads, a.set, a.seed, trace)
-    else:
+    elif a.tool == "trl":
         model, fit, rss, extra = run_trl(a.work, a.model, a.threads, train_ex, a.seed, trace)
+    else:
+        model, fit, rss, extra = run_llamafactory(a.work, a.model, a.threads, a.seed, a)
     torch.set_num_threads(a.threads)
     start = time.perf_counter()
     loss = common.eval_loss(model, eval_ex, tok.pad_token_id)
