@@ -10,7 +10,9 @@ whose header holds another separator (a TSV named .csv) is one error that names 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,11 +58,35 @@ class Row:
     source: str
     index: int  # 0-based record index within the source
     line: int | None = None  # 1-based line in the file, where the format has lines
+    span: tuple[int, int] | None = None  # (byte offset, size) of a JSONL line read from the file itself, not transcoded
 
     def error(self, message: str, field: str | None = None) -> DataError:
         return DataError(
             message, where=self.source, line=self.line, record=None if self.line else self.index, field=field
         )
+
+
+class RowFile:
+    """A JSONL file's rows read again by their `Row.span`: a big check keeps where each record is, not the record.
+    The file is opened once, before it is read; changing it afterwards is an error, never a wrong row."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self.fd = os.open(Path(path).expanduser(), os.O_RDONLY)
+        self.stamp = self._stamp()
+
+    def _stamp(self) -> tuple[int, int]:
+        st = os.fstat(self.fd)
+        return st.st_size, st.st_mtime_ns
+
+    def row(self, offset: int, size: int) -> dict[str, Any]:
+        if self._stamp() != self.stamp:
+            raise DataError("the file changed while it was being checked; run the check again", where=self.path)
+        data: dict[str, Any] = json.loads(os.pread(self.fd, size, offset))
+        return data
+
+    def __del__(self) -> None:
+        os.close(self.fd)
 
 
 def read_rows(path: str, split: str = "train", max_record_bytes: int = MAX_RECORD_BYTES,
@@ -110,11 +136,15 @@ def iter_jsonl(
     A line's size is checked before it is read whole or parsed; binary data stops the file at once."""
     index = 0
     with textio.open_utf8(p, options.encoding) as f:
+        direct = isinstance(f, io.BufferedReader)  # not transcoded: a line's bytes can be read again at its offset
         for ln in textio.lines(f, max_record_bytes):
             if ln.raw is not None and not ln.raw.strip():
                 continue
             data, problem = _json_line(ln, p, max_record_bytes)
-            yield BadRow(str(p), index, ln.number, problem) if problem else Row(data, str(p), index, ln.number)
+            if problem:
+                yield BadRow(str(p), index, ln.number, problem)
+            else:
+                yield Row(data, str(p), index, ln.number, (ln.offset, ln.size) if direct else None)
             index += 1
 
 

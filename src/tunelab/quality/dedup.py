@@ -18,6 +18,8 @@ copies would otherwise make every copy a candidate of every other) and expanded 
 
 from __future__ import annotations
 
+import hashlib
+from array import array
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TypeVar
@@ -65,7 +67,7 @@ def near_pairs(texts: Sequence[str], threshold: float, seed: int = 1, workers: i
     bands, rows = _optimal_param(threshold, NUM_PERM, 0.5, 0.5)
     pool = Workers(partial(_key_rows, bands=bands, rows=rows, seed=seed), workers, backend)
     try:
-        keys, groups, firsts = _band_keys(texts, bands, pool)
+        keys, firsts, copies = _band_keys(texts, bands, pool)
     finally:
         pool.close()
     pairs: set[tuple[int, int]] = set()
@@ -73,17 +75,20 @@ def near_pairs(texts: Sequence[str], threshold: float, seed: int = 1, workers: i
         pairs |= _equal_runs(keys[:, b])
     out = []
     for a, b in sorted(pairs):
-        i, j = firsts[a], firsts[b]
+        i, j = int(firsts[a]), int(firsts[b])
         if (sim := jaccard(shingles(texts[i]), shingles(texts[j]))) >= threshold:
-            out += [(min(x, y), max(x, y), round(sim, 3)) for x in groups[a] for y in groups[b]]
+            ga, gb = copies.get(a, [i]), copies.get(b, [j])
+            out += [(min(x, y), max(x, y), round(sim, 3)) for x in ga for y in gb]
     return sorted(out)
 
 
-def _band_keys(texts: Sequence[str], bands: int, pool: Workers) -> tuple[np.ndarray, list[list[int]], list[int]]:
-    """One key per band for each distinct non-empty text (exact copies grouped: their indices, and the first),
-    computed a chunk at a time."""
-    seen: dict[str, int] = {}
-    groups: list[list[int]] = []
+def _band_keys(texts: Sequence[str], bands: int, pool: Workers) -> tuple[np.ndarray, np.ndarray, dict[int, list[int]]]:
+    """One key per band for each distinct non-empty text, computed a chunk at a time; with the index of each
+    distinct text's first occurrence and, only for texts that have exact copies, all their indices (a list per
+    text would cost more than the keys)."""
+    seen: dict[int, int] = {}  # 64-bit hash of the normalized text -> distinct text number
+    firsts = array("q")
+    copies: dict[int, list[int]] = {}
     keys: list[np.ndarray] = []
     for start in range(0, len(texts), CHUNK):
         fresh = []
@@ -91,17 +96,22 @@ def _band_keys(texts: Sequence[str], bands: int, pool: Workers) -> tuple[np.ndar
             norm = normalize(texts[i])
             if not norm:
                 continue
-            h = text_hash(norm)
-            if h in seen:
-                groups[seen[h]].append(i)
+            h = hash64(norm)
+            if (k := seen.get(h)) is not None:
+                copies.setdefault(k, [firsts[k]]).append(i)
             else:
-                seen[h] = len(groups)
-                groups.append([i])
+                seen[h] = len(firsts)
+                firsts.append(i)
                 fresh.append(norm)
         if fresh:
             keys.append(np.stack(pool.map(fresh)))
     table = np.concatenate(keys) if keys else np.zeros((0, bands), dtype=np.uint64)
-    return table, groups, [g[0] for g in groups]
+    return table, np.frombuffer(firsts, dtype=np.int64) if firsts else np.zeros(0, np.int64), copies
+
+
+def hash64(norm: str) -> int:
+    """A normalized text's 64-bit hash as an int (half the memory of `text_hash`'s hex string in a big dict)."""
+    return int.from_bytes(hashlib.blake2b(norm.encode("utf-8"), digest_size=8).digest(), "little")
 
 
 def _key_rows(norms: Sequence[str], bands: int, rows: int, seed: int) -> list[np.ndarray]:

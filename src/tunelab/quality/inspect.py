@@ -33,7 +33,10 @@ from tunelab.quality.items import Dataset, Item
 
 def inspect_dataset(ds: Dataset, tokenizer: Any = None, max_length: int | None = None) -> dict[str, Any]:
     valid = ds.valid
-    lengths = measure(valid, tokenizer)
+    seen = Seen()
+    for start in range(0, len(valid), CHUNK):  # one pass, a chunk of records at a time: memory stays flat
+        seen.add([it.record for it in valid[start : start + CHUNK]], tokenizer)
+    lengths = seen.lengths
     stats: dict[str, Any] = {
         "path": ds.path,
         "role": ds.role,
@@ -41,12 +44,12 @@ def inspect_dataset(ds: Dataset, tokenizer: Any = None, max_length: int | None =
         "records": len(ds.items),
         "valid": len(valid),
         "invalid": len(ds.items) - len(valid),
-        "record_types": dict(Counter(type(it.record).__name__ for it in valid)),
+        "record_types": dict(seen.types),
         "length_unit": "tokens" if tokenizer is not None else "chars",
         "length": summarize(lengths),
         "empty_fields": [{**it.location(), "field": f} for it, f in empty_fields(ds.items)],
     }
-    stats.update(conversation_stats(valid))
+    stats.update(seen.conversation_stats())
     if ds.label_column:
         labels = Counter(it.label for it in valid if it.label is not None)
         stats["label_column"] = ds.label_column
@@ -58,6 +61,39 @@ def inspect_dataset(ds: Dataset, tokenizer: Any = None, max_length: int | None =
         stats["truncated"] = [{**it.location(), "length": n} for it, n in over]
     stats["_lengths"] = lengths  # kept for the histogram; dropped from JSON output
     return stats
+
+
+CHUNK = 1024  # records rendered (and tokenized) together
+
+
+class Seen:
+    """What inspect counts, added a chunk of records at a time: record types, lengths, turns and roles."""
+
+    def __init__(self) -> None:
+        self.types: Counter[str] = Counter()
+        self.lengths: list[int] = []
+        self.turns: Counter[int] = Counter()
+        self.roles: Counter[str] = Counter()
+
+    def add(self, records: list[Record | None], tokenizer: Any = None) -> None:
+        present = [r for r in records if r is not None]
+        self.types.update(type(r).__name__ for r in present)
+        self.lengths += measure(present, tokenizer)
+        for r in present:
+            if msgs := _messages(r):
+                self.turns[len(msgs)] += 1
+                self.roles.update(m.role for m in msgs)
+
+    def conversation_stats(self) -> dict[str, Any]:
+        if not self.turns:
+            return {}
+        n = sum(self.turns.values())
+        mean = round(sum(k * v for k, v in self.turns.items()) / n, 2)
+        counts = dict(sorted(self.turns.items()))
+        return {
+            "roles": dict(self.roles),
+            "turns": {"min": min(self.turns), "mean": mean, "max": max(self.turns), "counts": counts},
+        }
 
 
 # Fields that formats treat as optional and that real data leaves empty on purpose (alpaca's "input" is
@@ -75,20 +111,6 @@ def empty_fields(items: list[Item]) -> list[tuple[Item, str]]:
     ]
 
 
-def conversation_stats(items: list[Item]) -> dict[str, Any]:
-    convs = [m for it in items if (m := _messages(it.record))]
-    if not convs:
-        return {}
-    turns = [len(m) for m in convs]
-    roles = Counter(msg.role for m in convs for msg in m)
-    counts = dict(sorted(Counter(turns).items()))
-    mean = round(statistics.fmean(turns), 2)
-    return {
-        "roles": dict(roles),
-        "turns": {"min": min(turns), "mean": mean, "max": max(turns), "counts": counts},
-    }
-
-
 def _messages(record: Record | None) -> tuple[Any, ...]:
     if isinstance(record, Conversation):
         return record.messages
@@ -101,9 +123,9 @@ def _messages(record: Record | None) -> tuple[Any, ...]:
     return ()
 
 
-def measure(items: list[Item], tokenizer: Any = None) -> list[int]:
+def measure(records: list[Record], tokenizer: Any = None) -> list[int]:
     """Length of each record: tokens as training would see them, or characters without a tokenizer."""
-    texts = [render(it.record, tokenizer) for it in items if it.record is not None]
+    texts = [render(r, tokenizer) for r in records]
     if tokenizer is None:
         return [len(t) for t in texts]
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []

@@ -45,6 +45,7 @@ from tunelab.data.sources import (
     BadRow,
     ReadOptions,
     Row,
+    RowFile,
     iter_conll,
     iter_csv,
     iter_jsonl,
@@ -55,6 +56,7 @@ from tunelab.errors import DataError, format_location
 LABEL_COLUMNS = ("label", "category", "intent", "class", "labels")
 # Keys whose string values are structure, not content: never scanned, trimmed or redacted. `provenance` is what a
 # feedback export (tunelab.feedback) records about each row: request ids, reviewer, times; never training text.
+_SPAN = 2**40  # a LeanItem's (offset, size) as offset * _SPAN + size: sizes are far below a TiB
 STRUCTURAL_KEYS = {"role", "from", "type", "_synthetic", "id", "tool_call_id", "name", "provenance"}
 
 
@@ -88,25 +90,33 @@ class Parse(NamedTuple):
 
 
 class LeanItem(Item):
-    """An Item for checking big files (`load_dataset(lean=True)`, `data check`): the row is kept packed and its
-    fields, record and texts are derived again on each access, so a million records fit in about a gigabyte.
-    Setting them is accepted and dropped (they follow from the row)."""
+    """An Item for checking big files (`load_dataset(lean=True)`, `data check`): a JSONL record keeps only where
+    its line is (read again from the file, `RowFile`), any other row is kept packed; its fields, record and texts
+    are derived again on each access, so memory does not grow with the records' size. Setting them is accepted and
+    dropped (they follow from the row); setting the row keeps the new row, packed."""
 
-    __slots__ = ("_packed", "_parse")
+    __slots__ = ("_packed", "_parse", "_file")
 
-    def __init__(self, source: str, index: int, line: int | None, row: dict[str, Any]) -> None:
+    def __init__(self, source: str, index: int, line: int | None, row: dict[str, Any], file: RowFile | None = None,
+                 span: tuple[int, int] | None = None) -> None:  # fmt: skip
         self._parse: Parse | None = None
-        Item.__init__(self, source, index, line, row)
+        self._file = file if span is not None else None
+        Item.__init__(self, source, index, line, row if self._file is None else {})
+        if self._file is not None and span is not None:
+            self._packed = span[0] * _SPAN + span[1]  # one int, not a tuple of two: a million of them add up
 
     @property  # type: ignore[override]
     def row(self) -> dict[str, Any]:
         packed = self._packed
+        if isinstance(packed, int):
+            assert self._file is not None
+            return self._file.row(*divmod(packed, _SPAN))
         return marshal.loads(packed) if isinstance(packed, bytes) else packed
 
     @row.setter
     def row(self, value: dict[str, Any]) -> None:
         try:
-            self._packed: bytes | dict[str, Any] = marshal.dumps(value)
+            self._packed: int | bytes | dict[str, Any] = marshal.dumps(value)
         except ValueError:  # a value marshal cannot write (a Parquet timestamp): kept as it is
             self._packed = value
 
@@ -209,12 +219,18 @@ def load_dataset(
     slower to read, a fraction of the memory)."""
     items: list[Item] = []
     file_error = None
-    make = LeanItem if lean else Item
+    p = Path(path).expanduser()
+    rows_file = RowFile(p) if lean and options.kind(p) == "jsonl" and p.is_file() else None
     try:
         for entry in _rows(path, split, max_record_bytes, options):
             if max_samples is not None and len(items) >= max_samples:
                 break
-            items.append(entry if isinstance(entry, Item) else make(entry.source, entry.index, entry.line, entry.data))
+            if isinstance(entry, Item):
+                items.append(entry)
+            elif lean:
+                items.append(LeanItem(entry.source, entry.index, entry.line, entry.data, rows_file, entry.span))
+            else:
+                items.append(Item(entry.source, entry.index, entry.line, entry.data))
     except DataError as e:
         file_error = str(e)
     if not items and file_error is None:

@@ -6,8 +6,11 @@ import random
 
 import pytest
 
+from tunelab.data.sources import ReadOptions
+from tunelab.errors import DataError
 from tunelab.quality import dedup
 from tunelab.quality.items import load_dataset
+from tunelab.textio import BOM
 
 
 def texts(n=300, seed=0):
@@ -52,6 +55,34 @@ def test_lean_items_say_what_items_say(tmp_path):
     for a, b in zip(full.items, lean.items, strict=True):
         assert (a.row, a.record, a.error, a.label, a.fields) == (b.row, b.record, b.error, b.label, b.fields)
         assert (a.input_text, a.full_text, a.location()) == (b.input_text, b.full_text, b.location())
+
+
+def test_lean_items_read_again_from_the_file_say_what_items_say(tmp_path):
+    """A UTF-8 JSONL file's LeanItems keep only where their line is: a BOM, CRLF breaks, blank lines and
+    non-ASCII text must not shift what is read back; a transcoded file (latin-1) keeps its rows packed."""
+    rows = [{"instruction": "Größe? 日本語", "input": "", "output": "naïve café " * 40},
+            {"prompt": "p\u2028q", "completion": "emoji 🤗"}, {"instruction": "x", "output": "y"}]  # fmt: skip
+    p = tmp_path / "odd.jsonl"
+    p.write_bytes(BOM + b"\r\n".join(json.dumps(r, ensure_ascii=False).encode() for r in rows[:2]) + b"\r\n\r\n"
+                  + json.dumps(rows[2]).encode())  # fmt: skip
+    full, lean = load_dataset(str(p)), load_dataset(str(p), lean=True)
+    assert [it.row for it in lean.items] == rows
+    for a, b in zip(full.items, lean.items, strict=True):
+        assert (a.record, a.full_text, a.input_text, a.fields) == (b.record, b.full_text, b.input_text, b.fields)
+    q = tmp_path / "latin.jsonl"
+    q.write_bytes("\n".join(json.dumps({"text": t}, ensure_ascii=False) for t in ("café", "déjà")).encode("latin-1"))
+    transcoded = load_dataset(str(q), lean=True, options=ReadOptions(encoding="latin-1"))
+    assert [it.full_text for it in transcoded.items] == ["café", "déjà"]
+
+
+def test_a_file_changed_under_a_lean_check_is_an_error_not_a_wrong_row(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_text(json.dumps({"text": "first"}) + "\n" + json.dumps({"text": "second"}) + "\n")
+    lean = load_dataset(str(p), lean=True)
+    p.write_text(json.dumps({"text": "other"}) + "\n")  # rewritten in place
+    with pytest.raises(DataError, match="changed while it was being checked") as e:
+        _ = lean.items[1].full_text
+    assert str(p) in str(e.value)
 
 
 @pytest.mark.parametrize("threshold", [0.7, 0.9])
