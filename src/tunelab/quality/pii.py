@@ -16,7 +16,9 @@ Lovelace`; "my name is ...", "Name: ..."). Generic `api_key=...` / `Bearer ...` 
 random (letters and digits, Shannon entropy >= 3 bits/char), so placeholders like `YOUR_API_KEY` pass.
 Overlapping candidates are resolved by kind priority (secret > email > iban > card > ip > phone > address >
 name), then by length, so a card number is never also reported as a phone number. Precision and recall per kind
-on a labelled benchmark (tests/data/pii_benchmark.jsonl) are in docs/data-quality.md.
+on a labelled benchmark (tests/data/pii_benchmark.jsonl) are in docs/data-quality.md. A kind's detector runs only
+on text that a cheap literal test (`_GATES`: a digit, an @, a key prefix) says could hold it, which makes a
+data check's PII scan several times faster on ordinary text and changes no finding.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from tunelab.config import PII_KINDS
 from tunelab.errors import TunelabError
@@ -150,6 +153,7 @@ def _emails(text: str) -> Iterable[tuple[int, int]]:
     return (m.span() for m in _EMAIL.finditer(text))
 
 
+@lru_cache(maxsize=4)  # cards, IBANs and phones mask the same text, one after another
 def _masked(text: str) -> str:
     """`text` with URLs and coordinate pairs blanked (same length, so spans still point into `text`)."""
     for pattern in _MASKS:
@@ -256,6 +260,45 @@ _DETECTORS: dict[str, Callable[[str], Iterable[tuple[int, int]]]] = {
     "name": _names,
 }
 
+# A kind's detector runs only on text its gate accepts: a few substring tests instead of several patterns on text
+# that cannot hold that kind (most training text has no digit and no key-like prefix). Literal tests, because a
+# case-insensitive regex alternation costs about as much as the patterns it would spare. A gate may accept text
+# the detector then refuses, never the other way round.
+_DIGIT = re.compile(r"\d")
+_IPV6_COLONS = re.compile(r":[0-9A-Fa-f]{0,4}:")
+_KEY_PREFIXES = (
+    "AKIA",
+    "ASIA",
+    "ghp_",
+    "gho_",
+    "ghu_",
+    "ghs_",
+    "ghr_",
+    "github_pat_",
+    "sk-",
+    "xox",
+    "AIza",
+    "-----BEGIN",
+)
+_KEY_WORDS = ("api", "secret", "access", "auth", "token", "passw", "bearer")  # _GENERIC's, lowercased
+_HONORIFICS = ("Mr", "Ms", "Mx", "Dr", "Prof", "Sir", "Dame", "Madam", "Miss", "Lady", "Lord")  # _NAMES[0]'s
+
+
+def _any_in(text: str, needles: tuple[str, ...]) -> bool:
+    return any(n in text for n in needles)
+
+
+_GATES: dict[str, Callable[[str], bool]] = {
+    "email": lambda t: "@" in t,
+    "ip": lambda t: bool(_DIGIT.search(t) or _IPV6_COLONS.search(t)),
+    "phone": lambda t: bool(_DIGIT.search(t)),
+    "card": lambda t: bool(_DIGIT.search(t)),
+    "iban": lambda t: bool(_DIGIT.search(t)),
+    "address": lambda t: bool(_DIGIT.search(t)),
+    "secret": lambda t: _any_in(t, _KEY_PREFIXES) or _any_in(t.lower(), _KEY_WORDS),
+    "name": lambda t: _any_in(t, _HONORIFICS) or _any_in(t.lower(), ("name", "called", "signed")),
+}
+
 # --------------------------------------------------------------------------- API
 
 
@@ -272,7 +315,8 @@ def find_pii(text: str, kinds: Iterable[str] | None = None, ner: bool = False) -
     """Every PII span in `text`, in order, without overlaps; `ner` adds the NER backend's names and places
     (tunelab.quality.pii_ner: Presidio, when installed)."""
     chosen = _kinds(kinds)
-    candidates = [(s, e, k) for k in chosen for s, e in _DETECTORS[k](text) if e > s]
+    candidates = [(s, e, k) for k in chosen if k not in _GATES or _GATES[k](text)
+                  for s, e in _DETECTORS[k](text) if e > s]  # fmt: skip
     if ner:
         candidates += ner_spans(text, chosen)
     candidates.sort(key=lambda c: (_PRIORITY[c[2]], -(c[1] - c[0]), c[0]))

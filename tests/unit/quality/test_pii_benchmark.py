@@ -14,6 +14,7 @@ from collections import Counter
 import pytest
 from tests.conftest import REPO
 
+from tunelab.quality import pii
 from tunelab.quality.pii import PII_KINDS, find_pii
 from tunelab.quality.pii_ner import unavailable
 
@@ -99,3 +100,14 @@ def test_ner_backend_finds_names_the_rules_miss() -> None:
     per, _ = score(ner=True)
     rules, _ = score()
     assert per["name"]["tp"] > rules["name"]["tp"]
+
+
+def test_gates_never_hide_what_the_detectors_find(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each kind's cheap gate skips its detector on text that cannot hold the kind; on every benchmark sentence
+    (PII and hard negatives, every kind) the findings must be those of the detectors run on everything."""
+    texts = [r["text"] for r in rows()]
+    texts += [t.lower() for t in texts] + [t.upper() for t in texts]  # gates that test case must still pass these
+    gated = [find_pii(t) for t in texts]
+    monkeypatch.setattr(pii, "_GATES", {})
+    assert gated == [find_pii(t) for t in texts]
+    assert sum(map(len, gated)) > len(rows())  # the texts hold findings of every kind, and the gates let them through
