@@ -5,7 +5,8 @@
 - compare: tunelab serve vs `transformers serve --continuous-batching` (its CPU settings: --device cpu,
   --dtype float32, the default paged attention), the same saved model, each in its own process with one torch
   thread (OMP_NUM_THREADS=1), at concurrency 1/8/32: req/s, completion tok/s, p50/p95 latency, and the
-  tunelab / transformers ratio. Chat completions, temperature 0, max_tokens 64, distinct short prompts.
+  tunelab / transformers ratio. Chat completions, temperature 0, max_tokens 64, distinct short prompts; each
+  level sends at least 8 requests per client (256 at concurrency 32), after a warm-up of as many.
 - fairness (issue 15): key `flood` sends 32 long requests at once (~1400-token prompts, max_tokens 512);
   key `alice` sends short requests one after another meanwhile; her p50/p95 against her unloaded figures.
 - storm: 70 streamed requests (16 at a time, max_tokens 256) whose clients disconnect after 3 chunks; the
@@ -92,6 +93,8 @@ def tunelab_cmd(model: Path, port: int, cfg: dict[str, Any], tmp: Path) -> list[
     return [sys.executable, "-c", code]
 
 
+WAVES = 8  # a level sends at least this many requests per client: at c=32, 64 requests were two waves (0.6 s), noise
+
 BASE_CFG = {
     "threads": 1,
     "limits": {"burst": 100000, "requests_per_minute": 1e7, "max_tokens": 1024, "max_prompt_tokens": 3000,
@@ -161,7 +164,7 @@ def compare(model: Path, tmp: Path, levels: list[int], total: int, n: int, round
             proc = start(cmd, url, tmp / f"{name}.log")
             try:
                 for c in levels:
-                    r = asyncio.run(load(url, "none", model_id, c, max(total, c), n, proc.pid))
+                    r = asyncio.run(load(url, "none", model_id, c, max(total, WAVES * c), n, proc.pid))
                     runs.setdefault(str(c), {}).setdefault(name, []).append(r)
                     print(f"round {rnd} {name:12s} c={c:2d} {r['req_s']:6.1f} req/s {r['tok_s']:7.0f} tok/s "
                           f"p50 {r['p50_ms']:6.0f} ms p95 {r['p95_ms']:6.0f} ms "
@@ -316,7 +319,7 @@ def main() -> None:
     ap.add_argument("--suite", default="compare,fairness,storm")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--levels", default="1,8,32")
-    ap.add_argument("--requests", type=int, default=64, help="requests per concurrency level (compare)")
+    ap.add_argument("--requests", type=int, default=64, help="requests per concurrency level (compare; at least 8 per client)")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=2, help="compare: rounds, servers alternating (medians reported)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

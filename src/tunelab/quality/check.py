@@ -14,14 +14,15 @@ Label checks (case variants, eval labels unseen in train, rare classes, imbalanc
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from bisect import bisect_left
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from tunelab.config import CheckOptions, DatasetConfig, ModelConfig
 from tunelab.data.hints import mapping_hint
 from tunelab.data.sources import MAX_RECORD_BYTES, ReadOptions
-from tunelab.quality.dedup import exact_groups, near_pairs
+from tunelab.quality.dedup import exact_groups, near_groups
 from tunelab.quality.inspect import empty_fields, inspect_dataset, public
 from tunelab.quality.io import sha256_file
 from tunelab.quality.items import Dataset, Item, TextView, load_dataset, text_hash
@@ -199,34 +200,53 @@ def conflict_problems(valid: list[tuple[Dataset, Item]]) -> list[Problem]:
 def near_problems(
     valid: list[tuple[Dataset, Item]], threshold: float, workers: int = 1, backend: str = "local"
 ) -> list[Problem]:
-    """Near-duplicates within a role compare whole records (what clean would drop); near leakage across
-    roles compares inputs, like exact leakage. One MinHash pass serves both when inputs are the records.
-    The texts are read as the pass needs them (`TextView`), never all held at once."""
+    """Near-duplicates within a role compare whole records (what clean would drop); near leakage across roles
+    compares inputs, like exact leakage. Each record is listed once, with its most similar earlier record (in its
+    own split for a near-duplicate, in an earlier split for leakage): a cluster of k near copies is k lines, not
+    the k*k pairs. One MinHash pass serves both when inputs are the records. The texts are read as the pass
+    needs them (`TextView`), never all held at once."""
     items = [it for _, it in valid]
-    full = near_pairs(TextView(items, "full_text"), threshold, workers=workers, backend=backend)
+    full = near_groups(TextView(items, "full_text"), threshold, workers=workers, backend=backend)
     same_text = all(it.input_text == it.full_text for it in items)
     inputs = (
-        full if same_text else near_pairs(TextView(items, "input_text"), threshold, workers=workers, backend=backend)
+        full if same_text else near_groups(TextView(items, "input_text"), threshold, workers=workers, backend=backend)
     )
-    rank = {r: i for i, r in enumerate(ROLES)}
-    inside = [
-        {**valid[j][1].location(), "near": valid[i][1].where, "similarity": sim}
-        for i, j, sim in full
-        if valid[i][0].role == valid[j][0].role
-    ]
+    start, at = [0] * len(valid), 0  # where each record's role starts: records come role by role (ROLES order)
+    for k in range(1, len(valid)):
+        at = at if valid[k][0].role == valid[k - 1][0].role else k
+        start[k] = at
+    inside = _nearest_earlier(full, lambda y: (start[y], y))
     leaks: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for i, j, sim in inputs:
-        (di, a), (dj, b) = valid[i], valid[j]
-        if di.role != dj.role:
-            (de, e), (dl, later) = ((di, a), (dj, b)) if rank[di.role] < rank[dj.role] else ((dj, b), (di, a))
-            loc = {**later.location(), "near": e.where, "similarity": sim}
-            leaks.setdefault((de.role, dl.role), []).append(loc)
+    for y, (sim, x) in sorted(_nearest_earlier(inputs, lambda y: (0, start[y])).items()):
+        loc = {**valid[y][1].location(), "near": valid[x][1].where, "similarity": sim}
+        leaks.setdefault((valid[x][0].role, valid[y][0].role), []).append(loc)
     out = []
     if inside:
-        msg = f"{len(inside)} near-duplicate pairs (similarity >= {threshold}) within splits"
-        out.append(_problem("near_duplicate", msg, inside))
+        locs = [{**valid[y][1].location(), "near": valid[x][1].where, "similarity": sim}
+                for y, (sim, x) in sorted(inside.items())]  # fmt: skip
+        msg = f"{len(locs)} records are near-duplicates (similarity >= {threshold}) of an earlier record of their split"
+        out.append(_problem("near_duplicate", msg, locs))
     for (early, late), locs in leaks.items():
-        n = len({(loc["file"], loc["record"]) for loc in locs})
-        msg = f"{n} {late} records are near-duplicates of {early} records (similarity >= {threshold})"
+        msg = f"{len(locs)} {late} records are near-duplicates of {early} records (similarity >= {threshold})"
         out.append(_problem("leak_near", msg, locs))
     return out
+
+
+def _nearest_earlier(
+    groups: list[tuple[Sequence[int], Sequence[int], float]], window: Callable[[int], tuple[int, int]]
+) -> dict[int, tuple[float, int]]:
+    """Record y -> (similarity, x): its most similar partner x (the first, on ties) with lo <= x < hi for
+    (lo, hi) = window(y). Groups hold ascending indices, so the candidate is found by bisection: big groups of
+    exact copies cost a log, not a product."""
+    best: dict[int, tuple[float, int]] = {}
+    for ga, gb, sim in groups:
+        for mine, other in ((ga, gb), (gb, ga)):
+            for y in mine:
+                lo, hi = window(y)
+                k = bisect_left(other, lo)
+                if k == len(other) or (x := other[k]) >= hi:
+                    continue
+                old = best.get(y)
+                if old is None or (sim, -x) > (old[0], -old[1]):
+                    best[y] = (sim, x)
+    return best

@@ -64,6 +64,15 @@ def near_pairs(texts: Sequence[str], threshold: float, seed: int = 1, workers: i
                backend: str = "local") -> list[tuple[int, int, float]]:  # fmt: skip
     """(i, j, jaccard) with i < j for texts at or above `threshold` but not identical after normalizing.
     `workers` processes (or Ray Data with backend ray) compute the signatures; the result is the same."""
+    groups = near_groups(texts, threshold, seed, workers, backend)
+    return sorted((min(x, y), max(x, y), sim) for ga, gb, sim in groups for x in ga for y in gb)
+
+
+def near_groups(texts: Sequence[str], threshold: float, seed: int = 1, workers: int = 1,
+                backend: str = "local") -> list[tuple[Sequence[int], Sequence[int], float]]:  # fmt: skip
+    """`near_pairs` before exact copies are expanded: (indices of a text and its exact copies, those of a text
+    near it, jaccard). A text with many copies makes pairs in the product of the two groups; a caller that
+    needs one line per record (a check of a million records) reads the groups instead."""
     bands, rows = _optimal_param(threshold, NUM_PERM, 0.5, 0.5)
     pool = Workers(partial(_key_rows, bands=bands, rows=rows, seed=seed), workers, backend)
     try:
@@ -73,13 +82,12 @@ def near_pairs(texts: Sequence[str], threshold: float, seed: int = 1, workers: i
     pairs: set[tuple[int, int]] = set()
     for b in range(bands):
         pairs |= _equal_runs(keys[:, b])
-    out = []
+    out: list[tuple[Sequence[int], Sequence[int], float]] = []
     for a, b in sorted(pairs):
         i, j = int(firsts[a]), int(firsts[b])
         if (sim := jaccard(shingles(texts[i]), shingles(texts[j]))) >= threshold:
-            ga, gb = copies.get(a, [i]), copies.get(b, [j])
-            out += [(min(x, y), max(x, y), round(sim, 3)) for x in ga for y in gb]
-    return sorted(out)
+            out.append((copies.get(a, (i,)), copies.get(b, (j,)), round(sim, 3)))
+    return out
 
 
 def _band_keys(texts: Sequence[str], bands: int, pool: Workers) -> tuple[np.ndarray, np.ndarray, dict[int, list[int]]]:

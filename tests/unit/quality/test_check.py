@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import time
 from pathlib import Path
 
@@ -38,6 +39,32 @@ def test_planted_problems_are_found_at_their_lines(planted: Planted) -> None:
     [empty] = report.find("empty_field")
     assert empty.locations == [{"file": str(planted.train), "line": 14, "record": 13, "field": "output"}]
     assert report.exit_code == 1
+
+
+def test_a_near_duplicate_cluster_is_one_line_per_record_not_a_line_per_pair(tmp_path: Path) -> None:
+    """A text, two exact copies and two near copies (one word changed each) in train, a near copy in eval: each
+    near copy is listed once with its most similar earlier record of its split, the eval one once as leakage;
+    exact copies are duplicates, never near-duplicates (pairs would list line 4 three times, one per copy)."""
+    rng = random.Random(3)
+    words = [rng.choice(["alpha", "bravo", "delta", "gamma", "kilo", "lima", "oscar", "tango"]) + str(k % 7)
+             for k in range(80)]  # fmt: skip
+
+    def variant(k: int, word: str) -> str:
+        return " ".join(words[:k] + [word] + words[k + 1 :])
+
+    base = " ".join(words)
+    train, dev = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+    rows = [base, base, base, variant(10, "zulu"), variant(60, "yankee"), "an unrelated text " * 5]
+    train.write_text("".join(json.dumps({"text": t}) + "\n" for t in rows))
+    dev.write_text(json.dumps({"text": variant(40, "xray")}) + "\n" + json.dumps({"text": "other " * 9}) + "\n")
+    report = check([str(train)], eval=[str(dev)], options=CheckOptions(pii=False))
+    [near] = report.find("near_duplicate")
+    assert [(loc["line"], loc["near"]) for loc in near.locations] == [(4, f"{train}:1"), (5, f"{train}:1")]
+    assert near.message.startswith("2 records are near-duplicates")
+    [leak] = report.find("leak_near")
+    assert [(loc["line"], loc["near"]) for loc in leak.locations] == [(1, f"{train}:1")]
+    [dup] = report.find("duplicate")
+    assert dup.lines() == [1, 2, 3]
 
 
 def test_each_pii_kind_has_its_count_and_line(planted: Planted) -> None:
