@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,8 +73,20 @@ class RowFile:
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self.fd = os.open(Path(path).expanduser(), os.O_RDONLY)
+        fd = os.open(Path(path).expanduser(), os.O_RDONLY)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # a folder (or a pipe) opens too, but has no lines to reread
+            os.close(fd)
+            raise IsADirectoryError(self.path)
+        self.fd = fd
         self.stamp = self._stamp()
+
+    @classmethod
+    def open(cls, path: str | Path) -> RowFile | None:
+        """None where the file cannot be opened (it is not a file, or not readable): reading it says why."""
+        try:
+            return cls(path)
+        except OSError:
+            return None
 
     def _stamp(self) -> tuple[int, int]:
         st = os.fstat(self.fd)
@@ -86,7 +99,8 @@ class RowFile:
         return data
 
     def __del__(self) -> None:
-        os.close(self.fd)
+        if (fd := getattr(self, "fd", None)) is not None:
+            os.close(fd)
 
 
 def read_rows(path: str, split: str = "train", max_record_bytes: int = MAX_RECORD_BYTES,

@@ -54,9 +54,9 @@ from tunelab.data.sources import (
 from tunelab.errors import DataError, format_location
 
 LABEL_COLUMNS = ("label", "category", "intent", "class", "labels")
+_SPAN = 2**40  # a LeanItem's (offset, size) as offset * _SPAN + size: sizes are far below a TiB
 # Keys whose string values are structure, not content: never scanned, trimmed or redacted. `provenance` is what a
 # feedback export (tunelab.feedback) records about each row: request ids, reviewer, times; never training text.
-_SPAN = 2**40  # a LeanItem's (offset, size) as offset * _SPAN + size: sizes are far below a TiB
 STRUCTURAL_KEYS = {"role", "from", "type", "_synthetic", "id", "tool_call_id", "name", "provenance"}
 
 
@@ -220,7 +220,7 @@ def load_dataset(
     items: list[Item] = []
     file_error = None
     p = Path(path).expanduser()
-    rows_file = RowFile(p) if lean and options.kind(p) == "jsonl" and p.is_file() else None
+    rows_file = RowFile.open(p) if lean and options.kind(p) == "jsonl" else None
     try:
         for entry in _rows(path, split, max_record_bytes, options):
             if max_samples is not None and len(items) >= max_samples:
