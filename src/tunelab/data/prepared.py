@@ -6,10 +6,11 @@ store the items live in, and its closing checks. Records are streamed: each data
 encoded in batches in file order, and only the encoded items (and a few numbers per record) are kept, so the
 memory a kind needs is its store's (a memory-mapped token file for sft, see `tunelab.data.store`).
 
-Splitting works on record indices (`split_and_mix`), after encoding: a dataset with weight w contributes
-round(w * n) examples per epoch (sampled without replacement below 1, repeated above), after `eval_ratio`
-of each training dataset has been split off by seed (so repeats never leak into eval). The counts of what
-was left out on purpose (too long, truncated, no trainable token) are per pick, as if each pick were encoded.
+Splitting works on record indices (`split_indices`, in flat arrays: no Python object per record), after
+encoding: a dataset with weight w contributes round(w * n) examples per epoch (sampled without replacement
+below 1, repeated above), after `eval_ratio` of each training dataset has been split off by seed (so repeats
+never leak into eval). The counts of what was left out on purpose (too long, truncated, no trainable token)
+are per pick, as if each pick were encoded.
 
 Bad records stop the run with every format problem of a dataset listed (up to a limit) by file, line and
 field; a record the kind refuses (wrong record type, a template that cannot render it) is reported after

@@ -115,7 +115,12 @@ def _list_split(counts, weights, eval_ratio, seed):
 
 @pytest.mark.parametrize(
     ("counts", "weights", "eval_ratio"),
-    [([1000], [1.0], 0.0), ([500, 37], [0.3, 2.6], 0.1), ([0, 5, 300], [1.0, 3.0, 1.0], 0.5), ([2, 1], [0.5, 1.0], 0.5)],
+    [
+        ([1000], [1.0], 0.0),
+        ([500, 37], [0.3, 2.6], 0.1),
+        ([0, 5, 300], [1.0, 3.0, 1.0], 0.5),
+        ([2, 1], [0.5, 1.0], 0.5),
+    ],
 )
 def test_the_index_split_is_the_list_split(counts, weights, eval_ratio):
     for seed in (0, 7):
