@@ -6,10 +6,11 @@ store the items live in, and its closing checks. Records are streamed: each data
 encoded in batches in file order, and only the encoded items (and a few numbers per record) are kept, so the
 memory a kind needs is its store's (a memory-mapped token file for sft, see `tunelab.data.store`).
 
-Splitting works on record indices (`split_and_mix`), after encoding: a dataset with weight w contributes
-round(w * n) examples per epoch (sampled without replacement below 1, repeated above), after `eval_ratio`
-of each training dataset has been split off by seed (so repeats never leak into eval). The counts of what
-was left out on purpose (too long, truncated, no trainable token) are per pick, as if each pick were encoded.
+Splitting works on record indices (`split_indices`, in flat arrays: no Python object per record), after
+encoding: a dataset with weight w contributes round(w * n) examples per epoch (sampled without replacement
+below 1, repeated above), after `eval_ratio` of each training dataset has been split off by seed (so repeats
+never leak into eval). The counts of what was left out on purpose (too long, truncated, no trainable token)
+are per pick, as if each pick were encoded.
 
 Bad records stop the run with every format problem of a dataset listed (up to a limit) by file, line and
 field; a record the kind refuses (wrong record type, a template that cannot render it) is reported after
@@ -21,7 +22,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Generic, NamedTuple, TypeVar
 
 import numpy as np
@@ -38,6 +39,7 @@ from tunelab.errors import DataError, TunelabError
 T = TypeVar("T")
 MAX_LISTED_ERRORS = 10
 BATCH = 256  # records encoded together (one batched tokenizer call)
+COUNT_BLOCK = 1 << 16  # picks counted together (bounds the counting's temporaries)
 TRUNCATED, DROPPED, MASKED = 1, 2, 4  # Outcome.flags
 
 
@@ -56,8 +58,12 @@ class DatasetStats:
     train_tokens: int = 0  # of `tokens`, those of the train split (the planner's count)
     lengths: np.ndarray | list[int] = field(default_factory=list, repr=False)  # of each kept item, train then eval
 
+    def counts(self) -> dict[str, Any]:
+        """The fields but `lengths` (not `asdict`, which would deep-copy the lengths array first)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "lengths"}
+
     def summary(self) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if k != "lengths"}
+        d = self.counts()
         if len(self.lengths):
             arr = np.asarray(self.lengths)
             d["length"] = {"min": int(arr.min()), "mean": round(float(arr.mean()), 1),
@@ -171,13 +177,15 @@ class Kind(Generic[T]):
 class _Facts:
     """Per-record facts of every record read (all datasets, in reading order)."""
 
-    chunks: list[np.ndarray] = field(default_factory=list)
+    chunks: list[np.ndarray] = field(default_factory=list)  # int32: one record's counts fit, 20 bytes a record
 
     def add(self, outcomes: Sequence[Outcome[Any]]) -> None:
-        self.chunks.append(np.array([o[1:] for o in outcomes], dtype=np.int64).reshape(-1, 5))
+        self.chunks.append(np.array([o[1:] for o in outcomes], dtype=np.int32).reshape(-1, 5))
 
     def array(self) -> np.ndarray:
-        return np.concatenate(self.chunks) if self.chunks else np.zeros((0, 5), dtype=np.int64)
+        table = np.concatenate(self.chunks) if self.chunks else np.zeros((0, 5), dtype=np.int32)
+        self.chunks = []  # not held twice
+        return table
 
 
 # --------------------------------------------------------------------------- records
@@ -250,19 +258,52 @@ def split_and_mix(
 ) -> tuple[list[tuple[int, T]], list[tuple[int, T]]]:
     """(dataset index, item) pairs for train (weighted) and eval (split off first); an item is a record,
     often with its row, or its index."""
+    train, evals = split_indices([len(items) for items in per_dataset], weights, eval_ratio, seed)
+    return ([(d, per_dataset[d][i]) for d, i in train.tolist()],
+            [(d, per_dataset[d][i]) for d, i in evals.tolist()])  # fmt: skip
+
+
+def split_indices(
+    counts: Sequence[int], weights: list[float], eval_ratio: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`split_and_mix` on record indices: (dataset, index) rows (int64, shape (n, 2)) of train and eval.
+    numpy arrays instead of lists of tuples (16 bytes a pick, not ~250), with the same random calls in the
+    same order, so the split is the one the list version made: random.shuffle swaps an array's items exactly
+    as a list's, and sampling positions of range(len(keep)) draws as sampling keep itself."""
     rng = random.Random(seed)
     train, evals = [], []
-    for d, (records, w) in enumerate(zip(per_dataset, weights)):
-        order = list(range(len(records)))
-        rng.shuffle(order)
-        n_eval = round(len(order) * eval_ratio)
-        evals += [(d, records[i]) for i in sorted(order[:n_eval])]
-        keep = sorted(order[n_eval:])
+    for d, (n, w) in enumerate(zip(counts, weights)):
+        order = np.arange(n, dtype=np.int64)
+        rng.shuffle(order)  # type: ignore[arg-type]  # a 1-d array swaps like a list
+        n_eval = round(n * eval_ratio)
+        order[:n_eval].sort()  # in place: eval and keep are views of `order`
+        order[n_eval:].sort()
+        evals.append((d, order[:n_eval]))
+        keep = order[n_eval:]
         target = round(w * len(keep))
-        picked = keep * (target // len(keep)) + rng.sample(keep, target % len(keep)) if keep else []
-        train += [(d, records[i]) for i in picked]
-    rng.shuffle(train)
-    return train, evals
+        if len(keep) and target != len(keep):  # weight 1: keep as it is, no copy
+            extra = keep[np.array(rng.sample(range(len(keep)), target % len(keep)), dtype=np.int64)]
+            keep = np.concatenate([np.tile(keep, target // len(keep)), extra])
+        train.append((d, keep))
+    rows = _rows(train)
+    # A permutation is shuffled, not the rows (swapping rows of a 2-d array swaps views and duplicates rows);
+    # it is applied a column at a time, so only one column is copied at once.
+    perm = np.arange(len(rows))
+    rng.shuffle(perm)  # type: ignore[arg-type]
+    for c in range(2):
+        rows[:, c] = rows[perm, c]
+    return rows, _rows(evals)
+
+
+def _rows(parts: Sequence[tuple[int, np.ndarray]]) -> np.ndarray:
+    """(dataset, index) rows of each part's indices, one after the other."""
+    rows = np.empty((sum(len(ix) for _, ix in parts), 2), dtype=np.int64)
+    start = 0
+    for d, ix in parts:  # a column at a time: no (n, 2) temporary
+        rows[start : start + len(ix), 0] = d
+        rows[start : start + len(ix), 1] = ix
+        start += len(ix)
+    return rows
 
 
 def task_names(data: DataConfig, sources: Sequence[int]) -> list[str]:
@@ -293,12 +334,13 @@ def prepare_kind(cfg: RunConfig, kind: Kind[T], manifest: list[dict[str, Any]] |
     store.close()
     counts = [s.records for s in stats]
     n_train = len(data.train)
-    picks, eval_picks = split_and_mix([range(n) for n in counts[:n_train]], [ds.weight for ds in data.train],
-                                      data.eval_ratio, data.seed)  # fmt: skip
-    eval_picks += [(d, i) for d in range(n_train, len(counts)) for i in range(counts[d])]
+    picks, eval_picks = split_indices(counts[:n_train], [ds.weight for ds in data.train], data.eval_ratio,
+                                      data.seed)  # fmt: skip
+    eval_picks = np.concatenate([eval_picks, _rows([(d, np.arange(counts[d])) for d in range(n_train, len(counts))])])
     table, base = facts.array(), np.cumsum([0, *counts])
     train_idx, _ = _count(picks, table, base, stats, "train")
     eval_idx, sources = _count(eval_picks, table, base, stats, "eval")
+    del picks, eval_picks, table  # only the kept store indices are needed from here on
     kind.check_stats(stats, data)
     train, evals = kind.finish(store.take(train_idx), store.take(eval_idx))
     return Prepared(train, evals, stats, manifest, eval_tasks=task_names(data, sources.tolist()))
@@ -351,10 +393,29 @@ def _flush(kind: Kind[T], batch: list[tuple[Record, Row]], store: Store[T], fact
     batch.clear()
 
 
-def _count(picks: list[tuple[int, int]], table: np.ndarray, base: np.ndarray, stats: list[DatasetStats],
+def _count(pairs: np.ndarray, table: np.ndarray, base: np.ndarray, stats: list[DatasetStats],
            split: str) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-    """Count the picks into the stats as if each were encoded; (store indices, dataset) of the kept ones."""
-    pairs = np.array(picks, dtype=np.int64).reshape(-1, 2)
+    """Count the picks ((dataset, index) rows) into the stats as if each were encoded; (store indices, dataset)
+    of the kept ones. A block of picks at a time into arrays made once, so the temporaries do not grow with
+    the data (and many growing blocks do not fragment the heap)."""
+    idx, d, length = np.empty(len(pairs), np.int64), np.empty(len(pairs), np.int64), np.empty(len(pairs), np.int64)
+    n = 0
+    for start in range(0, len(pairs), COUNT_BLOCK):
+        kept = _count_block(pairs[start : start + COUNT_BLOCK], table, base, stats, split)
+        m = len(kept[0])
+        idx[n : n + m], d[n : n + m], length[n : n + m] = kept
+        n += m
+    idx, d, length = idx[:n], d[:n], length[:n]  # views: the left-out picks' slots are not worth a copy
+    for i, s in enumerate(stats):
+        mine = length[d == i]
+        if len(mine):
+            s.lengths = np.concatenate([s.lengths, mine]) if len(s.lengths) else mine
+    return idx, d
+
+
+def _count_block(pairs: np.ndarray, table: np.ndarray, base: np.ndarray, stats: list[DatasetStats],
+                 split: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """Add one block's counts to the stats; (store index, dataset, length) of its kept picks."""
     d, idx = pairs[:, 0], base[pairs[:, 0]] + pairs[:, 1]
     tokens, trainable, length, flags, extra = (table[idx, k] for k in range(5))
     kept = (flags & (DROPPED | MASKED)) == 0
@@ -374,10 +435,7 @@ def _count(picks: list[tuple[int, int]], table: np.ndarray, base: np.ndarray, st
     for i, s in enumerate(stats):
         for name, values in sums.items():
             setattr(s, name, getattr(s, name) + int(values[i]))
-        mine = length[kept & (d == i)]
-        if len(mine):
-            s.lengths = np.concatenate([np.asarray(s.lengths, dtype=np.int64), mine])
-    return idx[kept], d[kept]
+    return idx[kept], d[kept], length[kept]
 
 
 def encode_only(cfg: RunConfig, kind: Kind[T], datasets: Sequence[DatasetConfig]) -> list[T]:

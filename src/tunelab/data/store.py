@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, BinaryIO, overload
 
@@ -84,13 +83,13 @@ class TokenStore(Store[Example]):
         self._ids.close()
         self._mask.close()
         sizes = np.concatenate(self._sizes) if self._sizes else np.zeros(0, dtype=np.int64)
-        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        np.save(self.folder / "offsets.npy", offsets)
+        self._sizes = []  # the offsets are read back mapped (open_arrays): no per-record array stays in memory
+        np.save(self.folder / "offsets.npy", np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
         self.arrays = open_arrays(self.folder)
 
     def take(self, indices: np.ndarray) -> ExampleSeq:
         assert self.arrays is not None, "close() the store before reading it"
-        return ExampleSeq(*self.arrays, indices.astype(np.int64))
+        return ExampleSeq(*self.arrays, indices.astype(np.int64, copy=False))
 
 
 def _map(path: Path, dtype: Any) -> np.ndarray:
@@ -100,7 +99,9 @@ def _map(path: Path, dtype: Any) -> np.ndarray:
 
 
 def open_arrays(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return _map(folder / "ids.bin", np.int32), _map(folder / "mask.bin", np.uint8), np.load(folder / "offsets.npy")
+    # offsets mapped too (8 bytes a record): pages are read as items are, not all at once
+    offsets = np.load(folder / "offsets.npy", mmap_mode="r")
+    return _map(folder / "ids.bin", np.int32), _map(folder / "mask.bin", np.uint8), offsets
 
 
 def save_prepared(folder: Path, p: Prepared[Example]) -> None:
@@ -111,7 +112,7 @@ def save_prepared(folder: Path, p: Prepared[Example]) -> None:
     lengths = [np.asarray(s.lengths, dtype=np.int64) for s in p.stats]
     np.save(folder / "lengths.npy", np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64))
     meta = {"version": FORMAT_VERSION, "eval_tasks": p.eval_tasks,
-            "stats": [{k: v for k, v in asdict(s).items() if k != "lengths"} | {"n_lengths": len(n)}
+            "stats": [s.counts() | {"n_lengths": len(n)}
                       for s, n in zip(p.stats, lengths)]}  # fmt: skip
     (folder / "meta.json").write_text(json.dumps(meta))
 

@@ -92,3 +92,53 @@ def test_other_kinds_run_the_same_skeleton(tmp_path, kind):
     assert (len(p.train), len(p.eval)) == (12, 2) and p.stats[0].train == 12
     if kind == "prompts":  # a repeated record is its own item with its own index
         assert sorted(it.index for it in [*p.train, *p.eval]) == list(range(14))
+
+
+def _list_split(counts, weights, eval_ratio, seed):
+    """The split as it was made on Python lists (before the index arrays): the reference it must equal."""
+    import random
+
+    rng = random.Random(seed)
+    train, evals = [], []
+    for d, (n, w) in enumerate(zip(counts, weights)):
+        order = list(range(n))
+        rng.shuffle(order)
+        n_eval = round(len(order) * eval_ratio)
+        evals += [(d, i) for i in sorted(order[:n_eval])]
+        keep = sorted(order[n_eval:])
+        target = round(w * len(keep))
+        picked = keep * (target // len(keep)) + rng.sample(keep, target % len(keep)) if keep else []
+        train += [(d, i) for i in picked]
+    rng.shuffle(train)
+    return train, evals
+
+
+@pytest.mark.parametrize(
+    ("counts", "weights", "eval_ratio"),
+    [
+        ([1000], [1.0], 0.0),
+        ([500, 37], [0.3, 2.6], 0.1),
+        ([0, 5, 300], [1.0, 3.0, 1.0], 0.5),
+        ([2, 1], [0.5, 1.0], 0.5),
+    ],
+)
+def test_the_index_split_is_the_list_split(counts, weights, eval_ratio):
+    for seed in (0, 7):
+        train, evals = prepared_module.split_indices(counts, weights, eval_ratio, seed)
+        assert train.dtype == evals.dtype == np.int64
+        assert (train.tolist(), evals.tolist()) == tuple(
+            [list(p) for p in pairs] for pairs in _list_split(counts, weights, eval_ratio, seed)
+        )
+
+
+def test_counting_in_blocks_changes_nothing(tmp_path, monkeypatch):
+    second = tmp_path / "e.jsonl"
+    second.write_text("".join(json.dumps(r) + "\n" for r in ROWS[::3]))
+    cfg = make_cfg(tmp_path, max_length=40, eval_ratio=0.2, eval=[{"path": str(second)}])
+    whole = prepare(cfg, byte_tokenizer(), use_cache=False)
+    monkeypatch.setattr(prepared_module, "COUNT_BLOCK", 7)  # many blocks, the last one short
+    blocks = prepare(cfg, byte_tokenizer(), use_cache=False)
+    assert examples(blocks) == examples(whole) and blocks.eval_tasks == whole.eval_tasks
+    assert blocks.report() == whole.report()
+    assert [s.lengths.tolist() for s in blocks.stats] == [s.lengths.tolist() for s in whole.stats]
+    assert whole.stats[0].truncated > 0 and len(whole.eval) > len(ROWS[::3])  # both splits, cut records counted
