@@ -319,7 +319,9 @@ def main() -> None:
     ap.add_argument("--suite", default="compare,fairness,storm")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--levels", default="1,8,32")
-    ap.add_argument("--requests", type=int, default=64, help="requests per concurrency level (compare; at least 8 per client)")
+    ap.add_argument(
+        "--requests", type=int, default=64, help="requests per concurrency level (compare; at least 8 per client)"
+    )
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=2, help="compare: rounds, servers alternating (medians reported)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

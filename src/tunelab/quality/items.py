@@ -96,6 +96,7 @@ class LeanItem(Item):
     dropped (they follow from the row); setting the row keeps the new row, packed."""
 
     __slots__ = ("_packed", "_parse", "_file")
+    _packed: int | bytes | dict[str, Any]  # a line's offset and size (see _SPAN), a marshalled row, or the row
 
     def __init__(self, source: str, index: int, line: int | None, row: dict[str, Any], file: RowFile | None = None,
                  span: tuple[int, int] | None = None) -> None:  # fmt: skip
@@ -116,7 +117,7 @@ class LeanItem(Item):
     @row.setter
     def row(self, value: dict[str, Any]) -> None:
         try:
-            self._packed: int | bytes | dict[str, Any] = marshal.dumps(value)
+            self._packed = marshal.dumps(value)
         except ValueError:  # a value marshal cannot write (a Parquet timestamp): kept as it is
             self._packed = value
 
