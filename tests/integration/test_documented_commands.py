@@ -169,9 +169,6 @@ SHELL = {"echo alice <sha256> >> keys.txt": "appends the keys-file line that `tu
 SLOW = {
     ".venv/bin/tunelab quickstart": "trains, evaluates 200 examples twice, a forgetting check: ~3 min on 2 cores",
     "tunelab quickstart --model DIR": "the quickstart lifecycle again, with LoRA on a model folder",
-    "tunelab data check ../shared/data/banking77/train.csv --test ../shared/data/banking77/test.csv": (
-        "13,083 real records; needs ../shared"
-    ),
     "accelerate launch --config_file examples/accelerate/multi_cpu.yaml -m tunelab.cli train examples/sft-lora.yaml": (
         "two training processes"
     ),
