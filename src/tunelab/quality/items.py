@@ -292,20 +292,22 @@ def text_fields(
 
 
 def _parse(it: Item, fmt: str | None, columns: Mapping[str, str] | None, label_column: str | None) -> None:
-    it.fields = text_fields(it.row, fmt, columns, label_column)
+    row = it.row  # once: a LeanItem's row is read again from its file (or unpacked) on every access
+    it.fields = text_fields(row, fmt, columns, label_column)
     if label_column:
-        value = it.row.get(label_column)
+        value = row.get(label_column)
         it.label = None if value is None or value == "" else str(value)
     if fmt is None:
         it.error = format_location(it.source, it.line, it.index) + "no format (see the file error)"
         return
     try:
-        it.record = FORMATS[fmt](rename_columns(it.row, columns))
+        record = FORMATS[fmt](rename_columns(row, columns))
     except FieldError as e:
         it.error = format_location(it.source, it.line, None if it.line else it.index, e.field) + str(e)
         return
-    it.input_text, output = record_texts(it.record)
-    it.full_text = f"{it.input_text}\n{output}" if output else it.input_text
+    it.record = record
+    text, output = record_texts(record)
+    it.input_text, it.full_text = text, f"{text}\n{output}" if output else text
 
 
 def reparse(it: Item, fmt: str | None, columns: Mapping[str, str] | None, label_column: str | None) -> None:
